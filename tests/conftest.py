@@ -1,0 +1,34 @@
+"""Test helpers: shared-asset lookup that skips locally and fails in CI (POSTER_FER_REQUIRE_SHARED=1)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from poster_fer.assets import shared_path
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _require() -> bool:
+    return os.environ.get("POSTER_FER_REQUIRE_SHARED", "") not in ("", "0", "false", "False")
+
+
+def need_shared(*parts: str) -> Path:
+    """Return a shared asset's path; skip when absent, or fail when CI requires the assets."""
+    path = shared_path(*parts)
+    if not path.exists():
+        msg = f"shared asset missing: {path} (set POSTER_FER_SHARED)"
+        if _require():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def shared():
+    """Fixture form of :func:`need_shared`."""
+    return need_shared
