@@ -1,0 +1,308 @@
+"""POSTER (v1): the two-stream Pyramid Cross-Fusion Transformer, and the paper's Table-4 ablations.
+
+Structure as the official code computes it (see ``shared/docs/official-poster.md``):
+
+* both backbones see the input resized to 112 (nearest); IR-50's first three stages give a (B,256,14,14)
+  map that the official code reinterprets with a raw ``view`` as 49 tokens of 1024 values, projected to 512
+  by ``ir_layer``; MobileFaceNet's ``conv_6_sep`` map gives 49 landmark tokens of 512;
+* each stream gets its token mean prepended as a "class" token, the image stream adds ``pos_embed``;
+* the 100 concatenated tokens go through ``depth`` pyramid blocks at widths 512/256/128 whose cross-fusion
+  blocks let each stream's normed tokens be the other's queries, with a 1x1 ``Conv1d`` over tokens at the end
+  of each block (absent in the official AffectNet variant);
+* LayerNorm, token 0, an SE gate and a linear head.
+
+The same blocks, chosen by config, give the Table-4 variants: one stream only, concatenation with vanilla
+self-attention encoders, with or without the pyramid, cross-fusion without the pyramid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ir import IRBackbone, IRConfig
+from .layers import ClassificationHead, CrossAttention, DropPath, Mlp, SEBlock, ViTBlock
+from .mobilefacenet import MobileFaceNet
+from .registry import register_family, register_model
+
+
+@dataclass
+class PosterConfig:
+    """POSTER v1 family configuration.
+
+    Args:
+        num_classes: classifier outputs.
+        input_size: side of the (normalised) tensor the model is given; the official recipe feeds 224.
+        backbone_size: side both backbones actually see (the official code resizes to 112, nearest).
+        resize_mode: ``F.interpolate`` mode for that resize.
+        streams: ``"both"``, ``"image"`` (IR only) or ``"landmark"`` (MobileFaceNet only).
+        fusion: ``"cross"`` (cross-fusion blocks; needs both streams) or ``"self"`` (vanilla encoders over
+            the concatenated tokens: the paper's baseline).
+        pyramid: run the blocks at ``dims`` widths (512/256/128) with down/up-sampling between levels.
+        dims: embedding widths per pyramid level, each half the previous.
+        depth: pyramid (or plain) blocks.
+        heads: attention heads at every level.
+        mlp_ratio: MLP hidden width / embedding width.
+        drop_path: largest stochastic-depth rate (linearly spaced over blocks; official 0.1, paper 0.01).
+        token_conv: the per-block ``Conv1d(N, N, 1)`` token mixer (official RAF-DB: on; AffectNet: off).
+        query_projection: add the paper's W_Q projections (Eq. 5-6); the official code has none.
+        image_tokens: ``"view"`` reinterprets the IR map's memory as 49 tokens exactly as the official code;
+            ``"pool"`` average-pools it to a 7x7 grid of channel vectors (any resolution).
+        landmark_train_mode: leave the frozen landmark network in train mode while training, as the official
+            code does (its BN statistics then drift); default keeps it in eval mode.
+        ir: the IR backbone's stages and widths.
+    """
+
+    num_classes: int = 7
+    input_size: int = 224
+    backbone_size: int = 112
+    resize_mode: str = "nearest"
+    streams: str = "both"
+    fusion: str = "cross"
+    pyramid: bool = True
+    dims: tuple[int, ...] = (512, 256, 128)
+    depth: int = 8
+    heads: int = 8
+    mlp_ratio: float = 2.0
+    drop_path: float = 0.1
+    token_conv: bool = True
+    query_projection: bool = False
+    image_tokens: str = "view"
+    landmark_train_mode: bool = False
+    ir: IRConfig = field(default_factory=IRConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PosterConfig:
+        values = dict(values)
+        ir = values.pop("ir", None)
+        if isinstance(ir, dict):
+            ir = IRConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ir.items()})
+        if "dims" in values:
+            values["dims"] = tuple(values["dims"])
+        return cls(**values, **({"ir": ir} if ir is not None else {}))
+
+    def __post_init__(self) -> None:
+        if self.streams not in ("both", "image", "landmark"):
+            raise ValueError(f"streams must be 'both', 'image' or 'landmark', not {self.streams!r}")
+        if self.fusion not in ("cross", "self"):
+            raise ValueError(f"fusion must be 'cross' or 'self', not {self.fusion!r}")
+        if self.fusion == "cross" and self.streams != "both":
+            raise ValueError("cross-fusion needs both streams (use fusion='self' for a single stream)")
+        if self.image_tokens not in ("view", "pool"):
+            raise ValueError(f"image_tokens must be 'view' or 'pool', not {self.image_tokens!r}")
+        levels = self.dims if self.pyramid else self.dims[:1]
+        for i, d in enumerate(levels):
+            if d != self.dims[0] >> i or d % self.heads:
+                raise ValueError(f"dims {self.dims}: each level must halve the previous and divide by heads "
+                                 f"({self.heads})")
+
+
+class CrossFusionBlock(nn.Module):
+    """One width's cross-fusion block over ``[image tokens | landmark tokens]``.
+
+    Each stream attends with the *other* stream's normed tokens as queries (landmarks guide the image, the
+    image gives landmarks context); both branches then get an MLP; ``conv`` mixes the tokens.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, num_tokens: int, drop_path: float,
+                 token_conv: bool, query_projection: bool, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn_img = CrossAttention(dim, heads, query_projection=query_projection)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp1 = Mlp(dim, int(dim * mlp_ratio))
+        self.norm3 = nn.LayerNorm(dim, eps=eps)
+        self.attn_lm = CrossAttention(dim, heads, query_projection=query_projection)
+        self.norm4 = nn.LayerNorm(dim, eps=eps)
+        self.mlp2 = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+        self.conv = nn.Conv1d(num_tokens, num_tokens, 1) if token_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1] // 2
+        img, lm = x[:, :n], x[:, n:]
+        y = self.norm1(x)
+        img = img + self.drop_path(self.attn_img(y[:, :n], query=y[:, n:]))
+        img = img + self.drop_path(self.mlp1(self.norm2(img)))
+        y = self.norm3(x)
+        lm = lm + self.drop_path(self.attn_lm(y[:, n:], query=y[:, :n]))
+        lm = lm + self.drop_path(self.mlp2(self.norm4(lm)))
+        out = torch.cat([img, lm], dim=1)
+        return self.conv(out) if self.conv is not None else out
+
+
+class PyramidBlock(nn.Module):
+    """Blocks at every pyramid level, then fine levels take the upsampled coarse ones."""
+
+    def __init__(self, blocks: list[nn.Module], num_tokens: int) -> None:
+        super().__init__()
+        names = ("block_l", "block_m", "block_s")
+        for name, blk in zip(names, blocks):
+            self.add_module(name, blk)
+        self.levels = len(blocks)
+        if self.levels > 1:
+            self.upsample_m = nn.ConvTranspose1d(num_tokens, num_tokens, 2, 2)
+        if self.levels > 2:
+            self.upsample_s = nn.ConvTranspose1d(num_tokens, num_tokens, 2, 2)
+
+    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.levels == 1:
+            return [self.block_l(xs[0])]
+        x_l, x_m = self.block_l(xs[0]), self.block_m(xs[1])
+        if self.levels > 2:
+            x_s = self.block_s(xs[2])
+            x_m = self.upsample_s(x_s) + x_m  # (B, N, d/4) -> (B, N, d/2)
+        x_l = x_l + self.upsample_m(x_m)  # (B, N, d/2) -> (B, N, d)
+        return [x_l, x_m] + ([x_s] if self.levels > 2 else [])
+
+
+class PyramidFusion(nn.Module):
+    """Token preparation and the stack of pyramid blocks (``pyramid_fuse`` in the official checkpoints)."""
+
+    def __init__(self, cfg: PosterConfig, num_tokens: int, image_tokens: int) -> None:
+        super().__init__()
+        self.image_tokens = image_tokens  # tokens (incl. mean token) that get the position embedding
+        d = cfg.dims[0]
+        if image_tokens:
+            self.pos_embed = nn.Parameter(torch.zeros(1, image_tokens, d))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        levels = len(cfg.dims) if cfg.pyramid else 1
+        if levels > 1:
+            self.downsample_m = nn.Conv1d(num_tokens, num_tokens, 2, 2)
+        if levels > 2:
+            self.downsample_s = nn.Conv1d(num_tokens, num_tokens, 4, 4)
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+
+        def block(dim: int, rate: float) -> nn.Module:
+            if cfg.fusion == "cross":
+                return CrossFusionBlock(dim, cfg.heads, cfg.mlp_ratio, num_tokens, rate, cfg.token_conv,
+                                        cfg.query_projection)
+            return ViTBlock(dim, cfg.heads, cfg.mlp_ratio, rate)
+
+        self.blocks = nn.ModuleList(
+            PyramidBlock([block(cfg.dims[lv], r) for lv in range(levels)], num_tokens) for r in rates
+        )
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+
+    def forward(self, streams: list[torch.Tensor]) -> torch.Tensor:
+        toks = []
+        for i, t in enumerate(streams):  # each (B, 49, d)
+            t = torch.cat([t.mean(dim=1, keepdim=True), t], dim=1)  # mean "class" token -> (B, 50, d)
+            if i == 0 and self.image_tokens:
+                t = t + self.pos_embed
+            toks.append(t)
+        x = torch.cat(toks, dim=1)  # (B, N, d)
+        xs = [x]
+        if hasattr(self, "downsample_m"):
+            xs.append(self.downsample_m(x))  # (B, N, d/2)
+        if hasattr(self, "downsample_s"):
+            xs.append(self.downsample_s(x))  # (B, N, d/4)
+        for blk in self.blocks:
+            xs = blk(xs)
+        return self.norm(xs[0])[:, 0]  # (B, d): the image stream's class token (or the only stream's)
+
+
+class Poster(nn.Module):
+    """POSTER and its ablations. ``forward(x)`` -> logits; ``forward_features(x)`` -> the SE-gated feature."""
+
+    def __init__(self, cfg: PosterConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dims[0]
+        self.use_image = cfg.streams in ("both", "image")
+        self.use_landmark = cfg.streams in ("both", "landmark")
+        if self.use_landmark:
+            self.face_landback = MobileFaceNet(with_head=False)
+            self.face_landback.requires_grad_(False)
+            self.lm_layer = nn.Linear(512, d) if d != 512 else None
+        if self.use_image:
+            self.ir_back = IRBackbone(cfg.ir)
+            grid = cfg.backbone_size // 2 ** len(cfg.ir.units)
+            c = cfg.ir.widths[-1]
+            if cfg.image_tokens == "view":
+                if (c * grid * grid) % 49:
+                    raise ValueError(f"image_tokens='view' needs the IR map ({c}x{grid}x{grid}) to split into "
+                                     "49 tokens; use image_tokens='pool'")
+                in_features = c * grid * grid // 49
+            else:
+                in_features = c
+            self.ir_layer = nn.Linear(in_features, d)
+        streams = int(self.use_image) + int(self.use_landmark)
+        self.pyramid_fuse = PyramidFusion(cfg, num_tokens=50 * streams, image_tokens=50 if self.use_image else 0)
+        self.se_block = SEBlock(d)
+        self.head = ClassificationHead(d, cfg.num_classes)
+        self.num_features = d
+
+    def train(self, mode: bool = True) -> Poster:
+        super().train(mode)
+        if self.use_landmark and not self.cfg.landmark_train_mode:
+            self.face_landback.eval()  # frozen network: keep its BN statistics fixed
+        return self
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.backbone_size
+        return x if x.shape[-2:] == (s, s) else F.interpolate(x, size=s, mode=self.cfg.resize_mode)
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """IR-50 tokens before projection: (B, 3, H, W) -> (B, 49, C)."""
+        m = self.ir_back(self._resize(x))  # (B, 256, 14, 14) at 112
+        b = m.shape[0]
+        if self.cfg.image_tokens == "view":
+            # Official: raw reinterpretation of NCHW memory, not spatial patches (token 0 = channels 0..5).
+            return m.reshape(b, 49, -1)
+        return F.adaptive_avg_pool2d(m, 7).flatten(2).transpose(1, 2)  # (B, 49, C)
+
+    def landmark_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen landmark tokens: (B, 3, H, W) -> (B, 49, 512). Cacheable: they never train."""
+        (m,) = self.face_landback(self._resize(x))  # (B, 512, 7, 7)
+        return m.flatten(2).transpose(1, 2)
+
+    def forward_features(self, x: torch.Tensor, landmark_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled, SE-gated feature the head sees (B, dims[0]).
+
+        ``landmark_tokens`` may be precomputed :meth:`landmark_features` (the landmark network is frozen).
+        """
+        streams = []
+        if self.use_image:
+            streams.append(self.ir_layer(self.image_features(x)))  # (B, 49, d)
+        if self.use_landmark:
+            lm = self.landmark_features(x) if landmark_tokens is None else landmark_tokens
+            streams.append(self.lm_layer(lm) if self.lm_layer is not None else lm)
+        return self.se_block(self.pyramid_fuse(streams))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor, landmark_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.forward_features(x, landmark_tokens))
+
+    def official_dead_keys(self) -> tuple[str, ...]:
+        """Official key prefixes that this model does not build (they never run in the official code)."""
+        return ("ir_back.output_layer.", "pyramid_fuse.cls_token", "face_landback.output_layer.")
+
+
+register_family("poster_v1", Poster, PosterConfig)
+
+_TINY = dict(dims=(64, 32, 16), depth=1, heads=2, ir=IRConfig(units=(1, 1, 1), widths=(16, 32, 64), stem_width=16),
+             drop_path=0.0)
+
+register_model("poster_v1", "poster_v1", "POSTER as the official RAF-DB code builds it (Table 4 f)")
+register_model("poster_v1_affectnet", "poster_v1", "official AffectNet variant: no per-block token conv",
+               token_conv=False)
+register_model("poster_v1_landmark_only", "poster_v1", "Table 4 (a): landmark stream, vanilla encoders",
+               streams="landmark", fusion="self", pyramid=False)
+register_model("poster_v1_image_only", "poster_v1", "Table 4 (b): image stream, vanilla encoders",
+               streams="image", fusion="self", pyramid=False)
+register_model("poster_v1_baseline", "poster_v1", "Table 4 (c): concatenated tokens, vanilla encoders",
+               fusion="self", pyramid=False)
+register_model("poster_v1_baseline_pyramid", "poster_v1", "Table 4 (d): baseline + pyramid",
+               fusion="self", pyramid=True)
+register_model("poster_v1_baseline_crossfusion", "poster_v1", "Table 4 (e): baseline + cross-fusion",
+               fusion="cross", pyramid=False)
+register_model("poster_v1_tiny", "poster_v1", "a few-layer POSTER for tests", **_TINY)
+register_model("poster_v1_tiny_image_only", "poster_v1", "tiny image-only POSTER for tests",
+               streams="image", fusion="self", pyramid=False, **_TINY)

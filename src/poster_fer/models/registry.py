@@ -1,0 +1,97 @@
+"""Model registry: variants are registered names that fill in a family's dataclass config.
+
+``create_model(name, **overrides)`` builds a variant with any config field overridden; every model carries
+``model.cfg`` and ``model.model_name`` so checkpoints can store what rebuilds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+# family name -> (model class, config class)
+_FAMILIES: dict[str, tuple[type[nn.Module], type]] = {}
+# registered variant name -> (family name, default config overrides, one-line description)
+_VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {}
+
+
+def register_family(name: str, model_cls: type[nn.Module], config_cls: type) -> None:
+    """Declare a model family (one file, one class, one dataclass config)."""
+    _FAMILIES[name] = (model_cls, config_cls)
+
+
+def register_model(name: str, family: str, description: str = "", **defaults: Any) -> None:
+    """Register a named variant of ``family`` with config defaults."""
+    if name in _VARIANTS:
+        raise ValueError(f"model {name!r} is already registered")
+    _VARIANTS[name] = (family, defaults, description)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered variant names, sorted; ``pattern`` filters by substring."""
+    return sorted(n for n in _VARIANTS if pattern is None or pattern in n)
+
+
+def model_family(name: str) -> str:
+    """The family a registered variant belongs to."""
+    return _lookup(name)[0]
+
+
+def describe_model(name: str) -> str:
+    return _lookup(name)[2]
+
+
+def _lookup(name: str) -> tuple[str, dict[str, Any], str]:
+    try:
+        return _VARIANTS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
+
+
+def build_config(family: str, values: dict[str, Any]) -> Any:
+    """Build a family's config from plain values (as stored in checkpoints), rejecting unknown fields."""
+    _, config_cls = _FAMILIES[family]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"{config_cls.__name__} has no field(s) {unknown}; fields: {sorted(known)}")
+    from_dict: Callable[[dict[str, Any]], Any] | None = getattr(config_cls, "from_dict", None)
+    return from_dict(values) if from_dict is not None else config_cls(**values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return json_ready(dataclasses.asdict(cfg))
+
+
+def json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build the registered variant ``name``; keyword arguments override its config fields."""
+    family, defaults, _ = _lookup(name)
+    model_cls, _ = _FAMILIES[family]
+    cfg = build_config(family, {**defaults, **overrides})
+    model = model_cls(cfg)
+    model.model_name = name
+    model.family = family
+    return model
+
+
+def build_from_config(name: str, family: str, config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model exactly from a stored (name, family, full config) record."""
+    if family not in _FAMILIES:
+        raise KeyError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
+    model_cls, _ = _FAMILIES[family]
+    model = model_cls(build_config(family, config))
+    model.model_name = name
+    model.family = family
+    return model
