@@ -73,7 +73,7 @@ class IRBackbone(nn.Module):
         )
         stages: list[list[nn.Module]] = []
         in_ch = cfg.stem_width
-        for units, width in zip(cfg.units, cfg.widths):
+        for units, width in zip(cfg.units, cfg.widths, strict=True):
             stages.append(_stage(in_ch, width, units))
             in_ch = width
         if cfg.split_stages:

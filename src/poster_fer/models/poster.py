@@ -38,6 +38,8 @@ class PosterConfig:
         num_classes: classifier outputs.
         input_size: side of the (normalised) tensor the model is given; the official recipe feeds 224.
         backbone_size: side both backbones actually see (the official code resizes to 112, nearest).
+        landmark_size: side the landmark network sees, if different (it was trained at 112; CPU-sized models
+            can run the image stream at a lower resolution and keep landmarks at 112).
         resize_mode: ``F.interpolate`` mode for that resize.
         streams: ``"both"``, ``"image"`` (IR only) or ``"landmark"`` (MobileFaceNet only).
         fusion: ``"cross"`` (cross-fusion blocks; needs both streams) or ``"self"`` (vanilla encoders over
@@ -60,6 +62,7 @@ class PosterConfig:
     num_classes: int = 7
     input_size: int = 224
     backbone_size: int = 112
+    landmark_size: int | None = None
     resize_mode: str = "nearest"
     streams: str = "both"
     fusion: str = "cross"
@@ -141,7 +144,7 @@ class PyramidBlock(nn.Module):
     def __init__(self, blocks: list[nn.Module], num_tokens: int) -> None:
         super().__init__()
         names = ("block_l", "block_m", "block_s")
-        for name, blk in zip(names, blocks):
+        for name, blk in zip(names, blocks, strict=False):
             self.add_module(name, blk)
         self.levels = len(blocks)
         if self.levels > 1:
@@ -243,8 +246,8 @@ class Poster(nn.Module):
             self.face_landback.eval()  # frozen network: keep its BN statistics fixed
         return self
 
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.cfg.backbone_size
+    def _resize(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        s = size or self.cfg.backbone_size
         return x if x.shape[-2:] == (s, s) else F.interpolate(x, size=s, mode=self.cfg.resize_mode)
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,7 +261,9 @@ class Poster(nn.Module):
 
     def landmark_features(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen landmark tokens: (B, 3, H, W) -> (B, 49, 512). Cacheable: they never train."""
-        (m,) = self.face_landback(self._resize(x))  # (B, 512, 7, 7)
+        (m,) = self.face_landback(self._resize(x, self.cfg.landmark_size))  # (B, 512, 7, 7) at 112
+        if m.shape[-2:] != (7, 7):
+            m = F.adaptive_avg_pool2d(m, 7)
         return m.flatten(2).transpose(1, 2)
 
     def forward_features(self, x: torch.Tensor, landmark_tokens: torch.Tensor | None = None) -> torch.Tensor:

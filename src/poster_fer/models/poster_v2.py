@@ -178,7 +178,7 @@ class PosterV2(nn.Module):
         self.face_landback.requires_grad_(False)
         self.ir_back = IRBackbone(cfg.ir)
         self.last_face_conv = nn.Conv2d(512, dims[2], 3, padding=1)
-        for i, (d, h, w, dp) in enumerate(zip(dims, cfg.heads, windows, cfg.ffn_drop_path), start=1):
+        for i, (d, h, w, dp) in enumerate(zip(dims, cfg.heads, windows, cfg.ffn_drop_path, strict=True), start=1):
             self.add_module(f"conv{i}", nn.Conv2d(d, d, 3, 2, 1))
             self.add_module(f"window{i}", WindowNorm(d))
             self.add_module(f"attn{i}", LandmarkWindowAttention(d, h, w))
@@ -209,7 +209,7 @@ class PosterV2(nn.Module):
         faces[2] = self.last_face_conv(faces[2])  # (B, 512, 7, 7) -> (B, 256, 7, 7)
         imgs = self.ir_back(self._resize(x))  # (B,64,56,56), (B,128,28,28), (B,256,14,14)
         outs = []
-        for i, (img, face) in enumerate(zip(imgs, faces), start=1):
+        for i, (img, face) in enumerate(zip(imgs, faces, strict=True), start=1):
             img = getattr(self, f"conv{i}")(img)  # halve: 56->28, 28->14, 14->7
             shortcut = getattr(self, f"window{i}")(img)  # (B, H, W, C), normed
             b, h, w, c = shortcut.shape

@@ -1,0 +1,42 @@
+"""``poster-fer convert OFFICIAL.pth OUT_DIR --model NAME``: official checkpoint -> poster-fer format."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert an official POSTER / POSTER++ checkpoint to poster-fer format",
+                       description="Load an official checkpoint safely (no pickled code runs), map its keys onto "
+                       "a registered model, drop dead modules, and write model.safetensors + meta.json.")
+    p.add_argument("checkpoint", help="official .pth / .pth.tar file")
+    p.add_argument("out_dir", help="output directory")
+    p.add_argument("--model", required=True, help="registered model, e.g. poster_v1, poster_v1_affectnet, poster_v2")
+    p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint's head")
+    p.add_argument("--classes", nargs="+", default=None,
+                   help="class names in label order (default: RAF-DB order for 7, AffectNet order for 8)")
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None,
+                   help="channel order the weights expect (default: BGR for poster_v1, the official RAF-DB "
+                   "pipeline; RGB otherwise)")
+    p.add_argument("--non-strict", action="store_true", help="report unexpected/missing keys instead of failing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import load_official, save_model
+    from ..cli import UserError
+    from ..models import list_models
+
+    if args.model not in list_models():
+        raise UserError(f"unknown model {args.model!r} (registered: {', '.join(list_models())})")
+    model = load_official(args.checkpoint, model=args.model, num_classes=args.num_classes,
+                          strict=not args.non_strict, classes=args.classes, channel_order=args.channel_order)
+    out = save_model(model, args.out_dir)
+    report = model.conversion_report
+    print(f"{args.checkpoint}: {report.summary()}")
+    if report.dropped:
+        print(f"dropped (never run by the official forward pass): {len(report.dropped)} keys, e.g. "
+              f"{', '.join(report.dropped[:3])}")
+    print(f"wrote {out} ({model.meta['preprocessing']['channel_order']} input, classes: "
+          f"{', '.join(model.meta['classes'])})")
+    return 0

@@ -1,0 +1,139 @@
+"""Finding the YuNet model file: explicit path, per-user cache, or a checksum-verified download.
+
+The ONNX file is not shipped with the package, so the first run fetches it from the OpenCV Zoo. The
+download goes to a temporary file next to its destination and is renamed into place only after the
+sha256 matches, so an interrupted or tampered download never leaves a file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+__all__ = [
+    "YUNET_FILENAME",
+    "YUNET_SHA256",
+    "YUNET_URL",
+    "DetectorError",
+    "DetectorModelError",
+    "default_cache_dir",
+    "download_file",
+    "resolve_yunet_model",
+]
+
+log = logging.getLogger(__name__)
+
+YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
+YUNET_URL = (
+    "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
+)
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+
+_CHUNK = 1 << 16
+
+
+class DetectorError(RuntimeError):
+    """A face detector cannot be set up; the message says what to do (the CLI prints it without traceback)."""
+
+
+class DetectorModelError(DetectorError):
+    """The detector model file is missing, could not be downloaded, failed its checksum, or cannot load."""
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache: ``$POSTER_FER_CACHE`` if set, else ``~/.cache/poster-fer``."""
+    env = os.environ.get("POSTER_FER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "poster-fer"
+
+
+def download_file(url: str, dest: str | os.PathLike[str], sha256: str, timeout: float = 30.0) -> Path:
+    """Download ``url`` to ``dest``, which appears only once the content's sha256 equals ``sha256``.
+
+    Raises :class:`DetectorModelError` on network errors, short reads (fewer bytes than the server's
+    Content-Length) and checksum mismatches; in every failure case nothing is left at ``dest`` or beside it.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        received = 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    expected_len = resp.headers.get("Content-Length")
+                    while chunk := resp.read(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+            except Exception as err:  # URLError, socket errors, http.client.IncompleteRead, bad URLs, ...
+                raise DetectorModelError(f"download of {url} failed: {_reason(err)}") from err
+        if expected_len is not None and expected_len.isdigit() and received != int(expected_len):
+            raise DetectorModelError(
+                f"download of {url} was cut short: got {received} of {expected_len} bytes"
+            )
+        actual = digest.hexdigest()
+        if actual != sha256.lower():
+            raise DetectorModelError(
+                f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual} ({received} bytes); "
+                "the file was discarded"
+            )
+        os.replace(tmp, dest)
+    except BaseException:  # including KeyboardInterrupt: never leave the partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("downloaded %s to %s", url, dest)
+    return dest
+
+
+def resolve_yunet_model(
+    model_path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    url: str = YUNET_URL,
+    sha256: str = YUNET_SHA256,
+) -> Path:
+    """Locate the YuNet ONNX file: ``model_path`` if given, else the cache, else download it into the cache.
+
+    An explicit path is used as is (any YuNet export OpenCV can read). A file already in the cache is
+    trusted without re-hashing, so a user may drop a copy there by hand; files only get there from this
+    module after passing the checksum.
+    """
+    if model_path is not None:
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise DetectorModelError(f"YuNet model file not found: {path}")
+        return path
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cached = cache / YUNET_FILENAME
+    if cached.is_file():
+        return cached
+    help_text = (
+        f"Download it from {url} (sha256 {sha256}) and place it at {cached}, "
+        "pass its path with --detector-model PATH, or use --detector haar (weaker, no real landmarks)."
+    )
+    if not download:
+        raise DetectorModelError(f"YuNet face detector model not found at {cached}. {help_text}")
+    log.info("YuNet model not cached; downloading %s", url)
+    try:
+        return download_file(url, cached, sha256)
+    except DetectorModelError as err:
+        raise DetectorModelError(f"YuNet face detector model is not available: {err}. {help_text}") from err
+    except OSError as err:  # e.g. the cache directory cannot be created or written
+        raise DetectorModelError(
+            f"YuNet face detector model could not be stored in {cache}: {err}. {help_text}"
+        ) from err
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return f"{err.reason} (offline?)"
+    return f"{type(err).__name__}: {err}"

@@ -1,0 +1,137 @@
+"""poster-fer's own weight format: ``model.safetensors`` plus a JSON metadata record.
+
+A saved model is a directory holding ``model.safetensors`` (every tensor, the frozen landmark network
+included) and ``meta.json``; the same record is also embedded in the safetensors header so a lone
+``.safetensors`` file is self-describing. The record names the registered variant, its family and full config,
+the class names and the preprocessing (input size, mean/std, channel order), plus provenance and metrics.
+Loading rebuilds the model from the record alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..models import build_from_config, config_to_dict
+from .official import IMAGENET_MEAN, IMAGENET_STD, default_classes
+from .safe_load import CheckpointError
+
+FORMAT = "poster-fer/1"
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+_HEADER_KEY = "poster_fer_meta"
+
+
+def default_preprocessing(model: nn.Module) -> dict[str, Any]:
+    return {"input_size": int(model.cfg.input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "channel_order": "RGB"}
+
+
+def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
+    """The record stored beside the weights: the model's ``meta`` (if any) updated with ``metadata``."""
+    meta: dict[str, Any] = {}
+    meta.update(getattr(model, "meta", {}) or {})
+    meta.update({k: v for k, v in metadata.items() if v is not None})
+    num_classes = int(model.cfg.num_classes)
+    classes = list(meta.get("classes") or default_classes(num_classes))
+    if len(classes) != num_classes:
+        raise ValueError(f"{len(classes)} class names for a {num_classes}-class model")
+    prep = {**default_preprocessing(model), **(meta.get("preprocessing") or {})}
+    if prep["channel_order"] not in ("RGB", "BGR"):
+        raise ValueError(f"channel_order must be 'RGB' or 'BGR', not {prep['channel_order']!r}")
+    meta.update({
+        "format": FORMAT,
+        "model": getattr(model, "model_name", None),
+        "family": getattr(model, "family", None),
+        "config": config_to_dict(model.cfg),
+        "classes": classes,
+        "preprocessing": prep,
+    })
+    if not meta["model"] or not meta["family"]:
+        raise ValueError("model has no registered name/family: build it with poster_fer.create_model")
+    return json.loads(json.dumps(meta))  # fail early on anything not JSON-serialisable
+
+
+def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
+    """Save ``model`` to directory ``path`` (``model.safetensors`` + ``meta.json``); returns the directory.
+
+    Keyword arguments become metadata (``classes=[...]``, ``preprocessing={...}``, ``provenance={...}``,
+    ``metrics={...}``), merged over ``model.meta``.
+    """
+    path = Path(path)
+    meta = build_metadata(model, **metadata)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    _atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={_HEADER_KEY: text}))
+    _atomic_write(path / META_FILE, lambda p: Path(p).write_text(text + "\n"))
+    return path
+
+
+def _atomic_write(dest: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _weights_path(path: Path) -> Path:
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (expected a poster-fer model directory or "
+                              f"{WEIGHTS_FILE})")
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata record of a saved model (directory or ``.safetensors`` file)."""
+    weights = _weights_path(Path(path))
+    side = weights.parent / META_FILE
+    try:
+        if side.is_file():
+            return json.loads(side.read_text())
+        with safe_open(str(weights), framework="pt") as f:
+            header = (f.metadata() or {}).get(_HEADER_KEY)
+    except (SafetensorError, json.JSONDecodeError, OSError) as e:
+        raise CheckpointError(f"{weights}: unreadable poster-fer metadata ({e})") from None
+    if header is None:
+        raise CheckpointError(f"{weights}: no poster-fer metadata (neither {META_FILE} nor an embedded record); "
+                              "official .pth checkpoints load with poster_fer.load_official")
+    return json.loads(header)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
+    """Rebuild and load a model saved by :func:`save_model` (eval mode, ``model.meta`` set)."""
+    weights = _weights_path(Path(path))
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{weights}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+    try:
+        model = build_from_config(meta["model"], meta["family"], meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{weights}: metadata does not describe a buildable model ({e})") from None
+    try:
+        with safe_open(str(weights), framework="pt", device=str(device)) as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+    result = model.load_state_dict(state, strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise CheckpointError(f"{weights}: weights do not match the recorded config: missing "
+                              f"{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}")
+    model.to(device).eval()
+    model.meta = meta
+    return model
