@@ -1,0 +1,230 @@
+"""Optimisers (Adam, AdamW, SGD, optionally wrapped in SAM) and per-step learning-rate schedules.
+
+SAM (Foret et al., "Sharpness-Aware Minimization", ICLR 2021; adaptive variant: Kwon et al., ASAM, 2021) is
+what the official POSTER code trains with, around Adam with rho 0.05. It needs two forward/backward passes per
+batch: :meth:`SAM.first_step` climbs to the worst nearby weights, the second gradient is taken there, and
+:meth:`SAM.second_step` returns to the original weights and lets the base optimiser step with it.
+
+Schedules are pure functions of the global step (:class:`StepSchedule`), so a resumed run recomputes the
+exact learning rate from the step count stored in its checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
+SCHEDULE_NAMES = ("constant", "exponential", "cosine", "onecycle")
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimisation around any base optimiser.
+
+    ``first_step`` moves each parameter by ``e = rho * g / ||g||`` (adaptive: ``rho * p^2 * g / ||p * g||``),
+    remembering the original value; ``second_step`` restores it and steps the base optimiser with the gradient
+    taken at the perturbed point. ``step(closure)`` runs both for code that expects a plain optimiser.
+    The base optimiser owns the state; SAM's ``state_dict`` is the base optimiser's.
+    """
+
+    def __init__(self, params: Iterable[Any], base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
+                 adaptive: bool = False, **kwargs: Any) -> None:
+        if rho < 0:
+            raise ValueError(f"SAM rho must be non-negative, got {rho}")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self.param_groups = self.base_optimizer.param_groups  # one set of groups: schedules see both
+        self.defaults.update(self.base_optimizer.defaults)
+        self._backup: dict[torch.Tensor, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _grad_norm(self) -> torch.Tensor:
+        norms = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad * p.abs() if group["adaptive"] else p.grad
+                norms.append(g.norm(p=2))
+        if not norms:
+            return torch.tensor(0.0)
+        return torch.stack([n.to(norms[0].device) for n in norms]).norm(p=2)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Perturb the weights towards higher loss (uses the current gradients)."""
+        norm = self._grad_norm()
+        for group in self.param_groups:
+            scale = group["rho"] / (norm + 1e-12)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._backup[p] = p.detach().clone()
+                e = (p * p if group["adaptive"] else 1.0) * p.grad * scale.to(p.device)
+                p.add_(e)
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore the original weights, then step the base optimiser with the perturbed-point gradient."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in self._backup:
+                    p.copy_(self._backup[p])
+        self._backup.clear()
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Both SAM steps; ``closure`` must zero the gradients, compute the loss and call ``backward``."""
+        if closure is None:
+            raise RuntimeError("SAM.step needs a closure (or call first_step / second_step yourself)")
+        closure = torch.enable_grad()(closure)
+        self.first_step(zero_grad=True)
+        loss = closure()
+        self.second_step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+
+
+def _param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool) -> list[dict[str, Any]]:
+    """Trainable parameters; with ``no_decay_1d`` biases, norms and embeddings-as-vectors get no decay."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if no_decay_1d and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """From a recipe's ``optimizer`` section: ``{name, lr, weight_decay, betas|momentum, nesterov,
+    no_decay_1d, sam: {rho, adaptive} | null}``. Frozen parameters (the landmark network) are left out."""
+    cfg = dict(cfg)
+    name = str(cfg.pop("name", "adam")).lower()
+    lr = float(cfg.pop("lr"))
+    wd = float(cfg.pop("weight_decay", 0.0))
+    sam = cfg.pop("sam", None)
+    groups = _param_groups(model, wd, bool(cfg.pop("no_decay_1d", False)))
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    if name in ("adam", "adamw"):
+        cls: type[torch.optim.Optimizer] = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        kwargs = {"lr": lr, "betas": tuple(cfg.pop("betas", (0.9, 0.999))), "eps": float(cfg.pop("eps", 1e-8))}
+    elif name == "sgd":
+        cls = torch.optim.SGD
+        kwargs = {"lr": lr, "momentum": float(cfg.pop("momentum", 0.9)), "nesterov": bool(cfg.pop("nesterov", False))}
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZER_NAMES}")
+    if cfg:
+        raise ValueError(f"optimizer {name!r}: unknown option(s) {sorted(cfg)}")
+    if sam:
+        sam = dict(sam) if isinstance(sam, dict) else {}
+        return SAM(groups, cls, rho=float(sam.get("rho", 0.05)), adaptive=bool(sam.get("adaptive", False)),
+                   **kwargs)
+    return cls(groups, **kwargs)
+
+
+class StepSchedule:
+    """Sets every group's ``lr`` to ``base_lr * factor(step)``, stepped once per optimiser step.
+
+    Kinds (``epoch`` below is ``step / steps_per_epoch``, fractional):
+
+    - ``constant``: factor 1 (after warmup).
+    - ``exponential``: ``gamma ** floor(epoch)`` -- the official ExponentialLR stepped once per epoch.
+    - ``cosine``: linear warmup over ``warmup_epochs`` (from ``warmup_start`` x base), then half a cosine down
+      to ``min_lr_ratio`` x base at the last step.
+    - ``onecycle``: like ``cosine`` with ``pct_start`` of the run as warmup from base/``div_factor`` and a cosine
+      down to base/``final_div_factor`` (PyTorch OneCycleLR's cosine annealing, without momentum cycling).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, steps_per_epoch: int,
+                 gamma: float = 0.98, warmup_epochs: float = 0.0, warmup_start: float = 0.01,
+                 min_lr_ratio: float = 0.0, pct_start: float = 0.25, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4) -> None:
+        if kind not in SCHEDULE_NAMES:
+            raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULE_NAMES}")
+        self.optimizer = optimizer
+        self.kind = kind
+        self.total_steps = max(1, int(total_steps))
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.gamma = float(gamma)
+        self.warmup_steps = int(round(float(warmup_epochs) * self.steps_per_epoch))
+        self.warmup_start = float(warmup_start)
+        self.min_lr_ratio = float(min_lr_ratio)
+        self.pct_start = float(pct_start)
+        self.div_factor = float(div_factor)
+        self.final_div_factor = float(final_div_factor)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.step_count = 0
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        """The learning-rate multiplier at optimiser step ``step`` (0-based)."""
+        if self.kind == "onecycle":
+            warm = max(1, int(self.pct_start * self.total_steps))
+            start, end = 1.0 / self.div_factor, 1.0 / (self.div_factor * self.final_div_factor)
+            if step < warm:
+                return start + (1.0 - start) * 0.5 * (1 - math.cos(math.pi * step / warm))
+            t = min(1.0, (step - warm) / max(1, self.total_steps - 1 - warm))
+            return end + (1.0 - end) * 0.5 * (1 + math.cos(math.pi * t))
+        if step < self.warmup_steps:
+            return self.warmup_start + (1.0 - self.warmup_start) * step / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "exponential":
+            return self.gamma ** (step // self.steps_per_epoch)
+        t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - 1 - self.warmup_steps))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def _apply(self) -> None:
+        f = self.factor(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * f
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "step_count": self.step_count, "total_steps": self.total_steps,
+                "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch:
+            raise ValueError(f"checkpoint schedule has {state['steps_per_epoch']} steps per epoch, this run "
+                             f"{self.steps_per_epoch}: batch size, data or world size changed")
+        self.step_count = int(state["step_count"])
+        self._apply()
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict[str, Any] | None, epochs: int,
+                   steps_per_epoch: int) -> StepSchedule:
+    """From a recipe's ``schedule`` section: ``{name: exponential, gamma: 0.98}``, ``{name: cosine,
+    warmup_epochs: 1, min_lr_ratio: 0.01}``, ``{name: onecycle, pct_start: 0.25}``..."""
+    cfg = dict(cfg or {"name": "constant"})
+    kind = str(cfg.pop("name", "constant")).lower()
+    try:
+        return StepSchedule(optimizer, kind, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                            **cfg)
+    except TypeError as e:
+        raise ValueError(f"schedule {kind!r}: {e}") from None
