@@ -1,8 +1,12 @@
-"""poster_fer.evaluation: metrics, report files and figures for evaluation runs.
+"""poster_fer.evaluation: metrics, report files and figures for evaluation runs, the evaluation loop,
+relevance maps (the paper's Fig. 7) and the Table-4 ablation runner.
 
 The metrics need only numpy; the figures import matplotlib / scikit-learn lazily (the ``analysis`` extra).
 """
 
+from .ablation import VARIANTS, render_ablation_markdown, run_ablation
+from .evaluate import ClassMismatchError, eval_transform, evaluate_dataset, match_classes, run_evaluation
+from .explain import explain_figure, relevance_maps
 from .metrics import (
     accuracy,
     compute_metrics,
@@ -19,19 +23,29 @@ from .plots import plot_confusion, plot_curves, tsne_subsample_indices, write_ts
 from .report import load_metrics, render_markdown, write_eval_outputs
 
 __all__ = [
+    "VARIANTS",
+    "ClassMismatchError",
     "accuracy",
     "compute_metrics",
     "confusion_matrix",
+    "eval_transform",
+    "evaluate_dataset",
+    "explain_figure",
     "load_metrics",
     "macro_f1",
+    "match_classes",
     "mean_class_accuracy",
     "negative_log_likelihood",
     "per_class_accuracy",
     "plot_confusion",
     "plot_curves",
     "precision_recall_f1",
+    "relevance_maps",
+    "render_ablation_markdown",
     "render_markdown",
     "row_normalised",
+    "run_ablation",
+    "run_evaluation",
     "top_k_accuracy",
     "tsne_subsample_indices",
     "write_eval_outputs",

@@ -1,1 +1,51 @@
-"""poster_fer.inference"""
+"""From photos and videos to expression labels: detect, align to the training crop, classify in batches.
+
+Typical use::
+
+    from poster_fer.inference import Recognizer
+
+    rec = Recognizer.from_checkpoint("runs/ferplus/best", detector="yunet")
+    for face in rec.predict("photo.jpg"):
+        print(face.box, face.label, face.confidence)
+
+The command line front end is ``poster-fer predict``; see docs/inference.md.
+"""
+
+from .annotate import class_colour, draw_predictions
+from .backends import InferenceError, OnnxBackend, TorchBackend, load_backend, resolve_device
+from .preprocess import DEFAULT_GEOMETRY, Preprocessing
+from .recognizer import DEFAULT_DETECT_SIZE, FaceResult, ImagePrediction, Recognizer
+from .records import RECORD_KEYS, RecordWriter, csv_columns, error_record, face_record, no_face_record
+from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Source, VideoError, VideoReader, collect_sources
+from .tracking import IoUTracker, Track, box_iou
+
+__all__ = [
+    "DEFAULT_DETECT_SIZE",
+    "DEFAULT_GEOMETRY",
+    "IMAGE_EXTENSIONS",
+    "RECORD_KEYS",
+    "VIDEO_EXTENSIONS",
+    "FaceResult",
+    "ImagePrediction",
+    "InferenceError",
+    "IoUTracker",
+    "OnnxBackend",
+    "Preprocessing",
+    "Recognizer",
+    "RecordWriter",
+    "Source",
+    "TorchBackend",
+    "Track",
+    "VideoError",
+    "VideoReader",
+    "box_iou",
+    "class_colour",
+    "collect_sources",
+    "csv_columns",
+    "draw_predictions",
+    "error_record",
+    "face_record",
+    "load_backend",
+    "no_face_record",
+    "resolve_device",
+]

@@ -1,0 +1,225 @@
+"""Faces per second for the whole photo pipeline (detect + align + classify) on this machine's CPU.
+
+Measures ``poster_v1`` (the official RAF-DB architecture) and a CPU-sized POSTER (the model section of
+``configs/ferplus_cpu.yaml`` when that recipe exists, else a fixed small config) with random weights, which
+cost the same as trained ones. Two inputs:
+
+* ``group``: one image holding 16 copies of the astronaut's face (4x4 tiles), classified with batch sizes 1
+  and 16, so the batch effect on the classifier is visible;
+* ``portrait``: the single-face astronaut photo, one face per image, batch 1 (the "label my photo" case).
+
+Each stage is timed separately: ``detect`` (YuNet on the whole image), ``align`` (5-point warps to the crop
+geometry), ``preprocess`` (grey/resize/normalise) and ``forward`` (the model). The classify stage is also run
+under bf16 autocast. Writes JSON with the command, git revision, machine description and load average.
+
+    python benchmarks/bench_photo_pipeline.py [--repeats 3] [--out benchmarks/results/photo_pipeline_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from poster_fer import create_model
+from poster_fer.assets import shared_path
+from poster_fer.faces import get_geometry, load_image
+from poster_fer.inference import Recognizer, TorchBackend
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_MODEL_FALLBACK: dict[str, Any] = {
+    "name": "poster_v1", "depth": 2, "dims": (256, 128, 64), "heads": 4, "image_tokens": "pool",
+    "backbone_size": 56, "landmark_size": 112, "input_size": 112,
+    "ir": {"units": [2, 2, 2], "widths": [32, 64, 128], "stem_width": 32},
+}
+
+
+def cpu_model_config() -> tuple[dict[str, Any], str]:
+    """The CPU-sized model: the recipe's model section if the recipe exists, else the fallback above."""
+    recipe = REPO / "configs" / "ferplus_cpu.yaml"
+    if recipe.is_file():
+        import yaml
+
+        section = dict((yaml.safe_load(recipe.read_text()) or {}).get("model") or {})
+        name = section.pop("name", None) or section.pop("model", None)
+        if name:
+            section.pop("num_classes", None)
+            return {"name": name, **section}, str(recipe.relative_to(REPO))
+    return dict(CPU_MODEL_FALLBACK), "built-in fallback config"
+
+
+def build(config: dict[str, Any], num_classes: int = 8) -> torch.nn.Module:
+    cfg = dict(config)
+    name = cfg.pop("name")
+    model = create_model(name, num_classes=num_classes, **cfg).eval()
+    size = int(model.cfg.input_size)
+    model.meta = {"classes": [f"c{i}" for i in range(num_classes)],
+                  "preprocessing": {"input_size": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                    "channel_order": "RGB", "grayscale": False,
+                                    "crop_geometry": get_geometry("rafdb").to_dict()}}
+    return model
+
+
+def group_image(rgb: np.ndarray, n: int = 4) -> np.ndarray:
+    """``n x n`` tiles of the astronaut's face (alternately mirrored, so the tiles are not identical)."""
+    tile = rgb[20:276, 100:356]
+    rows = [np.hstack([tile if (r + c) % 2 == 0 else tile[:, ::-1] for c in range(n)]) for r in range(n)]
+    return np.ascontiguousarray(np.vstack(rows))
+
+
+def time_pipeline(rec: Recognizer, image: np.ndarray, batch: int, repeats: int) -> dict[str, Any]:
+    """Median seconds per stage over ``repeats`` runs (after one warm-up run) for one image."""
+    prep = rec.preprocessing
+    stages: dict[str, list[float]] = {"detect": [], "align": [], "preprocess": [], "forward": []}
+    faces_found = 0
+    for rep in range(repeats + 1):
+        t0 = time.perf_counter()
+        faces = rec.detect(image)
+        t1 = time.perf_counter()
+        crops = [prep.align(image, f.landmarks) for f in faces]
+        t2 = time.perf_counter()
+        pre = fwd = 0.0
+        for s in range(0, len(crops), batch):
+            a = time.perf_counter()
+            x = prep.batch(crops[s:s + batch])
+            b = time.perf_counter()
+            rec.backend(x)
+            pre += b - a
+            fwd += time.perf_counter() - b
+        if rep:  # the first run warms caches and lazy initialisation
+            for k, v in zip(stages, (t1 - t0, t2 - t1, pre, fwd), strict=True):
+                stages[k].append(v)
+        faces_found = len(faces)
+    med = {k: float(np.median(v)) for k, v in stages.items()}
+    total = sum(med.values())
+    return {"faces": faces_found, "batch_size": batch, "seconds": {k: round(v, 4) for k, v in med.items()},
+            "total_seconds": round(total, 4), "faces_per_second": round(faces_found / total, 2) if total else None,
+            "classify_faces_per_second": round(faces_found / (med["preprocess"] + med["forward"]), 2)}
+
+
+def time_classify(backend: TorchBackend, rec: Recognizer, crops: list[np.ndarray], batch: int,
+                  repeats: int) -> float:
+    """Faces per second of preprocess + forward alone."""
+    x = rec.preprocessing.batch(crops[:batch])
+    backend(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for s in range(0, len(crops), batch):
+            backend(rec.preprocessing.batch(crops[s:s + batch]))
+        times.append(time.perf_counter() - t)
+    return round(len(crops) / float(np.median(times)), 2)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_default_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_bf16_support": any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")),
+            "opencv": __import__("cv2").__version__}
+
+
+def git_revision() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
+
+
+def bench_model(key: str, config: dict[str, Any], portrait: np.ndarray, group: np.ndarray, yunet: str,
+                repeats: int) -> dict[str, Any]:
+    """Every measurement for one model at the current thread count."""
+    model = build(config)
+    rec = Recognizer.from_model(model, detector="yunet", detector_model=yunet)
+    entry: dict[str, Any] = {"input_size": int(model.cfg.input_size)}
+    for batch in (1, 16):
+        entry[f"group16_batch{batch}"] = time_pipeline(rec, group, batch, repeats)
+        print(f"{key:9s} group of 16, batch {batch:2d}: {entry[f'group16_batch{batch}']}", file=sys.stderr)
+    entry["portrait_batch1"] = time_pipeline(rec, portrait, 1, repeats)
+    print(f"{key:9s} portrait, batch 1: {entry['portrait_batch1']}", file=sys.stderr)
+    # 8 faces in one batch: enough to compare the dtypes, short enough where bf16 is emulated (slow)
+    crops = [rec.preprocessing.align(group, f.landmarks) for f in rec.detect(group)][:8]
+    bf16 = TorchBackend(model, autocast="bf16")
+    entry["classify_faces_per_second"] = {
+        "fp32_batch8": time_classify(rec.backend, rec, crops, 8, repeats),  # type: ignore[arg-type]
+        "bf16_autocast_batch8": time_classify(bf16, rec, crops, 8, repeats),
+    }
+    print(f"{key:9s} classify only: {entry['classify_faces_per_second']}", file=sys.stderr)
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch thread counts to measure, e.g. 1 2 (default: torch's default)")
+    p.add_argument("--yunet", default=str(shared_path("models", "yunet", "face_detection_yunet.onnx")))
+    p.add_argument("--image", default=str(shared_path("samples", "astronaut.png")))
+    p.add_argument("--models", nargs="+", default=["cpu", "poster_v1"], choices=("cpu", "poster_v1"))
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what else loaded the machine)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "photo_pipeline_cpu.json")
+    args = p.parse_args(argv)
+    mach = machine()
+    portrait = load_image(args.image)
+    group = group_image(portrait)
+    cpu_cfg, cpu_src = cpu_model_config()
+    configs = {"cpu": cpu_cfg, "poster_v1": {"name": "poster_v1"}}
+    models = {key: {"config": configs[key], "params": sum(t.numel() for t in build(configs[key]).parameters())}
+              for key in args.models}
+    if "cpu" in models:
+        models["cpu"]["config_source"] = cpu_src
+    runs: dict[str, Any] = {}
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        load_before = os.getloadavg()
+        results = {key: bench_model(key, configs[key], portrait, group, args.yunet, args.repeats)
+                   for key in args.models}
+        runs[f"threads_{threads}"] = {"torch_threads": threads, "load_average_before": [round(v, 2) for v in
+                                                                                        load_before],
+                                      "load_average_after": [round(v, 2) for v in os.getloadavg()],
+                                      "results": results}
+    report = {
+        "benchmark": "photo pipeline: YuNet detect + 5-point align + POSTER classify, random weights",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "git": git_revision(),
+        "machine": mach,
+        "repeats": args.repeats,
+        "inputs": {"group16": list(group.shape), "portrait": list(portrait.shape)},
+        "models": models,
+        "notes": "faces_per_second = faces / (detect + align + preprocess + forward), medians over repeats; "
+                 "detect runs once per image, so the group image spreads it over 16 faces. bf16 is autocast on "
+                 "the classify stage only. Load averages are 1/5/15-minute values of the whole machine.",
+        "note": args.note,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""``poster-fer eval --weights CKPT --data PATH --out DIR``: test-set metrics, report, confusion, t-SNE."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+_OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint on a dataset split (metrics, report, confusion, t-SNE)",
+        description="Run a checkpoint over a dataset split with the preprocessing its metadata records and "
+        "write metrics.json, report.md, confusion.png and predictions.csv (plus tsne.png with --tsne). "
+        "Dataset images are used as they are (already cropped faces): no face detection.")
+    add_weights_arguments(p)
+    p.add_argument("--data", metavar="PATH", help="dataset root (for fer2013/ferplus: the folder holding "
+                   "fer2013.csv(.gz) and fer2013new.csv; default: the root the checkpoint was trained on)")
+    p.add_argument("--dataset", metavar="KIND", help="dataset layout: rafdb, fer2013, ferplus, affectnet7, "
+                   "affectnet8, affectnet, folder, csv (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", default="test", help="train, val, test or all (default: test)")
+    p.add_argument("--label-mode", help="FER+ label mode (majority, probability, crossentropy, votes, "
+                   "multi_target); accuracy always scores the majority/argmax label")
+    p.add_argument("--val-fraction", type=float, help="carve val from train for --split val on datasets without "
+                   "a val split (default: what the checkpoint's training did)")
+    p.add_argument("--val-seed", type=int, help="seed of that held-out split (default: training's, else 0)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="broken dataset rows: stop (default) or skip and count them in the report")
+    p.add_argument("--classes-by-position", action="store_true",
+                   help="match checkpoint and dataset classes by position when their names differ")
+    p.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="test-time augmentation: flip = average softmax of the image and its mirror")
+    p.add_argument("--tsne", action="store_true", help="also write tsne.png of the penultimate features (Fig. 5)")
+    p.add_argument("--tsne-max-points", type=int, default=5000, help="t-SNE subsample size (default: 5000)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    p.add_argument("--max-samples", type=int, help="evaluate a reproducible random subset of this many samples")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=run)
+
+
+def add_weights_arguments(p: argparse.ArgumentParser) -> None:
+    """``--weights`` plus what an official .pth needs (shared with ``explain``)."""
+    p.add_argument("--weights", required=True, metavar="CKPT",
+                   help="poster-fer model directory / .safetensors, or an official .pth (then give --model)")
+    p.add_argument("--model", help="registered model name for an official checkpoint (poster_v1, poster_v2, ...)")
+    p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: from its head)")
+    p.add_argument("--channel-order", choices=("RGB", "BGR"),
+                   help="input channel order of an official checkpoint (default: what its code used)")
+
+
+def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
+    """Our format by default; an official checkpoint (by suffix, or whenever --model is given) via load_official."""
+    from ..cli import UserError
+    from ..weights import load_model, load_official
+
+    path = Path(args.weights).expanduser()
+    if not path.exists():
+        raise UserError(f"{path}: no such checkpoint")
+    official = args.model is not None or (path.is_file() and path.suffix.lower() in _OFFICIAL_SUFFIXES)
+    if not official:
+        return load_model(path, device=device)
+    if args.model is None:
+        raise UserError(f"{path}: an official checkpoint needs --model (e.g. poster_v1 or poster_v2)")
+    try:
+        model = load_official(path, model=args.model, num_classes=args.num_classes,
+                              channel_order=args.channel_order)
+    except KeyError as e:
+        raise UserError(str(e).strip("'\"")) from None
+    return model.to(device)
+
+
+def command_line(args: argparse.Namespace, name: str, positional: tuple[str, ...] = ()) -> str:
+    """An equivalent ``poster-fer`` command for the record (rebuilt from the parsed options)."""
+    parts = ["poster-fer", name]
+    for key, value in vars(args).items():
+        if key in ("func", "command") or value is None or value is False or value == []:
+            continue
+        if key in positional:
+            parts += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def recorded_data(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` section of the recipe a poster-fer training run recorded in the checkpoint (or {})."""
+    prov = meta.get("provenance") or {}
+    recipe = prov.get("recipe") if isinstance(prov.get("recipe"), dict) else {}
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    return data
+
+
+def _dataset_choice(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(kind, root, options): the command line first, else what the checkpoint's training recorded.
+
+    Options include the loader options and held-out validation split of that training (so ``--split val``
+    is the split the checkpoint was selected on) unless another layout was asked for.
+    """
+    from ..cli import UserError
+
+    data = recorded_data(meta)
+    kind = args.dataset or data.get("kind")
+    if not kind:
+        raise UserError("the checkpoint does not record its dataset kind: pass --dataset (rafdb, fer2013, ferplus, "
+                        "affectnet7, affectnet8, affectnet, folder, csv)")
+    root = args.data or data.get("root")
+    if not root:
+        raise UserError("the checkpoint does not record its data root: pass --data PATH")
+    same = kind == data.get("kind")
+    options = dict(data.get("options") or {}) if same else {}
+    fraction = args.val_fraction if args.val_fraction is not None else (data.get("val_fraction") if same else None)
+    seed = args.val_seed if args.val_seed is not None else (data.get("val_seed") if same else None)
+    options.update(val_fraction=fraction, val_seed=int(seed or 0))
+    return str(kind), str(root), options
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..cli import UserError
+    from ..data import build_dataset
+    from ..evaluation.evaluate import ClassMismatchError, evaluate_dataset, resolve_device
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise UserError(f"--max-samples must be positive, got {args.max_samples}")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as e:  # InferenceError: no CUDA, or an unknown device name
+        raise UserError(f"--device: {e}") from None
+    model = load_weights(args, device)
+    meta = getattr(model, "meta", None) or {}
+    kind, root, options = _dataset_choice(args, meta)
+    options["on_error"] = args.on_error
+    if args.label_mode:
+        if kind != "ferplus":
+            raise UserError(f"--label-mode applies to the ferplus dataset, not {kind}")
+        options["label_mode"] = args.label_mode
+    try:
+        dataset = build_dataset(kind, root, args.split, **options)
+    except ValueError as e:  # DatasetError is a ValueError too and reads well as it is
+        raise UserError(str(e)) from None
+    print(f"data: {dataset.report.summary()}", file=sys.stderr)
+    provenance = {
+        "command": command_line(args, "eval"),
+        "dataset": {"kind": kind, "root": str(Path(root).expanduser().resolve()), "split": args.split,
+                    "options": {k: v for k, v in options.items() if k != "on_error"}},
+    }
+    try:
+        metrics = evaluate_dataset(
+            model, dataset, args.out, classes_by_position=args.classes_by_position, batch_size=args.batch_size,
+            tta=None if args.tta == "none" else args.tta, device=device, max_samples=args.max_samples,
+            tsne=args.tsne, tsne_max_points=args.tsne_max_points, num_workers=args.workers,
+            provenance=provenance, checkpoint=args.weights)
+    except ClassMismatchError as e:
+        raise UserError(f"{args.weights} vs {root}: {e}") from None
+    print(f"accuracy {100 * metrics['accuracy']:.2f}% · mean class accuracy "
+          f"{100 * metrics['mean_class_accuracy']:.2f}% · macro F1 {100 * metrics['macro_f1']:.2f}% "
+          f"on {metrics['num_samples']} samples -> {args.out}")
+    return 0

@@ -1,0 +1,358 @@
+"""Running a model over a dataset: the evaluation loop, its preprocessing and the class-name check.
+
+:func:`run_evaluation` is the one loop every consumer shares (``poster-fer eval``, the training engine's
+validation, the ablation runner), so a number means the same thing wherever it is reported.
+:func:`evaluate_dataset` adds what a published number needs around it: the class check, the metrics, the
+output files and their provenance.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "ClassMismatchError",
+    "TTA_MODES",
+    "canonical_class_name",
+    "eval_transform",
+    "evaluate_dataset",
+    "match_classes",
+    "resolve_device",
+    "run_evaluation",
+    "sample_ids",
+    "subsample_indices",
+]
+
+TTA_MODES = (None, "flip")
+
+# Spellings of the same expression across RAF-DB, FER2013, FER+ and AffectNet, so a model trained on one
+# can be scored on another's labels (cross-dataset evaluation) without a hand-written class map.
+_SYNONYMS = {
+    "happiness": "happy", "happy": "happy",
+    "sadness": "sad", "sad": "sad",
+    "anger": "angry", "angry": "angry",
+    "surprise": "surprise", "surprised": "surprise",
+    "fear": "fear", "fearful": "fear",
+    "disgust": "disgust", "disgusted": "disgust",
+    "neutral": "neutral",
+    "contempt": "contempt",
+}
+
+
+class ClassMismatchError(ValueError):
+    """The checkpoint's classes and the dataset's classes cannot be matched."""
+
+
+def canonical_class_name(name: str) -> str:
+    """Lower-case name with dataset-specific spellings merged (``Happiness`` and ``happy`` -> ``happy``)."""
+    key = str(name).strip().lower()
+    return _SYNONYMS.get(key, key)
+
+
+def match_classes(
+    model_classes: Sequence[str], dataset_classes: Sequence[str], by_position: bool = False
+) -> np.ndarray | None:
+    """Map dataset label indices to model output indices; ``None`` when they already agree.
+
+    Names are compared after :func:`canonical_class_name`, so the same classes in another order (RAF-DB's
+    order vs FER2013's) are remapped instead of silently scored against the wrong outputs. ``by_position``
+    trusts the order when the names differ (a renamed copy of the same label set). A different class count,
+    or different names without ``by_position``, raises :class:`ClassMismatchError`.
+    """
+    model = [str(n) for n in model_classes]
+    data = [str(n) for n in dataset_classes]
+    if len(model) != len(data):
+        raise ClassMismatchError(
+            f"class-count mismatch: the checkpoint has {len(model)} classes ({', '.join(model)}) but the "
+            f"dataset has {len(data)} ({', '.join(data)})"
+        )
+    if model == data or by_position:
+        return None
+    canon_model = [canonical_class_name(n) for n in model]
+    canon_data = [canonical_class_name(n) for n in data]
+    if sorted(canon_model) != sorted(canon_data) or len(set(canon_model)) != len(canon_model):
+        raise ClassMismatchError(
+            f"class-name mismatch: the checkpoint's classes ({', '.join(model)}) are not the dataset's "
+            f"({', '.join(data)}); pass --classes-by-position if they are the same classes in the same order"
+        )
+    mapping = np.array([canon_model.index(c) for c in canon_data], dtype=np.int64)
+    return None if np.array_equal(mapping, np.arange(len(model))) else mapping
+
+
+class _GreyRGB:
+    """Grey replicated to three channels, for models trained on grey faces (FER2013, FER+)."""
+
+    def __call__(self, image: Any) -> Any:
+        return image.convert("L").convert("RGB")
+
+    def __repr__(self) -> str:
+        return "GreyRGB()"
+
+
+def eval_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """The deterministic eval transform a checkpoint's ``meta["preprocessing"]`` describes.
+
+    Honours ``input_size``, ``mean``, ``std``, ``channel_order`` and ``grayscale``; the resize is the
+    bilinear one of :func:`poster_fer.data.build_transform`, the only ``resize_interpolation`` training
+    records, so any other value is refused rather than evaluated with a different resize.
+    """
+    from torchvision.transforms import v2
+
+    from ..data import IMAGENET_MEAN, IMAGENET_STD, build_transform
+
+    interp = str(preprocessing.get("resize_interpolation") or "bilinear").lower()
+    if interp != "bilinear":
+        raise ValueError(f"resize_interpolation {interp!r} is not supported (only 'bilinear')")
+    base = build_transform(
+        "plain",
+        train=False,
+        size=int(preprocessing.get("input_size") or 224),
+        mean=preprocessing.get("mean") or IMAGENET_MEAN,
+        std=preprocessing.get("std") or IMAGENET_STD,
+        channel_order=str(preprocessing.get("channel_order") or "RGB"),
+    )
+    if preprocessing.get("grayscale"):
+        return v2.Compose([_GreyRGB(), base])
+    return base
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/``None`` picks CUDA when available, else CPU; an unavailable or unknown device is an error."""
+    from ..inference.backends import resolve_device as resolve
+
+    return torch.device(resolve(None if device is None else str(device)))
+
+
+def sample_ids(dataset: Any) -> list[str]:
+    """A printable id per sample (file path, FER+ image name, or ``file#row``) for ``predictions.csv``."""
+    from ..data import DatasetSubset
+
+    if isinstance(dataset, DatasetSubset):
+        base = sample_ids(dataset.base)
+        return [base[i] for i in dataset.indices.tolist()]
+    if isinstance(dataset, torch.utils.data.Subset):
+        base = sample_ids(dataset.dataset)
+        return [base[i] for i in dataset.indices]
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return [str(p) for p in paths]
+    names = getattr(dataset, "image_names", None)
+    if names:
+        return [str(n) for n in names]
+    table = getattr(dataset, "table", None)
+    rows = getattr(dataset, "rows", None)
+    if table is not None and rows is not None:
+        src = Path(str(table.path)).name
+        return [f"{src}#line{int(table.lines[r])}" for r in np.asarray(rows).tolist()]
+    return [str(i) for i in range(len(dataset))]
+
+
+def subsample_indices(num_samples: int, max_samples: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a reproducible random subset; a random one since many layouts are sorted by class."""
+    if max_samples is None or max_samples >= num_samples:
+        return np.arange(num_samples)
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be positive, got {max_samples}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_samples, size=max_samples, replace=False))
+
+
+class _Images(torch.utils.data.Dataset):
+    """Transformed images of some samples, without their targets (labels come from ``dataset.labels``)."""
+
+    def __init__(self, dataset: Any, indices: np.ndarray, transform: Callable | None) -> None:
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        index = int(self.indices[i])
+        if self.transform is None:
+            return self.dataset[index][0]
+        return self.transform(self.dataset.get_image(index))
+
+
+@torch.no_grad()
+def run_evaluation(
+    model: nn.Module,
+    dataset: Any,
+    batch_size: int = 64,
+    tta: str | None = None,
+    device: str | torch.device | None = "cpu",
+    collect_features: bool = False,
+    *,
+    transform: Callable | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, Any]:
+    """Predict every sample of ``dataset`` (in order) and return the raw material of the metrics.
+
+    ``transform`` replaces the dataset's own (it is applied to ``dataset.get_image(i)``); without it the
+    dataset's transform must already produce model input. ``tta="flip"`` averages the softmax of each image
+    and its mirror. ``indices`` restricts the run to those samples. Returns ``y_true`` (hard labels, argmax
+    of soft targets), ``y_pred``, ``probs`` (N, C float32), ``features`` ((N, D) from
+    ``model.forward_features`` of the unflipped image, or ``None``), ``paths`` (sample ids) and ``indices``.
+    The model is put in eval mode and left there.
+    """
+    from tqdm.auto import tqdm
+
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    dev = resolve_device(device)
+    idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if idx.size == 0:
+        raise ValueError("nothing to evaluate: the dataset (or the chosen subset) is empty")
+    labels = np.asarray(dataset.labels, dtype=np.int64)[idx]
+    ids = sample_ids(dataset)
+    loader = torch.utils.data.DataLoader(
+        _Images(dataset, idx, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+    model.eval().to(dev)
+    probs, feats = [], []
+    for x in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        x = x.to(dev, non_blocking=True)
+        f = model.forward_features(x)
+        p = model.forward_head(f).float().softmax(dim=-1)
+        if tta == "flip":
+            p = 0.5 * (p + model(x.flip(-1)).float().softmax(dim=-1))
+        probs.append(p.cpu())
+        if collect_features:
+            feats.append(f.float().cpu())
+    prob = torch.cat(probs).numpy()
+    return {
+        "y_true": labels,
+        "y_pred": prob.argmax(axis=1).astype(np.int64),
+        "probs": prob,
+        "features": torch.cat(feats).numpy() if collect_features else None,
+        "paths": [ids[i] for i in idx.tolist()],
+        "indices": idx,
+    }
+
+
+def _git_revision() -> str | None:
+    from ..training.trainer import git_revision  # one implementation for every run record
+
+    return git_revision()
+
+
+def _checkpoint_record(model: nn.Module, checkpoint: str | os.PathLike[str] | None) -> dict[str, Any]:
+    meta = getattr(model, "meta", None) or {}
+    return {
+        "path": None if checkpoint is None else str(Path(checkpoint).resolve()),
+        "model": getattr(model, "model_name", None),
+        "family": getattr(model, "family", None),
+        "provenance": meta.get("provenance"),
+        "training_metrics": meta.get("metrics"),
+    }
+
+
+def evaluate_dataset(
+    model: nn.Module,
+    dataset: Any,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    classes_by_position: bool = False,
+    batch_size: int = 64,
+    tta: str | None = None,
+    device: str | torch.device | None = "cpu",
+    max_samples: int | None = None,
+    tsne: bool = False,
+    tsne_max_points: int = 5000,
+    num_workers: int = 0,
+    provenance: Mapping[str, Any] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    make_plots: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model on a dataset and (with ``out_dir``) write the full record; returns the metrics.
+
+    ``classes`` and ``preprocessing`` default to ``model.meta``; images go through :func:`eval_transform`
+    of that preprocessing, so the checkpoint's input size, statistics, channel order and grey conversion
+    are applied whatever transform the dataset carries. Dataset labels are mapped onto the model's classes
+    by :func:`match_classes`. ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``,
+    ``confusion.png`` (and ``tsne.png`` with ``tsne``); ``provenance`` is merged into what they record.
+    """
+    meta = getattr(model, "meta", None) or {}
+    names = [str(n) for n in (classes if classes is not None else meta.get("classes") or [])]
+    num_classes = int(model.cfg.num_classes)
+    if not names:
+        from ..weights.official import default_classes
+
+        names = default_classes(num_classes)
+    if len(names) != num_classes:
+        raise ClassMismatchError(f"{len(names)} class names for a {num_classes}-class model")
+    mapping = match_classes(names, dataset.classes, by_position=classes_by_position)
+    prep = dict(preprocessing if preprocessing is not None else meta.get("preprocessing") or {})
+    prep.setdefault("input_size", int(model.cfg.input_size))
+    idx = subsample_indices(len(dataset), max_samples)
+    start = time.perf_counter()
+    out = run_evaluation(model, dataset, batch_size=batch_size, tta=tta, device=device, collect_features=tsne,
+                         transform=eval_transform(prep), indices=idx, num_workers=num_workers, progress=progress)
+    seconds = time.perf_counter() - start
+    y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
+
+    from .metrics import compute_metrics
+
+    metrics = compute_metrics(y_true, out["y_pred"], names, probs=out["probs"])
+    if out_dir is None:
+        return metrics
+
+    from .report import write_eval_outputs
+
+    report = getattr(dataset, "report", None)
+    record: dict[str, Any] = {
+        "name": f"{getattr(model, 'model_name', 'model')} on {getattr(report, 'dataset', 'data')}"
+                f"[{getattr(report, 'split', '?')}]",
+        "checkpoint": _checkpoint_record(model, checkpoint),
+        "dataset": {
+            "classes": list(dataset.classes),
+            "num_samples": len(dataset),
+            "evaluated": int(idx.size),
+            "subset": None if idx.size == len(dataset) else f"random {idx.size} of {len(dataset)} (seed 0)",
+            "class_mapping": None if mapping is None else {
+                str(d): names[int(m)] for d, m in zip(dataset.classes, mapping, strict=True)},
+            "classes_by_position": bool(classes_by_position),
+            "load_report": report.as_dict() if report is not None else None,
+        },
+        "preprocessing": prep,
+        "tta": tta or "none",
+        "device": str(resolve_device(device)),
+        "seconds": round(seconds, 2),
+        "images_per_second": round(idx.size / seconds, 2) if seconds > 0 else None,
+        "git_revision": _git_revision(),
+        "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for key, value in (provenance or {}).items():
+        if isinstance(value, Mapping) and isinstance(record.get(key), dict):
+            record[key] = {**record[key], **value}
+        else:
+            record[key] = value
+    predictions = {"true": y_true, "pred": out["y_pred"], "probs": out["probs"], "path": out["paths"],
+                   "index": out["indices"]}
+    paths = write_eval_outputs(out_dir, metrics, predictions, provenance=record, make_plots=make_plots)
+    if tsne:
+        from .plots import write_tsne
+
+        paths["tsne"] = Path(out_dir) / "tsne.png"
+        write_tsne(out["features"], y_true, names, paths["tsne"], max_points=tsne_max_points)
+    metrics = dict(metrics)
+    metrics["files"] = {k: str(v) for k, v in paths.items()}
+    return metrics

@@ -1,0 +1,158 @@
+"""Model backends behind :class:`~poster_fer.inference.Recognizer`: one call, numpy batch in, logits out.
+
+Keeping the model behind ``__call__(float32 (B, 3, S, S)) -> logits (B, C)`` plus a ``meta`` record lets the
+same face pipeline drive a PyTorch model (CPU or CUDA) or an exported ONNX file in ONNX Runtime, so the two
+cannot drift apart in preprocessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "resolve_device"]
+
+_OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
+
+
+class InferenceError(RuntimeError):
+    """The recognizer cannot be set up as asked (missing backend, device, unreadable model); says what to do."""
+
+
+class Backend(Protocol):
+    """What the recognizer needs from a model."""
+
+    meta: dict[str, Any]
+    device: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_device(device: str | None) -> str:
+    """``"auto"``/None -> ``"cuda"`` when available else ``"cpu"``; refuse CUDA where there is none."""
+    import torch
+
+    dev = (device or "auto").lower()
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError(f"device {device!r} was asked for but this PyTorch build sees no CUDA GPU "
+                             "(use --device cpu)")
+    try:
+        torch.device(dev)
+    except RuntimeError as err:
+        raise InferenceError(f"unknown device {device!r} ({err})") from None
+    return dev
+
+
+class TorchBackend:
+    """A poster-fer PyTorch model in eval mode under ``inference_mode``.
+
+    ``autocast`` ("bf16" or "fp16") runs the forward pass under :func:`torch.autocast` on the model's device;
+    logits are always returned as float32. ``fused_attention`` switches attention to PyTorch's fused kernel,
+    which is faster and equal to the explicit softmax up to float rounding.
+    """
+
+    def __init__(self, model: Any, device: str = "cpu", autocast: str | None = None,
+                 fused_attention: bool = True) -> None:
+        import torch
+
+        from ..models import set_fused_attention
+
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        if fused_attention:
+            set_fused_attention(self.model, True)
+        self.meta: dict[str, Any] = dict(getattr(model, "meta", None) or {})
+        self.meta.setdefault("model", getattr(model, "model_name", None))
+        if "preprocessing" not in self.meta:
+            self.meta["preprocessing"] = {"input_size": int(model.cfg.input_size)}
+        if "classes" not in self.meta:
+            from ..weights.official import default_classes
+
+            self.meta["classes"] = default_classes(int(model.cfg.num_classes))
+        dtypes = {None: None, "none": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                  "fp16": torch.float16, "float16": torch.float16}
+        if autocast not in dtypes:
+            raise InferenceError(f"autocast must be 'bf16', 'fp16' or None, not {autocast!r}")
+        self.autocast = dtypes[autocast]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        dev_type = torch.device(self.device).type
+        amp = (torch.autocast(dev_type, dtype=self.autocast) if self.autocast is not None
+               else contextlib.nullcontext())
+        with torch.inference_mode(), amp:
+            logits = self.model(x)
+        return logits.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An exported ``.onnx`` file run by ONNX Runtime through :class:`poster_fer.export.OnnxRuntimeModel`."""
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "cpu") -> None:
+        try:
+            from ..export import OnnxRuntimeModel
+        except ImportError as err:
+            raise InferenceError(
+                f"the onnxruntime backend is unavailable ({err}); install it with "
+                "`pip install 'poster-fer[onnx]'`, or use backend 'torch' with a poster-fer checkpoint"
+            ) from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InferenceError(f"{self.path}: no such ONNX file")
+        self.session = OnnxRuntimeModel(str(self.path))
+        self.meta = dict(getattr(self.session, "meta", None) or {})
+        if "classes" not in self.meta or "preprocessing" not in self.meta:
+            raise InferenceError(f"{self.path}: the ONNX file carries no poster-fer metadata (classes, "
+                                 "preprocessing); export it with `poster-fer export`")
+        self.device = device
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+
+
+def load_backend(
+    path: str | os.PathLike[str],
+    backend: str = "torch",
+    device: str = "cpu",
+    model: str | None = None,
+    num_classes: int | None = None,
+    classes: list[str] | None = None,
+    channel_order: str | None = None,
+    autocast: str | None = None,
+) -> Backend:
+    """Open a checkpoint for inference.
+
+    ``backend="torch"``: a poster-fer model directory or ``.safetensors`` file (:func:`poster_fer.load_model`),
+    or an official ``.pth``/``.pth.tar`` checkpoint (:func:`poster_fer.load_official`; ``model`` names the
+    registered variant, default ``poster_v1``, with ``num_classes``/``classes``/``channel_order`` as there).
+    ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported model with its embedded metadata.
+    """
+    p = Path(path)
+    kind = backend.lower()
+    if kind in ("onnx", "ort"):
+        kind = "onnxruntime"
+    if p.suffix.lower() == ".onnx" and kind == "torch":
+        kind = "onnxruntime"
+    if kind == "onnxruntime":
+        return OnnxBackend(p, device=device)
+    if kind != "torch":
+        raise InferenceError(f"unknown backend {backend!r}; choose 'torch' or 'onnxruntime'")
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint")
+    from .. import load_model, load_official
+
+    dev = resolve_device(device)
+    if p.is_file() and p.suffix.lower() in _OFFICIAL_SUFFIXES:
+        net = load_official(p, model=model or "poster_v1", num_classes=num_classes, classes=classes,
+                            channel_order=channel_order)
+    else:
+        net = load_model(p, device=dev)
+    return TorchBackend(net, device=dev, autocast=autocast)

@@ -1,0 +1,133 @@
+"""Turn a detected face into exactly the tensor the checkpoint was trained on.
+
+A POSTER checkpoint only ever saw its training set's crops: a particular face framing (how much forehead,
+where the eyes sit), colour or grey, the channel order of the loader that read the files, a resize to
+``input_size`` and a normalisation. An inference crop that differs in any of these gives confident wrong
+answers rather than an error, which is what users who wrote their own cropping ran into. So every step here is
+read from the checkpoint metadata and none is hard-coded:
+
+1. align the face onto ``crop_geometry`` (5-point similarity warp, :func:`poster_fer.faces.align_face`) at the
+   dataset's own crop size (100x100 for RAF-DB, 48x48 for FER2013);
+2. if ``grayscale``: luma, replicated to 3 channels (FER2013 / FER+ models never saw colour);
+3. resize to ``input_size`` with Pillow (``resize_interpolation``, bilinear by default), which is what the
+   evaluation transform (torchvision ``Resize`` on a PIL image) does in training;
+4. scale to [0, 1], reverse channels for ``channel_order == "BGR"`` (the official v1 RAF-DB weights), then
+   subtract ``mean`` and divide by ``std`` as stored.
+
+Everything is numpy, so the same code feeds the PyTorch model and an ONNX Runtime session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..faces import CropGeometry, align_face, get_geometry
+
+__all__ = ["DEFAULT_GEOMETRY", "Preprocessing"]
+
+#: Crop geometry assumed when a checkpoint records none: the official checkpoints were trained on RAF-DB's
+#: aligned crops (and AffectNet's, which are framed alike).
+DEFAULT_GEOMETRY = "rafdb"
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The checkpoint's input contract; build it with :meth:`from_meta`."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str = "RGB"
+    grayscale: bool = False
+    interpolation: str = "bilinear"
+    geometry: CropGeometry = get_geometry(DEFAULT_GEOMETRY)
+    geometry_assumed: bool = False  # True when the metadata named no geometry and the default was used
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', not {self.channel_order!r}")
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"resize_interpolation {self.interpolation!r} is not one of {sorted(_RESAMPLE)}")
+        if int(self.input_size) < 1 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"bad preprocessing: input_size={self.input_size}, mean={self.mean}, std={self.std}")
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], input_size: int | None = None) -> Preprocessing:
+        """Read ``meta["preprocessing"]`` (our checkpoint record); ``input_size`` is the fallback size."""
+        prep = dict(meta.get("preprocessing") or {})
+        size = prep.get("input_size", input_size)
+        if size is None:
+            raise ValueError("checkpoint metadata gives no preprocessing.input_size")
+        geo = prep.get("crop_geometry")
+        return cls(
+            input_size=int(size),
+            mean=_triple(prep.get("mean", _IMAGENET_MEAN), "mean"),
+            std=_triple(prep.get("std", _IMAGENET_STD), "std"),
+            channel_order=str(prep.get("channel_order", "RGB")).upper(),
+            grayscale=bool(prep.get("grayscale", False)),
+            interpolation=str(prep.get("resize_interpolation", "bilinear")).lower(),
+            geometry=get_geometry(geo if geo is not None else DEFAULT_GEOMETRY),
+            geometry_assumed=geo is None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (for logs and reports)."""
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "channel_order": self.channel_order, "grayscale": self.grayscale,
+                "resize_interpolation": self.interpolation, "crop_geometry": self.geometry.to_dict(),
+                "crop_geometry_assumed": self.geometry_assumed}
+
+    # -- steps -------------------------------------------------------------------------------------------
+
+    def align(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """Aligned crop (uint8 RGB, the geometry's size) as the model sees it before the resize."""
+        return self.prepare_crop(align_face(rgb, landmarks, self.geometry))
+
+    def prepare_crop(self, crop: np.ndarray) -> np.ndarray:
+        """Colour handling of an (already aligned) uint8 RGB crop: grey -> 3 channels when the model wants it."""
+        if self.grayscale:
+            # Pillow's ITU-R 601 luma, as a PIL-based training pipeline computes it (cv2 rounds differently)
+            grey = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).convert("L"))
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        return crop
+
+    def to_input(self, crop: np.ndarray) -> np.ndarray:
+        """One prepared uint8 RGB crop -> float32 ``(3, S, S)``: resize, [0, 1], channel order, normalise."""
+        s = self.input_size
+        if crop.shape[:2] != (s, s):
+            crop = np.asarray(Image.fromarray(crop).resize((s, s), _RESAMPLE[self.interpolation]))
+        x = crop.astype(np.float32) * np.float32(1 / 255)
+        if self.channel_order == "BGR":
+            x = x[:, :, ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def batch(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Prepared crops -> float32 ``(B, 3, S, S)``."""
+        s = self.input_size
+        if not crops:
+            return np.zeros((0, 3, s, s), np.float32)
+        return np.stack([self.to_input(c) for c in crops])
+
+
+def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    vals = tuple(float(v) for v in values)
+    if len(vals) != 3:
+        raise ValueError(f"preprocessing.{name} needs 3 values, got {list(values)}")
+    return vals  # type: ignore[return-value]

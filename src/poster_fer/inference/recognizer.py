@@ -1,0 +1,327 @@
+"""The photo-to-label path: load, detect, align to the checkpoint's crop geometry, classify in batches.
+
+Typical use::
+
+    rec = Recognizer.from_checkpoint("runs/rafdb/best", detector="yunet")
+    for face in rec.predict("group.jpg"):
+        print(face.box, face.label, face.probabilities[face.label])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..faces import DEFAULT_MAX_PIXELS, Face, FaceDetector, build_detector, load_image, to_rgb_array
+from .backends import Backend, InferenceError, TorchBackend, load_backend
+from .preprocess import Preprocessing
+
+__all__ = ["DEFAULT_DETECT_SIZE", "FaceResult", "ImageLike", "ImagePrediction", "Recognizer"]
+
+log = logging.getLogger(__name__)
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
+
+#: Longest image side the detector runs at. YuNet finds faces from about 10 px up to about 450 px boxes and its
+#: cost grows with the pixel count; a 12-megapixel photo at full size takes seconds and can miss a face that
+#: fills the frame, so larger images are detected on a downscaled copy (alignment still uses full resolution).
+DEFAULT_DETECT_SIZE = 1280
+#: Images smaller than this (longest side) are upscaled for detection: a face filling a 64-px thumbnail is
+#: below the sizes YuNet's anchors are tuned for.
+MIN_DETECT_SIZE = 320
+
+# Input problems that are reported per image instead of stopping a batch.
+_INPUT_ERRORS = (ValueError, TypeError, OSError, cv2.error)
+
+
+@dataclass(eq=False)
+class FaceResult:
+    """One face: where it is, what the detector thought, and the class probabilities.
+
+    ``box`` is ``(x, y, w, h)`` and ``landmarks`` ``(5, 2)`` in the input image's pixels (YuNet order, see
+    :data:`poster_fer.faces.LANDMARK_NAMES`). For inputs given as ready crops (``detect=False``) the box is the
+    whole image and ``landmarks``/``score`` are None. ``crop`` is the aligned crop as the model saw it
+    (before the resize to ``input_size``), kept only when asked for.
+    """
+
+    box: tuple[float, float, float, float]
+    landmarks: np.ndarray | None
+    score: float | None
+    label: str
+    probabilities: dict[str, float]
+    landmarks_estimated: bool = False
+    crop: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the predicted label."""
+        return self.probabilities[self.label]
+
+    def to_dict(self, decimals: int = 4) -> dict[str, Any]:
+        """JSON-ready record (no crop): box, landmarks, detector score, label, per-class probabilities."""
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "landmarks": None if self.landmarks is None else [[round(float(x), 2), round(float(y), 2)]
+                                                              for x, y in self.landmarks],
+            "landmarks_estimated": self.landmarks_estimated,
+            "score": None if self.score is None else round(float(self.score), 4),
+            "label": self.label,
+            "confidence": round(self.confidence, decimals),
+            "scores": {k: round(float(v), decimals) for k, v in self.probabilities.items()},
+        }
+
+
+@dataclass(eq=False)
+class ImagePrediction:
+    """What :meth:`Recognizer.iter_predict` yields per input: its key, its faces, or the error it raised.
+
+    ``image`` is the RGB uint8 array that was analysed (for drawing); None when the input failed to load.
+    """
+
+    key: Any
+    faces: list[FaceResult]
+    error: BaseException | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Recognizer:
+    """Detect faces, align each to the checkpoint's training crop, and classify them in batches.
+
+    Preprocessing (crop geometry, grey or colour, input size, channel order, mean/std) is read from the
+    checkpoint metadata, see :mod:`poster_fer.inference.preprocess`. Faces from many images are gathered
+    into batches of ``batch_size`` before each forward pass.
+
+    Args:
+        backend: a :class:`~poster_fer.inference.backends.Backend` (model + metadata).
+        detector: a detector object, a name ("yunet", "haar"), or None (then only ``detect=False`` works).
+        batch_size: faces per forward pass.
+        max_faces: keep at most this many faces per image (the detector's best first); None keeps all.
+        detect_size: longest side the detector runs at (larger images are downscaled for detection only);
+            None or 0 detects at full resolution.
+        max_pixels: size limit for image files, see :func:`poster_fer.faces.load_image`.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        detector: FaceDetector | str | None = "yunet",
+        batch_size: int = 32,
+        max_faces: int | None = None,
+        detect_size: int | None = DEFAULT_DETECT_SIZE,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        detector_model: str | os.PathLike[str] | None = None,
+        score_threshold: float = 0.6,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.backend = backend
+        self.meta: dict[str, Any] = backend.meta
+        self.classes: list[str] = [str(c) for c in self.meta.get("classes") or []]
+        if not self.classes:
+            raise InferenceError("the checkpoint metadata names no classes")
+        self.preprocessing = Preprocessing.from_meta(self.meta)
+        if self.preprocessing.geometry_assumed:
+            log.info("checkpoint records no crop_geometry; using %r (the official checkpoints' RAF-DB crops)",
+                     self.preprocessing.geometry.name)
+        if isinstance(detector, str):
+            if detector.lower() == "haar":
+                log.warning("using the Haar-cascade face detector: it misses turned and small faces and its "
+                            "landmarks are estimated, so crops are coarser than with YuNet")
+            detector = build_detector(detector, model_path=detector_model, score_threshold=score_threshold)
+        self.detector = detector
+        self.batch_size = int(batch_size)
+        self.max_faces = max_faces
+        self.detect_size = detect_size or None
+        self.max_pixels = max_pixels
+
+    # -- construction --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "cpu",
+        detector: FaceDetector | str | None = "yunet",
+        detector_model: str | os.PathLike[str] | None = None,
+        backend: str = "torch",
+        model: str | None = None,
+        num_classes: int | None = None,
+        classes: list[str] | None = None,
+        channel_order: str | None = None,
+        autocast: str | None = None,
+        **kwargs: Any,
+    ) -> Recognizer:
+        """Open a checkpoint: a poster-fer directory / ``.safetensors``, an official ``.pth`` (``model`` names
+        its variant, default ``poster_v1``), or an ``.onnx`` export (``backend="onnxruntime"``).
+
+        ``detector_model`` is the YuNet file (else the per-user cache, downloaded on first use). Other keyword
+        arguments (``batch_size``, ``max_faces``, ``detect_size``, ``max_pixels``, ``score_threshold``) go to
+        the constructor.
+        """
+        be = load_backend(path, backend=backend, device=device, model=model, num_classes=num_classes,
+                          classes=classes, channel_order=channel_order, autocast=autocast)
+        return cls(be, detector=detector, detector_model=detector_model, **kwargs)
+
+    @classmethod
+    def from_model(cls, model: Any, device: str = "cpu", autocast: str | None = None, **kwargs: Any) -> Recognizer:
+        """Wrap an in-memory poster-fer model (its ``meta`` supplies classes and preprocessing)."""
+        return cls(TorchBackend(model, device=device, autocast=autocast), **kwargs)
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def load(self, x: ImageLike) -> np.ndarray:
+        """Any accepted input -> upright RGB uint8 ``(h, w, 3)``."""
+        if isinstance(x, (str, os.PathLike)):
+            return load_image(x, max_pixels=self.max_pixels)
+        return to_rgb_array(x)
+
+    def detect(self, image: ImageLike) -> list[Face]:
+        """Faces in ``image`` (full-resolution coordinates), best first, at most ``max_faces``."""
+        if self.detector is None:
+            raise InferenceError("this recognizer has no face detector; give one, or pass detect=False for "
+                                 "inputs that are already aligned face crops")
+        rgb = self.load(image)
+        h, w = rgb.shape[:2]
+        side = max(h, w)
+        scale = 1.0
+        if self.detect_size and side > self.detect_size:
+            scale = self.detect_size / side
+        elif side < MIN_DETECT_SIZE:
+            scale = MIN_DETECT_SIZE / side
+        if scale != 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            sx, sy = size[0] / w, size[1] / h
+            faces = [_rescale(f, sx, sy) for f in self.detector.detect(small)]
+        else:
+            faces = self.detector.detect(rgb)
+        return faces[: self.max_faces] if self.max_faces else faces
+
+    def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``(N, C)`` for prepared crops (aligned, colour-handled, uint8 RGB)."""
+        out = np.zeros((len(crops), len(self.classes)), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            logits = np.asarray(self.backend(self.preprocessing.batch(chunk)), dtype=np.float64)
+            if logits.shape != (len(chunk), len(self.classes)):
+                raise InferenceError(f"model returned logits of shape {logits.shape}, expected "
+                                     f"({len(chunk)}, {len(self.classes)})")
+            out[start:start + len(chunk)] = _softmax(logits)
+        return out
+
+    # -- prediction ----------------------------------------------------------------------------------------
+
+    def predict(
+        self, x: ImageLike | Sequence[ImageLike], detect: bool = True, return_crops: bool = False
+    ) -> list[FaceResult] | list[list[FaceResult]]:
+        """Faces and labels for one image, or for each image of a list (or of a 4-D ``(N, h, w, c)`` array).
+
+        One input gives ``list[FaceResult]``; a list gives one such list per image. An image with no face gives
+        an empty list. ``detect=False`` takes each input as an already-aligned face crop. Input errors raise
+        (:class:`~poster_fer.faces.ImageLoadError` for files); use :meth:`iter_predict` to collect them instead.
+        """
+        batch = isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim == 4)
+        items = list(x) if batch else [x]  # type: ignore[arg-type]
+        out: list[list[FaceResult]] = []
+        for pred in self.iter_predict(enumerate(items), detect=detect, return_crops=return_crops):
+            if pred.error is not None:
+                raise pred.error
+            out.append(pred.faces)
+        return out if batch else out[0]
+
+    def predict_crops(self, crops: Sequence[ImageLike], return_crops: bool = False) -> list[FaceResult]:
+        """One result per already-aligned face crop (the detector is skipped)."""
+        return [faces[0] for faces in self.predict(list(crops), detect=False, return_crops=return_crops)]
+
+    def iter_predict(
+        self, items: Iterable[tuple[Any, ImageLike | BaseException]], detect: bool = True,
+        return_crops: bool = False,
+    ) -> Iterator[ImagePrediction]:
+        """Stream ``(key, image)`` pairs through the pipeline, batching faces across images; yields in order.
+
+        Images are loaded and detected one by one; once ``batch_size`` faces are waiting they are classified
+        together and the finished images are yielded. An input that fails (unreadable file, bad array) is
+        yielded with ``error`` set and the stream goes on; a caller may also pass an exception in place of an
+        image to have it reported in sequence.
+        """
+        pending: list[tuple[ImagePrediction, list[Face | None], list[np.ndarray]]] = []
+        waiting = 0
+        for key, x in items:
+            if isinstance(x, BaseException):
+                pending.append((ImagePrediction(key, [], error=x), [], []))
+                continue
+            try:
+                rgb = self.load(x)
+                if detect:
+                    faces: list[Face | None] = list(self.detect(rgb))
+                    crops = [self.preprocessing.align(rgb, f.landmarks) for f in faces]  # type: ignore[union-attr]
+                else:
+                    faces = [None]
+                    crops = [self.preprocessing.prepare_crop(rgb)]
+            except _INPUT_ERRORS as err:
+                pending.append((ImagePrediction(key, [], error=err), [], []))
+                continue
+            pending.append((ImagePrediction(key, [], image=rgb), faces, crops))
+            waiting += len(crops)
+            if waiting >= self.batch_size:
+                yield from self._flush(pending, return_crops)
+                pending, waiting = [], 0
+        yield from self._flush(pending, return_crops)
+
+    def _flush(self, pending: list[tuple[ImagePrediction, list[Face | None], list[np.ndarray]]],
+               return_crops: bool) -> Iterator[ImagePrediction]:
+        all_crops = [c for _, _, crops in pending for c in crops]
+        probs = self.classify(all_crops) if all_crops else np.zeros((0, len(self.classes)), np.float32)
+        i = 0
+        for pred, faces, crops in pending:
+            for face, crop in zip(faces, crops, strict=True):
+                pred.faces.append(self._result(face, crop, probs[i], pred.image, return_crops))
+                i += 1
+            yield pred
+
+    def _result(self, face: Face | None, crop: np.ndarray, p: np.ndarray, image: np.ndarray | None,
+                keep_crop: bool) -> FaceResult:
+        k = int(np.argmax(p))
+        probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
+        if face is None:
+            h, w = image.shape[:2] if image is not None else crop.shape[:2]
+            return FaceResult(box=(0.0, 0.0, float(w), float(h)), landmarks=None, score=None,
+                              label=self.classes[k], probabilities=probabilities,
+                              crop=crop if keep_crop else None)
+        return FaceResult(box=face.box, landmarks=face.landmarks, score=face.score, label=self.classes[k],
+                          probabilities=probabilities, landmarks_estimated=face.landmarks_estimated,
+                          crop=crop if keep_crop else None)
+
+    def __repr__(self) -> str:
+        det = getattr(self.detector, "name", None)
+        return (f"Recognizer(model={self.meta.get('model')!r}, classes={len(self.classes)}, device={self.device!r}, "
+                f"detector={det!r}, geometry={self.preprocessing.geometry.name!r}, batch_size={self.batch_size})")
+
+
+def _rescale(face: Face, sx: float, sy: float) -> Face:
+    """Map a face found on a resized copy back to the original pixels (cv2.resize's pixel-centre convention)."""
+    x, y, w, h = face.box
+    lm = (np.asarray(face.landmarks) + 0.5) / (sx, sy) - 0.5
+    return Face(box=((x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5, w / sx, h / sy), landmarks=lm, score=face.score,
+                landmarks_estimated=face.landmarks_estimated)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -1,0 +1,114 @@
+"""Prediction records (one per face, or per input/frame without a face) and their JSON-lines / CSV writers.
+
+Every record has the same keys whatever happened, so downstream tools can rely on the schema:
+
+======================  =====================================================================================
+``source``              the input as given (file path, or ``webcam:N``)
+``frame``, ``time``     frame index and seconds into the video; null for images
+``face``                face index within the image/frame (best detection first); null without a face
+``track``               stable id of the face across frames (videos); null for images
+``status``              ``"ok"``, ``"no_face"`` (read fine, nothing found) or ``"error"``
+``error``               why the input failed (``status == "error"``), else null
+``box``                 ``[x, y, w, h]`` in the input's pixels
+``landmarks``           5 x ``[x, y]``: right eye, left eye, nose tip, right and left mouth corner (subject's
+                        right first), null for ``--no-detect``
+``landmarks_estimated`` true when the detector (Haar) only guessed the landmarks from the box
+``score``               detector confidence (null for ``--no-detect``)
+``label``, ``confidence``  predicted class and its probability
+``scores``              ``{class: probability}`` (smoothed over the track for videos)
+``raw_scores``          videos: the frame's own unsmoothed probabilities; null for images
+``crop``                path of the saved aligned crop (``--save-crops``), else null
+======================  =====================================================================================
+
+CSV has the same information flattened: ``x, y, w, h``, ``<landmark>_x/_y`` and one ``p_<class>`` column per
+class; ``raw_scores`` is left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from ..faces import LANDMARK_NAMES
+from .recognizer import FaceResult
+
+__all__ = ["RECORD_KEYS", "RecordWriter", "csv_columns", "error_record", "face_record", "no_face_record"]
+
+RECORD_KEYS = ("source", "frame", "time", "face", "track", "status", "error", "box", "landmarks",
+               "landmarks_estimated", "score", "label", "confidence", "scores", "raw_scores", "crop")
+LANDMARK_COLUMNS = tuple(f"{n}_{axis}" for n in LANDMARK_NAMES for axis in ("x", "y"))
+
+
+def _base(source: str, frame: int | None, time: float | None, status: str, error: str | None) -> dict[str, Any]:
+    rec: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
+    rec.update(source=source, frame=frame, time=None if time is None else round(time, 3), status=status,
+               error=error)
+    return rec
+
+
+def face_record(source: str, face_index: int, result: FaceResult, frame: int | None = None,
+                time: float | None = None, track: int | None = None,
+                scores: Mapping[str, float] | None = None, crop: str | None = None) -> dict[str, Any]:
+    """Record for one face; ``scores`` (smoothed probabilities) replaces the face's own when given."""
+    rec = _base(source, frame, time, "ok", None)
+    d = result.to_dict()
+    if scores is not None:
+        raw = d["scores"]
+        label = max(scores, key=scores.__getitem__)
+        d.update(label=label, confidence=round(float(scores[label]), 4),
+                 scores={k: round(float(v), 4) for k, v in scores.items()}, raw_scores=raw)
+    rec.update(d)
+    rec.update(face=face_index, track=track, crop=crop)
+    return rec
+
+
+def no_face_record(source: str, frame: int | None = None, time: float | None = None) -> dict[str, Any]:
+    """Record for an input (or frame) that was read fine but where no face was found."""
+    return _base(source, frame, time, "no_face", "no face found")
+
+
+def error_record(source: str, error: str, frame: int | None = None, time: float | None = None) -> dict[str, Any]:
+    """Record for an input that could not be processed."""
+    return _base(source, frame, time, "error", error)
+
+
+def csv_columns(classes: Sequence[str]) -> list[str]:
+    """CSV header for a model with these classes."""
+    return ["source", "frame", "time", "face", "track", "status", "error", "x", "y", "w", "h",
+            *LANDMARK_COLUMNS, "landmarks_estimated", "score", "label", "confidence",
+            *(f"p_{c}" for c in classes), "crop"]
+
+
+class RecordWriter:
+    """Write records as JSON lines or CSV to a text stream, flushing per record so pipes see them at once."""
+
+    def __init__(self, stream: TextIO, fmt: str, classes: Sequence[str]) -> None:
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"format must be 'jsonl' or 'csv', not {fmt!r}")
+        self.stream, self.fmt, self.classes = stream, fmt, list(classes)
+        self.count = 0
+        self._csv: csv.DictWriter | None = None
+        if fmt == "csv":
+            self._csv = csv.DictWriter(stream, fieldnames=csv_columns(self.classes), lineterminator="\n")
+            self._csv.writeheader()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._csv is not None:
+            self._csv.writerow(self._flatten(record))
+        else:
+            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.stream.flush()
+        self.count += 1
+
+    def _flatten(self, rec: Mapping[str, Any]) -> dict[str, Any]:
+        row = {k: rec.get(k) for k in ("source", "frame", "time", "face", "track", "status", "error",
+                                       "landmarks_estimated", "score", "label", "confidence", "crop")}
+        box = rec.get("box") or [None] * 4
+        row.update(zip(("x", "y", "w", "h"), box, strict=True))
+        pts = rec.get("landmarks") or [[None, None]] * len(LANDMARK_NAMES)
+        row.update(zip(LANDMARK_COLUMNS, (v for pt in pts for v in pt), strict=True))
+        scores = rec.get("scores") or {}
+        row.update({f"p_{c}": scores.get(c) for c in self.classes})
+        return {k: ("" if v is None else v) for k, v in row.items()}

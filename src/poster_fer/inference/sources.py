@@ -1,0 +1,170 @@
+"""What ``poster-fer predict`` reads: image files, folders of them, video files and webcams.
+
+Files are classified by extension; directories are walked recursively in sorted order, and files in them
+that are neither images nor videos are counted (and reported) rather than silently passed over. Videos are
+read with OpenCV; a file whose decoder stops before the frame count its header announces is flagged as ended
+early, so truncated uploads do not pass as short clips.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Source", "VideoError", "VideoReader", "collect_sources"]
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".ico",
+})
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".3gp", ".ts", ".mts",
+    ".m2ts", ".ogv", ".mjpeg", ".mjpg",
+})
+
+
+class VideoError(ValueError):
+    """A video (or webcam) cannot be opened or read; the message names it and the problem."""
+
+
+@dataclass
+class Source:
+    """One input: ``kind`` is "image", "video" or "webcam"; ``rel`` is its name below ``--out``."""
+
+    kind: str
+    name: str
+    path: Path | None = None
+    rel: Path = field(default_factory=lambda: Path("input"))
+    index: int | None = None  # webcam index
+
+
+def _kind(path: Path) -> str | None:
+    ext = path.suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def collect_sources(
+    paths: Sequence[str | os.PathLike[str]], webcam: int | None = None
+) -> tuple[list[Source], list[Path]]:
+    """Expand the command-line inputs into sources, in order; also return directory files that were skipped.
+
+    A file named explicitly is a video if its extension says so and an image otherwise (so an unsupported
+    or missing file becomes an image that fails to load, with the reason). Hidden files and folders inside
+    directories are ignored.
+    """
+    sources: list[Source] = []
+    skipped: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            base = p.resolve().name or "root"
+            for f in _walk(p):
+                kind = _kind(f)
+                if kind is None:
+                    skipped.append(f)
+                    continue
+                sources.append(Source(kind, str(f), f, Path(base) / f.relative_to(p)))
+        else:
+            kind = "video" if _kind(p) == "video" else "image"
+            sources.append(Source(kind, str(p), p, Path(p.name)))
+    if webcam is not None:
+        sources.append(Source("webcam", f"webcam:{webcam}", None, Path(f"webcam{webcam}"), index=int(webcam)))
+    return sources, skipped
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+class VideoReader:
+    """Frames of a video file or webcam as RGB uint8 arrays, every ``every``-th one, with their indices.
+
+    ``frame_count`` is what the container announces (None for webcams and streams that do not say);
+    after iterating, ``frames_read`` is how many frames were decoded and :attr:`ended_early` whether that
+    fell short of the announcement.
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | int, every: int = 1, max_frames: int | None = None,
+                 max_pixels: int | None = None) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        # FFmpeg prints its own decoder complaints straight to stderr; the per-file error below replaces them.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        self.name = f"webcam:{source}" if isinstance(source, int) else str(source)
+        if not isinstance(source, int) and not Path(source).is_file():
+            raise VideoError(f"{self.name}: no such file")
+        self.every = int(every)
+        self.max_frames = max_frames
+        self._cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+        if not self._cap.isOpened():
+            what = "cannot open the camera" if isinstance(source, int) else \
+                "cannot open it as a video (unsupported format, damaged or truncated file)"
+            raise VideoError(f"{self.name}: {what}")
+        self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
+        count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frame_count = int(count) if count and 0 < count < 1e9 else None
+        self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if max_pixels is not None and self.width * self.height > max_pixels:
+            self.close()
+            raise VideoError(f"{self.name}: frames are {self.width}x{self.height} = {self.width * self.height} "
+                             f"pixels, above the limit of {max_pixels} pixels")
+        self.frames_read = 0
+        self._stopped_by_limit = False
+
+    @property
+    def expected_frames(self) -> int | None:
+        """Frames the caller will receive (after ``every`` and ``max_frames``), when known."""
+        n = self.frame_count
+        if n is None:
+            return self.max_frames
+        if self.max_frames is not None:
+            n = min(n, self.max_frames * self.every)
+        return (n + self.every - 1) // self.every
+
+    @property
+    def ended_early(self) -> bool:
+        """Decoding stopped clearly before the announced frame count (truncated or damaged file)."""
+        if self.frame_count is None or self._stopped_by_limit:
+            return False
+        tolerance = max(1, round(0.01 * self.frame_count))  # some containers only estimate the count
+        return self.frames_read < self.frame_count - tolerance
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(frame index, rgb)``; the index counts every decoded frame, kept or not."""
+        kept = 0
+        try:
+            while True:
+                if self.max_frames is not None and kept >= self.max_frames:
+                    self._stopped_by_limit = True
+                    return
+                keep = self.frames_read % self.every == 0
+                if keep:
+                    ok, bgr = self._cap.read()
+                else:
+                    ok, bgr = self._cap.grab(), None
+                if not ok:
+                    return
+                index = self.frames_read
+                self.frames_read += 1
+                if keep and bgr is not None:
+                    kept += 1
+                    yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._cap.release()

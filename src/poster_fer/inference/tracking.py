@@ -1,0 +1,98 @@
+"""Greedy IoU tracking and per-track probability smoothing for video.
+
+Per-frame expression predictions flicker: the detector's landmarks jitter by a few pixels, the crop moves,
+and a face that is between two expressions flips label from frame to frame. Following each face from frame to
+frame (the pair of boxes with the highest overlap is matched first) and averaging its probabilities with an
+exponential moving average gives stable track ids and labels that change only when the expression does. This
+is deliberately simple: no motion model, so fast motion or crossing faces can swap or restart tracks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["IoUTracker", "Track", "box_iou"]
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes."""
+    ax, ay, aw, ah = (float(v) for v in a)
+    bx, by, bw, bh = (float(v) for v in b)
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    """One followed face: its id, last box, smoothed probabilities and when it was last seen."""
+
+    id: int
+    box: tuple[float, float, float, float]
+    probs: np.ndarray
+    last_frame: int
+    hits: int = 1
+
+
+class IoUTracker:
+    """Assign stable ids to per-frame detections and smooth their class probabilities.
+
+    Args:
+        iou_threshold: least overlap between a track's last box and a detection for them to match.
+        max_age: frames (in the video's own numbering) a track survives without a match; with ``--every N``
+            give it in original frames, so it should be several times N.
+        alpha: weight of the newest probabilities in the moving average (1.0 = no smoothing).
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_age: int = 30, alpha: float = 0.5) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.iou_threshold = float(iou_threshold)
+        self.max_age = int(max_age)
+        self.alpha = float(alpha)
+        self.tracks: list[Track] = []
+        self._next_id = 0
+
+    @property
+    def total_tracks(self) -> int:
+        """Tracks started so far (ids run from 0 to this minus one)."""
+        return self._next_id
+
+    def update(
+        self, frame: int, boxes: Sequence[Sequence[float]], probs: Sequence[np.ndarray] | np.ndarray
+    ) -> list[tuple[int, np.ndarray]]:
+        """Match this frame's detections to tracks; returns ``(track id, smoothed probs)`` per detection."""
+        self.tracks = [t for t in self.tracks if frame - t.last_frame <= self.max_age]
+        pairs = sorted(
+            ((box_iou(t.box, b), ti, di) for ti, t in enumerate(self.tracks) for di, b in enumerate(boxes)),
+            reverse=True,
+        )
+        assigned: dict[int, Track] = {}
+        used: set[int] = set()
+        for iou, ti, di in pairs:
+            if iou < self.iou_threshold:
+                break
+            if ti in used or di in assigned:
+                continue
+            used.add(ti)
+            assigned[di] = self.tracks[ti]
+        out = []
+        for di, box in enumerate(boxes):
+            p = np.asarray(probs[di], dtype=np.float64)
+            track = assigned.get(di)
+            if track is None:
+                track = Track(self._next_id, tuple(float(v) for v in box), p.copy(), frame)  # type: ignore[arg-type]
+                self._next_id += 1
+                self.tracks.append(track)
+            else:
+                track.probs = self.alpha * p + (1.0 - self.alpha) * track.probs
+                track.box = tuple(float(v) for v in box)  # type: ignore[assignment]
+                track.last_frame = frame
+                track.hits += 1
+            out.append((track.id, track.probs.copy()))
+        return out

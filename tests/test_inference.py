@@ -1,0 +1,358 @@
+"""Recognizer API: preprocessing from checkpoint metadata, input kinds, batching, backends, tracking."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import need_shared
+from poster_fer import create_model, save_model
+from poster_fer.faces import align_face, get_geometry, load_image
+from poster_fer.inference import (
+    FaceResult,
+    InferenceError,
+    IoUTracker,
+    Preprocessing,
+    Recognizer,
+    box_iou,
+    draw_predictions,
+)
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+SIZE = 56  # tiny model at a tiny input: fast on any CPU
+
+
+def _tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE)
+
+
+def _save(tmp_path, name: str, model=None, **prep) -> str:
+    preprocessing = {"input_size": SIZE, "crop_geometry": get_geometry("rafdb").to_dict(), "grayscale": False,
+                     "resize_interpolation": "bilinear", **prep}
+    return str(save_model(model or _tiny_model(), tmp_path / name, preprocessing=preprocessing))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny model gains nothing from threads, and on a busy machine OpenMP spinning makes it many times
+    slower; restore the session's setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def yunet():
+    return str(need_shared("models", "yunet", "face_detection_yunet.onnx"))
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return need_shared("samples", "astronaut.png")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("ckpt"), "rgb")
+
+
+@pytest.fixture(scope="module")
+def rec(ckpt, yunet):
+    return Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet)
+
+
+def _manual_input(rgb, landmarks, geometry="rafdb", bgr=False, grey=False) -> np.ndarray:
+    """The documented preprocessing, written out independently of the package."""
+    crop = align_face(rgb, landmarks, geometry)
+    if grey:
+        crop = np.repeat(np.asarray(Image.fromarray(crop).convert("L"))[:, :, None], 3, axis=2)
+    x = np.asarray(Image.fromarray(crop).resize((SIZE, SIZE), Image.BILINEAR), np.float32) / 255
+    if bgr:
+        x = x[:, :, ::-1]
+    return ((x - np.array(MEAN, np.float32)) / np.array(STD, np.float32)).transpose(2, 0, 1)
+
+
+class _Capture:
+    """Forward pre-hook keeping the model's input batches."""
+
+    def __init__(self, model):
+        self.inputs: list[np.ndarray] = []
+        self.handle = model.register_forward_pre_hook(lambda m, a: self.inputs.append(a[0].detach().numpy().copy()))
+
+    def close(self):
+        self.handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def test_preprocessing_defaults_for_official_metadata():
+    prep = Preprocessing.from_meta({"preprocessing": {"input_size": 224, "mean": list(MEAN), "std": list(STD),
+                                                      "channel_order": "BGR"}})
+    assert prep.geometry == get_geometry("rafdb") and prep.geometry_assumed
+    assert (prep.channel_order, prep.grayscale, prep.interpolation) == ("BGR", False, "bilinear")
+    fer = Preprocessing.from_meta({"preprocessing": {"input_size": 112, "grayscale": True,
+                                                     "crop_geometry": get_geometry("fer2013").to_dict()}})
+    assert fer.geometry.size == (48, 48) and fer.grayscale and not fer.geometry_assumed
+    with pytest.raises(ValueError, match="channel_order"):
+        Preprocessing.from_meta({"preprocessing": {"input_size": 112, "channel_order": "GBR"}})
+    with pytest.raises(ValueError, match="resize_interpolation"):
+        Preprocessing.from_meta({"preprocessing": {"input_size": 112, "resize_interpolation": "cubic-ish"}})
+
+
+def test_model_input_matches_documented_preprocessing_rgb_bgr_grey(tmp_path, yunet, astronaut):
+    rgb = load_image(astronaut)
+    for name, prep, kw in (("rgb", {}, {}), ("bgr", {"channel_order": "BGR"}, {"bgr": True}),
+                           ("grey", {"grayscale": True}, {"grey": True})):
+        r = Recognizer.from_checkpoint(_save(tmp_path, name, **prep), detector="yunet", detector_model=yunet)
+        cap = _Capture(r.backend.model)
+        (face,) = r.predict(rgb)
+        cap.close()
+        (x,) = cap.inputs
+        np.testing.assert_allclose(x[0], _manual_input(rgb, face.landmarks, **kw), atol=1e-5, err_msg=name)
+        raw = x[0] * np.array(STD)[:, None, None] + np.array(MEAN)[:, None, None]  # undo the normalisation
+        if name == "grey":
+            np.testing.assert_allclose(raw[0], raw[1], atol=1e-5)
+            np.testing.assert_allclose(raw[1], raw[2], atol=1e-5)
+        else:
+            assert np.abs(raw[0] - raw[2]).mean() > 0.05  # a colour face: red and blue planes differ
+        if name == "bgr":
+            # the model gets the crop's blue plane first: same pixels as the RGB model's input, reversed
+            rgb_raw = _manual_input(rgb, face.landmarks) * np.array(STD)[:, None, None] + \
+                np.array(MEAN)[:, None, None]
+            np.testing.assert_allclose(raw, rgb_raw[::-1], atol=1e-5)
+
+
+def test_crop_geometry_from_metadata_sets_crop_size(tmp_path, yunet, astronaut):
+    path = _save(tmp_path, "fer", crop_geometry=get_geometry("fer2013").to_dict(), grayscale=True)
+    r = Recognizer.from_checkpoint(path, detector="yunet", detector_model=yunet)
+    (face,) = r.predict(str(astronaut), return_crops=True)
+    assert face.crop.shape == (48, 48, 3)
+    assert (face.crop[..., 0] == face.crop[..., 2]).all()  # grey model: the crop it saw is grey
+
+
+# ---------------------------------------------------------------------------------------------------------
+# predict
+
+
+def test_predict_on_astronaut_finds_one_face(rec, astronaut):
+    faces = rec.predict(str(astronaut), return_crops=True)
+    assert len(faces) == 1
+    f = faces[0]
+    x, y, w, h = f.box
+    assert 150 < x < 210 and 40 < y < 90 and 70 < w < 120  # the face, not the helmet or the patch
+    assert f.landmarks.shape == (5, 2) and f.score > 0.6
+    assert f.crop.shape == (100, 100, 3) and f.crop.dtype == np.uint8
+    assert set(f.probabilities) == set(rec.classes)
+    assert sum(f.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert f.label == max(f.probabilities, key=f.probabilities.get)
+    d = f.to_dict()
+    assert d["label"] == f.label and len(d["landmarks"]) == 5 and d["confidence"] == round(f.confidence, 4)
+
+
+def test_predict_accepts_paths_pil_and_odd_arrays(rec, astronaut):
+    rgb = load_image(astronaut)
+    ref = rec.predict(rgb)[0].probabilities
+
+    def same(faces):
+        assert len(faces) == 1
+        np.testing.assert_allclose(list(faces[0].probabilities.values()), list(ref.values()), atol=1e-6)
+
+    same(rec.predict(str(astronaut)))
+    same(rec.predict(astronaut))  # pathlib.Path
+    same(rec.predict(Image.open(astronaut)))
+    same(rec.predict(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])))  # opaque RGBA
+    same(rec.predict(rgb.astype(np.uint16) * 257))  # 16-bit
+    same(rec.predict(rgb.astype(np.float32) / 255))  # float in [0, 1]
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    (g,) = rec.predict(grey)  # (h, w) grey: still one face, same place
+    assert box_iou(g.box, rec.predict(rgb)[0].box) > 0.8
+    batch = rec.predict([str(astronaut), grey, np.zeros((64, 64, 3), np.uint8)])
+    assert [len(b) for b in batch] == [1, 1, 0]  # one list per image; a blank image has no face
+
+
+def test_batching_gives_the_same_results_as_one_by_one(ckpt, yunet, astronaut):
+    rgb = load_image(astronaut)
+    images = [rgb, rgb[20:300, 100:380], np.ascontiguousarray(rgb[:, ::-1]), rgb[30:250, 120:340]]
+    one = Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet, batch_size=1)
+    many = Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet, batch_size=16)
+    cap = _Capture(many.backend.model)
+    a, b = one.predict(images), many.predict(images)
+    cap.close()
+    assert [x.shape[0] for x in cap.inputs] == [4]  # faces of all images went through in one batch
+    assert [len(x) for x in a] == [len(x) for x in b] == [1, 1, 1, 1]
+    for fa, fb in zip((f for x in a for f in x), (f for x in b for f in x), strict=True):
+        np.testing.assert_allclose(list(fa.probabilities.values()), list(fb.probabilities.values()), atol=1e-5)
+        np.testing.assert_allclose(fa.box, fb.box)
+
+
+def test_no_detect_and_predict_crops(rec, astronaut):
+    (face,) = rec.predict(str(astronaut), return_crops=True)
+    crop = face.crop
+    (whole,) = rec.predict(crop, detect=False)
+    assert whole.box == (0.0, 0.0, 100.0, 100.0) and whole.landmarks is None and whole.score is None
+    np.testing.assert_allclose(list(whole.probabilities.values()), list(face.probabilities.values()), atol=1e-6)
+    small = np.asarray(Image.fromarray(crop).resize((64, 64), Image.BILINEAR))
+    results = rec.predict_crops([crop, small])
+    assert len(results) == 2 and results[1].box == (0.0, 0.0, 64.0, 64.0)
+    assert results[0].probabilities == pytest.approx(whole.probabilities, abs=1e-6)
+
+
+def test_many_faces_are_all_found_and_batched(ckpt, yunet, astronaut):
+    tile = load_image(astronaut)[20:276, 100:356]  # one face per 256-pixel tile
+    grid = np.vstack([np.hstack([tile, tile[:, ::-1]]), np.hstack([tile[:, ::-1], tile])])
+    r = Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet, batch_size=3)
+    cap = _Capture(r.backend.model)
+    faces = r.predict(grid)
+    cap.close()
+    assert len(faces) == 4
+    centres = sorted((round((f.box[0] + f.box[2] / 2) // 256), round((f.box[1] + f.box[3] / 2) // 256))
+                     for f in faces)
+    assert centres == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [x.shape[0] for x in cap.inputs] == [3, 1]
+    assert len(Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet, max_faces=2)
+               .predict(grid)) == 2
+
+
+def test_large_images_are_detected_on_a_downscaled_copy(rec, astronaut):
+    rgb = load_image(astronaut)
+    big = np.asarray(Image.fromarray(rgb).resize((2048, 2048), Image.BILINEAR))
+    rec.detect_size = 640
+    try:
+        (face,) = rec.predict(big)
+    finally:
+        rec.detect_size = 1280
+    (direct,) = rec.detector.detect(cv2.resize(big, (640, 640), interpolation=cv2.INTER_AREA))
+    k = 2048 / 640  # mapped back to full-size pixels (cv2.resize pixel centres)
+    np.testing.assert_allclose(face.landmarks, (direct.landmarks + 0.5) * k - 0.5, atol=1e-6)
+    np.testing.assert_allclose(face.box[2:], np.asarray(direct.box[2:]) * k, atol=1e-6)
+    (ref,) = rec.predict(rgb)
+    assert box_iou(np.asarray(face.box) / 4, ref.box) > 0.8  # the same face as at the original size
+
+
+def test_iter_predict_reports_bad_inputs_and_keeps_going(rec, astronaut, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    out = list(rec.iter_predict([("a", str(astronaut)), ("b", str(bad)), ("c", np.zeros((5, 5, 7))),
+                                 ("d", RuntimeError("upstream")), ("e", str(astronaut))]))
+    assert [p.key for p in out] == ["a", "b", "c", "d", "e"]
+    assert [p.ok for p in out] == [True, False, False, False, True]
+    assert "bad.png" in str(out[1].error) and len(out[4].faces) == 1
+    with pytest.raises(ValueError, match="bad.png"):
+        rec.predict(str(bad))
+
+
+def test_no_detector_means_crops_only(ckpt, astronaut):
+    r = Recognizer.from_checkpoint(ckpt, detector=None)
+    with pytest.raises(InferenceError, match="detect=False"):
+        r.predict(str(astronaut))
+    assert len(r.predict(str(astronaut), detect=False)) == 1
+
+
+def test_official_pth_checkpoint_loads_with_default_geometry(tmp_path, yunet, astronaut):
+    torch.manual_seed(3)
+    model = create_model("poster_v1_tiny", num_classes=7)  # the official layout: 224 input, 112 backbones
+    path = tmp_path / "official.pth"
+    torch.save({"iter": 1, "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    r = Recognizer.from_checkpoint(path, model="poster_v1_tiny", detector="yunet", detector_model=yunet)
+    assert r.preprocessing.geometry.name == "rafdb" and r.preprocessing.geometry_assumed
+    assert r.classes[0] == "Surprise"  # RAF-DB order for a 7-class official head
+    assert len(r.predict(str(astronaut))) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backends
+
+
+def test_onnxruntime_backend_uses_the_export_module(ckpt, yunet, astronaut, tmp_path, monkeypatch):
+    from poster_fer import load_model
+
+    torch_rec = Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet)
+    calls = []
+
+    class FakeOrt:  # stands in for poster_fer.export.OnnxRuntimeModel: numpy in, numpy logits out
+        def __init__(self, path):
+            self.model = load_model(ckpt)
+            self.meta = self.model.meta
+
+        def __call__(self, batch):
+            assert isinstance(batch, np.ndarray) and batch.dtype == np.float32
+            calls.append(batch.shape)
+            with torch.no_grad():
+                return self.model(torch.from_numpy(batch)).numpy()
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"stub")
+    monkeypatch.setitem(sys.modules, "poster_fer.export", types.SimpleNamespace(OnnxRuntimeModel=FakeOrt))
+    ort_rec = Recognizer.from_checkpoint(onnx_file, detector="yunet", detector_model=yunet)  # by suffix
+    (a,) = ort_rec.predict(str(astronaut))
+    (b,) = torch_rec.predict(str(astronaut))
+    assert calls == [(1, 3, SIZE, SIZE)]
+    np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+
+    monkeypatch.setitem(sys.modules, "poster_fer.export", None)  # import now fails
+    with pytest.raises(InferenceError, match="onnxruntime backend is unavailable"):
+        Recognizer.from_checkpoint(onnx_file, backend="onnxruntime", detector=None)
+
+
+def test_bad_backend_and_device_are_refused(ckpt):
+    with pytest.raises(InferenceError, match="unknown backend"):
+        Recognizer.from_checkpoint(ckpt, backend="tensorflow", detector=None)
+    if not torch.cuda.is_available():
+        with pytest.raises(InferenceError, match="no CUDA"):
+            Recognizer.from_checkpoint(ckpt, device="cuda", detector=None)
+
+
+def test_bf16_autocast_runs_and_stays_close(ckpt, astronaut):
+    r32 = Recognizer.from_checkpoint(ckpt, detector=None)
+    r16 = Recognizer.from_checkpoint(ckpt, detector=None, autocast="bf16")
+    crop = load_image(astronaut)[60:180, 170:280]
+    (a,), (b,) = r32.predict_crops([crop]), r16.predict_crops([crop])
+    assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tracking and drawing
+
+
+def test_tracker_keeps_ids_and_smooths():
+    t = IoUTracker(iou_threshold=0.3, max_age=2, alpha=0.5)
+    p0, p1 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    out = t.update(0, [(0, 0, 10, 10), (100, 0, 10, 10)], [p0, p1])
+    assert [i for i, _ in out] == [0, 1]
+    out = t.update(1, [(102, 1, 10, 10), (1, 1, 10, 10)], [p0, p0])  # order swapped, both moved a little
+    assert [i for i, _ in out] == [1, 0]
+    np.testing.assert_allclose(out[0][1], 0.5 * p0 + 0.5 * p1)  # EMA of track 1
+    np.testing.assert_allclose(out[1][1], p0)
+    out = t.update(2, [(50, 50, 10, 10)], [p1])  # nothing overlaps: a new track
+    assert out[0][0] == 2
+    out = t.update(5, [(1, 1, 10, 10)], [p1])  # track 0 unseen for 4 frames > max_age: restarted
+    assert out[0][0] == 3 and t.total_tracks == 4
+    with pytest.raises(ValueError):
+        IoUTracker(alpha=0.0)
+
+
+def test_box_iou():
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+
+
+def test_draw_predictions_marks_the_face_and_keeps_the_input():
+    img = np.full((120, 200, 3), 128, np.uint8)
+    face = FaceResult(box=(20, 20, 50, 60), landmarks=np.array([[35, 40], [55, 40], [45, 55], [37, 65], [53, 65]]),
+                      score=0.9, label="b", probabilities={"a": 0.2, "b": 0.8})
+    out = draw_predictions(img, [face], ["a", "b"], tracks=[3])
+    assert out.shape == img.shape and (img == 128).all()  # drawn on a copy
+    assert (out[20:80, 20] != 128).any()  # box edge
+    assert (out[20:50, 80:190] != 128).any()  # probability panel beside the box
