@@ -1,0 +1,279 @@
+"""Training data from a recipe's ``data`` section: splits, subsets, loaders and batch preparation.
+
+Two pipelines:
+
+- ``transforms``: per-sample torchvision transforms (:func:`poster_fer.data.build_transform`) in DataLoader
+  workers -- the official recipes on RAF-DB/AffectNet-sized image folders.
+- ``preload``: every image of a split decoded once into a uint8 tensor at the model's input size, batches cut
+  from it by index and augmented as whole batches (:mod:`.augment`) on the training device. This is what
+  makes FER2013/FER+ at 48 px fast on a few CPU cores, and it is the pipeline that supports landmark caching.
+
+Splits: ``val`` is the dataset's own validation split (FER+ valid = PublicTest) or, with ``val_fraction``, a
+stratified hold-out of train; ``test`` is evaluated once at the end. Loaders yield dicts
+``{"image", "target", "index"}`` so evaluation can put sharded predictions back in dataset order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ..data import DatasetError, DatasetSubset, FERDataset, build_dataset, build_transform
+from .augment import BatchAugment, BatchAugmentConfig
+from .distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
+
+SPLITS = ("train", "val", "test")
+PIPELINES = ("transforms", "preload")
+
+
+def _split_limit(max_samples: Any, split: str) -> int | None:
+    if max_samples is None:
+        return None
+    if isinstance(max_samples, dict):
+        value = max_samples.get(split)
+        return None if value is None else int(value)
+    return int(max_samples)
+
+
+def subsample(ds: FERDataset, n: int | None, seed: int, split: str) -> FERDataset:
+    """A seeded random subset of ``n`` samples in dataset order (smoke runs and tests); all when ``n`` is None."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = np.sort(np.random.default_rng(seed).permutation(len(ds))[:n])
+    return DatasetSubset(ds, idx, split=f"{ds.report.split} ({n} sampled with seed {seed})")
+
+
+def load_splits(cfg: dict[str, Any], seed: int = 0) -> dict[str, FERDataset]:
+    """Datasets for train, val and (when the layout has one) test, without transforms.
+
+    A dataset without a validation split needs ``val_fraction``; the error says so.
+    """
+    kind = cfg["kind"]
+    root = cfg["root"]
+    if root is None:
+        raise DatasetError(f"recipe names no data root for {kind!r}: pass --data PATH")
+    options = dict(cfg.get("options") or {})
+    train_options = {**options, **dict(cfg.get("train_options") or {})}
+    val_fraction = cfg.get("val_fraction")
+    holdout = {"val_fraction": float(val_fraction), "val_seed": int(cfg.get("val_seed", 0))} if val_fraction else {}
+    out: dict[str, FERDataset] = {}
+    out["train"] = build_dataset(kind, root, "train", **holdout, **train_options)
+    try:
+        out["val"] = build_dataset(kind, root, "val", **holdout, **options)
+    except DatasetError as e:
+        if "has no 'val' split" in str(e):
+            raise DatasetError(f"{e}; set data.val_fraction (e.g. val_fraction=0.1) in the recipe") from None
+        raise
+    try:
+        out["test"] = build_dataset(kind, root, "test", **options)
+    except DatasetError as e:
+        if "'test'" not in str(e):  # only a missing test split is optional
+            raise
+    limits = cfg.get("max_samples")
+    for split in list(out):
+        out[split] = subsample(out[split], _split_limit(limits, split), seed, split)
+    if not out["train"].classes == out["val"].classes:
+        raise DatasetError(f"train and val class names differ: {out['train'].classes} vs {out['val'].classes}")
+    for split, ds in out.items():
+        if len(ds) == 0:
+            raise DatasetError(f"{kind} {split} split is empty ({ds.report.summary()})", root)
+    return out
+
+
+def preload_images(ds: FERDataset, size: int, grayscale: bool, channel_order: str = "RGB") -> torch.Tensor:
+    """Every image as uint8 (N, C, size, size), C = 1 for grey data (expanded to 3 per batch), else 3.
+
+    Resizing uses PIL bilinear with antialiasing, as the eval transform does, so the saved model's
+    preprocessing (``resize_interpolation: bilinear``) reproduces the training input.
+    """
+    n = len(ds)
+    c = 1 if grayscale else 3
+    out = np.empty((n, size, size, c), dtype=np.uint8)
+    for i in range(n):
+        im = ds.get_image(i)
+        if grayscale:
+            im = im.convert("L")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im)
+        out[i] = arr[..., None] if arr.ndim == 2 else arr
+    t = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
+    if c == 3 and channel_order.upper() == "BGR":
+        t = t.flip(1).contiguous()
+    return t
+
+
+def targets_tensor(ds: FERDataset) -> torch.Tensor:
+    """Hard targets as int64 (N,), soft ones as float32 (N, C)."""
+    if ds.soft:
+        return torch.as_tensor(np.asarray(ds.targets, dtype=np.float32))
+    return torch.as_tensor(np.asarray(ds.targets, dtype=np.int64))
+
+
+class IndexedDataset(Dataset):
+    """Wrap a dataset so samples carry their index: ``{"image", "target", "index"}``."""
+
+    def __init__(self, ds: FERDataset, transform: Any) -> None:
+        self.ds = ds
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = self.transform(self.ds.get_image(i))
+        return {"image": image, "target": self.ds.get_target(i), "index": i}
+
+
+class TensorBatches:
+    """Batches cut from preloaded tensors by the sampler's indices (no workers, no collate)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, sampler: Sampler[int], batch_size: int,
+                 drop_last: bool) -> None:
+        self.images, self.targets = images, targets
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield {"image": self.images[idx], "target": self.targets[idx], "index": idx}
+
+
+@dataclass
+class BatchPreparer:
+    """Turns a loader batch into model input on the device: ``(x, target, model_kwargs, flipped)``.
+
+    Preloaded uint8 batches are normalised here (grey expanded to 3 channels) and, for training, augmented;
+    cached landmark tokens are looked up for the batch's indices and flips.
+    """
+
+    device: torch.device
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    preload: bool
+    channels_last: bool = False
+    augment: BatchAugment | None = None
+    cache: Any = None  # LandmarkCache | None
+    _mean: torch.Tensor = field(init=False, repr=False)
+    _std: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 1|3, H, W) -> normalised float32 (B, 3, H, W) on the device."""
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor | None]:
+        target = batch["target"].to(self.device, non_blocking=True)
+        flipped = None
+        if self.preload:
+            x = self.to_input(batch["image"])
+            if self.augment is not None:
+                x, flipped = self.augment(x)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            x = batch["image"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        kwargs: dict[str, Any] = {}
+        if self.cache is not None:
+            tokens = self.cache.lookup(torch.as_tensor(batch["index"]), flipped)
+            kwargs["landmark_tokens"] = tokens.to(self.device, non_blocking=True)
+        return x, target, kwargs, flipped
+
+
+@dataclass
+class TrainingData:
+    """Everything the trainer needs from the data: datasets, loaders, preparers and what to record."""
+
+    classes: list[str]
+    datasets: dict[str, FERDataset]
+    loaders: dict[str, Any]
+    preparers: dict[str, BatchPreparer]
+    train_sampler: Any
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # preload pipeline only
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(ds) for split, ds in self.datasets.items()}
+
+    def reports(self) -> dict[str, Any]:
+        return {split: ds.report.as_dict() for split, ds in self.datasets.items()}
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.train_sampler, "set_epoch"):
+            self.train_sampler.set_epoch(epoch)
+
+
+def build_training_data(cfg: dict[str, Any], *, input_size: int, env: DistEnv, device: torch.device,
+                        batch_size: int, eval_batch_size: int, seed: int, class_balanced: bool = False,
+                        channels_last: bool = False, datasets: dict[str, FERDataset] | None = None) -> TrainingData:
+    """Datasets, samplers and loaders per split; ``batch_size`` here is the per-rank batch."""
+    pipeline = cfg.get("pipeline", "transforms")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"data.pipeline must be one of {PIPELINES}, not {pipeline!r}")
+    datasets = datasets or load_splits(cfg, seed=int(cfg.get("subset_seed", 0)))
+    classes = datasets["train"].classes
+    mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+    order = str(cfg.get("channel_order", "RGB")).upper()
+    train = datasets["train"]
+    if class_balanced:
+        sampler: Any = DistributedWeightedSampler(balanced_weights(train.labels), env, seed=seed)
+    else:
+        sampler = DistributedSampler(train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed,
+                                     drop_last=False)
+    drop_last = len(sampler) > batch_size
+    loaders: dict[str, Any] = {}
+    preparers: dict[str, BatchPreparer] = {}
+    images: dict[str, torch.Tensor] = {}
+    if pipeline == "preload":
+        grayscale = bool(cfg.get("grayscale", False))
+        augment = BatchAugment(BatchAugmentConfig.from_dict(cfg.get("augment")))
+        for split, ds in datasets.items():
+            images[split] = preload_images(ds, input_size, grayscale, order)
+            tgt = targets_tensor(ds)
+            if split == "train":
+                loaders[split] = TensorBatches(images[split], tgt, sampler, batch_size, drop_last)
+            else:
+                loaders[split] = TensorBatches(images[split], tgt, ShardSampler(len(ds), env), eval_batch_size, False)
+            preparers[split] = BatchPreparer(device, mean, std, True, channels_last,
+                                             augment if split == "train" else None)
+    else:
+        name = cfg.get("transform", "official_v1")
+        erasing = cfg.get("erasing")
+        if isinstance(erasing, list):
+            erasing = (float(erasing[0]), tuple(erasing[1]))
+        workers = int(cfg.get("num_workers", 4))
+        pin = device.type == "cuda"
+        for split, ds in datasets.items():
+            is_train = split == "train"
+            tf = build_transform(name, is_train, input_size, mean, std, order, erasing=erasing if is_train else None)
+            wrapped = IndexedDataset(ds, tf)
+            loaders[split] = DataLoader(
+                wrapped, batch_size=batch_size if is_train else eval_batch_size,
+                sampler=sampler if is_train else ShardSampler(len(ds), env), num_workers=workers,
+                pin_memory=pin, drop_last=drop_last if is_train else False,
+                generator=torch.Generator() if is_train else None,
+            )
+            preparers[split] = BatchPreparer(device, mean, std, False, channels_last)
+    return TrainingData(list(classes), datasets, loaders, preparers, sampler, images)

@@ -1,0 +1,310 @@
+"""The training and evaluation loops as plain functions (DETR / open_clip style).
+
+:func:`train_one_epoch` runs one pass over the training loader: mixed precision, SAM's two passes when the
+optimiser is :class:`~poster_fer.training.optim.SAM`, gradient clipping, a per-step schedule, JSON-line step
+logs, a stop on a non-finite loss (before the weights are touched) and an optional wall-clock deadline that
+every rank agrees on. :func:`evaluate` returns labels, predictions, probabilities (and optionally features)
+in dataset order, gathered over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .distributed import DistEnv, all_reduce_sum, gather_arrays
+from .optim import SAM
+
+SINGLE = DistEnv()  # a single process
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops before the weights are updated with it."""
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], Any]:
+    """A factory of autocast contexts (``dtype`` None: full precision)."""
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _hard(target: torch.Tensor) -> torch.Tensor:
+    return target.argmax(dim=-1) if target.dim() == 2 else target
+
+
+@dataclass
+class StepState:
+    """Counters shared across epochs: the global optimiser step."""
+
+    global_step: int = 0
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Any,
+    prepare: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    *,
+    epoch: int,
+    device: torch.device,
+    state: StepState,
+    env: DistEnv = SINGLE,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
+    ema: Any = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    log_every: int = 50,
+    deadline: float | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """One epoch of training; returns ``{loss, accuracy, samples, steps, seconds, img_s, lr, stopped, first_step_s}``.
+
+    ``deadline`` is a ``time.monotonic()`` value: past it the epoch ends early (``stopped: "time budget"``).
+    Loss sums, sample counts and the stop decision are all-reduced every step, so all ranks stop together and
+    a NaN on any rank stops every rank.
+    """
+    model.train()
+    autocast = autocast_context(device, amp_dtype)
+    sam = isinstance(optimizer, SAM)
+    if sam and scaler is not None and scaler.is_enabled():
+        raise ValueError("SAM with fp16 loss scaling is not supported; use amp: bf16 or no amp")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    total = max_steps if max_steps is not None else len(loader)
+    bar = tqdm(total=total, desc=f"epoch {epoch}", unit="it", disable=not (progress and env.is_main),
+               leave=False, dynamic_ncols=True)
+    loss_sum = correct = seen = 0.0
+    window_loss = window_n = 0.0
+    window_t = t0 = time.perf_counter()
+    steps = 0
+    stopped = None
+    first_step_s = 0.0
+
+    def forward(x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast():
+            logits = model(x, **kwargs)
+            loss = criterion(logits, y)
+        return loss, logits
+
+    for batch in loader:
+        if max_steps is not None and steps >= max_steps:
+            break
+        x, y, kwargs, _ = prepare(batch)
+        b = x.shape[0]
+        loss, logits = forward(x, y, kwargs)
+        hits = float((logits.detach().argmax(-1) == _hard(y)).sum())
+        late = deadline is not None and time.monotonic() > deadline
+        # One reduction per step: the loss sum (NaN anywhere -> NaN everywhere), counts and the stop flag.
+        red_loss, red_hits, red_n, red_late = all_reduce_sum(
+            [float(loss.detach()) * b, hits, b, float(late)], env, device)
+        if not math.isfinite(red_loss):
+            bar.close()
+            raise NonFiniteLossError(f"non-finite training loss ({red_loss}) at epoch {epoch}, step "
+                                     f"{state.global_step + 1}; the weights were not updated with it")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        elif sam:
+            loss.backward()
+            optimizer.first_step(zero_grad=True)
+            loss2, _ = forward(x, y, kwargs)  # gradient at the perturbed weights
+            loss2.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.second_step(zero_grad=True)
+        else:
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+        schedule.step()
+        if ema is not None:
+            ema.update(unwrap(model))
+        state.global_step += 1
+        steps += 1
+        loss_sum += red_loss
+        correct += red_hits
+        seen += red_n
+        window_loss += red_loss
+        window_n += red_n
+        bar.update(1)
+        now = time.perf_counter()
+        if steps == 1:
+            first_step_s = now - t0  # includes torch.compile and allocator warm-up; planning discounts it
+        if steps % max(1, log_every) == 0:
+            rate = window_n / max(now - window_t, 1e-9)
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{window_loss / window_n:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+            if log is not None:
+                log({"type": "step", "epoch": epoch, "step": state.global_step, "loss": window_loss / window_n,
+                     "lr": lr, "img_s": rate, "time_s": now - t0})
+            window_loss = window_n = 0.0
+            window_t = now
+        if red_late:
+            stopped = "time budget"
+            break
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "loss": loss_sum / seen if seen else float("nan"),
+        "accuracy": correct / seen if seen else float("nan"),
+        "samples": int(seen),
+        "steps": steps,
+        "seconds": seconds,
+        "img_s": seen / seconds if seconds > 0 else 0.0,
+        "lr": optimizer.param_groups[0]["lr"],
+        "stopped": stopped,
+        "first_step_s": first_step_s,
+    }
+
+
+@dataclass
+class EvalOutput:
+    """Predictions over a split in dataset order (``y_true`` hard labels; ``targets`` soft ones if any)."""
+
+    indices: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    loss: float
+    seconds: float
+    features: np.ndarray | None = None
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    prepare: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]],
+    *,
+    device: torch.device,
+    env: DistEnv = SINGLE,
+    criterion: nn.Module | None = None,
+    amp_dtype: torch.dtype | None = None,
+    return_features: bool = False,
+    tta_flip: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalOutput:
+    """Predict a split (each rank its shard), gather over ranks and restore dataset order.
+
+    ``tta_flip`` averages the softmax of the image and its mirror (not used for reported numbers unless a
+    recipe asks; the issue's targets are without test-time augmentation).
+    """
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    autocast = autocast_context(device, amp_dtype)
+    idx_parts, true_parts, prob_parts, feat_parts = [], [], [], []
+    loss_sum = n = 0.0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=desc, unit="it", disable=not (progress and env.is_main), leave=False,
+               dynamic_ncols=True)
+    for batch in loader:
+        x, y, kwargs, _ = prepare(batch)
+        with autocast():
+            feats = net.forward_features(x, **kwargs)
+            logits = net.forward_head(feats).float()
+            if tta_flip:
+                if kwargs:
+                    raise ValueError("flip TTA with cached landmark tokens is not supported")
+                flipped = net.forward_head(net.forward_features(x.flip(-1))).float()
+        probs = logits.softmax(-1)
+        if tta_flip:
+            probs = (probs + flipped.softmax(-1)) / 2
+        if criterion is not None:
+            loss_sum += float(criterion(logits, y)) * x.shape[0]
+        n += x.shape[0]
+        idx_parts.append(torch.as_tensor(batch["index"]).cpu().numpy())
+        true_parts.append(_hard(y).cpu().numpy())
+        prob_parts.append(probs.cpu().numpy())
+        if return_features:
+            feat_parts.append(feats.float().cpu().numpy())
+        bar.update(1)
+    bar.close()
+    net.train(was_training)
+    local = {
+        "indices": np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64),
+        "y_true": np.concatenate(true_parts) if true_parts else np.zeros(0, np.int64),
+        "probs": np.concatenate(prob_parts) if prob_parts else np.zeros((0, 0), np.float32),
+    }
+    if return_features:
+        local["features"] = np.concatenate(feat_parts) if feat_parts else np.zeros((0, 0), np.float32)
+    loss_sum, n = all_reduce_sum([loss_sum, n], env, device)
+    full = gather_arrays(local, env)
+    order = np.argsort(full["indices"], kind="stable")
+    probs = full["probs"][order]
+    return EvalOutput(
+        indices=full["indices"][order],
+        y_true=full["y_true"][order].astype(np.int64),
+        y_pred=probs.argmax(axis=1).astype(np.int64),
+        probs=probs.astype(np.float32),
+        loss=loss_sum / n if (criterion is not None and n) else float("nan"),
+        seconds=time.perf_counter() - t0,
+        features=full["features"][order] if return_features else None,
+    )
+
+
+class ModelEma:
+    """Exponential moving average of a model's float weights (buffers copied), evaluated instead of the model.
+
+    ``decay`` is per optimiser step; ``warmup`` ramps it as ``min(decay, (1 + n) / (10 + n))`` so early
+    averages are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        self.module.requires_grad_(False)
+        self.decay = float(decay)
+        self.warmup = warmup
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        src = model.state_dict()
+        for k, v in self.module.state_dict().items():
+            s = src[k].detach()
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(s, alpha=1 - d)
+            else:
+                v.copy_(s)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,693 @@
+"""``fit(recipe)``: build data, model, loss, optimiser and schedule from a recipe, train, select, test, report.
+
+Flow (see ``docs/training.md``):
+
+1. device and (under torchrun) the process group; seeds (same on every rank for the model's initialisation);
+2. datasets for train / val / test, loaders (the recipe's ``batch_size`` is the global batch);
+3. the model (``create_model``), pretrained backbone files (their load reports are printed and recorded);
+   optional landmark-feature caches; DDP; ``torch.compile``;
+4. per epoch: train, evaluate on val, keep the best model (poster-fer format, ``best/``) by the validation
+   metric, write ``last.pt`` atomically, log a JSON line;
+5. the test split is evaluated once, with the best model, and reported apart from validation in
+   ``results.json`` (plus ``curves.png``).
+
+Only rank 0 writes files. A non-finite loss raises :class:`NonFiniteLossError` and leaves the last good
+``last.pt`` in place; a wall-clock budget (``train.time_budget_min``) ends training early but cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .data import TrainingData, build_training_data, load_splits
+from .distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
+from .engine import (
+    EvalOutput,
+    ModelEma,
+    NonFiniteLossError,
+    StepState,
+    autocast_context,
+    evaluate,
+    train_one_epoch,
+    unwrap,
+)
+from .landmark_cache import LandmarkCache
+from .losses import build_loss
+from .optim import build_optimizer, build_schedule
+from .recipe import load_recipe
+
+LOG_FILE = "log.jsonl"
+RESULTS_FILE = "results.json"
+BEST_DIR = "best"
+
+
+# ------------------------------------------------------------------------------------------ environment ----
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but CUDA is not available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (AVX512-BF16/AMX). Without it bf16 autocast is emulated and, on the
+    2-core AVX2 machine here, about 10x slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
+    """``auto`` | ``bf16`` | ``fp16`` | ``none`` -> an autocast dtype or None."""
+    if amp in (None, False, "none", "fp32", "off"):
+        return None
+    amp = str(amp).lower()
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+    if amp in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if amp in ("fp16", "float16", "half"):
+        return torch.float16
+    raise ValueError(f"train.amp must be auto, bf16, fp16 or none, not {amp!r}")
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one rank's epoch: each epoch's randomness depends only on (seed, rank, epoch), so a resumed
+    run draws exactly what an uninterrupted one would, DataLoader workers included."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)[0])
+
+
+def git_revision() -> str | None:
+    """The repository's commit (``+dirty`` when files differ), or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info(device: torch.device, env: DistEnv) -> dict[str, Any]:
+    """What ran the training: CPU model and cores, torch, device, world size."""
+    cpu = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_fast_bf16": cpu_has_fast_bf16(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "world_size": env.world_size,
+    }
+    with contextlib.suppress(OSError, AttributeError):
+        info["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]  # other work competing for the cores
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- logging ----
+
+
+class RunLog:
+    """JSON lines in ``log.jsonl`` (rank 0 only), optionally mirrored to TensorBoard."""
+
+    def __init__(self, run_dir: Path | None, tensorboard: bool = False) -> None:
+        self.path = run_dir / LOG_FILE if run_dir is not None else None
+        self.tb = None
+        if run_dir is not None and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                print("tensorboard is not installed; logging to log.jsonl only (pip install tensorboard)",
+                      file=sys.stderr)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+        if self.tb is not None:
+            step = record.get("step", record.get("epoch", 0))
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("time", "step", "epoch"):
+                    self.tb.add_scalar(f"{record.get('type', 'log')}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+# -------------------------------------------------------------------------------------------------- model ----
+
+
+def build_model(recipe: dict[str, Any], num_classes: int, report: list[str]) -> nn.Module:
+    """``create_model(model.name, num_classes=..., **model.config)`` plus pretrained backbone files."""
+    from .. import create_model
+    from ..weights import load_pretrained_ir50, load_pretrained_mobilefacenet
+
+    mcfg = recipe["model"]
+    config = dict(mcfg.get("config") or {})
+    config["num_classes"] = num_classes
+    try:
+        model = create_model(mcfg["name"], **config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"model {mcfg['name']!r} with config {config}: {e}") from None
+    for key, path in (mcfg.get("pretrained") or {}).items():
+        if key == "ir50":
+            rep = load_pretrained_ir50(model, path)
+        elif key == "mobilefacenet":
+            rep = load_pretrained_mobilefacenet(model, path)
+        else:
+            raise ValueError(f"model.pretrained: unknown backbone {key!r} (use ir50 and/or mobilefacenet)")
+        report.append(f"pretrained {key}: {path}: {rep.summary()}")
+    return model
+
+
+def preprocessing_meta(recipe: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """What inference must do to an image to match training (stored in the saved model's metadata)."""
+    from ..faces import get_geometry
+
+    d = recipe["data"]
+    geometry = d.get("crop_geometry")
+    return {
+        "input_size": int(model.cfg.input_size),
+        "mean": [float(v) for v in d["mean"]],
+        "std": [float(v) for v in d["std"]],
+        "channel_order": str(d["channel_order"]).upper(),
+        "grayscale": bool(d.get("grayscale", False)),
+        "resize_interpolation": d.get("resize_interpolation", "bilinear"),
+        "crop_geometry": get_geometry(geometry).to_dict() if geometry else None,
+    }
+
+
+# -------------------------------------------------------------------------------------------------- fit ----
+
+
+@dataclass
+class FitResult:
+    run_dir: Path | None
+    results: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def default_run_dir(recipe: dict[str, Any]) -> Path:
+    return Path("runs") / f"{recipe['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def fit(
+    recipe: dict[str, Any] | str,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    resume: str | os.PathLike[str] | bool | None = None,
+    overrides: dict[str, Any] | None = None,
+    data_root: str | None = None,
+    command: str | None = None,
+    results_out: str | os.PathLike[str] | None = None,
+    echo: Any = print,
+) -> FitResult:
+    """Train from a recipe (name, file or dict) into ``out_dir``; returns the results record.
+
+    ``resume``: True (use ``out_dir/last.pt``) or a checkpoint / run-directory path. A resumed run uses the
+    recipe stored in the checkpoint (``overrides`` still apply on top, e.g. more epochs).
+    """
+    wall0 = time.monotonic()
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        src = Path(out_dir) if resume is True else Path(resume)
+        if resume is True and out_dir is None:
+            raise ValueError("resume=True needs the run directory (out_dir)")
+        ckpt = load_checkpoint(src)
+        recipe = load_recipe(ckpt["recipe"], overrides)
+        if not {"stop_after_epoch", "train.stop_after_epoch"} & set(overrides or {}):
+            recipe["train"]["stop_after_epoch"] = None  # a pause applies to the session that asked for it
+        if out_dir is None:
+            out_dir = src if src.is_dir() else src.parent
+    else:
+        recipe = load_recipe(recipe, overrides, data_root)
+    tr = recipe["train"]
+    threads_before = torch.get_num_threads()
+    if tr.get("threads"):
+        torch.set_num_threads(int(tr["threads"]))
+    if tr.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(recipe.get("device"))
+    env = init_distributed(device)
+    main = env.is_main
+    say = echo if main else (lambda *a, **k: None)
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
+    run_dir = Path(broadcast_object(str(run_dir), env))
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(run_dir if main else None, bool(tr.get("tensorboard")))
+    try:
+        return _fit(recipe, run_dir, ckpt, env, device, log, say, wall0, command, results_out)
+    finally:
+        log.close()
+        cleanup_distributed()
+        torch.set_num_threads(threads_before)  # in-process callers (tests, notebooks) get their setting back
+
+
+def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env: DistEnv, device: torch.device,
+         log: RunLog, say: Any, wall0: float, command: str | None, results_out: Any) -> FitResult:
+    tr = recipe["train"]
+    seed = int(recipe.get("seed", 0))
+    main = env.is_main
+    progress = bool(tr.get("progress", True))
+    amp_dtype = resolve_amp(tr.get("amp"), device)
+    global_batch = int(tr["batch_size"])
+    if global_batch % env.world_size:
+        raise ValueError(f"train.batch_size {global_batch} (the global batch) is not divisible by the world size "
+                         f"{env.world_size}")
+    batch = global_batch // env.world_size
+    eval_batch = int(tr.get("eval_batch_size") or batch)
+    elapsed_before = float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0
+    budget_s = float(tr["time_budget_min"]) * 60.0 if tr.get("time_budget_min") else None
+
+    def elapsed() -> float:
+        return elapsed_before + time.monotonic() - wall0
+
+    pre: list[str] = []
+    say(f"[train] recipe {recipe['name']} -> {run_dir} (device {device}, world {env.world_size}, "
+        f"global batch {global_batch}, amp {amp_dtype or 'off'}, threads {torch.get_num_threads()})")
+    t = time.monotonic()
+    datasets = load_splits(recipe["data"], seed=int(recipe["data"].get("subset_seed", 0)))
+    seed_all(seed)  # identical model initialisation on every rank
+    model = build_model(recipe, len(datasets["train"].classes), pre)
+    data: TrainingData = build_training_data(
+        recipe["data"], input_size=int(model.cfg.input_size), env=env, device=device, batch_size=batch,
+        eval_batch_size=eval_batch, seed=seed, class_balanced=bool(tr.get("class_balanced")),
+        channels_last=bool(tr.get("channels_last")), datasets=datasets)
+    counts = data.counts()
+    say(f"[data] {recipe['data']['kind']} {counts} ({time.monotonic() - t:.1f}s)")
+    for split, ds in data.datasets.items():
+        say(f"[data] {split}: {ds.report.summary()}")
+    for line in pre:
+        say(f"[model] {line}")
+    if tr.get("fused_attention", True):
+        from ..models import set_fused_attention
+
+        set_fused_attention(model, True)
+    model.to(device)
+    if tr.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"[model] {model.model_name}: {n_params:,} parameters ({n_train:,} trainable)")
+
+    cache_info = _build_caches(tr, model, data, device, amp_dtype, say, progress)
+
+    criterion = build_loss(recipe["loss"])
+    optimizer = build_optimizer(model, recipe["optimizer"])
+    steps_per_epoch = len(data.loaders["train"])
+    if tr.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(tr["max_steps_per_epoch"]))
+    epochs = int(tr["epochs"])
+    schedule = build_schedule(optimizer, recipe["schedule"], epochs, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEma(model, **_ema_args(tr["ema"])) if tr.get("ema") else None
+
+    state = StepState()
+    start_epoch = 1
+    best = -math.inf
+    best_epoch = None
+    history: list[dict[str, Any]] = []
+    planned_epochs = epochs
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        rng = ckpt.get("rng_per_rank", {})
+        if env.rank in rng or str(env.rank) in rng:
+            restore_rng_state(rng.get(env.rank, rng.get(str(env.rank))))
+        state.global_step = int(ckpt["global_step"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        best = float(ckpt["best_metric"]) if ckpt.get("best_metric") is not None else -math.inf
+        best_epoch = ckpt.get("best_epoch")
+        history = list(ckpt.get("history") or [])
+        planned_epochs = int(ckpt.get("planned_epochs", epochs))
+        if planned_epochs != epochs and not tr.get("epochs_from_budget"):
+            planned_epochs = epochs  # an override asked for more (or fewer) epochs
+        schedule.total_steps = planned_epochs * steps_per_epoch
+        say(f"[resume] from epoch {start_epoch - 1} (step {state.global_step}, best "
+            f"{tr['select_metric']} {best:.4f} at epoch {best_epoch})")
+        log({"type": "resume", "epoch": start_epoch - 1, "step": state.global_step})
+
+    train_model: nn.Module = model
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tr.get("compile"):
+        train_model = torch.compile(train_model)
+    eval_model = ema.module if ema is not None else model
+    select = str(tr.get("select_metric", "accuracy"))
+    prep_meta = preprocessing_meta(recipe, model)
+    stopped: str | None = None
+    budget_reserve = 0.0
+    epoch_times: list[float] = []
+    log({"type": "start", "recipe": recipe["name"], "counts": counts, "world_size": env.world_size,
+         "global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "landmark_cache": cache_info})
+
+    epoch = start_epoch
+    while epoch <= planned_epochs:
+        if budget_s is not None and epoch_times:
+            need = float(np.mean(epoch_times[-3:]))
+            if elapsed() + need > budget_s - budget_reserve:
+                stopped = (f"time budget: epoch {epoch} (~{need:.0f}s) would end past {budget_s / 60:.0f} min "
+                           f"(elapsed {elapsed() / 60:.1f} min)")
+                break
+        t_epoch = time.monotonic()
+        data.set_epoch(epoch)
+        es = epoch_seed(seed, env.rank, epoch)
+        seed_all(es)
+        loader = data.loaders["train"]
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(es)
+        deadline = None
+        if budget_s is not None:
+            deadline = time.monotonic() + (budget_s - budget_reserve - elapsed())
+        try:
+            stats = train_one_epoch(
+                train_model, loader, data.preparers["train"], criterion, optimizer, schedule, epoch=epoch,
+                device=device, state=state, env=env, amp_dtype=amp_dtype, scaler=scaler,
+                grad_clip=tr.get("grad_clip"), ema=ema, log=log, log_every=int(tr.get("log_every", 50)),
+                deadline=deadline, progress=progress, max_steps=tr.get("max_steps_per_epoch"))
+        except NonFiniteLossError as e:
+            last = run_dir / LAST
+            where = (f"; the last good checkpoint is {last} (epoch {epoch - 1})" if last.is_file()
+                     else "; no checkpoint was written yet")
+            log({"type": "error", "epoch": epoch, "step": state.global_step, "error": str(e)})
+            raise NonFiniteLossError(str(e) + where) from None
+        val = evaluate(eval_model, data.loaders["val"], data.preparers["val"], device=device, env=env,
+                       criterion=criterion, amp_dtype=amp_dtype, progress=progress, desc=f"val {epoch}",
+                       tta_flip=bool(tr.get("tta_flip")))
+        vm = _metrics(val, data.classes)
+        score = float(vm.get(select) or 0.0)
+        improved = score > best
+        if improved:
+            best, best_epoch = score, epoch
+        row = {
+            "epoch": epoch,
+            "train_loss": _finite(stats["loss"]),
+            "train_acc": _finite(stats["accuracy"]),
+            "val_loss": _finite(val.loss),
+            "val_acc": vm["accuracy"],
+            "val_mean_class_acc": vm["mean_class_accuracy"],
+            "val_macro_f1": vm["macro_f1"],
+            "lr": stats["lr"],
+            "train_img_s": round(stats["img_s"], 2),
+            "epoch_s": round(time.monotonic() - t_epoch, 2),
+            "elapsed_s": round(elapsed(), 2),
+        }
+        if stats["stopped"]:
+            row["partial"] = True
+        history.append(row)
+        epoch_times.append(time.monotonic() - t_epoch)
+        if budget_s is not None:
+            n_val, n_test = counts["val"], counts.get("test", 0)
+            budget_reserve = val.seconds * (n_test / max(1, n_val)) * 1.3 + 10.0
+        if main:
+            if improved:
+                _save_best(eval_model, run_dir, data, prep_meta, recipe, command, epoch, vm, counts, pre, cache_info)
+            if epoch == 1 and tr.get("epochs_from_budget") and budget_s is not None and start_epoch == 1:
+                planned_epochs = _plan_epochs(stats, row, budget_s, budget_reserve, elapsed(), epochs)
+        planned_epochs = int(broadcast_object(planned_epochs, env))
+        replanned = planned_epochs != schedule.total_steps // steps_per_epoch
+        if replanned:
+            schedule.total_steps = planned_epochs * steps_per_epoch
+        rng_states = _gather_rng(env)
+        if main:
+            save_checkpoint(run_dir / LAST, {
+                "recipe": recipe, "epoch": epoch, "global_step": state.global_step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "ema": ema.state_dict() if ema is not None else None,
+                "sampler": {"epoch": epoch, "seed": seed}, "rng_per_rank": rng_states,
+                "best_metric": best if best_epoch is not None else None, "best_epoch": best_epoch,
+                "history": history, "planned_epochs": planned_epochs, "elapsed_s": elapsed(),
+                "world_size": env.world_size,
+            })
+        log({"type": "epoch", **row, "improved": improved, "step": state.global_step})
+        say(f"[epoch {epoch}/{planned_epochs}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
+            f"val_acc {row['val_acc']:.4f} val_mca {row['val_mean_class_acc']:.4f} "
+            f"({row['train_img_s']:.0f} img/s, {row['epoch_s']:.0f}s, elapsed {elapsed() / 60:.1f} min)"
+            + (" *" if improved else ""))
+        if replanned:
+            say(f"[budget] {planned_epochs} epochs fit the {budget_s / 60:g}-minute budget (the schedule now ends "
+                f"there; epoch 1 took {row['epoch_s']:.0f}s)")
+            log({"type": "plan", "epochs": planned_epochs, "budget_min": budget_s / 60})
+        barrier(env)
+        if stats["stopped"]:
+            stopped = f"time budget: stopped inside epoch {epoch} after {stats['steps']} steps"
+            break
+        if tr.get("stop_after_epoch") and epoch >= int(tr["stop_after_epoch"]) and epoch < planned_epochs:
+            say(f"[train] paused after epoch {epoch} (train.stop_after_epoch); continue with --resume {run_dir}")
+            log({"type": "paused", "epoch": epoch})
+            return FitResult(run_dir, {}, history)
+        epoch += 1
+
+    if stopped:
+        say(f"[train] {stopped}")
+        log({"type": "stopped", "reason": stopped})
+    barrier(env)
+    results = _finish(recipe, run_dir, data, env, device, amp_dtype, criterion, history, best_epoch,
+                      select, counts, stopped, command, elapsed, cache_info, pre, model, say, log, progress)
+    if main and results_out:
+        out = Path(results_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / RESULTS_FILE, out)
+        say(f"[train] results copied to {out}")
+    return FitResult(run_dir, results, history)
+
+
+def _ema_args(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, dict):
+        return {"decay": float(cfg.get("decay", 0.999)), "warmup": bool(cfg.get("warmup", True))}
+    return {"decay": float(cfg)}
+
+
+def _metrics(out: EvalOutput, classes: list[str]) -> dict[str, Any]:
+    from ..evaluation import compute_metrics
+
+    m = compute_metrics(out.y_true, out.y_pred, classes, probs=out.probs)
+    m["loss"] = _finite(out.loss)
+    return m
+
+
+def _gather_rng(env: DistEnv) -> dict[int, Any]:
+    mine = capture_rng_state()
+    if not env.distributed:
+        return {0: mine}
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(parts, mine)
+    return dict(enumerate(parts))
+
+
+def _plan_epochs(stats: dict[str, Any], row: dict[str, Any], budget_s: float, reserve: float, elapsed: float,
+                 max_epochs: int) -> int:
+    """How many epochs fit the budget, from epoch 1's time (its first step, which includes compilation and
+    warm-up, is discounted using the steady throughput)."""
+    steps = int(stats["steps"])
+    train_s = float(stats["seconds"])
+    if steps > 1:  # replace the first step (compilation, warm-up) by an average one
+        train_s = (train_s - float(stats["first_step_s"])) * steps / (steps - 1)
+    epoch_s = float(row["epoch_s"]) - float(stats["seconds"]) + train_s
+    left = budget_s - reserve - elapsed
+    more = int(max(0.0, left) / (epoch_s * 1.03))
+    return max(1, min(max_epochs, 1 + more))
+
+
+def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, device: torch.device,
+                  amp_dtype: torch.dtype | None, say: Any, progress: bool) -> dict[str, Any] | None:
+    if not tr.get("landmark_cache"):
+        return None
+    if not data.images:
+        raise ValueError("train.landmark_cache needs data.pipeline: preload (the cache is indexed by sample)")
+    if not getattr(model, "use_landmark", False):
+        raise ValueError(f"train.landmark_cache: {model.model_name} has no landmark stream")
+    if getattr(model.cfg, "landmark_train_mode", False):
+        raise ValueError("train.landmark_cache with landmark_train_mode=True: the landmark stream is not frozen")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
+        str(tr.get("landmark_cache_dtype", "float32"))]
+    t = time.monotonic()
+    autocast = autocast_context(device, amp_dtype)
+    total = 0
+    for split, images in data.images.items():
+        mirror = split == "train" and bool(tr.get("landmark_cache_mirror", True))
+        prep = data.preparers[split]
+        cache = LandmarkCache.build(model, images, prep.to_input, mirror=mirror,
+                                    batch_size=int(tr.get("landmark_cache_batch", 16) or 16), dtype=dtype,
+                                    autocast=autocast, desc=f"landmark cache {split}", progress=progress)
+        prep.cache = cache
+        total += cache.nbytes()
+    seconds = time.monotonic() - t
+    say(f"[cache] landmark tokens for {sum(len(i) for i in data.images.values())} images "
+        f"({total / 2**30:.2f} GiB, {seconds:.0f}s)")
+    return {"seconds": round(seconds, 1), "bytes": total, "dtype": str(dtype).replace("torch.", ""),
+            "mirror": bool(tr.get("landmark_cache_mirror", True))}
+
+
+def _provenance(recipe: dict[str, Any], command: str | None, counts: dict[str, int], pre: list[str],
+                cache_info: Any) -> dict[str, Any]:
+    return {"source": "poster-fer train", "recipe": recipe, "command": command, "git_revision": git_revision(),
+            "data_counts": counts, "pretrained": pre, "landmark_cache": cache_info}
+
+
+def _save_best(model: nn.Module, run_dir: Path, data: TrainingData, prep: dict[str, Any], recipe: dict[str, Any],
+               command: str | None, epoch: int, vm: dict[str, Any], counts: dict[str, int], pre: list[str],
+               cache_info: Any) -> None:
+    from .. import save_model
+
+    net = unwrap(model)
+    save_model(net, run_dir / BEST_DIR, classes=data.classes, preprocessing=prep,
+               provenance={**_provenance(recipe, command, counts, pre, cache_info), "epoch": epoch},
+               metrics={"val": _summary(vm), "test": None})
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "mean_class_accuracy", "macro_f1", "nll", "loss", "num_samples")
+    return {k: m.get(k) for k in keys if k in m}
+
+
+def _finish(recipe: dict[str, Any], run_dir: Path, data: TrainingData, env: DistEnv, device: torch.device,
+            amp_dtype: torch.dtype | None, criterion: nn.Module, history: list[dict[str, Any]],
+            best_epoch: int | None, select: str, counts: dict[str, int], stopped: str | None, command: str | None,
+            elapsed: Any, cache_info: Any, pre: list[str], model: nn.Module, say: Any, log: RunLog,
+            progress: bool) -> dict[str, Any]:
+    """Evaluate val and test once with the best model; write results.json, curves.png and the best model's
+    metrics."""
+    from .. import load_model, save_model
+    from ..models import set_fused_attention
+
+    best_dir = run_dir / BEST_DIR
+    if not (best_dir / "model.safetensors").is_file():
+        raise RuntimeError(f"no best model in {best_dir}: training ended before any epoch was evaluated")
+    best = load_model(best_dir, device=device)
+    if recipe["train"].get("fused_attention", True):
+        set_fused_attention(best, True)
+    if recipe["train"].get("channels_last"):
+        best.to(memory_format=torch.channels_last)
+    metrics: dict[str, Any] = {}
+    tta = bool(recipe["train"].get("tta_flip"))
+    for split in ("val", "test"):
+        if split not in data.loaders:
+            continue
+        out = evaluate(best, data.loaders[split], data.preparers[split], device=device, env=env, criterion=criterion,
+                       amp_dtype=amp_dtype, progress=progress, desc=split, tta_flip=tta)
+        metrics[split] = _metrics(out, data.classes)
+        metrics[split]["epoch"] = best_epoch
+    results: dict[str, Any] = {}
+    if env.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        results = {
+            "recipe": recipe["name"],
+            "model": unwrap(model).model_name,
+            "model_config": best.meta["config"],
+            "params": {"total": n_params, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+            "command": command,
+            "git_revision": git_revision(),
+            "machine": machine_info(device, env),
+            "wall_time_s": round(elapsed(), 2),
+            "data": {**counts, "classes": data.classes, "reports": data.reports()},
+            "metrics": metrics,
+            "selection": {"metric": select, "split": "val", "best_epoch": best_epoch},
+            "history": history,
+            "epochs_run": len(history),
+            "stopped": stopped,
+            "throughput": {"train_img_s_mean": _finite(np.mean([h["train_img_s"] for h in history]))
+                           if history else None},
+            "landmark_cache": cache_info,
+            "run_dir": str(run_dir),
+            "best_model": str(best_dir),
+            "recipe_config": recipe,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        meta = best.meta
+        save_model(best, best_dir, classes=meta["classes"], preprocessing=meta["preprocessing"],
+                   provenance=meta.get("provenance"),
+                   metrics={s: _summary(m) for s, m in metrics.items()})
+        (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        if history:
+            with contextlib.suppress(Exception):  # figures are a convenience; never lose results over them
+                from ..evaluation.plots import plot_curves
+
+                keep = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_mean_class_acc")
+                rows = [{k: v for k, v in h.items() if k in keep or (k == "lr" and v and v > 0)} for h in history]
+                plot_curves(rows, run_dir / "curves.png")
+        log({"type": "final", "metrics": {s: _summary(m) for s, m in metrics.items()}, "best_epoch": best_epoch,
+             "wall_time_s": results["wall_time_s"]})
+        for split, m in metrics.items():
+            say(f"[{split}] best epoch {best_epoch}: accuracy {m['accuracy']:.4f}, mean class accuracy "
+                f"{m['mean_class_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} ({m['num_samples']} samples)")
+    barrier(env)
+    return results

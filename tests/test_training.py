@@ -1,0 +1,404 @@
+"""Training engine: losses, SAM, schedules, samplers, checkpoints, the CLI end to end, resume, NaN stop, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+from conftest import need_shared
+from poster_fer.cli import main
+from poster_fer.training import (
+    SAM,
+    BatchAugment,
+    BatchAugmentConfig,
+    DistEnv,
+    DistributedWeightedSampler,
+    LabelSmoothingCrossEntropy,
+    LandmarkCache,
+    OfficialV1Loss,
+    ShardSampler,
+    SoftTargetCrossEntropy,
+    StepSchedule,
+    build_optimizer,
+    load_checkpoint,
+    load_recipe,
+    save_checkpoint,
+)
+
+REQUIRED_RESULT_KEYS = {"recipe", "model", "command", "git_revision", "machine", "wall_time_s", "data", "metrics",
+                        "history"}
+
+# ------------------------------------------------------------------------------------------------ losses ----
+
+
+def test_label_smoothing_ce_matches_hand_computation():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    target = torch.tensor([0, 2])
+    logp = [[v - math.log(sum(math.exp(u) for u in row)) for v in row] for row in logits.tolist()]
+    s = 0.2
+    expect = sum((1 - s) * -lp[t] + s * -sum(lp) / 3 for lp, t in zip(logp, target.tolist(), strict=True)) / 2
+    assert LabelSmoothingCrossEntropy(s)(logits, target).item() == pytest.approx(expect, rel=1e-6)
+    assert LabelSmoothingCrossEntropy(s)(logits, target).item() == pytest.approx(
+        F.cross_entropy(logits, target, label_smoothing=s).item(), rel=1e-6)
+    ce = sum(-lp[t] for lp, t in zip(logp, target.tolist(), strict=True)) / 2
+    assert OfficialV1Loss()(logits, target).item() == pytest.approx(2 * expect + ce, rel=1e-6)
+
+
+def test_soft_target_ce_and_one_hot_equivalence():
+    logits = torch.tensor([[1.0, 2.0, 0.0]])
+    soft = torch.tensor([[0.25, 0.75, 0.0]])
+    logp = F.log_softmax(logits, -1)[0].tolist()
+    assert SoftTargetCrossEntropy()(logits, soft).item() == pytest.approx(-(0.25 * logp[0] + 0.75 * logp[1]), rel=1e-6)
+    one_hot = torch.tensor([[0.0, 1.0, 0.0]])
+    assert SoftTargetCrossEntropy()(logits, one_hot).item() == pytest.approx(
+        SoftTargetCrossEntropy()(logits, torch.tensor([1])).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- optimiser ----
+
+
+def _toy() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    return model, torch.randn(16, 4), torch.randint(0, 3, (16,))
+
+
+def test_sam_step_is_adam_with_the_gradient_at_the_perturbed_point():
+    model, x, y = _toy()
+    w0 = [p.detach().clone() for p in model.parameters()]
+    sam = build_optimizer(model, {"name": "adam", "lr": 0.01, "sam": {"rho": 0.05}})
+    assert isinstance(sam, SAM)
+    F.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    sam.first_step(zero_grad=True)
+    norm = torch.stack([g.norm() for g in grads]).norm()
+    for p, w, g in zip(model.parameters(), w0, grads, strict=True):  # moved by rho * g / ||g||
+        torch.testing.assert_close(p.detach(), w + 0.05 * g / norm)
+    F.cross_entropy(model(x), y).backward()
+    g_perturbed = [p.grad.clone() for p in model.parameters()]
+    sam.second_step(zero_grad=True)
+
+    # The same update by hand: Adam from w0 with the perturbed-point gradient.
+    ref, _, _ = _toy()
+    adam = torch.optim.Adam(ref.parameters(), lr=0.01)
+    for p, g in zip(ref.parameters(), g_perturbed, strict=True):
+        p.grad = g
+    adam.step()
+    for p, r, w in zip(model.parameters(), ref.parameters(), w0, strict=True):
+        torch.testing.assert_close(p, r)
+        assert not torch.equal(p, w)  # SAM changed the weights
+
+    # A few more steps: SAM(Adam) and plain Adam end in different places (Adam's first step is sign-like, so
+    # one step alone can coincide).
+    plain, _, _ = _toy()
+    plain_adam = build_optimizer(plain, {"name": "adam", "lr": 0.01})
+    for _ in range(3):
+        plain_adam.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        plain_adam.step()
+        sam.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        sam.first_step(zero_grad=True)
+        F.cross_entropy(model(x), y).backward()
+        sam.second_step(zero_grad=True)
+    diff = max((p - q).abs().max().item() for p, q in zip(model.parameters(), plain.parameters(), strict=True))
+    assert diff > 1e-4
+
+
+def test_schedules_lr_values():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    exp = StepSchedule(opt, "exponential", total_steps=30, steps_per_epoch=10, gamma=0.5)
+    lrs = []
+    for _ in range(25):
+        lrs.append(opt.param_groups[0]["lr"])
+        exp.step()
+    assert lrs[0] == lrs[9] == 1.0 and lrs[10] == lrs[19] == 0.5 and lrs[20] == 0.25
+
+    opt = torch.optim.SGD([p], lr=2.0)
+    cos = StepSchedule(opt, "cosine", total_steps=21, steps_per_epoch=10, warmup_epochs=0.5, warmup_start=0.0,
+                       min_lr_ratio=0.1)
+    assert cos.factor(0) == 0.0 and cos.factor(4) == pytest.approx(0.8)
+    assert cos.factor(5) == pytest.approx(1.0) and cos.factor(20) == pytest.approx(0.1)
+    assert cos.factor(5 + 15 // 2) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 15)))
+    for _ in range(5):
+        cos.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0)
+    again = StepSchedule(opt, "cosine", total_steps=21, steps_per_epoch=10, warmup_epochs=0.5, warmup_start=0.0,
+                         min_lr_ratio=0.1)
+    again.load_state_dict(cos.state_dict())
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0)
+
+    one = StepSchedule(opt, "onecycle", total_steps=101, steps_per_epoch=10, pct_start=0.2, div_factor=10,
+                       final_div_factor=100)
+    assert one.factor(0) == pytest.approx(0.1) and one.factor(20) == pytest.approx(1.0)
+    assert one.factor(100) == pytest.approx(1e-3)
+
+
+def test_samplers_partition_across_ranks():
+    shards = [list(ShardSampler(10, DistEnv(rank=r, world_size=3))) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = 1.0 / np.bincount(labels)[labels]
+    parts = []
+    for r in range(2):
+        s = DistributedWeightedSampler(weights, DistEnv(rank=r, world_size=2), seed=3)
+        s.set_epoch(1)
+        parts.append(list(s))
+    assert len(parts[0]) == len(parts[1]) == 50
+    drawn = labels[np.array(parts[0] + parts[1])]
+    assert 0.3 < drawn.mean() < 0.7  # the minority class is drawn about half the time
+
+
+def test_batch_augment_reports_flips_exactly():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2 * 1, 3, 4, 5).repeat(4, 1, 1, 1)
+    torch.manual_seed(1)
+    out, flipped = BatchAugment(BatchAugmentConfig(flip=0.5))(x)
+    assert flipped.any() and not flipped.all()
+    for i in range(x.shape[0]):
+        torch.testing.assert_close(out[i], x[i].flip(-1) if flipped[i] else x[i])
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1, "w": torch.ones(2), "hist": [{"a": np.float32(0.5)}], "t": (1, 2)})
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 1 and state["hist"][0]["a"] == 0.5 and state["t"] == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+# ------------------------------------------------------------------------------------------- recipes ----
+
+
+def test_recipes_load_and_overrides_apply():
+    r = load_recipe("rafdb", {"epochs": 3, "optimizer.lr": 1e-4})
+    assert r["train"]["epochs"] == 3 and r["optimizer"]["lr"] == 1e-4
+    assert r["model"]["config"]["depth"] == 8 and r["loss"]["name"] == "lsce"
+    off = load_recipe("rafdb_official")
+    assert off["optimizer"]["sam"]["rho"] == 0.05 and off["schedule"] == {"name": "exponential", "gamma": 0.98}
+    assert off["data"]["channel_order"] == "BGR" and off["loss"]["name"] == "official_v1"
+    aff = load_recipe("affectnet8_official")
+    assert aff["train"]["class_balanced"] and aff["model"]["name"] == "poster_v1_affectnet"
+    assert aff["optimizer"]["lr"] == 2e-6
+    from poster_fer.training import RecipeError
+
+    with pytest.raises(RecipeError, match="unknown key"):
+        load_recipe("tiny", {"train.epoch": 2})
+
+
+# ---------------------------------------------------------------------------------- end-to-end training ----
+
+
+def _synthetic_folder(root: Path, per_class: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """Three easy classes (a bar left, right or across) as grey PNGs in a train/val/test folder tree."""
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for c, name in enumerate(("left", "right", "across")):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size)).astype(np.uint8)
+                if c == 0:
+                    img[:, 4:12] += 150
+                elif c == 1:
+                    img[:, -12:-4] += 150
+                else:
+                    img[12:20, :] += 150
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return _synthetic_folder(tmp_path_factory.mktemp("synthetic"), {"train": 16, "val": 8, "test": 8})
+
+
+def _synthetic_recipe(path: Path, data_root: Path, model: str = "poster_v1_tiny_image_only", **train: object) -> Path:
+    """A recipe for the synthetic folder; the image-only tiny model keeps engine tests fast (no landmark net)."""
+    recipe = {
+        "seed": 1, "device": "cpu",
+        "data": {"kind": "folder", "root": str(data_root), "pipeline": "preload", "grayscale": True,
+                 "augment": {"flip": 0.5}},
+        "model": {"name": model, "config": {"input_size": 32, "backbone_size": 32, "image_tokens": "pool",
+                                            **({"landmark_size": 32} if model == "poster_v1_tiny" else {})}},
+        "loss": {"name": "lsce", "smoothing": 0.1},
+        "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+        "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 24, "amp": "none", "log_every": 2,
+                  "progress": False, "deterministic": True, "threads": 1, **train},
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _run(*argv: str) -> int:
+    return main(["train", *argv])
+
+
+def test_cli_train_ferplus_subset_end_to_end(tmp_path):
+    from poster_fer import load_model
+    from poster_fer.data import FERPLUS_CLASSES
+
+    need_shared("data", "fer2013", "fer2013.csv.gz")
+    out = tmp_path / "run"
+    copy = tmp_path / "bench" / "tiny.json"
+    rc = _run("--recipe", "tiny", "--out", str(out), "--results-out", str(copy), "train.epochs=2",
+              "train.progress=false")
+    assert rc == 0
+    model = load_model(out / "best")
+    assert model.meta["classes"] == FERPLUS_CLASSES
+    prep = model.meta["preprocessing"]
+    assert prep["grayscale"] is True and prep["crop_geometry"]["name"] == "fer2013" and prep["input_size"] == 48
+    assert prep["resize_interpolation"] == "bilinear"
+    results = json.loads((out / "results.json").read_text())
+    assert REQUIRED_RESULT_KEYS <= set(results)
+    assert json.loads(copy.read_text()) == results
+    assert results["data"]["train"] == 256 and results["data"]["test"] == 128
+    test = results["metrics"]["test"]
+    assert 0.0 <= test["accuracy"] <= 1.0 and 0.0 <= test["mean_class_accuracy"] <= 1.0
+    assert set(test["per_class"]) == set(FERPLUS_CLASSES) and test["num_samples"] == 128
+    assert results["machine"]["cpu_cores"] >= 1 and results["machine"]["torch"] == torch.__version__
+    hist = results["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert hist[1]["train_loss"] < hist[0]["train_loss"]  # it learns
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "step" for r in records) and sum(r["type"] == "epoch" for r in records) == 2
+    assert (out / "curves.png").is_file() and (out / "last.pt").is_file()
+    assert model.meta["metrics"]["test"]["accuracy"] == pytest.approx(test["accuracy"])
+
+
+def test_resume_continues_exactly(tmp_path, synthetic):
+    recipe = _synthetic_recipe(tmp_path / "r.yaml", synthetic)
+    assert _run("--recipe", str(recipe), "--out", str(tmp_path / "straight")) == 0
+    assert _run("--recipe", str(recipe), "--out", str(tmp_path / "split"), "train.stop_after_epoch=1") == 0
+    paused = load_checkpoint(tmp_path / "split")
+    assert paused["epoch"] == 1 and not (tmp_path / "split" / "results.json").exists()
+    assert _run("--resume", str(tmp_path / "split")) == 0
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["epoch"] == b["epoch"] == 2 and a["global_step"] == b["global_step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ra = json.loads((tmp_path / "straight" / "results.json").read_text())
+    rb = json.loads((tmp_path / "split" / "results.json").read_text())
+    assert ra["metrics"]["test"] == rb["metrics"]["test"]
+    assert [h["train_loss"] for h in ra["history"]] == [h["train_loss"] for h in rb["history"]]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic, monkeypatch, capsys):
+    import poster_fer.training.trainer as trainer
+
+    real = trainer.build_loss
+
+    class NanAfter(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module, good_calls: int) -> None:
+            super().__init__()
+            self.inner, self.calls, self.good = inner, 0, good_calls
+
+        def forward(self, logits, target):
+            loss = self.inner(logits, target)
+            self.calls += 1
+            return loss * float("nan") if self.calls > self.good and torch.is_grad_enabled() else loss
+
+    # 6 training steps per epoch (48 samples, batch 8): the loss turns NaN in epoch 2.
+    monkeypatch.setattr(trainer, "build_loss", lambda cfg: NanAfter(real(cfg), good_calls=8))
+    recipe = _synthetic_recipe(tmp_path / "r.yaml", synthetic)
+    out = tmp_path / "run"
+    assert _run("--recipe", str(recipe), "--out", str(out)) == 3
+    err = capsys.readouterr().err
+    assert "non-finite training loss" in err and "last good checkpoint" in err
+    state = load_checkpoint(out)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "results.json").exists()
+
+
+def test_landmark_cache_matches_live_features_and_trains(tmp_path, synthetic):
+    from poster_fer import create_model
+
+    model = create_model("poster_v1_tiny", input_size=32, backbone_size=32, landmark_size=32, image_tokens="pool")
+    model.eval()
+    images = torch.randint(0, 255, (5, 1, 32, 32), dtype=torch.uint8)
+
+    def to_input(u8):
+        return ((u8.float() / 255).expand(-1, 3, -1, -1) - 0.5) / 0.25
+
+    cache = LandmarkCache.build(model, images, to_input, mirror=True, batch_size=2, progress=False)
+    with torch.no_grad():
+        live = model.landmark_features(to_input(images))
+        mirrored = model.landmark_features(to_input(images).flip(-1))
+    torch.testing.assert_close(cache.lookup(torch.arange(5)), live)
+    torch.testing.assert_close(cache.lookup(torch.tensor([1, 3]), torch.tensor([True, False])),
+                               torch.stack([mirrored[1], live[3]]))
+    recipe = _synthetic_recipe(tmp_path / "r.yaml", synthetic, model="poster_v1_tiny", landmark_cache=True, epochs=1)
+    assert _run("--recipe", str(recipe), "--out", str(tmp_path / "run")) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["landmark_cache"]["mirror"] is True and results["landmark_cache"]["bytes"] > 0
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
+def test_ddp_two_processes_match_one_process(tmp_path, synthetic):
+    # Same global batch (8 = 2 x 4); no augmentation, so the two runs see the same samples in the same global
+    # batches (DistributedSampler's stride split of one permutation). They differ only where BatchNorm
+    # normalises over 4 samples per rank instead of 8 (no SyncBatchNorm on CPU).
+    recipe = _synthetic_recipe(tmp_path / "r.yaml", synthetic, epochs=1)
+    spec = yaml.safe_load(recipe.read_text())
+    spec["data"]["augment"] = {"flip": 0.0}
+    spec["optimizer"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}  # updates proportional to the gradients
+    recipe.write_text(yaml.safe_dump(spec))
+    assert _run("--recipe", str(recipe), "--out", str(tmp_path / "one")) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "poster_fer.cli", "train", "--recipe", str(recipe), "--out", str(tmp_path / "two")]
+    # A new session, so a hang is killed with its workers (torchrun's children) when the timeout hits.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("2-process torchrun training did not finish within 300 s (hang?)")
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.count("[test] best epoch") == 1  # only rank 0 reports
+    records = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert sum(r["type"] == "epoch" for r in records) == 1 and sum(r["type"] == "final" for r in records) == 1
+    start = next(r for r in records if r["type"] == "start")
+    assert start["world_size"] == 2 and start["global_batch"] == 8
+    one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    assert one["global_step"] == two["global_step"] == 6
+    assert set(two["rng_per_rank"]) == {0, 1}
+    init, names = _init_state(recipe)
+    u1 = torch.cat([(one["model"][k] - init[k]).flatten() for k in names])  # what training changed
+    u2 = torch.cat([(two["model"][k] - init[k]).flatten() for k in names])
+    cos = F.cosine_similarity(u1, u2, dim=0).item()
+    assert cos > 0.95 and (u1 - u2).norm() < 0.4 * u1.norm(), cos  # measured: cos 0.98, 18% apart
+    assert two["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=0.15)
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert r2["machine"]["world_size"] == 2 and r2["data"] == r1["data"]
+    assert r2["metrics"]["test"]["num_samples"] == r1["metrics"]["test"]["num_samples"] == 24
+
+
+def _init_state(recipe: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The model's initial state under the recipe's seed (what training moved from) and its parameter names
+    (BatchNorm running statistics are per rank, so only parameters are compared)."""
+    from poster_fer import create_model
+
+    spec = yaml.safe_load(recipe.read_text())
+    torch.manual_seed(spec["seed"])
+    model = create_model(spec["model"]["name"], num_classes=3, **spec["model"]["config"])
+    return model.state_dict(), [n for n, _ in model.named_parameters()]
