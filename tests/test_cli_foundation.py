@@ -47,6 +47,8 @@ def test_info_errors(capsys):
     assert main(["info", "poster_v7"]) == 2
     assert "neither a registered model" in capsys.readouterr().err
     assert main(["info", "poster_v1_tiny", "--set", "depth"]) == 2
+    assert main(["info", "poster_v1_tiny", "--set", "dims=[1,"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
     assert main(["info", "poster_v1_tiny", "--set", "nope=1"]) == 2
     assert "no field" in capsys.readouterr().err
 
