@@ -8,8 +8,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import need_shared
 
+from conftest import need_shared
 from poster_fer import CheckpointError, create_model, load_model, load_official, read_metadata, save_model
 from poster_fer.weights import (
     convert_official_state_dict,
