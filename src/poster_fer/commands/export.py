@@ -1,0 +1,66 @@
+"""``poster-fer export --weights CKPT --format onnx --out FILE``: a verified ONNX file for PyTorch-free inference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+_OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (checked against PyTorch in ONNX Runtime)",
+                       description="Export a poster-fer model (or an official checkpoint) to ONNX with a dynamic "
+                       "batch axis and the model's metadata (classes, preprocessing) embedded; the file is run in "
+                       "ONNX Runtime against PyTorch before it is kept, and rejected above --tolerance.")
+    p.add_argument("--weights", required=True, help="poster-fer model directory/.safetensors, or an official "
+                   ".pth checkpoint (then see --model, --num-classes)")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
+    p.add_argument("--out", required=True, help="output file (.onnx)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
+    p.add_argument("--batch-size-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run a batch size other than the traced one through the file (default: on)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="export the eager graph instead of the exact fast paths (BN folding etc.)")
+    p.add_argument("--model", help="registered variant of an official checkpoint (default: poster_v1)")
+    p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: from its head)")
+    p.add_argument("--json", action="store_true", help="print the export report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+
+    weights = Path(args.weights)
+    if not weights.exists():
+        raise UserError(f"{weights}: no such checkpoint")
+    try:
+        from ..export import DEFAULT_OPSET, ExportError, export_onnx
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise UserError(f"ONNX export needs onnx and onnxruntime ({err}); pip install 'poster-fer[onnx]'") from None
+    from .. import load_model, load_official
+
+    if weights.is_file() and weights.suffix.lower() in _OFFICIAL_SUFFIXES:
+        model = load_official(weights, model=args.model or "poster_v1", num_classes=args.num_classes)
+    else:
+        model = load_model(weights)
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"{out}: the output file should end in .onnx")
+    try:
+        report = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET,
+                             check_batch_sizes=(3,) if args.batch_size_check else (),
+                             tolerance=args.tolerance, optimize=not args.no_optimize,
+                             metadata={"provenance": {**(getattr(model, "meta", {}) or {}).get("provenance", {}),
+                                                      "exported_from": str(weights)}})
+    except ExportError as err:
+        raise UserError(str(err)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        checks = ", ".join(f"batch {c['batch']}: {c['rel_error']:.1e}" for c in report["checks"])
+        print(f"wrote {report['path']} ({report['bytes'] / 2**20:.1f} MiB, opset {report['opset']}, dynamic batch); "
+              f"ONNX Runtime vs PyTorch relative error {checks} (tolerance {report['tolerance']:g})")
+    return 0

@@ -1,0 +1,243 @@
+"""ONNX export with a built-in check, and an ONNX Runtime model with the same calling convention as PyTorch.
+
+``export_onnx`` writes a graph with a dynamic batch axis (input ``input`` (B,3,S,S) float32, output ``logits``
+(B,C)), embeds poster-fer's metadata record (classes, preprocessing, provenance) in the file's
+``metadata_props``, and then runs the file in ONNX Runtime against the PyTorch model: a relative error above
+``tolerance`` deletes the file and raises :class:`ExportError`, so an export that exists is one that was
+verified. :class:`OnnxRuntimeModel` is what deployment needs: numpy in, logits out, ``.meta`` from the file,
+no PyTorch import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEFAULT_OPSET", "META_KEY", "ExportError", "OnnxRuntimeModel", "export_onnx", "read_onnx_metadata"]
+
+META_KEY = "poster_fer_meta"
+DEFAULT_OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes (or could not be written)."""
+
+
+def _rel_err(out: np.ndarray, ref: np.ndarray) -> float:
+    denom = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(out - ref)) / (denom if denom > 0 else 1.0)
+
+
+def _metadata(model: Any, extra: dict[str, Any] | None) -> dict[str, Any]:
+    from .weights.io import build_metadata
+
+    try:
+        return build_metadata(model, **(extra or {}))
+    except ValueError as err:
+        raise ExportError(f"cannot describe the model for export: {err}") from None
+
+
+def export_onnx(
+    model: Any,
+    path: str | os.PathLike[str],
+    opset: int = DEFAULT_OPSET,
+    batch_size: int = 2,
+    check_batch_sizes: tuple[int, ...] = (3,),
+    tolerance: float = 1e-4,
+    optimize: bool = True,
+    metadata: dict[str, Any] | None = None,
+    sample: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` to ONNX at ``path`` and verify it in ONNX Runtime; returns a report dict.
+
+    Args:
+        model: a poster-fer model (``create_model``/``load_model``/``load_official``), any device.
+        path: output ``.onnx`` file (replaced atomically; nothing is left behind on failure).
+        opset: ONNX opset.
+        batch_size: batch of the tracing example; the batch axis is dynamic regardless.
+        check_batch_sizes: further batch sizes run through the exported file to prove the axis is dynamic.
+        tolerance: largest accepted ``||ort - torch|| / ||torch||`` on the check batches.
+        optimize: export the exact fast paths (BN folding, trivial layers, single resize) instead of the
+            eager graph; attention stays explicit (plain MatMul/Softmax nodes every runtime has).
+        metadata: extra metadata merged over ``model.meta`` (e.g. ``provenance``).
+        sample: an optional float32 (B,3,S,S) batch to check on instead of seeded random normals.
+    """
+    import torch
+
+    from .fastpath import optimize_for_inference
+
+    path = Path(path)
+    t0 = time.perf_counter()
+    meta = _metadata(model, metadata)
+    size = int(meta["preprocessing"]["input_size"])
+    model = model.eval()
+    device = next(model.parameters()).device
+    cpu_model = model if device.type == "cpu" else _cpu_copy(model)
+    graph = (optimize_for_inference(cpu_model, fused_attention=False, channels_last=False) if optimize
+             else cpu_model)
+    example = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _trace_to_onnx(graph, example, tmp, opset)
+        _attach_metadata(tmp, meta)
+        checks = _verify(cpu_model, tmp, size, (batch_size, *check_batch_sizes), sample)
+        worst = max(c["rel_error"] for c in checks)
+        if not worst <= tolerance:  # also catches NaN
+            raise ExportError(f"{path}: ONNX Runtime output differs from PyTorch (relative error {worst:.3g} > "
+                              f"{tolerance:g}; checks {checks}); the file was not written")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {
+        "path": str(path), "opset": opset, "bytes": path.stat().st_size, "optimized": optimize,
+        "input": [INPUT_NAME, ["batch", 3, size, size]], "output": [OUTPUT_NAME, ["batch", len(meta["classes"])]],
+        "checks": checks, "max_rel_error": worst, "tolerance": tolerance,
+        "seconds": round(time.perf_counter() - t0, 2), "model": meta.get("model"),
+    }
+
+
+def _cpu_copy(model: Any) -> Any:
+    import copy
+
+    clone = copy.deepcopy(model).to("cpu")
+    if hasattr(model, "meta"):
+        clone.meta = model.meta
+    return clone
+
+
+def _trace_to_onnx(graph: Any, example: Any, dest: str, opset: int) -> None:
+    """TorchScript-based export: needs only ``onnx`` (the dynamo exporter would add onnxscript)."""
+    import torch
+
+    with warnings.catch_warnings():
+        # Shape checks in forward() are constants for a fixed input size; only the batch axis varies.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        with torch.no_grad():
+            torch.onnx.export(
+                graph, (example,), dest, dynamo=False, opset_version=opset, do_constant_folding=True,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+
+
+def _attach_metadata(dest: str, meta: dict[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(dest)
+    entries = {
+        META_KEY: json.dumps(meta, sort_keys=True),
+        "classes": json.dumps(meta["classes"]),
+        "preprocessing": json.dumps(meta["preprocessing"], sort_keys=True),
+        "model": str(meta.get("model")),
+    }
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "poster-fer"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, dest)
+
+
+def _verify(model: Any, onnx_path: str, size: int, batch_sizes: tuple[int, ...],
+            sample: np.ndarray | None) -> list[dict[str, Any]]:
+    import torch
+
+    runtime = OnnxRuntimeModel(onnx_path)
+    rng = torch.Generator().manual_seed(1)
+    checks = []
+    for b in dict.fromkeys(batch_sizes):  # unique, in order
+        if sample is not None:
+            x = torch.from_numpy(np.ascontiguousarray(sample[:b], dtype=np.float32))
+        else:
+            x = torch.randn(b, 3, size, size, generator=rng)
+        with torch.no_grad():
+            ref = model(x).float().numpy()
+        out = runtime(x.numpy())
+        if out.shape != ref.shape:
+            raise ExportError(f"{onnx_path}: batch {b} gave shape {out.shape}, PyTorch {ref.shape}")
+        checks.append({"batch": int(x.shape[0]), "rel_error": _rel_err(out, ref)})
+    return checks
+
+
+def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The poster-fer record embedded in an exported file (``{}`` if it has none)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return _meta_from_session(session)
+
+
+def _meta_from_session(session: Any) -> dict[str, Any]:
+    props = session.get_modelmeta().custom_metadata_map or {}
+    if META_KEY in props:
+        return json.loads(props[META_KEY])
+    meta: dict[str, Any] = {}
+    for key in ("classes", "preprocessing"):
+        if key in props:
+            meta[key] = json.loads(props[key])
+    return meta
+
+
+class OnnxRuntimeModel:
+    """An exported poster-fer model in ONNX Runtime: ``model(batch) -> logits``; ``model.meta``.
+
+    Args:
+        path: the ``.onnx`` file.
+        providers: ONNX Runtime execution providers (default: CPU).
+        threads: intra-op threads (default: ONNX Runtime's choice, one per core).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None,
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX file")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                providers=providers or ["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable files
+            raise ExportError(f"{self.path}: ONNX Runtime cannot load this file ({err})") from None
+        self.meta: dict[str, Any] = _meta_from_session(self.session)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = list(inp.shape)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    @property
+    def input_size(self) -> int | None:
+        size = (self.meta.get("preprocessing") or {}).get("input_size")
+        return int(size) if size is not None else None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (B, 3, S, S) normalised batch -> float32 (B, C) logits."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.path}: expected a (B, 3, S, S) batch, got shape {tuple(x.shape)}")
+        size = self.input_size
+        if size is not None and x.shape[2:] != (size, size):
+            raise ValueError(f"{self.path}: this model takes {size}x{size} inputs, got {x.shape[2]}x{x.shape[3]}")
+        return self.session.run(None, {self.input_name: x})[0]

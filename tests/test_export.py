@@ -1,0 +1,95 @@
+"""ONNX export: verified at export time, dynamic batch axis, metadata carried in the file, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from poster_fer import create_model, save_model  # noqa: E402
+from poster_fer.cli import main  # noqa: E402
+from poster_fer.export import ExportError, OnnxRuntimeModel, export_onnx  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread (see tests/test_fastpath.py: 2-thread OpenMP stalls on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+PREPROCESSING = {"input_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "channel_order": "BGR",
+                 "grayscale": True, "resize_interpolation": "bilinear", "crop_geometry": {"name": "fer2013"}}
+
+
+@pytest.mark.parametrize("name", ["poster_v1_tiny", "poster_v2_tiny"])
+def test_round_trip_dynamic_batch_and_metadata(name, tmp_path):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4).eval()
+    classes = ["calm", "glad", "cross", "shocked"]
+    model.meta = {"classes": classes, "preprocessing": PREPROCESSING, "provenance": {"note": "test"}}
+    path = tmp_path / "model.onnx"
+    report = export_onnx(model, path, batch_size=2, check_batch_sizes=(3,))
+    assert path.is_file() and report["bytes"] == path.stat().st_size
+    assert [c["batch"] for c in report["checks"]] == [2, 3]  # traced at 2, verified at 3 too
+    assert report["max_rel_error"] <= 1e-4
+
+    runtime = OnnxRuntimeModel(path)
+    assert runtime.meta["classes"] == classes and runtime.classes == classes
+    assert runtime.meta["preprocessing"] == PREPROCESSING
+    assert runtime.meta["provenance"] == {"note": "test"}
+    assert runtime.meta["model"] == name and runtime.meta["config"]["num_classes"] == 4
+    assert runtime.input_shape[0] == "batch"
+
+    x = torch.randn(5, 3, 224, 224, generator=torch.Generator().manual_seed(4))  # a batch size never traced
+    out = runtime(x.numpy())
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert out.shape == (5, 4) and out.dtype == np.float32
+    assert rel_err(out, ref) <= 1e-4
+
+
+def test_export_fails_loudly_and_leaves_nothing(tmp_path):
+    model = create_model("poster_v1_tiny").eval()
+    path = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(model, path, check_batch_sizes=(), tolerance=0.0)  # float rounding alone exceeds 0
+    assert not path.exists()
+    assert not list(tmp_path.iterdir())  # no temporary file left either
+
+
+def test_runtime_rejects_bad_input(tmp_path):
+    path = tmp_path / "m.onnx"
+    export_onnx(create_model("poster_v1_tiny").eval(), path, check_batch_sizes=())
+    runtime = OnnxRuntimeModel(path)
+    with pytest.raises(ValueError, match="224x224"):
+        runtime(np.zeros((1, 3, 112, 112), np.float32))
+    with pytest.raises(ValueError, match=r"\(B, 3, S, S\)"):
+        runtime(np.zeros((3, 224, 224), np.float32))
+    with pytest.raises(FileNotFoundError):
+        OnnxRuntimeModel(tmp_path / "missing.onnx")
+
+
+def test_export_command(tmp_path, capsys):
+    torch.manual_seed(0)
+    saved = save_model(create_model("poster_v1_tiny"), tmp_path / "ckpt", classes=list("abcdefg"))
+    out = tmp_path / "exported" / "m.onnx"
+    assert main(["export", "--weights", str(saved), "--format", "onnx", "--out", str(out), "--opset", "17",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_rel_error"] <= 1e-4 and report["opset"] == 17
+    assert OnnxRuntimeModel(out).classes == list("abcdefg")
+
+    assert main(["export", "--weights", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err
