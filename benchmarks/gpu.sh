@@ -7,11 +7,13 @@
 #   GPU_BENCH_DEVICE=cpu GPU_BENCH_MODEL=poster_v1_tiny GPU_BENCH_BATCHES=2,1 GPU_BENCH_TRAIN_BATCH=2 \
 #       GPU_BENCH_RESULTS=/tmp/gpu-dry bash benchmarks/gpu.sh      # dry run of the plumbing on a CPU
 #
-# Order (most important first, results are written after every stage, so a kill keeps what was measured):
-#   1. inference at batch 1024 (throughput), then 32 and 1 (latency): reference, eager, sdpa, fold_bn,
-#      channels_last, fp32_opt, bf16 (autocast, channels_last, SDPA, BN folded);
-#   2. training steps at batch 128 (official loss, Adam): reference (fp32), eager, opt, bf16;
-#   3. bf16_compile (bf16 + torch.compile) at batch 1024, against a fresh reference pass.
+# Stages, most important first; results are written after every stage, so a kill keeps what was measured:
+#   1. inference at batch 1024 (throughput): reference, eager, fp32_opt (every exact path), bf16 (autocast),
+#      bf16_cast (bf16 weights and activations), fp32_graphs / bf16_graphs (the same replayed from CUDA graphs);
+#   2. training steps at batch 128 (official loss, Adam): reference (fp32), opt, bf16, bf16_graphs (the whole
+#      step captured as one CUDA graph: on an H100 the eager step is bound by kernel-launch overhead);
+#   3. bf16_compile (bf16 + torch.compile) at batch 1024, against a fresh reference pass;
+#   4. inference at batch 32 and 1 (latency).
 # Targets (issue 6): >= 10,000 faces/s inference on an H100; training >= 3x the reference.
 set -u
 cd "$(dirname "$0")/.."
@@ -46,8 +48,8 @@ OUTJSON="$RESULTS/bench_gpu_${MODEL}.json"
 timeout -k 10 "$LIMIT" "$PY" benchmarks/bench_inference.py \
     --device "$DEVICE" --model "$MODEL" --recipe-keys "" \
     --batch-sizes "$BATCHES" \
-    --variants reference,eager,sdpa,fold_bn,channels_last,fp32_opt,bf16,bf16_compile \
-    --train --train-batch "$TRAIN_BATCH" --train-steps 5 --train-variants reference,eager,opt,bf16 \
+    --variants reference,eager,fp32_opt,bf16,bf16_cast,fp32_graphs,bf16_graphs,bf16_compile \
+    --train --train-batch "$TRAIN_BATCH" --train-steps 5 --train-variants reference,opt,bf16,bf16_graphs \
     --time-budget "$BUDGET" --out "$OUTJSON" 2>&1 | tee "$RESULTS/bench_gpu_${MODEL}.log"
 rc=${PIPESTATUS[0]}
 echo "== benchmark exit status $rc (124 = hit the ${LIMIT}s limit; partial results are kept)"

@@ -60,6 +60,21 @@ def test_bench_command_on_tiny_model(tmp_path, capsys):
     assert result["fp32_variant"] == "fp32_opt" and result["summary_batch"] == 2
 
 
+def test_cuda_only_variants_are_skipped_on_cpu(tmp_path):
+    from poster_fer import create_model
+    from poster_fer.commands.bench import bench_training, build_variants
+
+    model = create_model("poster_v1_tiny", input_size=112, backbone_size=56, landmark_size=56,
+                         image_tokens="pool").eval()
+    logged: list[str] = []
+    built = build_variants(["eager", "fp32_graphs", "bf16_graphs"], model, "cpu", None, 1, tmp_path, logged.append)
+    assert list(built) == ["eager"]
+    assert sum("CUDA graphs need a CUDA device" in m for m in logged) == 2
+    train = bench_training(model, None, ["eager", "bf16_graphs"], "cpu", batch=2, steps=1, deadline=None,
+                           log=logged.append)
+    assert list(train["variants"]) == ["eager"] and train["variants"]["eager"]["images_per_s"] > 0
+
+
 def test_bench_rejects_unknown_variant(capsys):
     assert main(["bench", "--model", "poster_v1_tiny", "--variants", "warp_drive", "--batch-sizes", "1"]) == 2
     assert "warp_drive" in capsys.readouterr().err

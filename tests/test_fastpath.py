@@ -197,3 +197,26 @@ def test_compile_failure_falls_back_to_eager(v1_tiny, batch, monkeypatch):
     assert "compile" not in fast.paths and fast.compiled is None
     assert rel_err(out, v1_tiny(batch[:1]).detach()) <= 1e-4
     assert isinstance(fast, InferenceModel)
+
+
+def test_bf16_cast_path_stores_bf16_and_returns_float32(v1_small):
+    x = torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = v1_small(x)
+        fast = optimize_for_inference(v1_small, precision="bf16", cast=True)
+        out = fast(x)
+    assert "cast_bf16" in fast.paths and not fast.exact
+    assert all(p.dtype == torch.bfloat16 for p in fast.model.parameters())
+    assert out.dtype == torch.float32 and rel_err(out, ref) <= 0.05
+    with pytest.raises(ValueError, match="cast=True"):
+        optimize_for_inference(v1_small, cast=True)
+
+
+def test_cuda_graphs_without_cuda_warns_and_runs_eager(v1_small):
+    fast = optimize_for_inference(v1_small, cuda_graphs=True)
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad(), pytest.warns(UserWarning, match="cuda_graphs only applies to CUDA"):
+        out = fast(x)
+    assert "cuda_graphs" not in fast.paths
+    with torch.no_grad():
+        assert rel_err(out, v1_small(x)) <= 1e-4

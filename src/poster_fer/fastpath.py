@@ -24,8 +24,14 @@ path                         kind       what and why
 ``precision="bf16"``         reduced    bfloat16 autocast (8-bit mantissa). Fast on GPUs and on CPUs with
                                         bf16 matrix instructions (AVX512-BF16/AMX); on AVX2-only CPUs PyTorch
                                         emulates it and it is *slower* than fp32.
+``cast=True``                 reduced    with bf16/fp16: weights and activations stored in that dtype instead of
+                                        autocasting (no per-call weight casts, half the activation traffic;
+                                        LayerNorm/softmax kernels still accumulate in fp32).
 ``compile``                  exact*     ``torch.compile`` (Inductor). Same function; kernels may reorder float
                                         sums. Optional, guarded: a failure falls back to eager with a warning.
+``cuda_graphs``              exact      CUDA only: the forward pass is captured once per input shape and
+                                        replayed, removing per-kernel launch and Python overhead (what limits
+                                        small batches on a fast GPU). Elsewhere it is ignored with a warning.
 ===========================  =========  =====================================================================
 
 The landmark network's 136-d regression head, which the official code computes and throws away, is never built
@@ -217,16 +223,22 @@ class InferenceModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, precision: str = "fp32", channels_last: bool = False,
-                 resize: bool = True, paths: tuple[str, ...] = ()) -> None:
+                 resize: bool = True, paths: tuple[str, ...] = (), cast: bool = False,
+                 cuda_graphs: bool = False) -> None:
         super().__init__()
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
+        if cast and precision == "fp32":
+            raise ValueError("cast=True needs precision 'bf16' or 'fp16'")
         self.model = model
         self.precision = precision
         self.channels_last = channels_last
         self.resize = resize
+        self.cast = cast
+        self.cuda_graphs = cuda_graphs
         self.paths = tuple(paths)
         self.compiled: Any = None
+        self._graphs: dict[tuple, tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def exact(self) -> bool:
@@ -246,25 +258,61 @@ class InferenceModel(nn.Module):
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.resize:
             x = resize_once(self.model, x)
+        if self.cast:
+            x = x.to(_PRECISIONS[self.precision])
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cast:  # the weights are already in the low-precision dtype: nothing to autocast
+            return self.model(self.prepare(x)).float()
         with autocast_context(self.precision, x.device):
             return self.model(self.prepare(x)).float()
 
+    def _replay(self, fn: Any, x: torch.Tensor) -> torch.Tensor:
+        """Run ``fn(x)`` through a CUDA graph captured for ``x``'s shape (captured on first use)."""
+        key = (tuple(x.shape), x.dtype, str(x.device))
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_x = x.clone()
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):  # warm-up outside the graph: autotuning, lazy allocations
+                for _ in range(2):
+                    fn(static_x)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = fn(static_x)
+            entry = self._graphs[key] = (graph, static_x, static_out)
+        graph, static_x, static_out = entry
+        static_x.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _dispatch(self, x: torch.Tensor) -> torch.Tensor:
+        fn = self.compiled if self.compiled is not None else self._run
+        if self.cuda_graphs:
+            if x.device.type == "cuda":
+                return self._replay(fn, x)
+            warnings.warn("cuda_graphs only applies to CUDA inputs; running without graphs", stacklevel=3)
+            self.cuda_graphs = False
+            self.paths = tuple(p for p in self.paths if p != "cuda_graphs")
+        return fn(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compiled is None:
-            return self._run(x)
+            return self._dispatch(x)
         try:
-            return self.compiled(x)
+            return self._dispatch(x)
         except Exception as err:  # noqa: BLE001  (compilation is lazy: any backend failure shows up here)
             warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); falling back to eager",
                           stacklevel=2)
             self.compiled = None
+            self._graphs.clear()
             self.paths = tuple(p for p in self.paths if p != "compile")
-            return self._run(x)
+            return self._dispatch(x)
 
 
 def optimize_for_inference(
@@ -278,6 +326,8 @@ def optimize_for_inference(
     simplify: bool = True,
     inplace: bool = False,
     compile_options: dict[str, Any] | None = None,
+    cast: bool = False,
+    cuda_graphs: bool = False,
 ) -> InferenceModel:
     """Apply the fast paths to a trained model and return an :class:`InferenceModel` (eval mode).
 
@@ -292,6 +342,8 @@ def optimize_for_inference(
         simplify: 1x1 max-pools as strided views, pointwise token convs as matmuls (exact).
         inplace: modify ``model`` itself instead of a deep copy.
         compile_options: keyword arguments for ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
+        cast: with ``precision`` bf16/fp16, convert weights and activations to that dtype instead of autocasting.
+        cuda_graphs: capture and replay the forward pass per input shape (CUDA inputs only).
     """
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
@@ -317,10 +369,17 @@ def optimize_for_inference(
         applied.append("channels_last")
     if resize:
         applied.append("resize_once")
-    if precision != "fp32":
+    if cast:
+        if precision == "fp32":
+            raise ValueError("cast=True needs precision 'bf16' or 'fp16'")
+        model.to(_PRECISIONS[precision])
+        applied.append(f"cast_{precision}")
+    elif precision != "fp32":
         applied.append(f"autocast_{precision}")
+    if cuda_graphs:
+        applied.append("cuda_graphs")
     wrapped = InferenceModel(model, precision=precision, channels_last=channels_last, resize=resize,
-                             paths=tuple(applied)).eval()
+                             paths=tuple(applied), cast=cast, cuda_graphs=cuda_graphs).eval()
     if compile:
         try:
             wrapped.compiled = torch.compile(wrapped._run, **(compile_options or {}))

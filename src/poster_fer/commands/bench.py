@@ -14,6 +14,8 @@ batch size after everything else, because compiling is slow and specialises on t
 * ``sdpa`` / ``fold_bn`` / ``channels_last``: one exact fast path each;
 * ``fp32_opt``: every exact path (:func:`poster_fer.fastpath.optimize_for_inference`);
 * ``bf16``: ``fp32_opt`` under bf16 autocast (reduced precision);
+* ``bf16_cast``: ``fp32_opt`` with weights and activations stored in bf16 (no autocast casts);
+* ``fp32_graphs`` / ``bf16_graphs``: ``fp32_opt`` / ``bf16_cast`` replayed from CUDA graphs (CUDA only);
 * ``compile`` / ``bf16_compile``: the same through ``torch.compile``;
 * ``onnxruntime``: the exported ONNX graph in ONNX Runtime (CPU), numpy in and out.
 
@@ -41,12 +43,14 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_REFERENCE = REPO_ROOT / "benchmarks" / "reference_poster.py"
-ALL_VARIANTS = ("reference", "eager", "sdpa", "fold_bn", "channels_last", "fp32_opt", "bf16", "compile",
-                "bf16_compile", "onnxruntime")
+ALL_VARIANTS = ("reference", "eager", "sdpa", "fold_bn", "channels_last", "fp32_opt", "bf16", "bf16_cast",
+                "fp32_graphs", "bf16_graphs", "compile", "bf16_compile", "onnxruntime")
 COMPILED = ("compile", "bf16_compile")
+CUDA_ONLY = ("fp32_graphs", "bf16_graphs")
 EXACT = {"reference": True, "eager": True, "sdpa": True, "fold_bn": True, "channels_last": True,
-         "fp32_opt": True, "bf16": False, "compile": True, "bf16_compile": False, "onnxruntime": True}
-TRAIN_VARIANTS = ("reference", "eager", "opt", "bf16", "bf16_compile")
+         "fp32_opt": True, "bf16": False, "bf16_cast": False, "fp32_graphs": True, "bf16_graphs": False,
+         "compile": True, "bf16_compile": False, "onnxruntime": True}
+TRAIN_VARIANTS = ("reference", "eager", "opt", "bf16", "bf16_graphs", "bf16_compile")
 RANDOM_WEIGHTS_NOTE = (
     "Weights are the parity recipe's deterministic random tensors, not trained ones. Top-1 agreement measured "
     "with them is a weaker test than with trained weights: their logits lie close together (small top-1 "
@@ -322,10 +326,19 @@ def build_variants(names: list[str], model: Any, device: str, reference: Any | N
                   "simplify": name == "fold_bn", only: True}
             m = optimize_for_inference(model.to(device), **kw)
             out[name] = Variant(name, m, True, f"eager plus {only} only", m.paths)
-        elif name in ("fp32_opt", "bf16", "compile", "bf16_compile"):
+        elif name in ("fp32_opt", "bf16", "bf16_cast", "fp32_graphs", "bf16_graphs", "compile", "bf16_compile"):
+            if name in CUDA_ONLY and not str(device).startswith("cuda"):
+                log(f"{name} variant skipped: CUDA graphs need a CUDA device")
+                continue
             precision = "bf16" if name.startswith("bf16") else "fp32"
-            m = optimize_for_inference(model.to(device), precision=precision, compile=name in COMPILED)
-            desc = "all exact fast paths" + (" under bf16 autocast" if precision == "bf16" else "")
+            cast = name in ("bf16_cast", "bf16_graphs")
+            m = optimize_for_inference(model.to(device), precision=precision, compile=name in COMPILED, cast=cast,
+                                       cuda_graphs=name in CUDA_ONLY)
+            desc = "all exact fast paths"
+            if precision == "bf16":
+                desc += ", bf16 weights and activations" if cast else " under bf16 autocast"
+            if name in CUDA_ONLY:
+                desc += ", replayed from CUDA graphs"
             out[name] = Variant(name, m, EXACT[name], desc + (" + torch.compile" if name in COMPILED else ""),
                                 m.paths)
         elif name == "onnxruntime":
@@ -448,7 +461,36 @@ def measure_section(variants: dict[str, Variant], baseline: str, batch: int, siz
         section["variants"][name] = entry
         log(f"  {name:14s} {entry['faces_per_s']:10.2f} faces/s  x{entry['speedup']:.3f}  "
             f"rel err {entry['rel_error']:.2e}")
+    if str(device).startswith("cuda"):
+        with contextlib.suppress(Exception):
+            errors = _errors_without_tf32(variants, baseline, x[:32])
+            for name, err in errors.items():
+                section["variants"][name]["rel_error_no_tf32"] = err
+            section["tf32_note"] = ("rel_error includes TF32 rounding: PyTorch's default lets cuDNN convolutions "
+                                    "use TF32 (the reference included); rel_error_no_tf32 re-checks the exact "
+                                    "paths on 32 inputs with TF32 off (graph-replayed and compiled variants "
+                                    "keep the kernels they were built with and are left out)")
     return section
+
+
+def _errors_without_tf32(variants: dict[str, Variant], baseline: str, x: Any) -> dict[str, float]:
+    """Relative error of each exact, eager variant against the baseline with TF32 disabled everywhere."""
+    import torch
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            base = variants[baseline].fn(x).float()
+            out = {}
+            for name, v in variants.items():
+                if name == baseline or not v.exact or getattr(v.fn, "cuda_graphs", False) \
+                        or getattr(v.fn, "compiled", None) is not None:
+                    continue
+                out[name] = _rel(v.fn(x).float(), base)
+            return out
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def agreement_batches(model: Any, data_root: str | None, n: int, batch: int) -> tuple[list[Any], dict[str, Any]]:
@@ -526,7 +568,11 @@ def bench_training(model: Any, reference: Any | None, names: list[str], device: 
     y = torch.randint(0, int(model.cfg.num_classes), (batch,), generator=g).to(device)
     runners: dict[str, Callable[[], float]] = {}
     descriptions: dict[str, str] = {}
+    cuda = str(device).startswith("cuda")
     for name in names:
+        if name.endswith("graphs") and not cuda:
+            log(f"training variant {name} skipped: CUDA graphs need a CUDA device")
+            continue
         if name == "reference":
             if reference is None:
                 continue
@@ -546,21 +592,38 @@ def bench_training(model: Any, reference: Any | None, names: list[str], device: 
                 fwd = torch.compile(net)
             descriptions[name] = {"eager": "poster-fer fp32 eager", "opt": "fp32, SDPA attention, channels_last",
                                   "bf16": "bf16 autocast, SDPA, channels_last",
-                                  "bf16_compile": "bf16 autocast, SDPA, channels_last, torch.compile"}[name]
+                                  "bf16_compile": "bf16 autocast, SDPA, channels_last, torch.compile",
+                                  "bf16_graphs": "bf16 autocast, SDPA, channels_last, whole step replayed from "
+                                                 "a CUDA graph"}[name]
         params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=4e-5)
+        fused = name != "reference" and cuda  # one kernel for all tensors instead of a few per tensor
+        opt_kw: dict[str, Any] = {"fused": True} if fused else {}
+        if name.endswith("graphs"):
+            opt_kw["capturable"] = True  # the step counter lives on the GPU, so the step can be captured
+        opt = torch.optim.Adam(params, lr=4e-5, **opt_kw)
+        if fused:
+            descriptions[name] += ", fused Adam"
+        inp = x.contiguous(memory_format=torch.channels_last) if cl else x
+        graphed = name.endswith("graphs")
 
-        def step(fwd=fwd, opt=opt, precision=precision, cl=cl) -> float:
-            inp = x.contiguous(memory_format=torch.channels_last) if cl else x
-            with autocast_context(precision, device):
+        def body(fwd=fwd, opt=opt, precision=precision, inp=inp, graphed=graphed) -> Any:
+            amp = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if graphed
+                   else autocast_context(precision, device))  # autocast's weight cache cannot live in a graph
+            with amp:
                 logits = fwd(inp)
             loss = official_v1_loss(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            return float(loss.detach())
+            return loss
 
-        runners[name] = step
+        if graphed:
+            runners[name] = _graphed_step(body, opt)
+        else:
+            def step(body=body, opt=opt) -> float:
+                opt.zero_grad(set_to_none=True)
+                return float(body().detach())
+
+            runners[name] = step
     times: dict[str, list[float]] = {n: [] for n in runners}
     losses: dict[str, float] = {}
     failed: dict[str, str] = {}
@@ -597,6 +660,36 @@ def bench_training(model: Any, reference: Any | None, names: list[str], device: 
     if failed:
         result["failed"] = failed
     return result
+
+
+def _graphed_step(body: Callable[[], Any], opt: Any) -> Callable[[], float]:
+    """A training step captured once as a CUDA graph (forward, loss, backward, optimiser) and then replayed.
+
+    Inputs stay in fixed buffers; gradients are set to None before capture, so backward writes them fresh from the
+    graph's own memory pool at every replay (the standard whole-network capture recipe).
+    """
+    import torch
+
+    state: dict[str, Any] = {}
+
+    def step() -> float:
+        if "graph" not in state:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up: autotuning and lazy allocations happen outside the graph
+                for _ in range(3):
+                    opt.zero_grad(set_to_none=True)
+                    body()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                state["loss"] = body()
+            state["graph"] = graph
+        state["graph"].replay()
+        return float(state["loss"].detach())
+
+    return step
 
 
 # --- the whole run -----------------------------------------------------------------------------------------------
@@ -668,6 +761,8 @@ def _default_variants(device: str, compile_: bool) -> list[str]:
     names = ["reference", "eager", "sdpa", "fold_bn", "channels_last", "fp32_opt", "bf16"]
     if device == "cpu":
         names.append("onnxruntime")
+    else:
+        names += ["bf16_cast", "fp32_graphs", "bf16_graphs"]
     if compile_:
         names += list(COMPILED)
     return names
@@ -743,74 +838,92 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[s
 
         raise UserError(f"unknown variant(s) {unknown}; choose from {', '.join(ALL_VARIANTS)}")
 
+    size = int(model.cfg.input_size)
+    largest = max(cfg.batch_sizes)
+    result["inference"] = {}
+    threads = cfg.threads or torch.get_num_threads()
+
+    def over_budget() -> bool:
+        return deadline is not None and time.perf_counter() > deadline
+
     with tempfile.TemporaryDirectory(prefix="poster-fer-bench-") as tmp:
-        variants = build_variants([n for n in names if n not in COMPILED], model, device, reference,
-                                  cfg.threads or torch.get_num_threads(), Path(tmp), log)
+        variants = build_variants([n for n in names if n not in COMPILED], model, device, reference, threads,
+                                  Path(tmp), log)
         result["variants"] = {n: {"exact": v.exact, "description": v.description, "paths": list(v.paths),
                                   **v.extra} for n, v in variants.items()}
-        size = int(model.cfg.input_size)
-        result["inference"] = {}
-        for batch in cfg.batch_sizes:
+
+        def batch_stage(batch: int) -> None:
             section = f"batch_{batch}"
-            if deadline is not None and time.perf_counter() > deadline:
+            if over_budget():
                 result["inference"][section] = {"batch": batch, "skipped": "time budget exhausted"}
-                continue
+                return
             reps = cfg.reps or _default_reps(batch, device)
-            result["inference"][section] = measure_section(variants, baseline, batch, size, reps, cfg.warmup, device,
-                                                           deadline, log)
-            _write(result, cfg.out)
+            result["inference"][section] = measure_section(variants, baseline, batch, size, reps, cfg.warmup,
+                                                           device, deadline, log)
 
-        if cfg.agreement_images > 0:
-            if deadline is not None and time.perf_counter() > deadline:
-                result["agreement"] = {"skipped": "time budget exhausted"}
-            else:
-                try:
-                    batches, info = agreement_batches(model, cfg.data_root, cfg.agreement_images, 32)
-                    log(f"agreement on {info['images']} FER2013 test images")
-                    agree = measure_agreement(variants, baseline, batches, device, log)
-                    info["note"] = RANDOM_WEIGHTS_NOTE if "recipe" in weights_desc else ""
-                    result["agreement"] = {**info, "baseline": baseline, "variants": agree}
-                except Exception as err:  # noqa: BLE001  (missing data: say so, keep the timings)
-                    log(f"agreement check skipped: {type(err).__name__}: {err}")
-                    result["agreement"] = {"skipped": f"{type(err).__name__}: {err}"[:500]}
-            _write(result, cfg.out)
-        variants.clear()  # free the copies before the training runs
-
-    if cfg.train:
-        if deadline is not None and time.perf_counter() > deadline:
-            result["training"] = {"skipped": "time budget exhausted"}
-        else:
+        def train_stage() -> None:
+            if over_budget():
+                result["training"] = {"skipped": "time budget exhausted"}
+                return
             tb = cfg.train_batch or (8 if device == "cpu" else 128)
             tnames = list(cfg.train_variants) if cfg.train_variants else ["reference", "eager", "opt", "bf16"]
             log(f"training: {tnames} at batch {tb}")
             result["training"] = bench_training(model, reference, tnames, device, tb, cfg.train_steps, deadline, log)
-        _write(result, cfg.out)
 
-    compiled = [n for n in names if n in COMPILED]
-    if compiled:
-        # Compilation is slow and specialises on the batch size: one pass at the largest batch, after everything
-        # else, interleaved with a fresh baseline run so the ratios stay same-conditions ratios.
-        batch = max(cfg.batch_sizes)
-        section = f"batch_{batch}"
-        if deadline is not None and time.perf_counter() > deadline:
-            result["inference"].setdefault(section, {})["compiled"] = {"skipped": "time budget exhausted"}
-        else:
-            with tempfile.TemporaryDirectory(prefix="poster-fer-bench-") as tmp:
-                comp = build_variants([baseline, *compiled], model, device, reference,
-                                      cfg.threads or torch.get_num_threads(), Path(tmp), log)
-                result["variants"].update({n: {"exact": v.exact, "description": v.description,
-                                               "paths": list(v.paths)} for n, v in comp.items() if n in COMPILED})
-                reps = cfg.reps or _default_reps(batch, device)
-                measured = measure_section(comp, baseline, batch, size, reps, cfg.warmup, device, None, log)
-                target = result["inference"].setdefault(section, {"batch": batch, "variants": {}})
-                target.setdefault("variants", {})
-                for name, entry in measured.get("variants", {}).items():
-                    if name in COMPILED:
-                        target["variants"][name] = {**entry, "separate_baseline_pass": True}
-                if measured.get("failed"):
-                    target.setdefault("failed", {}).update(measured["failed"])
-                target["compiled_pass_baseline_faces_per_s"] = (
-                    measured.get("variants", {}).get(baseline, {}).get("faces_per_s"))
+        def compiled_stage(compiled: list[str]) -> None:
+            # Compiling is slow and specialises on the batch size: one pass at the largest batch, interleaved
+            # with a fresh baseline run so that the ratios stay same-conditions ratios.
+            section = f"batch_{largest}"
+            target = result["inference"].setdefault(section, {"batch": largest, "variants": {}})
+            target.setdefault("variants", {})
+            if over_budget():
+                target["compiled"] = {"skipped": "time budget exhausted"}
+                return
+            comp = build_variants(compiled, model, device, reference, threads, Path(tmp), log)
+            comp = {baseline: variants[baseline], **comp}
+            result["variants"].update({n: {"exact": v.exact, "description": v.description,
+                                           "paths": list(v.paths)} for n, v in comp.items() if n in COMPILED})
+            reps = cfg.reps or _default_reps(largest, device)
+            measured = measure_section(comp, baseline, largest, size, reps, cfg.warmup, device, None, log)
+            for name, entry in measured.get("variants", {}).items():
+                if name in COMPILED:
+                    target["variants"][name] = {**entry, "separate_baseline_pass": True}
+            if measured.get("failed"):
+                target.setdefault("failed", {}).update(measured["failed"])
+            target["compiled_pass_baseline_faces_per_s"] = (
+                measured.get("variants", {}).get(baseline, {}).get("faces_per_s"))
+
+        def agreement_stage() -> None:
+            if over_budget():
+                result["agreement"] = {"skipped": "time budget exhausted"}
+                return
+            try:
+                batches, info = agreement_batches(model, cfg.data_root, cfg.agreement_images, 32)
+                log(f"agreement on {info['images']} FER2013 test images")
+                agree = measure_agreement(variants, baseline, batches, device, log)
+                info["note"] = RANDOM_WEIGHTS_NOTE if "recipe" in weights_desc else ""
+                result["agreement"] = {**info, "baseline": baseline, "variants": agree}
+            except Exception as err:  # noqa: BLE001  (missing data: say so, keep the timings)
+                log(f"agreement check skipped: {type(err).__name__}: {err}")
+                result["agreement"] = {"skipped": f"{type(err).__name__}: {err}"[:500]}
+
+        # Most important first, so that a time budget (or a kill) loses the least: throughput at the largest
+        # batch, training, the compiled pass, then the other batch sizes and the image agreement check.
+        stages: list[Callable[[], None]] = [lambda: batch_stage(largest)]
+        if cfg.train:
+            stages.append(train_stage)
+        compiled = [n for n in names if n in COMPILED]
+        if compiled:
+            stages.append(lambda: compiled_stage(compiled))
+        stages += [lambda b=b: batch_stage(b) for b in cfg.batch_sizes if b != largest]
+        if cfg.agreement_images > 0:
+            stages.append(agreement_stage)
+        for stage in stages:
+            stage()
+            _write(result, cfg.out)
+        result["inference"] = dict(sorted(result["inference"].items(), key=lambda kv: kv[1].get("batch", 0)))
+        variants.clear()
+
     result["load_average_end"] = load_average()
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     result.update(summarize(result))
