@@ -83,6 +83,14 @@ def test_interrupted_variant_resumes_and_changed_recipe_is_refused(tmp_path):
     (out / "baseline" / "run" / "last.pt").write_bytes(b"x")  # an interrupted run left its checkpoint
     record = run_ablation(recipe, "baseline,landmark_only", out, train_fn=train, log=lambda m: None)
     assert calls == [("landmark", False), ("both", True)]
+    # landmark variants share one on-disk landmark-token cache inside OUT (when the recipe caches at all)
+    stored_train = yaml.safe_load((out / "baseline" / "recipe.yaml").read_text()).get("train") or {}
+    assert not stored_train.get("landmark_cache_dir")
+    seen = []
+    run_ablation({**recipe, "train": {"landmark_cache": True}}, "baseline,image_only", tmp_path / "abl2",
+                 train_fn=lambda r, *a: seen.append(r["train"]) or _fake_results(r, 0.5), log=lambda m: None)
+    assert [t["landmark_cache"] for t in seen] == [False, True]  # image_only first (row b), then baseline
+    assert seen[1]["landmark_cache_dir"] == str(tmp_path / "abl2" / "landmark_cache")
     assert [r["variant"] for r in record["rows"]] == ["landmark_only", "baseline"]
     assert record["rows"][1]["model"] == "poster_v1_baseline"
     stored = yaml.safe_load((out / "landmark_only" / "recipe.yaml").read_text())

@@ -348,6 +348,43 @@ def test_landmark_cache_matches_live_features_and_trains(tmp_path, synthetic):
     assert results["landmark_cache"]["mirror"] is True and results["landmark_cache"]["bytes"] > 0
 
 
+def test_landmark_cache_on_disk_is_reused_and_keyed_by_its_inputs(tmp_path):
+    from poster_fer import create_model
+    from poster_fer.training.landmark_cache import load_or_build
+
+    model = create_model("poster_v1_tiny", input_size=32, backbone_size=32, landmark_size=32, image_tokens="pool")
+    images = torch.randint(0, 255, (6, 1, 32, 32), dtype=torch.uint8)
+
+    def to_input(u8):
+        return ((u8.float() / 255).expand(-1, 3, -1, -1) - 0.5) / 0.25
+
+    kw = {"batch_size": 4, "progress": False}
+    first, rec = load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)
+    assert rec["source"] == "computed" and Path(rec["file"]).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    again, rec2 = load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)
+    assert rec2 == {"file": rec["file"], "source": "disk"}
+    torch.testing.assert_close(again.tokens, first.tokens, rtol=0, atol=0)
+    # any ingredient that changes the tokens changes the file: pixels, preprocessing, landmark weights, mirror
+    other = images.clone()
+    other[0, 0, 0, 0] ^= 1
+    variants = [
+        load_or_build(tmp_path, "train", model, other, to_input, True, torch.float32, **kw)[1],
+        load_or_build(tmp_path, "train", model, images, lambda u: to_input(u) * 2, True, torch.float32, **kw)[1],
+        load_or_build(tmp_path, "train", model, images, to_input, False, torch.float32, **kw)[1],
+    ]
+    with torch.no_grad():
+        next(model.face_landback.parameters()).add_(0.01)
+    variants.append(load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)[1])
+    assert all(v["source"] == "computed" for v in variants)
+    assert len({rec["file"], *(v["file"] for v in variants)}) == 5
+    # a damaged file is recomputed (and replaced), not trusted
+    Path(variants[-1]["file"]).write_bytes(b"not a safetensors file")
+    fixed, rec3 = load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)
+    assert rec3["source"] == "computed" and torch.isfinite(fixed.tokens).all()
+    assert load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)[1]["source"] == "disk"
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
 def test_ddp_two_processes_match_one_process(tmp_path, synthetic):
     # Same global batch (8 = 2 x 4); no augmentation, so the two runs see the same samples in the same global

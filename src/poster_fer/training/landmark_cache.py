@@ -10,11 +10,21 @@ Exact semantics (documented in ``docs/training.md``): for a training sample the 
 translation, noise, erasing) reaches only the image stream. Without caching both streams see the fully
 augmented image. At evaluation there is no augmentation, so cached tokens equal what the saved model computes
 live (up to the storage dtype), and the saved model needs no cache.
+
+With ``train.landmark_cache_dir`` the tokens are also kept on disk (safetensors, one file per split), named by a
+fingerprint of everything they depend on: the images, the input preprocessing (probed on real images), the
+landmark network's weights, its input size, the mirror flag and the storage dtype. Runs that share the data and
+the landmark stream (the Table-4 ablation's five landmark variants, a resumed run) load them instead of paying
+the MobileFaceNet pass again; a change to any ingredient gives a new name, so a stale file is never used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,3 +94,57 @@ class LandmarkCache:
         if not torch.isfinite(out[:: max(1, n // 64)].float()).all():
             raise FloatingPointError("non-finite landmark features (storage dtype too narrow?)")
         return cls(out)
+
+
+def cache_fingerprint(model: nn.Module, images: torch.Tensor, to_input: Callable[[torch.Tensor], torch.Tensor],
+                      mirror: bool, dtype: torch.dtype) -> str:
+    """A name for the tokens ``build`` would compute: equal fingerprints mean equal caches."""
+    h = hashlib.sha256()
+    cfg = getattr(model, "cfg", None)
+    h.update(repr((tuple(images.shape), str(images.dtype), bool(mirror), str(dtype),
+                   getattr(cfg, "landmark_size", None), getattr(cfg, "resize_mode", None))).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    with torch.no_grad():  # the preprocessing, as it acts on real images (resize, scale, mean/std, channels)
+        probe = to_input(images[: min(4, images.shape[0])]).float().cpu().contiguous()
+    h.update(probe.numpy().tobytes())
+    net = getattr(model, "face_landback", None)
+    if net is None:
+        raise ValueError(f"{type(model).__name__} has no landmark network to fingerprint")
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def load_or_build(cache_dir: str | os.PathLike[str], split: str, model: nn.Module, images: torch.Tensor,
+                  to_input: Callable[[torch.Tensor], torch.Tensor], mirror: bool, dtype: torch.dtype,
+                  **build_kwargs: Any) -> tuple[LandmarkCache, dict[str, object]]:
+    """The cache for one split from ``cache_dir`` when a matching file exists, else built and stored there.
+
+    Returns the cache and a record (``file``, ``source``: ``disk`` or ``computed``). The file is written to a
+    temporary name and renamed, so an interrupted run never leaves a truncated cache behind.
+    """
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(cache_dir)
+    key = cache_fingerprint(model, images, to_input, mirror, dtype)
+    path = folder / f"landmark-{split}-{key}.safetensors"
+    if path.is_file():
+        try:
+            tokens = load_file(str(path))["tokens"]
+        except Exception as e:  # a damaged file: say so and rebuild rather than train on garbage
+            print(f"[cache] {path}: unreadable ({e}); recomputing", flush=True)
+        else:
+            if tokens.shape[0] == images.shape[0] and tokens.dtype == dtype:
+                return LandmarkCache(tokens), {"file": str(path), "source": "disk"}
+            print(f"[cache] {path}: shape {tuple(tokens.shape)} does not fit {images.shape[0]} images; recomputing",
+                  flush=True)
+    cache = LandmarkCache.build(model, images, to_input, mirror=mirror, dtype=dtype, **build_kwargs)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"tokens": cache.tokens.contiguous()}, str(tmp), metadata={"split": split, "fingerprint": key})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return cache, {"file": str(path), "source": "computed"}

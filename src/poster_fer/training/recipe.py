@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "landmark_cache_mirror": True,
         "landmark_cache_dtype": "float32",
         "landmark_cache_batch": 16,
+        "landmark_cache_dir": None,
         "ema": None,
         "select_metric": "accuracy",
         "log_every": 50,

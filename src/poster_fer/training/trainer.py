@@ -48,7 +48,7 @@ from .engine import (
     train_one_epoch,
     unwrap,
 )
-from .landmark_cache import LandmarkCache
+from .landmark_cache import LandmarkCache, load_or_build
 from .losses import build_loss
 from .optim import build_optimizer, build_schedule
 from .recipe import load_recipe
@@ -582,19 +582,29 @@ def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, devi
     t = time.monotonic()
     autocast = autocast_context(device, amp_dtype)
     total = 0
+    files: dict[str, Any] = {}
     for split, images in data.images.items():
         mirror = split == "train" and bool(tr.get("landmark_cache_mirror", True))
         prep = data.preparers[split]
-        cache = LandmarkCache.build(model, images, prep.to_input, mirror=mirror,
-                                    batch_size=int(tr.get("landmark_cache_batch", 16) or 16), dtype=dtype,
-                                    autocast=autocast, desc=f"landmark cache {split}", progress=progress)
+        kwargs = {"batch_size": int(tr.get("landmark_cache_batch", 16) or 16), "autocast": autocast,
+                  "desc": f"landmark cache {split}", "progress": progress}
+        if tr.get("landmark_cache_dir"):
+            cache, record = load_or_build(tr["landmark_cache_dir"], split, model, images, prep.to_input,
+                                          mirror, dtype, **kwargs)
+            files[split] = record
+            say(f"[cache] {split}: {record['source']} {record['file']}")
+        else:
+            cache = LandmarkCache.build(model, images, prep.to_input, mirror=mirror, dtype=dtype, **kwargs)
         prep.cache = cache
         total += cache.nbytes()
     seconds = time.monotonic() - t
     say(f"[cache] landmark tokens for {sum(len(i) for i in data.images.values())} images "
         f"({total / 2**30:.2f} GiB, {seconds:.0f}s)")
-    return {"seconds": round(seconds, 1), "bytes": total, "dtype": str(dtype).replace("torch.", ""),
+    info = {"seconds": round(seconds, 1), "bytes": total, "dtype": str(dtype).replace("torch.", ""),
             "mirror": bool(tr.get("landmark_cache_mirror", True))}
+    if files:
+        info["files"] = files
+    return info
 
 
 def _provenance(recipe: dict[str, Any], command: str | None, counts: dict[str, int], pre: list[str],
