@@ -2,7 +2,8 @@
 
 Measures ``poster_v1`` (the official RAF-DB architecture) and a CPU-sized POSTER (the model section of
 ``configs/ferplus_cpu.yaml`` when that recipe exists, else a fixed small config) with random weights, which
-cost the same as trained ones. Two inputs:
+cost the same as trained ones; ``--cpu-weights CKPT`` measures a trained CPU-sized checkpoint instead, with its
+own preprocessing (grey, crop geometry, input size). Two inputs:
 
 * ``group``: one image holding 16 copies of the astronaut's face (4x4 tiles), classified with batch sizes 1
   and 16, so the batch effect on the classifier is visible;
@@ -50,10 +51,10 @@ def cpu_model_config() -> tuple[dict[str, Any], str]:
         import yaml
 
         section = dict((yaml.safe_load(recipe.read_text()) or {}).get("model") or {})
-        name = section.pop("name", None) or section.pop("model", None)
-        if name:
-            section.pop("num_classes", None)
-            return {"name": name, **section}, str(recipe.relative_to(REPO))
+        name = section.get("name")
+        if name:  # a recipe's model section: name, config (the fields), pretrained (files, not needed here)
+            fields = {k: v for k, v in dict(section.get("config") or {}).items() if k != "num_classes"}
+            return {"name": name, **fields}, str(recipe.relative_to(REPO))
     return dict(CPU_MODEL_FALLBACK), "built-in fallback config"
 
 
@@ -149,9 +150,14 @@ def git_revision() -> dict[str, Any]:
 
 
 def bench_model(key: str, config: dict[str, Any], portrait: np.ndarray, group: np.ndarray, yunet: str,
-                repeats: int) -> dict[str, Any]:
-    """Every measurement for one model at the current thread count."""
-    model = build(config)
+                repeats: int, weights: str | None = None) -> dict[str, Any]:
+    """Every measurement for one model at the current thread count (a trained checkpoint when ``weights``)."""
+    if weights:  # the real thing: its own preprocessing (grey, crop geometry, size) and classes
+        from poster_fer import load_model
+
+        model = load_model(weights).eval()
+    else:
+        model = build(config)
     rec = Recognizer.from_model(model, detector="yunet", detector_model=yunet)
     entry: dict[str, Any] = {"input_size": int(model.cfg.input_size)}
     for batch in (1, 16):
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--yunet", default=str(shared_path("models", "yunet", "face_detection_yunet.onnx")))
     p.add_argument("--image", default=str(shared_path("samples", "astronaut.png")))
     p.add_argument("--models", nargs="+", default=["cpu", "poster_v1"], choices=("cpu", "poster_v1"))
+    p.add_argument("--cpu-weights", default=None, metavar="CKPT",
+                   help="measure this trained checkpoint as the CPU-sized model (e.g. runs/ferplus_cpu/best)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what else loaded the machine)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "photo_pipeline_cpu.json")
     args = p.parse_args(argv)
@@ -190,19 +198,23 @@ def main(argv: list[str] | None = None) -> int:
               for key in args.models}
     if "cpu" in models:
         models["cpu"]["config_source"] = cpu_src
+        if args.cpu_weights:
+            models["cpu"]["weights"] = args.cpu_weights
     runs: dict[str, Any] = {}
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         load_before = os.getloadavg()
-        results = {key: bench_model(key, configs[key], portrait, group, args.yunet, args.repeats)
+        results = {key: bench_model(key, configs[key], portrait, group, args.yunet, args.repeats,
+                                    args.cpu_weights if key == "cpu" else None)
                    for key in args.models}
         runs[f"threads_{threads}"] = {"torch_threads": threads, "load_average_before": [round(v, 2) for v in
                                                                                         load_before],
                                       "load_average_after": [round(v, 2) for v in os.getloadavg()],
                                       "results": results}
     report = {
-        "benchmark": "photo pipeline: YuNet detect + 5-point align + POSTER classify, random weights",
+        "benchmark": "photo pipeline: YuNet detect + 5-point align + POSTER classify "
+                     f"({'trained CPU-sized checkpoint' if args.cpu_weights else 'random weights'})",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "git": git_revision(),
         "machine": mach,

@@ -18,6 +18,7 @@ Only rank 0 writes files. A non-finite loss raises :class:`NonFiniteLossError` a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -110,8 +111,13 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)[0])
 
 
+@functools.cache
 def git_revision() -> str | None:
-    """The repository's commit (``+dirty`` when files differ), or None outside a git checkout."""
+    """The repository's commit (``+dirty`` when files differ), or None outside a git checkout.
+
+    Read once per process (``fit`` reads it at the start): a process runs the code it imported, so a commit
+    made while a long run trains must not be credited with the run's results.
+    """
     root = Path(__file__).resolve().parents[3]
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -331,6 +337,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         return elapsed_before + time.monotonic() - wall0
 
     pre: list[str] = []
+    git_revision()  # pinned now: the code this process imported
     say(f"[train] recipe {recipe['name']} -> {run_dir} (device {device}, world {env.world_size}, "
         f"global batch {global_batch}, amp {amp_dtype or 'off'}, threads {torch.get_num_threads()})")
     t = time.monotonic()
