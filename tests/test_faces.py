@@ -162,6 +162,32 @@ def test_align_face_puts_dots_on_template(name, scale, angle, sigma):
     assert np.all(dist.min(axis=0) < 1.0), dist.min(axis=0)
 
 
+@pytest.mark.parametrize("where", ["inside", "edge"])
+def test_align_face_reduces_only_the_faces_footprint(where):
+    """The area pre-reduction of a small crop from a big photo touches only the face's part of the photo, and
+    gives the crop that reducing the whole photo gives (up to the area bins' grid), at the edge too."""
+    import cv2
+
+    from poster_fer.faces import align as align_mod
+
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8), (0, 0), 6)
+    photo = cv2.normalize(photo, None, 0, 255, cv2.NORM_MINMAX)
+    geo = GEOMETRIES["fer2013"]
+    shift = (600, 400) if where == "inside" else (-60, 700)  # "edge": the crop reaches past the left border
+    lms = transform_points(_similarity(6.0, 15, *shift), geo.template_array())
+    m = align_mod.alignment_matrix(lms, geo)
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    assert scale < 0.5
+    part, _ = align_mod._crop_footprint(photo, m, geo.size, scale)
+    assert part.shape[0] * part.shape[1] < photo.shape[0] * photo.shape[1] / 5
+    whole = cv2.warpAffine(*align_mod._prescale(photo, m, scale), geo.size, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    crop = align_face(photo, lms, geo)
+    diff = np.abs(crop.astype(np.int16) - whole.astype(np.int16))
+    assert crop.shape == whole.shape and diff.mean() < 1.5 and diff.max() <= 16, (diff.mean(), diff.max())
+
+
 def test_align_face_accepts_grey_and_replicates_border():
     grey = np.full((50, 60), 200, dtype=np.uint8)
     lms = transform_points(_similarity(0.3, 0, 20, 15), GEOMETRIES["rafdb"].template_array())
