@@ -196,3 +196,18 @@ def test_plot_curves(tmp_path: Path) -> None:
         plot_curves([{"epoch": 1, "note": "x"}], tmp_path / "none.png")
     with pytest.raises(ValueError, match="empty"):
         plot_curves([], tmp_path / "none.png")
+
+
+def test_report_provenance_is_readable_rows() -> None:
+    metrics = compute_metrics(Y_TRUE, Y_PRED, NAMES)
+    recipe = {"train": {f"key{i}": i for i in range(40)}}  # a whole recipe: far too long for a table cell
+    prov = {"checkpoint": {"path": "/ckpt/best", "provenance": {"command": "poster-fer train --recipe a|b",
+                                                                  "recipe": recipe, "epoch": 10}}, "tta": "none"}
+    text = render_markdown(metrics, prov)
+    section = text.split("## Provenance", 1)[1].split("## ", 1)[0]
+    assert "| checkpoint.path | /ckpt/best |" in section
+    assert "| checkpoint.provenance.command | poster-fer train --recipe a\\|b |" in section  # pipe escaped
+    assert "| checkpoint.provenance.epoch | 10 |" in section and "| tta | none |" in section
+    long = len(json.dumps(recipe))
+    assert f"| checkpoint.provenance.recipe | ({long:,} characters: see metrics.json) |" in section
+    assert "key39" not in section

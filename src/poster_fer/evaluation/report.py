@@ -191,9 +191,10 @@ def render_markdown(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | 
     lines += [summary, ""]
 
     if provenance:
-        flat = _jsonable(provenance)
-        rows = [[str(k), v if isinstance(v, str) else json.dumps(v)] for k, v in flat.items()]
-        lines += ["## Provenance", ""] + _md_table(["key", "value"], rows, numeric=False) + [""]
+        rows = [[k, v] for k, v in _provenance_rows(_jsonable(provenance))]
+        lines += ["## Provenance", ""]
+        lines += ["Nested keys are dotted; a value too long for a table (a whole recipe) is in `metrics.json`.", ""]
+        lines += _md_table(["key", "value"], rows, numeric=False) + [""]
 
     lines += ["## Per-class accuracy (%)", ""]
     lines.append("Recall of each class; the mean is over classes with samples (— = no samples).")
@@ -221,6 +222,22 @@ def render_markdown(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | 
     rows.append(["total", *(str(int(v)) for v in conf.sum(axis=0)), str(int(conf.sum()))])
     lines += _md_table(["true \\ pred", *names, "total"], rows) + [""]
     return "\n".join(lines)
+
+
+def _provenance_rows(d: dict[str, Any], prefix: str = "", depth: int = 0,
+                     max_chars: int = 160) -> list[tuple[str, str]]:
+    """Readable key/value rows: nested mappings become dotted keys (three levels), long values are elided."""
+    rows: list[tuple[str, str]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and depth < 2:
+            rows += _provenance_rows(v, f"{key}.", depth + 1, max_chars)
+            continue
+        text = v if isinstance(v, str) else json.dumps(v)
+        if len(text) > max_chars:
+            text = f"({len(text):,} characters: see metrics.json)"
+        rows.append((key, text))
+    return rows
 
 
 def _write_predictions_csv(path: Path, rows: list[dict[str, Any]], names: list[str]) -> None:
