@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,10 @@ import torch
 
 from poster_fer import create_model
 from poster_fer.assets import shared_path
+from poster_fer.commands.bench import git_revision
 from poster_fer.faces import get_geometry, load_image
 from poster_fer.inference import Recognizer, TorchBackend
+from poster_fer.provenance import cpu_flags, cpu_model, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_MODEL_FALLBACK: dict[str, Any] = {
@@ -122,31 +123,12 @@ def time_classify(backend: TorchBackend, rec: Recognizer, crops: list[np.ndarray
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_default_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_bf16_support": any(f in flags.split() for f in ("avx512_bf16", "amx_bf16")),
+            "cpu_bf16_support": flags["avx512_bf16"] or flags["amx_bf16"],
             "opencv": __import__("cv2").__version__}
-
-
-def git_revision() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
 
 
 def bench_model(key: str, config: dict[str, Any], portrait: np.ndarray, group: np.ndarray, yunet: str,
@@ -204,13 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        load_before = os.getloadavg()
+        load_before = load_average()
         results = {key: bench_model(key, configs[key], portrait, group, args.yunet, args.repeats,
                                     args.cpu_weights if key == "cpu" else None)
                    for key in args.models}
-        runs[f"threads_{threads}"] = {"torch_threads": threads, "load_average_before": [round(v, 2) for v in
-                                                                                        load_before],
-                                      "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        runs[f"threads_{threads}"] = {"torch_threads": threads, "load_average_before": load_before,
+                                      "load_average_after": load_average(),
                                       "results": results}
     report = {
         "benchmark": "photo pipeline: YuNet detect + 5-point align + POSTER classify "

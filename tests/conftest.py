@@ -32,3 +32,14 @@ def need_shared(*parts: str) -> Path:
 def shared():
     """Fixture form of :func:`need_shared`."""
     return need_shared
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny models: they gain nothing from threads, and on a busy 2-core machine
+    2-thread OpenMP regions wait on the other core for every op (a tiny forward pass goes from ~0.02 s to
+    seconds). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``; the setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

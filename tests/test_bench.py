@@ -18,13 +18,7 @@ from poster_fer.commands.bench import DEFAULT_REFERENCE, percentiles, reference_
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (see tests/test_fastpath.py: 2-thread OpenMP stalls on a shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

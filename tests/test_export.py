@@ -15,14 +15,7 @@ from poster_fer import create_model, save_model  # noqa: E402
 from poster_fer.cli import main  # noqa: E402
 from poster_fer.export import ExportError, OnnxRuntimeModel, export_onnx  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (see tests/test_fastpath.py: 2-thread OpenMP stalls on a shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:

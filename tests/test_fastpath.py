@@ -21,15 +21,7 @@ from poster_fer.fastpath import (
 )
 from poster_fer.models.ir import IRBackbone, IRConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2-thread OpenMP regions wait on a busy core for each op
-    (a tiny forward pass goes from ~0.02 s to seconds); one thread keeps these tests fast and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

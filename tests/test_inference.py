@@ -40,14 +40,7 @@ def _save(tmp_path, name: str, model=None, **prep) -> str:
     return str(save_model(model or _tiny_model(), tmp_path / name, preprocessing=preprocessing))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model gains nothing from threads, and on a busy machine OpenMP spinning makes it many times
-    slower; restore the session's setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
 
 @pytest.fixture(scope="module")

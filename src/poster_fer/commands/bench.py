@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..provenance import cpu_flags, cpu_model, load_average
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_REFERENCE = REPO_ROOT / "benchmarks" / "reference_poster.py"
 ALL_VARIANTS = ("reference", "eager", "sdpa", "fold_bn", "channels_last", "fp32_opt", "bf16", "bf16_cast",
@@ -93,24 +95,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # --- machine facts -------------------------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> dict[str, bool]:
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return {name: name in flags for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")}
-
-
 def git_revision(root: Path = REPO_ROOT) -> dict[str, Any]:
     """The checkout's commit and whether the tree has uncommitted changes (``None`` outside git)."""
     def git(*args: str) -> str | None:
@@ -148,7 +132,7 @@ def machine_info(device: str) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": _cpu_flags(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags(),
         "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
         "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "platform": platform.platform(),
@@ -166,13 +150,6 @@ def machine_info(device: str) -> dict[str, Any]:
     else:
         info["gpu"] = None
     return info
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # --- timing and memory -----------------------------------------------------------------------------------------

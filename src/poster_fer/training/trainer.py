@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..provenance import cpu_model, load_average
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import TrainingData, build_training_data, load_splits
 from .distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
@@ -132,16 +133,8 @@ def git_revision() -> str | None:
 
 def machine_info(device: torch.device, env: DistEnv) -> dict[str, Any]:
     """What ran the training: CPU model and cores, torch, device, world size."""
-    cpu = platform.processor() or None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_fast_bf16": cpu_has_fast_bf16(),
@@ -151,8 +144,9 @@ def machine_info(device: torch.device, env: DistEnv) -> dict[str, Any]:
         "device": str(device),
         "world_size": env.world_size,
     }
-    with contextlib.suppress(OSError, AttributeError):
-        info["loadavg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]  # other work competing for the cores
+    load = load_average()
+    if load is not None:
+        info["loadavg_1_5_15"] = load
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
