@@ -32,10 +32,9 @@ import torch
 
 from poster_fer import create_model
 from poster_fer.assets import shared_path
-from poster_fer.commands.bench import git_revision
 from poster_fer.faces import get_geometry, load_image
 from poster_fer.inference import Recognizer, TorchBackend
-from poster_fer.provenance import cpu_flags, cpu_model, load_average
+from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_MODEL_FALLBACK: dict[str, Any] = {
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "photo pipeline: YuNet detect + 5-point align + POSTER classify "
                      f"({'trained CPU-sized checkpoint' if args.cpu_weights else 'random weights'})",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git": git_revision(),
+        "git": git_state(),
         "machine": mach,
         "repeats": args.repeats,
         "inputs": {"group16": list(group.shape), "portrait": list(portrait.shape)},

@@ -117,6 +117,25 @@ def test_sam_step_is_adam_with_the_gradient_at_the_perturbed_point():
     assert diff > 1e-4
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_fused_optimizer_takes_the_same_steps(name):
+    runs = []
+    for fused in (None, True):
+        model, x, y = _toy()
+        cfg = {"name": name, "lr": 0.05, "weight_decay": 0.01}
+        opt = build_optimizer(model, {**cfg, "fused": fused} if fused else cfg)
+        assert opt.defaults.get("fused") == fused
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown option"):
+        build_optimizer(_toy()[0], {"name": name, "lr": 0.1, "fuse": True})
+
+
 def test_schedules_lr_values():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
@@ -346,6 +365,12 @@ def test_landmark_cache_matches_live_features_and_trains(tmp_path, synthetic):
     assert _run("--recipe", str(recipe), "--out", str(tmp_path / "run")) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["landmark_cache"]["mirror"] is True and results["landmark_cache"]["bytes"] > 0
+    # stored as float16 (half the memory), the tokens still feed the float32 model
+    recipe = _synthetic_recipe(tmp_path / "r16.yaml", synthetic, model="poster_v1_tiny", landmark_cache=True,
+                               landmark_cache_dtype="float16", epochs=1)
+    assert _run("--recipe", str(recipe), "--out", str(tmp_path / "run16")) == 0
+    half = json.loads((tmp_path / "run16" / "results.json").read_text())["landmark_cache"]
+    assert half["dtype"] == "float16" and half["bytes"] * 2 == results["landmark_cache"]["bytes"]
 
 
 def test_landmark_cache_on_disk_is_reused_and_keyed_by_its_inputs(tmp_path):
@@ -382,6 +407,7 @@ def test_landmark_cache_on_disk_is_reused_and_keyed_by_its_inputs(tmp_path):
     Path(variants[-1]["file"]).write_bytes(b"not a safetensors file")
     fixed, rec3 = load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)
     assert rec3["source"] == "computed" and torch.isfinite(fixed.tokens).all()
+    assert rec3["rebuilt"].startswith("unreadable")
     assert load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)[1]["source"] == "disk"
 
 

@@ -1,4 +1,4 @@
-"""Facts about the machine that every results record carries (training, evaluation, benchmarks).
+"""Facts about the machine and the code that every results record carries (training, evaluation, benchmarks).
 
 One place reads them, so a training record and a benchmark record describe the same machine the same way.
 """
@@ -6,11 +6,16 @@ One place reads them, so a training record and a benchmark record describe the s
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
+import subprocess
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cpu_flags", "cpu_model", "load_average"]
+__all__ = ["cpu_flags", "cpu_model", "git_revision", "git_state", "load_average"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpu_model() -> str:
@@ -39,3 +44,31 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.cache
+def git_state() -> dict[str, Any]:
+    """``{commit, dirty}`` of the checkout this package was imported from (``None`` values outside git).
+
+    Read once per process: a process runs the code it imported, so a commit made while a long run trains must
+    not be credited with that run's results. Long jobs call it at their start to pin it.
+    """
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def git_revision() -> str | None:
+    """:func:`git_state` as one string for run records: the commit, ``+dirty`` when tracked files differ."""
+    state = git_state()
+    if state["commit"] is None:
+        return None
+    return state["commit"] + ("+dirty" if state["dirty"] else "")

@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..provenance import cpu_flags, cpu_model, load_average
+from ..provenance import cpu_flags, cpu_model, git_state, load_average
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_REFERENCE = REPO_ROOT / "benchmarks" / "reference_poster.py"
@@ -94,19 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # --- machine facts -------------------------------------------------------------------------------------------------
-
-def git_revision(root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The checkout's commit and whether the tree has uncommitted changes (``None`` outside git)."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
-
 
 def matmul_gflops(dtype_name: str, device: str, n: int = 512, seconds: float = 0.5) -> float:
     """Sustained square-matmul GFLOP/s in ``dtype_name``: what the machine's matrix units give that dtype."""
@@ -759,13 +745,13 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[s
 
     t_start = time.perf_counter()
     deadline = t_start + cfg.time_budget if cfg.time_budget > 0 else None
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from ..cli import UserError
+    from ..cli import UserError
+    from ..devices import DeviceError, resolve_device
 
-        raise UserError("--device cuda asked for, but this PyTorch sees no CUDA GPU")
+    try:
+        device = str(resolve_device(cfg.device))
+    except DeviceError as e:
+        raise UserError(f"--device: {e}") from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.startswith("cuda"):
@@ -776,7 +762,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[s
 
     result: dict[str, Any] = {
         "command": cfg.command, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_revision(), "machine": machine_info(device), "device": device,
+        "git": git_state(), "machine": machine_info(device), "device": device,
         "load_average_start": load_average(),
         "model": getattr(model, "model_name", cfg.model), "weights": weights_desc,
         "config_overrides": cfg.overrides,
@@ -796,8 +782,6 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[s
         except (FileNotFoundError, RuntimeError) as err:
             why_not = str(err)
     if cfg.baseline == "reference" and reference is None:
-        from ..cli import UserError
-
         raise UserError(f"--baseline reference: {why_not}")
     baseline = "reference" if reference is not None else "eager"
     result["baseline"] = baseline

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli import UserError
     from ..data import build_dataset
-    from ..evaluation.evaluate import ClassMismatchError, evaluate_dataset, resolve_device
+    from ..devices import DeviceError, resolve_device
+    from ..evaluation.evaluate import ClassMismatchError, evaluate_dataset
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-samples must be positive, got {args.max_samples}")
     try:
         device = resolve_device(args.device)
-    except RuntimeError as e:  # InferenceError: no CUDA, or an unknown device name
+    except DeviceError as e:  # no CUDA, or not a device name
         raise UserError(f"--device: {e}") from None
     model = load_weights(args, device)
     meta = getattr(model, "meta", None) or {}

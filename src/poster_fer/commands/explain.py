@@ -37,14 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..cli import UserError
-    from ..evaluation.evaluate import resolve_device
+    from ..devices import DeviceError, resolve_device
     from ..evaluation.explain import explain_figure, relevance_maps, resolve_target
     from ..faces import get_geometry
     from ..inference import Recognizer
 
     try:
         device = resolve_device(args.device)
-    except RuntimeError as e:  # InferenceError: no CUDA, or an unknown device name
+    except DeviceError as e:  # no CUDA, or not a device name
         raise UserError(f"--device: {e}") from None
     model = load_weights(args, device)
     meta = dict(getattr(model, "meta", None) or {})

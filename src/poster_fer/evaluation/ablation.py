@@ -209,7 +209,7 @@ def run_ablation(
 
 def _write_tables(out: Path, recipe: Mapping[str, Any], rows: list[dict[str, Any]], command: str | None
                   ) -> dict[str, Any]:
-    from ..training.trainer import git_revision
+    from ..provenance import git_revision
 
     record = {
         "recipe": recipe.get("name"),

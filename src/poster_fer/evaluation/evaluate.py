@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import resolve_device
+from ..provenance import git_revision
+
 __all__ = [
     "ClassMismatchError",
     "TTA_MODES",
@@ -26,7 +29,6 @@ __all__ = [
     "eval_transform",
     "evaluate_dataset",
     "match_classes",
-    "resolve_device",
     "run_evaluation",
     "sample_ids",
     "subsample_indices",
@@ -125,13 +127,6 @@ def eval_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], torch.Te
     return base
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/``None`` picks CUDA when available, else CPU; an unavailable or unknown device is an error."""
-    from ..inference.backends import resolve_device as resolve
-
-    return torch.device(resolve(None if device is None else str(device)))
-
-
 def sample_ids(dataset: Any) -> list[str]:
     """A printable id per sample (file path, FER+ image name, or ``file#row``) for ``predictions.csv``."""
     from ..data import DatasetSubset
@@ -208,6 +203,8 @@ def run_evaluation(
     """
     from tqdm.auto import tqdm
 
+    from ..training.engine import predict_batch
+
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
     if batch_size < 1:
@@ -226,10 +223,7 @@ def run_evaluation(
     probs, feats = [], []
     for x in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         x = x.to(dev, non_blocking=True)
-        f = model.forward_features(x)
-        p = model.forward_head(f).float().softmax(dim=-1)
-        if tta == "flip":
-            p = 0.5 * (p + model(x.flip(-1)).float().softmax(dim=-1))
+        f, _, p = predict_batch(model, x, tta_flip=tta == "flip")
         probs.append(p.cpu())
         if collect_features:
             feats.append(f.float().cpu())
@@ -242,12 +236,6 @@ def run_evaluation(
         "paths": [ids[i] for i in idx.tolist()],
         "indices": idx,
     }
-
-
-def _git_revision() -> str | None:
-    from ..training.trainer import git_revision  # one implementation for every run record
-
-    return git_revision()
 
 
 def _checkpoint_record(model: nn.Module, checkpoint: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -336,7 +324,7 @@ def evaluate_dataset(
         "device": str(resolve_device(device)),
         "seconds": round(seconds, 2),
         "images_per_second": round(idx.size / seconds, 2) if seconds > 0 else None,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }

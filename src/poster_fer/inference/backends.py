@@ -33,20 +33,14 @@ class Backend(Protocol):
 
 
 def resolve_device(device: str | None) -> str:
-    """``"auto"``/None -> ``"cuda"`` when available else ``"cpu"``; refuse CUDA where there is none."""
-    import torch
+    """:func:`poster_fer.devices.resolve_device` as the string the backends keep, failing as an InferenceError."""
+    from ..devices import DeviceError
+    from ..devices import resolve_device as resolve
 
-    dev = (device or "auto").lower()
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise InferenceError(f"device {device!r} was asked for but this PyTorch build sees no CUDA GPU "
-                             "(use --device cpu)")
     try:
-        torch.device(dev)
-    except RuntimeError as err:
-        raise InferenceError(f"unknown device {device!r} ({err})") from None
-    return dev
+        return str(resolve(device))
+    except DeviceError as err:
+        raise InferenceError(f"{err}; use --device cpu" if "CUDA" in str(err) else str(err)) from None
 
 
 class TorchBackend:

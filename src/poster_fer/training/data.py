@@ -198,7 +198,8 @@ class BatchPreparer:
         kwargs: dict[str, Any] = {}
         if self.cache is not None:
             tokens = self.cache.lookup(torch.as_tensor(batch["index"]), flipped)
-            kwargs["landmark_tokens"] = tokens.to(self.device, non_blocking=True)
+            # Stored narrow (float16 halves the cache), computed with in float32 like the live stream's output.
+            kwargs["landmark_tokens"] = tokens.to(self.device, non_blocking=True).float()
         return x, target, kwargs, flipped
 
 

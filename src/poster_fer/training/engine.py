@@ -201,6 +201,25 @@ class EvalOutput:
 
 
 @torch.no_grad()
+def predict_batch(net: nn.Module, x: torch.Tensor, kwargs: dict[str, Any] | None = None, *,
+                  tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(features, logits, probs)`` of one batch; the one prediction step of every evaluation path.
+
+    ``tta_flip`` averages the softmax of the image and its mirror; ``features`` and ``logits`` are the
+    unflipped image's. Cached landmark tokens (``kwargs``) belong to the unflipped image, so they refuse TTA.
+    """
+    kwargs = kwargs or {}
+    feats = net.forward_features(x, **kwargs)
+    logits = net.forward_head(feats).float()
+    probs = logits.softmax(-1)
+    if tta_flip:
+        if kwargs:
+            raise ValueError("flip TTA with cached landmark tokens is not supported")
+        flipped = net.forward_head(net.forward_features(x.flip(-1))).float()
+        probs = (probs + flipped.softmax(-1)) / 2
+    return feats, logits, probs
+
+
 def evaluate(
     model: nn.Module,
     loader: Any,
@@ -232,15 +251,7 @@ def evaluate(
     for batch in loader:
         x, y, kwargs, _ = prepare(batch)
         with autocast():
-            feats = net.forward_features(x, **kwargs)
-            logits = net.forward_head(feats).float()
-            if tta_flip:
-                if kwargs:
-                    raise ValueError("flip TTA with cached landmark tokens is not supported")
-                flipped = net.forward_head(net.forward_features(x.flip(-1))).float()
-        probs = logits.softmax(-1)
-        if tta_flip:
-            probs = (probs + flipped.softmax(-1)) / 2
+            feats, logits, probs = predict_batch(net, x, kwargs, tta_flip=tta_flip)
         if criterion is not None:
             loss_sum += float(criterion(logits, y)) * x.shape[0]
         n += x.shape[0]

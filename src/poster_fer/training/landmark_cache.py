@@ -121,24 +121,25 @@ def load_or_build(cache_dir: str | os.PathLike[str], split: str, model: nn.Modul
                   **build_kwargs: Any) -> tuple[LandmarkCache, dict[str, object]]:
     """The cache for one split from ``cache_dir`` when a matching file exists, else built and stored there.
 
-    Returns the cache and a record (``file``, ``source``: ``disk`` or ``computed``). The file is written to a
-    temporary name and renamed, so an interrupted run never leaves a truncated cache behind.
+    Returns the cache and a record (``file``, ``source``: ``disk`` or ``computed``; ``rebuilt``: why an existing
+    file was not used). The file is written to a temporary name and renamed, so an interrupted run never leaves
+    a truncated cache behind.
     """
     from safetensors.torch import load_file, save_file
 
     folder = Path(cache_dir)
     key = cache_fingerprint(model, images, to_input, mirror, dtype)
     path = folder / f"landmark-{split}-{key}.safetensors"
+    record: dict[str, object] = {"file": str(path), "source": "computed"}
     if path.is_file():
         try:
             tokens = load_file(str(path))["tokens"]
-        except Exception as e:  # a damaged file: say so and rebuild rather than train on garbage
-            print(f"[cache] {path}: unreadable ({e}); recomputing", flush=True)
+        except Exception as e:  # a damaged file: rebuild rather than train on garbage, and say so in the record
+            record["rebuilt"] = f"unreadable ({type(e).__name__}: {e})"
         else:
             if tokens.shape[0] == images.shape[0] and tokens.dtype == dtype:
                 return LandmarkCache(tokens), {"file": str(path), "source": "disk"}
-            print(f"[cache] {path}: shape {tuple(tokens.shape)} does not fit {images.shape[0]} images; recomputing",
-                  flush=True)
+            record["rebuilt"] = f"holds {tuple(tokens.shape)} {tokens.dtype}, not {images.shape[0]} images in {dtype}"
     cache = LandmarkCache.build(model, images, to_input, mirror=mirror, dtype=dtype, **build_kwargs)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -147,4 +148,4 @@ def load_or_build(cache_dir: str | os.PathLike[str], split: str, model: nn.Modul
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return cache, {"file": str(path), "source": "computed"}
+    return cache, record

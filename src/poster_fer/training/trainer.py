@@ -18,14 +18,12 @@ Only rank 0 writes files. A non-finite loss raises :class:`NonFiniteLossError` a
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..provenance import cpu_model, load_average
+from ..devices import resolve_device
+from ..provenance import cpu_model, git_revision, load_average
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import TrainingData, build_training_data, load_splits
 from .distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
@@ -61,18 +60,6 @@ BEST_DIR = "best"
 
 
 # ------------------------------------------------------------------------------------------ environment ----
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -110,25 +97,6 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     """The seed of one rank's epoch: each epoch's randomness depends only on (seed, rank, epoch), so a resumed
     run draws exactly what an uninterrupted one would, DataLoader workers included."""
     return int(np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)[0])
-
-
-@functools.cache
-def git_revision() -> str | None:
-    """The repository's commit (``+dirty`` when files differ), or None outside a git checkout.
-
-    Read once per process (``fit`` reads it at the start): a process runs the code it imported, so a commit
-    made while a long run trains must not be credited with the run's results.
-    """
-    root = Path(__file__).resolve().parents[3]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def machine_info(device: torch.device, env: DistEnv) -> dict[str, Any]:
@@ -593,7 +561,8 @@ def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, devi
             cache, record = load_or_build(tr["landmark_cache_dir"], split, model, images, prep.to_input,
                                           mirror, dtype, **kwargs)
             files[split] = record
-            say(f"[cache] {split}: {record['source']} {record['file']}")
+            why = f" (the file there {record['rebuilt']})" if record.get("rebuilt") else ""
+            say(f"[cache] {split}: {record['source']} {record['file']}{why}")
         else:
             cache = LandmarkCache.build(model, images, prep.to_input, mirror=mirror, dtype=dtype, **kwargs)
         prep.cache = cache
