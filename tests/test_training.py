@@ -136,6 +136,34 @@ def test_fused_optimizer_takes_the_same_steps(name):
         build_optimizer(_toy()[0], {"name": name, "lr": 0.1, "fuse": True})
 
 
+def test_epoch_plan_uses_the_steady_second_half_rate():
+    from poster_fer.training import trainer
+
+    # epoch 1: 100 steps in 300 s, of which the first took 100 s (compile) and the second half only 50 s
+    slow_start = {"steps": 100, "seconds": 300.0, "first_step_s": 100.0, "tail_steps": 50, "tail_s": 50.0}
+    row = {"epoch_s": 310.0}  # 10 s of validation
+    # steady epoch = 100 s train + 10 s val; (1000 - 310) s left / (110 s x 1.03 margin) = 6 more epochs
+    assert trainer._plan_epochs(slow_start, row, 1000.0, 0.0, 310.0, 40) == 7
+    # without the second-half record: the first step discounted only -> 202 s + 10 s per epoch -> 3 more
+    no_tail = {k: v for k, v in slow_start.items() if not k.startswith("tail")}
+    assert trainer._plan_epochs(no_tail, row, 1000.0, 0.0, 310.0, 40) == 4
+    assert trainer._plan_epochs(slow_start, row, 1000.0, 0.0, 310.0, 5) == 5  # capped by train.epochs
+
+
+def test_train_one_epoch_records_its_second_half():
+    from poster_fer.training import StepState, train_one_epoch
+
+    model, x, y = _toy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [{"x": x[i:i + 4], "y": y[i:i + 4]} for i in range(0, 16, 4)]
+    schedule = StepSchedule(optimizer, "constant", total_steps=4, steps_per_epoch=4)
+    stats = train_one_epoch(model, batches, lambda b: (b["x"], b["y"], {}, None), torch.nn.CrossEntropyLoss(),
+                            optimizer, schedule, epoch=1, device=torch.device("cpu"), state=StepState(),
+                            progress=False)
+    assert stats["steps"] == 4 and stats["tail_steps"] == 2
+    assert 0 < stats["tail_s"] <= stats["seconds"]
+
+
 def test_schedules_lr_values():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)

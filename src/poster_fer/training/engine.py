@@ -82,7 +82,8 @@ def train_one_epoch(
     progress: bool = True,
     max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """One epoch of training; returns ``{loss, accuracy, samples, steps, seconds, img_s, lr, stopped, first_step_s}``.
+    """One epoch of training; returns ``{loss, accuracy, samples, steps, seconds, img_s, lr, stopped, first_step_s,
+    tail_steps, tail_s}`` (the last two: the steps after the epoch's midpoint and their time).
 
     ``deadline`` is a ``time.monotonic()`` value: past it the epoch ends early (``stopped: "time budget"``).
     Loss sums, sample counts and the stop decision are all-reduced every step, so all ranks stop together and
@@ -103,6 +104,7 @@ def train_one_epoch(
     steps = 0
     stopped = None
     first_step_s = 0.0
+    mid_step, mid_t = 0, t0
 
     def forward(x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast():
@@ -160,6 +162,8 @@ def train_one_epoch(
         now = time.perf_counter()
         if steps == 1:
             first_step_s = now - t0  # includes torch.compile and allocator warm-up; planning discounts it
+        if steps == max(1, total // 2):
+            mid_step, mid_t = steps, now  # the second half's rate is the steady one (compile can outlast step 1)
         if steps % max(1, log_every) == 0:
             rate = window_n / max(now - window_t, 1e-9)
             lr = optimizer.param_groups[0]["lr"]
@@ -184,6 +188,8 @@ def train_one_epoch(
         "lr": optimizer.param_groups[0]["lr"],
         "stopped": stopped,
         "first_step_s": first_step_s,
+        "tail_steps": steps - mid_step if mid_step else 0,
+        "tail_s": (t0 + seconds - mid_t) if mid_step else 0.0,
     }
 
 

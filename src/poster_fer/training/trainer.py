@@ -524,11 +524,17 @@ def _gather_rng(env: DistEnv) -> dict[int, Any]:
 
 def _plan_epochs(stats: dict[str, Any], row: dict[str, Any], budget_s: float, reserve: float, elapsed: float,
                  max_epochs: int) -> int:
-    """How many epochs fit the budget, from epoch 1's time (its first step, which includes compilation and
-    warm-up, is discounted using the steady throughput)."""
+    """How many epochs fit the budget, from epoch 1's time at its steady rate.
+
+    The rate is that of the epoch's second half when there is one (warm-up, recompilation and allocator growth
+    need not end with the first step); else the epoch with its first step replaced by an average one.
+    """
     steps = int(stats["steps"])
     train_s = float(stats["seconds"])
-    if steps > 1:  # replace the first step (compilation, warm-up) by an average one
+    tail_steps = int(stats.get("tail_steps") or 0)
+    if tail_steps >= 2:
+        train_s = float(stats["tail_s"]) * steps / tail_steps
+    elif steps > 1:  # replace the first step (compilation, warm-up) by an average one
         train_s = (train_s - float(stats["first_step_s"])) * steps / (steps - 1)
     epoch_s = float(row["epoch_s"]) - float(stats["seconds"]) + train_s
     left = budget_s - reserve - elapsed
