@@ -493,3 +493,38 @@ def _init_state(recipe: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     torch.manual_seed(spec["seed"])
     model = create_model(spec["model"]["name"], num_classes=3, **spec["model"]["config"])
     return model.state_dict(), [n for n, _ in model.named_parameters()]
+
+
+def test_run_log_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
+    import types
+
+    from poster_fer.training.trainer import RunLog
+
+    calls = []
+
+    class Writer:
+        def __init__(self, folder):
+            calls.append(("open", folder))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    log = RunLog(tmp_path, tensorboard=True)
+    log({"type": "epoch", "epoch": 2, "step": 40, "val_acc": 0.5, "note": "text is not a scalar"})
+    log.close()
+    assert calls == [("open", str(tmp_path / "tensorboard")), ("epoch/val_acc", 0.5, 40), ("close",)]
+    assert json.loads((tmp_path / "log.jsonl").read_text())["val_acc"] == 0.5
+
+
+def test_run_log_without_tensorboard_says_so_and_keeps_the_json_log(tmp_path, monkeypatch, capsys):
+    from poster_fer.training.trainer import RunLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    log = RunLog(tmp_path, tensorboard=True)
+    log({"type": "step", "step": 1, "loss": 1.5})
+    assert "tensorboard is not installed" in capsys.readouterr().err
+    assert json.loads((tmp_path / "log.jsonl").read_text())["loss"] == 1.5
