@@ -528,3 +528,16 @@ def test_run_log_without_tensorboard_says_so_and_keeps_the_json_log(tmp_path, mo
     log({"type": "step", "step": 1, "loss": 1.5})
     assert "tensorboard is not installed" in capsys.readouterr().err
     assert json.loads((tmp_path / "log.jsonl").read_text())["loss"] == 1.5
+
+
+def test_compile_without_a_cpp_compiler_trains_eagerly_and_says_so(tmp_path, synthetic, monkeypatch, capsys):
+    from poster_fer.training import trainer
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
+    recipe = _synthetic_recipe(tmp_path / "r.yaml", synthetic, epochs=1, compile=True)
+    assert _run("--recipe", str(recipe), "--out", str(tmp_path / "run")) == 0
+    assert "train.compile skipped: no C++ compiler found" in capsys.readouterr().out
+    notes = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+             if '"note"' in line]
+    assert notes and "no C++ compiler" in notes[0]["compile_skipped"]

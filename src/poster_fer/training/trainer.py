@@ -375,7 +375,12 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tr.get("compile"):
-        train_model = torch.compile(train_model)
+        missing = _compile_blocker(device)
+        if missing:
+            say(f"[train] train.compile skipped: {missing}; training eagerly (same results, slower)")
+            log({"type": "note", "compile_skipped": missing})
+        else:
+            train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
     select = str(tr.get("select_metric", "accuracy"))
     prep_meta = preprocessing_meta(recipe, model)
@@ -520,6 +525,17 @@ def _gather_rng(env: DistEnv) -> dict[int, Any]:
     parts: list[Any] = [None] * env.world_size
     dist.all_gather_object(parts, mine)
     return dict(enumerate(parts))
+
+
+def _compile_blocker(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot work here, or None. On CPU it builds C++ kernels, so a machine without a C++
+    compiler (a plain Windows or macOS laptop) would otherwise crash at the first training step."""
+    if device.type != "cpu":
+        return None
+    candidates = [os.environ.get("CXX"), "g++", "clang++", "c++", "cl"]
+    if any(c and shutil.which(c) for c in candidates):
+        return None
+    return "no C++ compiler found (torch.compile on CPU needs one: set CXX or install g++/clang++)"
 
 
 def _plan_epochs(stats: dict[str, Any], row: dict[str, Any], budget_s: float, reserve: float, elapsed: float,
