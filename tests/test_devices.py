@@ -50,3 +50,5 @@ def test_git_revision_names_the_checkout():
     assert state["commit"] == head
     assert isinstance(state["dirty"], bool)
     assert git_revision() == head + ("+dirty" if state["dirty"] else "")
+    state["commit"] = "edited by a caller"  # a record's copy: the pinned revision stays as read
+    assert git_state()["commit"] == head

@@ -55,15 +55,21 @@ def _git(*args: str) -> str | None:
 
 
 @functools.cache
+def _pinned_git_state() -> tuple[str | None, bool | None]:
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, None if status is None else bool(status)
+
+
 def git_state() -> dict[str, Any]:
     """``{commit, dirty}`` of the checkout this package was imported from (``None`` values outside git).
 
     Read once per process: a process runs the code it imported, so a commit made while a long run trains must
-    not be credited with that run's results. Long jobs call it at their start to pin it.
+    not be credited with that run's results. Long jobs call it at their start to pin it. Each call returns a
+    new dict, so a record that edits its copy cannot change what later records say.
     """
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+    commit, dirty = _pinned_git_state()
+    return {"commit": commit, "dirty": dirty}
 
 
 def git_revision() -> str | None:

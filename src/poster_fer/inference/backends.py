@@ -40,7 +40,7 @@ def resolve_device(device: str | None) -> str:
     try:
         return str(resolve(device))
     except DeviceError as err:
-        raise InferenceError(f"{err}; use --device cpu" if "CUDA" in str(err) else str(err)) from None
+        raise InferenceError(str(err)) from None
 
 
 class TorchBackend:
