@@ -218,6 +218,21 @@ def test_batch_augment_reports_flips_exactly():
         torch.testing.assert_close(out[i], x[i].flip(-1) if flipped[i] else x[i])
 
 
+def test_batch_augment_photometric_is_affine_per_sample_within_bounds():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 6, 6)
+    out, _ = BatchAugment(BatchAugmentConfig(flip=0.0, brightness=0.2, contrast=0.3))(x)
+    for i in range(x.shape[0]):
+        xc = x[i] - x[i].mean()
+        factor = float((out[i] - out[i].mean()).flatten() @ xc.flatten() / (xc.flatten() @ xc.flatten()))
+        shift = float(out[i].mean() - x[i].mean())
+        assert 0.7 - 1e-5 <= factor <= 1.3 + 1e-5 and abs(shift) <= 0.2 + 1e-5
+        torch.testing.assert_close(out[i], xc * factor + x[i].mean() + shift)
+    assert not torch.allclose(out, x)
+    off, _ = BatchAugment(BatchAugmentConfig(flip=0.0, brightness=0.2, contrast=0.3, photometric_p=0.0))(x)
+    torch.testing.assert_close(off, x)
+
+
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"epoch": 1, "w": torch.ones(2), "hist": [{"a": np.float32(0.5)}], "t": (1, 2)})

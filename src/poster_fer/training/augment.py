@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,11 @@ class BatchAugmentConfig:
         erasing_scale: erased area as a fraction of the image.
         erasing_ratio: aspect-ratio range of the erased rectangle (sampled log-uniformly).
         noise_std: std of additive Gaussian noise in normalised units (0: off).
+        brightness: largest additive shift in normalised units (uniform in +-brightness), per sample; with
+            ``contrast`` it stands in for the lighting of photos the training set never had (lab-lit, dim).
+        contrast: largest relative contrast change (factor uniform in [1 - contrast, 1 + contrast]) about the
+            sample's own mean.
+        photometric_p: probability of applying brightness/contrast at all.
     """
 
     flip: float = 0.5
@@ -41,6 +47,9 @@ class BatchAugmentConfig:
     erasing_scale: tuple[float, float] = (0.02, 0.2)
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
     noise_std: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    photometric_p: float = 1.0
 
     @classmethod
     def from_dict(cls, values: dict | None) -> BatchAugmentConfig:
@@ -86,11 +95,23 @@ class BatchAugment:
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         elif flipped.any():
             x = torch.where(flipped.view(b, 1, 1, 1), x.flip(-1), x)
+        if c.brightness > 0 or c.contrast > 0:
+            x = self._photometric(x, rand)
         if c.noise_std > 0:
             x = x + torch.randn(x.shape, generator=generator).to(dev, x.dtype) * c.noise_std
         if c.erasing_p > 0:
             x = self._erase(x, generator)
         return x, flipped
+
+    def _photometric(self, x: torch.Tensor, rand: Any) -> torch.Tensor:
+        """Per-sample contrast about the sample mean, then a brightness shift (before erasing and noise)."""
+        c = self.cfg
+        b = x.shape[0]
+        apply = (rand(b) < c.photometric_p).to(x.dtype).view(b, 1, 1, 1)
+        factor = 1.0 + (rand(b) * 2 - 1).to(x.dtype).view(b, 1, 1, 1) * c.contrast * apply
+        shift = (rand(b) * 2 - 1).to(x.dtype).view(b, 1, 1, 1) * c.brightness * apply
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) * factor + mean + shift
 
     def _erase(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One rectangle per chosen sample set to 0 (the dataset mean after normalisation)."""
