@@ -86,3 +86,21 @@ def test_export_command(tmp_path, capsys):
 
     assert main(["export", "--weights", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_cpu_sized_models_export_with_pooled_tokens(tmp_path):
+    """48 px image stream and 80 px landmarks pool 6x6 / 5x5 maps up to 7x7 tokens: that must export and agree
+    (the shipped default model has this shape)."""
+    torch.manual_seed(0)
+    model = create_model("poster_v1_tiny", num_classes=8, input_size=48, backbone_size=48, landmark_size=80,
+                         image_tokens="pool").eval()
+    report = export_onnx(model, tmp_path / "small.onnx", batch_size=2, check_batch_sizes=(1, 5))
+    assert report["max_rel_error"] <= 1e-4
+
+
+def test_exportable_adaptive_pool_matches_torch():
+    from poster_fer.models.layers import adaptive_avg_pool
+
+    for h, w in [(5, 5), (6, 6), (6, 9), (14, 14), (3, 7), (13, 4)]:
+        x = torch.randn(2, 3, h, w)
+        torch.testing.assert_close(adaptive_avg_pool(x, 7), torch.nn.functional.adaptive_avg_pool2d(x, 7))

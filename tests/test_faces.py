@@ -17,9 +17,12 @@ from PIL import Image
 from conftest import need_shared
 from poster_fer.faces import (
     ARCFACE_112_TEMPLATE,
+    BUNDLED_YUNET_SHA256,
     GEOMETRIES,
     HAAR_LANDMARK_RATIOS,
     YUNET_FILENAME,
+    YUNET_SHA256,
+    YUNET_URL,
     CropGeometry,
     DetectorError,
     DetectorModelError,
@@ -31,17 +34,22 @@ from poster_fer.faces import (
     alignment_matrix,
     available_geometries,
     build_detector,
+    bundled_yunet_path,
     default_cache_dir,
     download_file,
+    drop_invalid_faces,
     estimate_similarity,
     geometry_from_landmarks,
     get_geometry,
+    invalid_face_reason,
     load_image,
     resolve_yunet_model,
     template_from_arcface,
     to_rgb_array,
     transform_points,
+    yunet_model_path,
 )
+from poster_fer.faces import download as download_module
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
@@ -348,6 +356,129 @@ def test_build_detector(tmp_path):
     bogus.write_bytes(b"not a network")
     with pytest.raises(DetectorModelError, match="cannot load it as a YuNet model"):
         YuNetDetector(bogus)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# invalid detections
+
+
+def _face_at(x: float, y: float, w: float, h: float, **kw) -> Face:
+    """A plausible face in the box: landmarks at the Haar ratios."""
+    return Face(box=(x, y, w, h), landmarks=np.asarray(HAAR_LANDMARK_RATIOS) * (w, h) + (x, y), score=0.9, **kw)
+
+
+def test_invalid_faces_are_named_and_dropped():
+    size = (200, 100)  # width, height
+    good = _face_at(50, 20, 40, 50)
+    at_border = _face_at(-15, 70, 40, 50)  # partly outside, landmarks partly off the image: still a face
+    nan_lm = _face_at(50, 20, 40, 50)
+    nan_lm.landmarks[2, 1] = np.nan
+    far_lm = _face_at(50, 20, 40, 50)
+    far_lm.landmarks[0] = (1e26, 30)
+    bad = {
+        "non-finite box": [_face_at(np.nan, 20, 40, 50), Face((5.9e24, -1.0e26, 0, np.inf), np.zeros(10), 1.0)],
+        "non-finite landmarks": [nan_lm, Face((50, 20, 40, 50), np.full(10, -np.inf), 1.0)],
+        "non-finite score": [Face(good.box, good.landmarks, np.nan), Face(good.box, good.landmarks, np.inf)],
+        "zero-size or negative box": [_face_at(50, 20, 0, 50), _face_at(50, 20, 40, -5), _face_at(50, 20, 1e-13, 0.1)],
+        "box outside the image": [_face_at(-40, 20, 40, 50), _face_at(200, 20, 40, 50), _face_at(50, -50, 40, 50),
+                                  _face_at(50, 100, 40, 50), _face_at(-90, -60, 40, 50)],
+        "landmarks far outside the box": [far_lm],
+    }
+    assert invalid_face_reason(good, size) is None and invalid_face_reason(at_border, size) is None
+    # finite garbage YuNet once returned for a 3 x 640 strip: huge, but below the image
+    assert invalid_face_reason(_face_at(-2075.7, 48.9, 4440.3, 109.0), (640, 3)) == "box outside the image"
+    for reason, faces in bad.items():
+        for face in faces:
+            assert invalid_face_reason(face, size) == reason, (reason, face.box)
+    mixed = [bad["non-finite box"][0], good, *bad["box outside the image"], at_border, bad["non-finite score"][0]]
+    kept, reasons = drop_invalid_faces(mixed, size)
+    assert kept == [good, at_border]  # order kept
+    assert reasons == ["non-finite box"] + ["box outside the image"] * 5 + ["non-finite score"]
+    assert drop_invalid_faces([], size) == ([], [])
+
+
+def test_yunet_gives_no_made_up_faces_on_thin_or_blank_images(astronaut, yunet):
+    """OpenCV's YuNet invents faces (score 1.0, boxes like [3e26, -inf, 0, inf]) for inputs with a side of 32 px or
+    less; YuNetDetector pads such inputs so it does not. Which shapes show it depends on what memory held before
+    (it reads uninitialised memory): without the padding this loop found garbage for half the shapes."""
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4000), (4000, 3), (1, 1), (1, 640), (1280, 1), (2, 1280), (32, 640), (16, 16)]
+    for _ in range(2):
+        for h, w in shapes:
+            assert len(yunet.detect(astronaut)) == 1
+            for _ in range(3):
+                assert yunet.detect(np.zeros((h, w, 3), np.uint8)) == [], (h, w)
+                assert yunet.detect(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) == [], (h, w)
+    assert yunet.detect(np.zeros((480, 640, 3), np.uint8)) == []  # all black
+    # padding adds black below and to the right only: a face in a small image keeps its coordinates
+    small = cv2.resize(astronaut[30:200, 130:330], None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA)  # 51 x 60
+    canvas = np.zeros((200, 200, 3), np.uint8)
+    canvas[: small.shape[0], : small.shape[1]] = small
+    (face,) = yunet.detect(small)
+    (ref,) = yunet.detect(canvas)
+    assert _iou(face.box, ref.box) > 0.85
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the bundled YuNet model
+
+#: sha256 of src/poster_fer/pretrained/face_detection_yunet.onnx (229,738 bytes), an export of the OpenCV Zoo's YuNet
+#: that is not byte-identical to the Zoo's face_detection_yunet_2023mar.onnx (YUNET_SHA256, what "zoo" downloads).
+PINNED_BUNDLED_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
+
+
+def test_bundled_yunet_file_is_pinned_and_licensed():
+    path = bundled_yunet_path()
+    assert path.is_file() and path.parent.name == "pretrained"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == PINNED_BUNDLED_SHA256 == BUNDLED_YUNET_SHA256
+    assert BUNDLED_YUNET_SHA256 != YUNET_SHA256  # the download is checked against the Zoo file's own checksum
+    licence = (path.parent / "LICENSE-YuNet-MIT.txt").read_text()
+    assert "MIT License" in licence and "Shiqi Yu" in licence and "opencv_zoo" in licence
+    assert (path.parent / "__init__.py").is_file()
+
+
+def test_default_detector_uses_the_bundled_file_and_never_downloads(tmp_path, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("the default detector must not download")
+
+    monkeypatch.setattr(download_module, "download_file", no_download)
+    monkeypatch.setenv("POSTER_FER_CACHE", str(tmp_path / "empty-cache"))
+    for det in (build_detector(), build_detector("yunet"), build_detector("yunet", model_path="bundled")):
+        assert isinstance(det, YuNetDetector) and det.model_path == bundled_yunet_path()
+    assert yunet_model_path() == bundled_yunet_path()
+    assert not (tmp_path / "empty-cache").exists()
+    astronaut = load_image(need_shared("samples", "astronaut.png"))
+    assert len(build_detector().detect(astronaut)) == 1
+
+
+def test_zoo_keyword_takes_the_cache_and_downloads_there(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(url, dest, sha256, timeout=30.0):
+        calls.append((url, dest, sha256))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(bundled_yunet_path().read_bytes())  # loadable stand-in for the Zoo's file
+        return dest
+
+    monkeypatch.setattr(download_module, "download_file", fake_download)
+    monkeypatch.setenv("POSTER_FER_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / YUNET_FILENAME
+    with pytest.raises(DetectorModelError, match="--detector haar"):
+        yunet_model_path("zoo", download=False)
+    det = build_detector("yunet", model_path="zoo")
+    assert det.model_path == cached and calls == [(YUNET_URL, cached, YUNET_SHA256)]
+    assert build_detector("yunet", model_path="zoo").model_path == cached and len(calls) == 1  # cached now
+    assert yunet_model_path(cache_dir=tmp_path / "cache") == cached  # an explicit cache still means the cache
+    explicit = tmp_path / "mine.onnx"
+    explicit.write_bytes(bundled_yunet_path().read_bytes())
+    assert build_detector("yunet", model_path=explicit).model_path == explicit and len(calls) == 1
+
+
+def test_missing_bundled_file_gives_clear_error(monkeypatch):
+    monkeypatch.setattr(download_module, "BUNDLED_YUNET_FILENAME", "not-there.onnx")
+    with pytest.raises(DetectorModelError, match="missing from this installation") as info:
+        build_detector("yunet")
+    assert "--detector-model zoo" in str(info.value) and "--detector haar" in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -13,16 +14,27 @@ from PIL import Image
 
 from conftest import need_shared
 from poster_fer import create_model, save_model
-from poster_fer.faces import align_face, get_geometry, load_image
+from poster_fer.cli import main
+from poster_fer.faces import (
+    HAAR_LANDMARK_RATIOS,
+    Face,
+    align_face,
+    bundled_yunet_path,
+    get_geometry,
+    load_image,
+)
+from poster_fer.faces import download as download_module
 from poster_fer.inference import (
     FaceResult,
     InferenceError,
     IoUTracker,
     Preprocessing,
     Recognizer,
+    VideoReader,
     box_iou,
     draw_predictions,
 )
+from poster_fer.inference import recognizer as recognizer_module
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -312,6 +324,154 @@ def test_bf16_autocast_runs_and_stays_close(ckpt, astronaut):
     crop = load_image(astronaut)[60:180, 170:280]
     (a,), (b,) = r32.predict_crops([crop]), r16.predict_crops([crop])
     assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------------------
+# invalid detections are dropped and counted
+
+
+def _plausible(x: float, y: float, w: float, h: float, score: float) -> Face:
+    return Face(box=(x, y, w, h), landmarks=np.asarray(HAAR_LANDMARK_RATIOS) * (w, h) + (x, y), score=score)
+
+
+class _GarbageDetector:
+    """Returns six impossible faces, all scored above one plausible face in the middle (unless ``good`` is off)."""
+
+    name = "garbage"
+    GARBAGE = 6
+
+    def __init__(self, good: bool = True) -> None:
+        self.good = good
+        self.calls = 0
+
+    def detect(self, image):
+        self.calls += 1
+        h, w = np.asarray(image).shape[:2]
+        nan_lm = _plausible(w / 4, h / 4, w / 2, h / 2, 0.99)
+        nan_lm.landmarks[1, 0] = np.nan
+        faces = [
+            Face(box=(5.9e24, -1.0e26, 0, 0), landmarks=np.full(10, np.inf), score=1.0),  # YuNet's 3 x 4000 result
+            _plausible(np.nan, h / 4, w / 2, h / 2, 0.99),
+            nan_lm,
+            Face(box=(w / 4, h / 4, w / 2, h / 2), landmarks=_plausible(w / 4, h / 4, w / 2, h / 2, 0).landmarks,
+                 score=np.inf),
+            _plausible(w / 4, h / 4, 0, h / 2, 0.98),  # zero width
+            _plausible(w + 10, h / 4, w / 2, h / 2, 0.97),  # right of the image
+        ]
+        if self.good:
+            faces.append(_plausible(w / 4, h / 4, w / 2, h / 2, 0.5))
+        return faces
+
+
+@pytest.fixture
+def garbage_rec(ckpt):
+    return Recognizer.from_checkpoint(ckpt, detector=_GarbageDetector())
+
+
+def _check_only_the_good_face(rec, preds, sizes):
+    for pred, (w, h) in zip(preds, sizes, strict=True):
+        assert pred.ok and pred.dropped == _GarbageDetector.GARBAGE
+        (face,) = pred.faces
+        assert face.box == (w / 4, h / 4, w / 2, h / 2) and face.score == 0.5
+        assert np.isfinite(face.landmarks).all() and sum(face.probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_invalid_detections_are_dropped_and_counted_for_arrays_and_files(garbage_rec, astronaut, tmp_path):
+    rgb = load_image(astronaut)  # 512 x 512: detected at full size, so the fake's boxes come back unchanged
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.ascontiguousarray(np.hstack([rgb, rgb[:, ::-1]]))).save(path)
+    cap = _Capture(garbage_rec.backend.model)
+    preds = list(garbage_rec.iter_predict([("array", rgb), ("pil", Image.fromarray(rgb)), ("file", str(path))]))
+    cap.close()
+    assert sum(x.shape[0] for x in cap.inputs) == 3  # one crop per image reached the model, no garbage
+    _check_only_the_good_face(garbage_rec, preds, [(512, 512), (512, 512), (1024, 512)])
+    assert len(garbage_rec.predict(rgb)) == 1 and len(garbage_rec.detect(rgb)) == 1
+    # checked before max_faces: garbage scored 1.0 does not push out the real face
+    garbage_rec.max_faces = 1
+    (face,) = garbage_rec.predict(str(path))
+    assert face.score == 0.5
+    # only garbage: no face, everything counted
+    garbage_rec.detector.good = False
+    (pred,) = garbage_rec.iter_predict([("x", rgb)])
+    assert pred.ok and pred.faces == [] and pred.dropped == _GarbageDetector.GARBAGE
+    # a downscaled detection is validated in the full image's coordinates
+    garbage_rec.detector.good, garbage_rec.max_faces, garbage_rec.detect_size = True, None, 256
+    (pred,) = garbage_rec.iter_predict([("big", str(path))])
+    assert pred.dropped == _GarbageDetector.GARBAGE and len(pred.faces) == 1
+    np.testing.assert_allclose(pred.faces[0].box, (256, 128, 512, 256), atol=2)
+
+
+def _video(path, rgb, frames=4):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 320))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(cv2.cvtColor(np.ascontiguousarray(rgb[0:320, 150 - 3 * i:470 - 3 * i]), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_invalid_detections_are_dropped_and_counted_for_video_frames(garbage_rec, astronaut, tmp_path):
+    clip = _video(tmp_path / "clip.avi", load_image(astronaut))
+    preds = list(garbage_rec.iter_predict(VideoReader(clip)))
+    assert [p.key for p in preds] == [0, 1, 2, 3]
+    _check_only_the_good_face(garbage_rec, preds, [(320, 320)] * 4)
+    tracker = IoUTracker()
+    ids = [tracker.update(p.key, [f.box for f in p.faces], [list(f.probabilities.values()) for f in p.faces])
+           for p in preds]
+    assert [[i for i, _ in frame] for frame in ids] == [[0]] * 4  # one face, one track
+
+
+def test_predict_cli_reports_dropped_detections(ckpt, astronaut, tmp_path, capsys, monkeypatch):
+    detector = _GarbageDetector()
+    monkeypatch.setattr(recognizer_module, "build_detector", lambda *args, **kwargs: detector)
+    clip = _video(tmp_path / "clip.avi", load_image(astronaut), frames=3)
+    code = main(["predict", str(astronaut), str(clip), "--weights", ckpt, "--no-progress"])
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["status"] for r in records] == ["ok"] * 4
+    assert all(all(np.isfinite(r["box"])) for r in records)
+    assert "1 image, 1 video (3 frames); 4 faces; 24 invalid detections dropped; 0 failed" in err
+    detector.good = False
+    code = main(["predict", str(astronaut), "--weights", ckpt, "--no-progress"])
+    out, err = capsys.readouterr()
+    (r,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and r["status"] == "no_face" and r["error"] == "no face found (6 invalid detections dropped)"
+    assert "0 faces; 1 input without a face; 6 invalid detections dropped; 0 failed" in err
+    detector.good = True
+    main(["predict", str(astronaut), "--weights", ckpt, "--no-progress", "--no-detect"])
+    assert "dropped" not in capsys.readouterr().err  # nothing detected, nothing dropped, nothing said
+
+
+def test_yunet_thin_black_and_tiny_images_give_no_garbage_face(rec, astronaut, tmp_path):
+    """A 3 x 4000 strip used to come back as a score-1.0 "face" at [5.9e24, -1.0e26, 0, 0] with infinite landmarks."""
+    files = []
+    for h, w in ((3, 4000), (4000, 3), (1, 1)):
+        files.append(tmp_path / f"{h}x{w}.png")
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(files[-1])
+    rng = np.random.default_rng(0)
+    items = [("astronaut", str(astronaut))]
+    for f in files:
+        items += [(f.name, str(f)), ("astronaut", str(astronaut))]
+    items += [("noise-strip", rng.integers(0, 256, (3, 4000, 3), dtype=np.uint8)),
+              ("black", np.zeros((480, 640, 3), np.uint8)), ("grey-strip", np.full((4000, 3), 128, np.uint8))]
+    for _ in range(2):
+        for pred in rec.iter_predict(items):
+            assert pred.ok, pred.error
+            if pred.key == "astronaut":
+                assert len(pred.faces) == 1 and pred.dropped == 0
+            else:
+                assert pred.faces == [], (pred.key, [f.box for f in pred.faces])
+
+
+def test_default_yunet_is_the_bundled_file_without_download(ckpt, tmp_path, monkeypatch, astronaut):
+    def no_download(*args, **kwargs):
+        raise AssertionError("the default detector must not download")
+
+    monkeypatch.setattr(download_module, "download_file", no_download)
+    monkeypatch.setenv("POSTER_FER_CACHE", str(tmp_path / "cache"))
+    r = Recognizer.from_checkpoint(ckpt, detector="yunet")
+    assert r.detector.model_path == bundled_yunet_path()
+    assert len(r.predict(str(astronaut))) == 1
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -310,6 +310,24 @@ def _run(*argv: str) -> int:
     return main(["train", *argv])
 
 
+def test_cli_train_names_the_setting_for_a_missing_file_before_loading_data(tmp_path, capsys, monkeypatch):
+    import poster_fer.training.trainer as trainer
+
+    def no_data(*a, **k):  # the check must come first: loading FER+ takes seconds to minutes
+        raise AssertionError("data loaded before the inputs were checked")
+
+    monkeypatch.setattr(trainer, "load_splits", no_data)
+    weights = tmp_path / "mobilefacenet_model_best.pth.tar"
+    data = tmp_path / "fer2013"
+    data.mkdir()
+    assert _run("--recipe", "tiny", "--out", str(tmp_path / "a"), "--data", str(data),
+                f"model.pretrained.mobilefacenet={weights}") == 2
+    err = capsys.readouterr().err
+    assert "model.pretrained.mobilefacenet" in err and str(weights) in err and "no such file" in err
+    assert _run("--recipe", "tiny", "--out", str(tmp_path / "b"), "--data", str(tmp_path / "nowhere")) == 2
+    assert "pass --data PATH" in capsys.readouterr().err
+
+
 def test_cli_train_ferplus_subset_end_to_end(tmp_path):
     from poster_fer import load_model
     from poster_fer.data import FERPLUS_CLASSES

@@ -1,12 +1,21 @@
 """poster-fer: POSTER / POSTER++ facial expression recognition.
 
-The public API: build models by registered name, load official checkpoints, save and load our format.
+The public API: build models by registered name (``pretrained=True`` loads the shipped default model), load
+official checkpoints, save and load our format, and label faces in photos::
+
+    import poster_fer
+    faces = poster_fer.predict("photo.jpg")            # the default model + bundled YuNet, offline
+    rec = poster_fer.Recognizer()                      # the same, reusable; Recognizer("ckpt/") for others
+    model = poster_fer.create_model(poster_fer.DEFAULT_MODEL, pretrained=True)
 """
 
-from .models import create_model, list_models
+from .hub import DEFAULT_MODEL, create_model, list_pretrained, pretrained_path
+from .inference import Recognizer, predict
+from .models import list_models
 from .weights import CheckpointError, load_model, load_official, read_metadata, save_model
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "create_model", "list_models", "load_model", "load_official", "read_metadata",
-           "save_model", "__version__"]
+__all__ = ["DEFAULT_MODEL", "CheckpointError", "Recognizer", "create_model", "list_models", "list_pretrained",
+           "load_model", "load_official", "predict", "pretrained_path", "read_metadata", "save_model",
+           "__version__"]

@@ -6,6 +6,13 @@
 ``tolerance`` deletes the file and raises :class:`ExportError`, so an export that exists is one that was
 verified. :class:`OnnxRuntimeModel` is what deployment needs: numpy in, logits out, ``.meta`` from the file,
 no PyTorch import.
+
+The graph outputs the model's raw logits; the calibration temperature (``meta["temperature"]``, 1.0 when the
+model stores none) travels as metadata, in the record and as its own ``temperature`` entry, and
+:class:`~poster_fer.inference.OnnxBackend` divides by it before the softmax exactly as the PyTorch backend
+does. Keeping it out of the graph means the export check compares like with like (the PyTorch forward pass
+returns raw logits), the ``logits`` output means what its name says, and recalibrating a model changes one
+metadata entry, not the graph. Other consumers compute ``softmax(logits / temperature)``.
 """
 
 from __future__ import annotations
@@ -137,12 +144,16 @@ def _trace_to_onnx(graph: Any, example: Any, dest: str, opset: int) -> None:
 def _attach_metadata(dest: str, meta: dict[str, Any]) -> None:
     import onnx
 
+    from .weights.io import get_temperature
+
     proto = onnx.load(dest)
     entries = {
         META_KEY: json.dumps(meta, sort_keys=True),
         "classes": json.dumps(meta["classes"]),
         "preprocessing": json.dumps(meta["preprocessing"], sort_keys=True),
         "model": str(meta.get("model")),
+        # Written even at 1.0 so a consumer without poster-fer sees that the logits want no scaling.
+        "temperature": repr(get_temperature(meta)),
     }
     del proto.metadata_props[:]
     for key, value in entries.items():
@@ -187,7 +198,7 @@ def _meta_from_session(session: Any) -> dict[str, Any]:
     if META_KEY in props:
         return json.loads(props[META_KEY])
     meta: dict[str, Any] = {}
-    for key in ("classes", "preprocessing"):
+    for key in ("classes", "preprocessing", "temperature"):
         if key in props:
             meta[key] = json.loads(props[key])
     return meta
@@ -195,6 +206,9 @@ def _meta_from_session(session: Any) -> dict[str, Any]:
 
 class OnnxRuntimeModel:
     """An exported poster-fer model in ONNX Runtime: ``model(batch) -> logits``; ``model.meta``.
+
+    The logits are raw: calibrated probabilities are ``softmax(logits / model.temperature)`` (what
+    :class:`~poster_fer.inference.OnnxBackend` computes).
 
     Args:
         path: the ``.onnx`` file.
@@ -226,6 +240,13 @@ class OnnxRuntimeModel:
     @property
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or [])
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the file records (1.0 when none)."""
+        from .weights.io import get_temperature
+
+        return get_temperature(self.meta)
 
     @property
     def input_size(self) -> int | None:

@@ -1,4 +1,4 @@
-"""``poster-fer eval --weights CKPT --data PATH --out DIR``: test-set metrics, report, confusion, t-SNE."""
+"""``poster-fer eval --weights CKPT --data PATH --out DIR``: test-set metrics, report, confusion, calibration, t-SNE."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint on a dataset split (metrics, report, confusion, t-SNE)",
         description="Run a checkpoint over a dataset split with the preprocessing its metadata records and "
-        "write metrics.json, report.md, confusion.png and predictions.csv (plus tsne.png with --tsne). "
+        "write metrics.json, report.md, confusion.png, reliability.png and predictions.csv (plus tsne.png with "
+        "--tsne). Probabilities are divided by the calibration temperature the checkpoint stores (1 if none); "
+        "ECE is reported before and after it. "
         "Dataset images are used as they are (already cropped faces): no face detection.")
     add_weights_arguments(p)
     p.add_argument("--data", metavar="PATH", help="dataset root (for fer2013/ferplus: the folder holding "
@@ -33,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="match checkpoint and dataset classes by position when their names differ")
     p.add_argument("--tta", choices=("none", "flip"), default="none",
                    help="test-time augmentation: flip = average softmax of the image and its mirror")
+    calib = p.add_mutually_exclusive_group()
+    calib.add_argument("--temperature", type=float, metavar="T",
+                       help="calibration temperature to evaluate with instead of the checkpoint's")
+    calib.add_argument("--fit-temperature-on", metavar="SPLIT",
+                       help="fit the temperature on this split (e.g. val) first and evaluate with it; the "
+                       "checkpoint is not changed")
     p.add_argument("--tsne", action="store_true", help="also write tsne.png of the penultimate features (Fig. 5)")
     p.add_argument("--tsne-max-points", type=int, default=5000, help="t-SNE subsample size (default: 5000)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -137,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
     if args.max_samples is not None and args.max_samples < 1:
         raise UserError(f"--max-samples must be positive, got {args.max_samples}")
+    if args.temperature is not None and not args.temperature > 0:
+        raise UserError(f"--temperature must be positive, got {args.temperature}")
     try:
         device = resolve_device(args.device)
     except DeviceError as e:  # no CUDA, or not a device name
@@ -160,14 +170,48 @@ def run(args: argparse.Namespace) -> int:
                     "options": {k: v for k, v in options.items() if k != "on_error"}},
     }
     try:
+        temperature = args.temperature
+        if args.fit_temperature_on:
+            temperature = _fit_temperature(args, model, kind, root, options, device, provenance)
         metrics = evaluate_dataset(
             model, dataset, args.out, classes_by_position=args.classes_by_position, batch_size=args.batch_size,
             tta=None if args.tta == "none" else args.tta, device=device, max_samples=args.max_samples,
             tsne=args.tsne, tsne_max_points=args.tsne_max_points, num_workers=args.workers,
-            provenance=provenance, checkpoint=args.weights)
+            provenance=provenance, checkpoint=args.weights, temperature=temperature)
     except ClassMismatchError as e:
         raise UserError(f"{args.weights} vs {root}: {e}") from None
     print(f"accuracy {100 * metrics['accuracy']:.2f}% · mean class accuracy "
           f"{100 * metrics['mean_class_accuracy']:.2f}% · macro F1 {100 * metrics['macro_f1']:.2f}% "
-          f"on {metrics['num_samples']} samples -> {args.out}")
+          f"· ECE {100 * metrics['ece']:.2f}% -> {100 * metrics['ece_calibrated']:.2f}% at T = "
+          f"{metrics['temperature']:.4g} on {metrics['num_samples']} samples -> {args.out}")
     return 0
+
+
+def _fit_temperature(args: argparse.Namespace, model: Any, kind: str, root: str, options: dict[str, Any],
+                     device: Any, provenance: dict[str, Any]) -> float:
+    """Fit the temperature on ``--fit-temperature-on`` and record where it came from in ``provenance``."""
+    import sys
+
+    from ..cli import UserError
+    from ..data import build_dataset
+    from ..evaluation.evaluate import ClassMismatchError, fit_dataset_temperature
+
+    split = args.fit_temperature_on
+    if split == args.split:
+        print(f"warning: fitting the temperature on the evaluated split ({split}) makes its ECE optimistic",
+              file=sys.stderr)
+    try:
+        fit_data = build_dataset(kind, root, split, **options)
+    except ValueError as e:
+        raise UserError(f"--fit-temperature-on {split}: {e}") from None
+    try:
+        temperature, used = fit_dataset_temperature(
+            model, fit_data, classes_by_position=args.classes_by_position, batch_size=args.batch_size,
+            device=device, max_samples=args.max_samples, num_workers=args.workers)
+    except ClassMismatchError:
+        raise
+    except ValueError as e:  # a split the temperature cannot be fitted on (see fit_temperature)
+        raise UserError(f"--fit-temperature-on {split}: {e}") from None
+    print(f"temperature {temperature:.4g} fitted on {used} {split} samples", file=sys.stderr)
+    provenance["calibration"] = {"fitted_on": split, "fit_samples": used, "temperature": temperature}
+    return temperature

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--no-detect", action="store_true", help="the images are already face crops")
     p.add_argument("--detector", choices=("yunet", "haar"), default="yunet", help="face detector (default: yunet)")
-    p.add_argument("--detector-model", metavar="PATH", help="YuNet .onnx file (default: cached download)")
+    p.add_argument("--detector-model", metavar="PATH",
+                   help="YuNet .onnx file (default: the bundled one; 'zoo': the OpenCV Zoo file, downloaded once)")
     p.add_argument("--geometry", help="crop geometry name when the checkpoint records none (default: rafdb)")
     p.add_argument("--all-faces", action="store_true", help="explain every detected face, not just the largest")
     p.add_argument("--class", dest="target", metavar="NAME", help="explain this class instead of the prediction")

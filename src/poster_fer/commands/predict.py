@@ -1,4 +1,4 @@
-"""``poster-fer predict PATH... --weights CKPT``: label every face in images, folders, videos or a webcam.
+"""``poster-fer predict PATH... [--weights CKPT]``: label every face in images, folders, videos or a webcam.
 
 Each input is handled on its own: a file that cannot be read, a truncated video or an image without a face
 is reported (as a record with ``status`` "error" / "no_face" and in the summary on stderr) and the run goes
@@ -21,15 +21,23 @@ _MAX_LISTED_FAILURES = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..hub import DEFAULT_MODEL
+
     p = sub.add_parser(
-        "predict", help="detect faces in images/videos/webcam and predict their expressions",
-        description="Detect faces, align each to the crop geometry the checkpoint was trained on, and predict "
-        "its expression. Writes one JSON line (or CSV row) per face to stdout; inputs without a face or that "
-        "fail get a record with status 'no_face' / 'error'. Exit status 0: all inputs processed; 1: some "
-        "failed; 2: usage or setup error.")
+        "predict", help=f"detect faces in images/videos/webcam and predict their expressions (default model: "
+        f"{DEFAULT_MODEL})",
+        # The usage line is the first line of --help: it names the model used when --weights is not given.
+        usage=f"%(prog)s PATH... [--weights CKPT] [options]   (default model: {DEFAULT_MODEL}, shipped; "
+        "no download)",
+        description=f"Detect faces, align each to the crop geometry the checkpoint was trained on, and predict "
+        f"its expression. Without --weights the default model ({DEFAULT_MODEL}, 8 FER+ classes, in the package) "
+        "and the bundled YuNet detector are used. Writes one JSON line (or CSV row) per face to stdout; inputs "
+        "without a face or that fail get a record with status 'no_face' / 'error'. Exit status 0: all inputs "
+        "processed; 1: some failed; 2: usage or setup error.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="image or video files, or directories (recursive)")
-    p.add_argument("--weights", required=True, metavar="CKPT",
-                   help="poster-fer model directory / .safetensors, official .pth (with --model), or .onnx")
+    p.add_argument("--weights", default=None, metavar="CKPT",
+                   help=f"poster-fer model directory / .safetensors, official .pth (with --model), or .onnx "
+                   f"(default: the shipped {DEFAULT_MODEL})")
     p.add_argument("--model", default=None, help="registered variant of an official .pth (default poster_v1)")
     p.add_argument("--num-classes", type=int, default=None, help="official .pth: classes in its head")
     p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None,
@@ -47,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     det.add_argument("--detector", choices=("yunet", "haar"), default="yunet",
                      help="yunet (default; boxes + 5 landmarks) or haar (weaker fallback, no download)")
     det.add_argument("--detector-model", default=None, metavar="PATH",
-                     help="YuNet .onnx file (default: the per-user cache, downloaded on first use)")
+                     help="YuNet .onnx file (default: the bundled one, no download; 'zoo': the OpenCV Zoo "
+                     "file, downloaded once into the per-user cache)")
     det.add_argument("--threshold", type=float, default=0.6, help="detector score threshold (default 0.6)")
     det.add_argument("--no-detect", action="store_true",
                      help="inputs are already aligned face crops: classify each whole image")
@@ -75,6 +84,7 @@ class _Stats:
     videos: int = 0
     frames: int = 0
     faces: int = 0
+    dropped: int = 0  # detections thrown out as impossible faces (non-finite, empty or off-image boxes)
     no_face: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -196,9 +206,10 @@ class _Job:
                     self.stats.fail(src.name, reason)
                     self.writer.write(error_record(src.name, reason))
                     continue
+                self.stats.dropped += pred.dropped
                 if not pred.faces:
                     self.stats.no_face.append(src.name)
-                    self.writer.write(no_face_record(src.name))
+                    self.writer.write(no_face_record(src.name, dropped=pred.dropped))
                 for i, face in enumerate(pred.faces):
                     crop = None
                     if self.args.save_crops and face.crop is not None:
@@ -270,10 +281,11 @@ class _Job:
                         self.stats.fail(f"{src.name} frame {idx}", reason)
                         self.writer.write(error_record(src.name, reason, frame=idx, time=t))
                         continue
+                    self.stats.dropped += pred.dropped
                     smoothed = tracker.update(idx, [f.box for f in pred.faces],
                                               [list(f.probabilities.values()) for f in pred.faces])
                     if not pred.faces:
-                        self.writer.write(no_face_record(src.name, frame=idx, time=t))
+                        self.writer.write(no_face_record(src.name, frame=idx, time=t, dropped=pred.dropped))
                     for i, (face, (tid, probs)) in enumerate(zip(pred.faces, smoothed, strict=True)):
                         scores = dict(zip(self.rec.classes, (float(p) for p in probs), strict=True))
                         crop = None
@@ -353,6 +365,8 @@ def _summary(stats: _Stats, skipped: list[Path], args: argparse.Namespace) -> No
     line = f"poster-fer predict: processed {', '.join(parts)}; {stats.faces} face{'s' if stats.faces != 1 else ''}"
     if stats.no_face:
         line += f"; {len(stats.no_face)} input{'s' if len(stats.no_face) != 1 else ''} without a face"
+    if stats.dropped:
+        line += f"; {stats.dropped} invalid detection{'s' if stats.dropped != 1 else ''} dropped"
     line += f"; {len(stats.failures)} failed"
     print(line, file=sys.stderr)
     for name, reason in stats.failures[:_MAX_LISTED_FAILURES]:

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"poster-fer train: stopped: {e}", file=sys.stderr)
         return 3
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
     return 0
 

@@ -1,11 +1,27 @@
 """poster_fer.evaluation: metrics, report files and figures for evaluation runs, the evaluation loop,
-relevance maps (the paper's Fig. 7) and the Table-4 ablation runner.
+confidence calibration (one softmax temperature, ECE, reliability diagrams), relevance maps (the paper's
+Fig. 7) and the Table-4 ablation runner.
 
 The metrics need only numpy; the figures import matplotlib / scikit-learn lazily (the ``analysis`` extra).
 """
 
 from .ablation import VARIANTS, render_ablation_markdown, run_ablation
-from .evaluate import ClassMismatchError, eval_transform, evaluate_dataset, match_classes, run_evaluation
+from .calibration import (
+    apply_temperature,
+    calibrate_model,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    softmax_with_temperature,
+)
+from .evaluate import (
+    ClassMismatchError,
+    eval_transform,
+    evaluate_dataset,
+    fit_dataset_temperature,
+    match_classes,
+    run_evaluation,
+)
 from .explain import explain_figure, relevance_maps
 from .metrics import (
     accuracy,
@@ -19,18 +35,23 @@ from .metrics import (
     row_normalised,
     top_k_accuracy,
 )
-from .plots import plot_confusion, plot_curves, tsne_subsample_indices, write_tsne
+from .plots import plot_confusion, plot_curves, plot_reliability, tsne_subsample_indices, write_tsne
 from .report import load_metrics, render_markdown, write_eval_outputs
 
 __all__ = [
     "VARIANTS",
     "ClassMismatchError",
     "accuracy",
+    "apply_temperature",
+    "calibrate_model",
     "compute_metrics",
     "confusion_matrix",
     "eval_transform",
     "evaluate_dataset",
+    "expected_calibration_error",
     "explain_figure",
+    "fit_dataset_temperature",
+    "fit_temperature",
     "load_metrics",
     "macro_f1",
     "match_classes",
@@ -39,13 +60,16 @@ __all__ = [
     "per_class_accuracy",
     "plot_confusion",
     "plot_curves",
+    "plot_reliability",
     "precision_recall_f1",
     "relevance_maps",
+    "reliability_bins",
     "render_ablation_markdown",
     "render_markdown",
     "row_normalised",
     "run_ablation",
     "run_evaluation",
+    "softmax_with_temperature",
     "top_k_accuracy",
     "tsne_subsample_indices",
     "write_eval_outputs",

@@ -28,6 +28,7 @@ __all__ = [
     "canonical_class_name",
     "eval_transform",
     "evaluate_dataset",
+    "fit_dataset_temperature",
     "match_classes",
     "run_evaluation",
     "sample_ids",
@@ -191,24 +192,30 @@ def run_evaluation(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "eval",
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Predict every sample of ``dataset`` (in order) and return the raw material of the metrics.
 
     ``transform`` replaces the dataset's own (it is applied to ``dataset.get_image(i)``); without it the
     dataset's transform must already produce model input. ``tta="flip"`` averages the softmax of each image
-    and its mirror. ``indices`` restricts the run to those samples. Returns ``y_true`` (hard labels, argmax
-    of soft targets), ``y_pred``, ``probs`` (N, C float32), ``features`` ((N, D) from
-    ``model.forward_features`` of the unflipped image, or ``None``), ``paths`` (sample ids) and ``indices``.
-    The model is put in eval mode and left there.
+    and its mirror. ``indices`` restricts the run to those samples. ``temperature`` divides the logits before
+    every softmax (calibrated confidences; the argmax is unchanged without TTA). Returns ``y_true`` (hard
+    labels, argmax of soft targets), ``y_pred``, ``probs`` (N, C float32, at ``temperature``),
+    ``probs_uncalibrated`` (the same at T = 1), ``logits`` (N, C float32, raw, of the unflipped image: what a
+    temperature is fitted on), ``features`` ((N, D) from ``model.forward_features`` of the unflipped image, or
+    ``None``), ``paths`` (sample ids), ``indices`` and ``temperature``. The model is put in eval mode and left
+    there.
     """
     from tqdm.auto import tqdm
 
     from ..training.engine import predict_batch
+    from ..weights.io import validate_temperature
 
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    temperature = validate_temperature(temperature)
     dev = resolve_device(device)
     idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
@@ -220,11 +227,18 @@ def run_evaluation(
         pin_memory=dev.type == "cuda",
     )
     model.eval().to(dev)
-    probs, feats = [], []
+    probs, raw_probs, logits, feats = [], [], [], []
     for x in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         x = x.to(dev, non_blocking=True)
-        f, _, p = predict_batch(model, x, tta_flip=tta == "flip")
-        probs.append(p.cpu())
+        # The mirror goes through predict_batch on its own so its logits, too, can be scaled before the softmax;
+        # at T = 1 the average below is predict_batch's own flip TTA.
+        f, z, _ = predict_batch(model, x)
+        views = [z] if tta != "flip" else [z, predict_batch(model, x.flip(-1))[1]]
+        raw = (sum(v.softmax(-1) for v in views) / len(views)).cpu()
+        raw_probs.append(raw)
+        probs.append(raw if temperature == 1.0 else
+                     (sum((v / temperature).softmax(-1) for v in views) / len(views)).cpu())
+        logits.append(z.cpu())
         if collect_features:
             feats.append(f.float().cpu())
     prob = torch.cat(probs).numpy()
@@ -232,6 +246,9 @@ def run_evaluation(
         "y_true": labels,
         "y_pred": prob.argmax(axis=1).astype(np.int64),
         "probs": prob,
+        "probs_uncalibrated": prob if temperature == 1.0 else torch.cat(raw_probs).numpy(),
+        "logits": torch.cat(logits).numpy(),
+        "temperature": temperature,
         "features": torch.cat(feats).numpy() if collect_features else None,
         "paths": [ids[i] for i in idx.tolist()],
         "indices": idx,
@@ -246,6 +263,83 @@ def _checkpoint_record(model: nn.Module, checkpoint: str | os.PathLike[str] | No
         "family": getattr(model, "family", None),
         "provenance": meta.get("provenance"),
         "training_metrics": meta.get("metrics"),
+    }
+
+
+def _resolve_classes_and_preprocessing(
+    model: nn.Module, dataset: Any, classes: Sequence[str] | None, preprocessing: Mapping[str, Any] | None,
+    classes_by_position: bool,
+) -> tuple[list[str], np.ndarray | None, dict[str, Any]]:
+    """(model class names, dataset-to-model label map, eval preprocessing), defaulting to ``model.meta``."""
+    meta = getattr(model, "meta", None) or {}
+    names = [str(n) for n in (classes if classes is not None else meta.get("classes") or [])]
+    num_classes = int(model.cfg.num_classes)
+    if not names:
+        from ..weights.official import default_classes
+
+        names = default_classes(num_classes)
+    if len(names) != num_classes:
+        raise ClassMismatchError(f"{len(names)} class names for a {num_classes}-class model")
+    mapping = match_classes(names, dataset.classes, by_position=classes_by_position)
+    prep = dict(preprocessing if preprocessing is not None else meta.get("preprocessing") or {})
+    prep.setdefault("input_size", int(model.cfg.input_size))
+    return names, mapping, prep
+
+
+def fit_dataset_temperature(
+    model: nn.Module,
+    dataset: Any,
+    *,
+    classes: Sequence[str] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    classes_by_position: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device | None = "cpu",
+    max_samples: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[float, int]:
+    """Fit the calibration temperature on a (validation) split; returns ``(T, samples used)``.
+
+    Same preprocessing and class matching as :func:`evaluate_dataset`, on the raw logits of the unflipped
+    images. The model's metadata is left alone: store the result with
+    :func:`poster_fer.weights.io.set_temperature` if it should travel with the checkpoint.
+    """
+    from .calibration import fit_temperature
+
+    _, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
+                                                          classes_by_position)
+    idx = subsample_indices(len(dataset), max_samples)
+    out = run_evaluation(model, dataset, batch_size=batch_size, device=device, transform=eval_transform(prep),
+                         indices=idx, num_workers=num_workers, progress=progress, desc="fit temperature")
+    y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
+    return fit_temperature(out["logits"], y_true), int(idx.size)
+
+
+def _plain_bins(bins: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Reliability bins as JSON-ready lists (empty bins' NaN -> ``None``), like the rest of the metrics."""
+    return {k: [int(v) if k == "counts" else (float(v) if np.isfinite(v) else None) for v in arr.tolist()]
+            for k, arr in bins.items()}
+
+
+def _calibration_metrics(y_true: np.ndarray, out: Mapping[str, Any], temperature: float,
+                         source: str) -> dict[str, Any]:
+    """ECE (and NLL) before and after the temperature, plus the reliability bins behind the diagram."""
+    from .calibration import DEFAULT_BINS, expected_calibration_error, reliability_bins
+    from .metrics import negative_log_likelihood
+
+    raw, cal = out["probs_uncalibrated"], out["probs"]
+    return {
+        "temperature": float(temperature),
+        "ece": expected_calibration_error(raw, y_true, DEFAULT_BINS),
+        "ece_calibrated": expected_calibration_error(cal, y_true, DEFAULT_BINS),
+        "nll_uncalibrated": negative_log_likelihood(y_true, raw),
+        "calibration": {
+            "temperature_source": source,
+            "n_bins": DEFAULT_BINS,
+            "bins": {"uncalibrated": _plain_bins(reliability_bins(raw, y_true, DEFAULT_BINS)),
+                     "calibrated": _plain_bins(reliability_bins(cal, y_true, DEFAULT_BINS))},
+        },
     }
 
 
@@ -268,37 +362,41 @@ def evaluate_dataset(
     checkpoint: str | os.PathLike[str] | None = None,
     make_plots: bool = True,
     progress: bool = True,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on a dataset and (with ``out_dir``) write the full record; returns the metrics.
 
     ``classes`` and ``preprocessing`` default to ``model.meta``; images go through :func:`eval_transform`
     of that preprocessing, so the checkpoint's input size, statistics, channel order and grey conversion
     are applied whatever transform the dataset carries. Dataset labels are mapped onto the model's classes
-    by :func:`match_classes`. ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``,
-    ``confusion.png`` (and ``tsne.png`` with ``tsne``); ``provenance`` is merged into what they record.
+    by :func:`match_classes`. ``temperature`` (default: ``model.meta["temperature"]``, else 1) scales the
+    logits as every inference path does, so probabilities, NLL and ``predictions.csv`` are the calibrated
+    ones the deployed model reports; ``ece`` (T = 1) and ``ece_calibrated`` show what the temperature buys.
+    ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``, ``confusion.png``,
+    ``reliability.png`` (and ``tsne.png`` with ``tsne``); ``provenance`` is merged into what they record.
     """
-    meta = getattr(model, "meta", None) or {}
-    names = [str(n) for n in (classes if classes is not None else meta.get("classes") or [])]
-    num_classes = int(model.cfg.num_classes)
-    if not names:
-        from ..weights.official import default_classes
+    from ..weights.io import get_temperature
 
-        names = default_classes(num_classes)
-    if len(names) != num_classes:
-        raise ClassMismatchError(f"{len(names)} class names for a {num_classes}-class model")
-    mapping = match_classes(names, dataset.classes, by_position=classes_by_position)
-    prep = dict(preprocessing if preprocessing is not None else meta.get("preprocessing") or {})
-    prep.setdefault("input_size", int(model.cfg.input_size))
+    meta = getattr(model, "meta", None) or {}
+    names, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
+                                                              classes_by_position)
+    if temperature is not None:
+        source = "given"
+    else:
+        source = "checkpoint metadata" if meta.get("temperature") is not None else "none stored (T = 1)"
+        temperature = get_temperature(meta)
     idx = subsample_indices(len(dataset), max_samples)
     start = time.perf_counter()
     out = run_evaluation(model, dataset, batch_size=batch_size, tta=tta, device=device, collect_features=tsne,
-                         transform=eval_transform(prep), indices=idx, num_workers=num_workers, progress=progress)
+                         transform=eval_transform(prep), indices=idx, num_workers=num_workers, progress=progress,
+                         temperature=temperature)
     seconds = time.perf_counter() - start
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 
     from .metrics import compute_metrics
 
     metrics = compute_metrics(y_true, out["y_pred"], names, probs=out["probs"])
+    metrics.update(_calibration_metrics(y_true, out, out["temperature"], source))
     if out_dir is None:
         return metrics
 
@@ -336,6 +434,12 @@ def evaluate_dataset(
     predictions = {"true": y_true, "pred": out["y_pred"], "probs": out["probs"], "path": out["paths"],
                    "index": out["indices"]}
     paths = write_eval_outputs(out_dir, metrics, predictions, provenance=record, make_plots=make_plots)
+    if make_plots:
+        from .plots import plot_reliability
+
+        paths["reliability"] = plot_reliability(
+            out["probs_uncalibrated"], y_true, Path(out_dir) / "reliability.png", calibrated_probs=out["probs"],
+            temperature=out["temperature"], n_bins=metrics["calibration"]["n_bins"], title=record["name"])
     if tsne:
         from .plots import write_tsne
 

@@ -1,4 +1,4 @@
-"""Figures for evaluation and training: confusion matrices, t-SNE of features, training curves.
+"""Figures for evaluation and training: confusion matrices, t-SNE of features, training curves, reliability.
 
 matplotlib and scikit-learn are optional (the ``analysis`` extra), so they are imported only inside the
 functions that need them. Figures are drawn on a bare :class:`matplotlib.figure.Figure` rendered by Agg,
@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 
 from .metrics import row_normalised
 
-__all__ = ["plot_confusion", "plot_curves", "tsne_subsample_indices", "write_tsne"]
+__all__ = ["plot_confusion", "plot_curves", "plot_reliability", "tsne_subsample_indices", "write_tsne"]
 
 _ANALYSIS_HINT = "install the analysis extra: pip install 'poster-fer[analysis]'"
 
@@ -247,4 +247,58 @@ def plot_curves(history: Sequence[Mapping[str, Any]], out_path: str | Path) -> P
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(fig, out_path)
+
+
+def _draw_reliability(ax: Any, bins: Mapping[str, np.ndarray], ece: float, title: str, colour: str) -> None:
+    """Accuracy bars per confidence bin against the diagonal; the hatched part is the gap to perfect calibration."""
+    edges = np.asarray(bins["edges"], dtype=np.float64)
+    counts = np.asarray(bins["counts"])
+    used = counts > 0
+    left, width = edges[:-1][used], np.diff(edges)[used]
+    acc, conf = np.asarray(bins["accuracy"])[used], np.asarray(bins["confidence"])[used]
+    ax.bar(left, acc, width=width, align="edge", color=colour, edgecolor="black", linewidth=0.6,
+           label=f"accuracy (ECE {100.0 * ece:.2f}%)")
+    ax.bar(left, conf - acc, bottom=acc, width=width, align="edge", fill=False, edgecolor="crimson",
+           hatch="//", linewidth=0.6, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1.0, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("confidence (largest probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {100.0 * ece:.2f}% · {int(counts.sum())} samples")
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def plot_reliability(
+    probs: ArrayLike,
+    targets: ArrayLike,
+    out_path: str | Path,
+    *,
+    calibrated_probs: ArrayLike | None = None,
+    temperature: float | None = None,
+    n_bins: int = 15,
+    title: str | None = None,
+) -> Path:
+    """Save a reliability diagram: accuracy per confidence bin vs the diagonal, with the ECE.
+
+    ``probs`` are the uncalibrated (T = 1) softmax probabilities; with ``calibrated_probs`` (the same samples
+    after temperature scaling, ``temperature`` naming T) a second panel shows the calibrated model, so the
+    effect of the temperature is visible side by side. Bars below the diagonal mean over-confidence.
+    """
+    from .calibration import expected_calibration_error, reliability_bins
+
+    panels = [(probs, "Uncalibrated (T = 1)", "tab:blue")]
+    if calibrated_probs is not None:
+        label = "Temperature-scaled" + (f" (T = {float(temperature):.3g})" if temperature is not None else "")
+        panels.append((calibrated_probs, label, "tab:green"))
+    data = [(reliability_bins(p, targets, n_bins), expected_calibration_error(p, targets, n_bins), name, colour)
+            for p, name, colour in panels]
+    fig = _figure(5.0 * len(data), 5.4)
+    axes = np.atleast_1d(fig.subplots(1, len(data)))
+    for ax, (bins, ece, name, colour) in zip(axes, data, strict=True):
+        _draw_reliability(ax, bins, ece, name, colour)
+    if title:
+        fig.suptitle(title)
     return _save(fig, out_path)

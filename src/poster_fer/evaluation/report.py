@@ -1,5 +1,8 @@
 """Writing an evaluation run to disk: ``metrics.json``, ``report.md``, ``predictions.csv``, ``confusion.png``.
 
+Metrics carrying calibration numbers (``ece``, ``ece_calibrated``, ``temperature``, from
+:func:`~poster_fer.evaluation.evaluate.evaluate_dataset`) also get a calibration section in the report.
+
 The text outputs are written first and need only numpy, so a run's numbers survive even where matplotlib
 is not installed; the figure is drawn last.
 """
@@ -172,7 +175,8 @@ def _md_table(header: list[str], rows: list[list[str]], numeric: bool = True) ->
 
 def render_markdown(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | None = None) -> str:
     """Markdown report: summary line, per-class accuracy (paper Table 2 layout), row-normalised percentages
-    (Table 3 layout), per-class precision/recall/F1 and raw confusion counts."""
+    (Table 3 layout), per-class precision/recall/F1, raw confusion counts and, when the metrics have them,
+    calibration (ECE before and after the temperature)."""
     names = _check_metrics(metrics)
     per = metrics["per_class"]
     conf = np.asarray(metrics["confusion"], dtype=np.int64)
@@ -188,6 +192,10 @@ def render_markdown(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | 
         summary += "".join(f" · top-{k} {_pct(v)}%" for k, v in metrics["top_k_accuracy"].items())
     if metrics.get("nll") is not None:
         summary += f" · NLL {float(metrics['nll']):.4f}"
+    if metrics.get("ece") is not None:
+        summary += f" · ECE {_pct(metrics['ece'])}%"
+        if metrics.get("temperature") is not None and float(metrics["temperature"]) != 1.0:
+            summary += f" ({_pct(metrics.get('ece_calibrated'))}% at T = {float(metrics['temperature']):.4g})"
     lines += [summary, ""]
 
     if provenance:
@@ -221,7 +229,30 @@ def render_markdown(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | 
     rows = [[n, *(str(int(v)) for v in conf[i]), str(int(conf[i].sum()))] for i, n in enumerate(names)]
     rows.append(["total", *(str(int(v)) for v in conf.sum(axis=0)), str(int(conf.sum()))])
     lines += _md_table(["true \\ pred", *names, "total"], rows) + [""]
+    lines += _calibration_lines(metrics)
     return "\n".join(lines)
+
+
+def _calibration_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """ECE and NLL before and after the temperature; empty for metrics computed without calibration numbers."""
+    if metrics.get("ece") is None:
+        return []
+    temp = float(metrics.get("temperature") or 1.0)
+    source = (metrics.get("calibration") or {}).get("temperature_source")
+    bins = (metrics.get("calibration") or {}).get("n_bins")
+    nll_raw = metrics.get("nll_uncalibrated")
+    nll_cal = metrics.get("nll")
+    lines = ["## Calibration", ""]
+    lines.append(f"Reported probabilities (NLL, top-k, `predictions.csv`) are softmax(logits / T) with T = {temp:.4g}"
+                 + (f" ({source})" if source else "") + "; `reliability.png` plots accuracy per confidence bin.")
+    lines.append(f"ECE: expected calibration error over {bins or 15} equal-width confidence bins (lower is better).")
+    lines.append("")
+    rows = [
+        ["uncalibrated (T = 1)", _pct(metrics.get("ece")), "—" if nll_raw is None else f"{float(nll_raw):.4f}"],
+        [f"temperature-scaled (T = {temp:.4g})", _pct(metrics.get("ece_calibrated")),
+         "—" if nll_cal is None else f"{float(nll_cal):.4f}"],
+    ]
+    return lines + _md_table(["probabilities", "ECE %", "NLL"], rows) + [""]
 
 
 def _provenance_rows(d: dict[str, Any], prefix: str = "", depth: int = 0,

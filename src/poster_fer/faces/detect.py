@@ -5,12 +5,18 @@ and needs no model download, so it keeps the tool usable offline, but it misses 
 no confidence and no landmarks; its landmarks are estimated from the box (``Face.landmarks_estimated``),
 which makes its crops coarser than YuNet's.
 
+Detectors return what they found as is; :func:`drop_invalid_faces` is the one place that throws out detections
+that cannot be faces (non-finite numbers, empty boxes, boxes off the image). The recogniser applies it after
+every detector, built-in or not, and counts what it dropped; direct callers of ``detect`` should do the same.
+
 Detectors wrap OpenCV objects that are not thread-safe; use one detector per thread.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,17 +25,20 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .download import DetectorModelError, resolve_yunet_model
+from .download import DetectorModelError, yunet_model_path
 from .io import to_rgb_array
 
 __all__ = [
     "HAAR_LANDMARK_RATIOS",
     "LANDMARK_NAMES",
+    "YUNET_MIN_SIDE",
     "Face",
     "FaceDetector",
     "HaarDetector",
     "YuNetDetector",
     "build_detector",
+    "drop_invalid_faces",
+    "invalid_face_reason",
 ]
 
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth_corner", "left_mouth_corner")
@@ -76,6 +85,62 @@ class FaceDetector(Protocol):
     def detect(self, image: np.ndarray | Image.Image) -> list[Face]: ...
 
 
+def invalid_face_reason(face: Face, image_size: tuple[int, int]) -> str | None:
+    """Why ``face`` cannot be a real detection in an image of ``image_size = (width, height)``; None if it can be.
+
+    Detectors are not trusted: YuNet invents faces on degenerate inputs (see :data:`YUNET_MIN_SIDE`) and a custom
+    detector may return anything, and one such "face" would be aligned, classified and reported like a real one.
+    Refused: NaN or infinite numbers anywhere, boxes under one pixel wide or high (zero or negative size), boxes
+    that do not overlap the image, and landmarks more than one box size outside their box (which no detector
+    produces for a real face). Landmarks outside the image are allowed: a face at the border can have them there.
+    """
+    try:
+        x, y, w, h = (float(v) for v in face.box)
+        pts = np.asarray(face.landmarks, dtype=np.float64).reshape(5, 2)
+        score = float(face.score)
+    except (TypeError, ValueError) as err:
+        return f"malformed detection ({err})"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "non-finite box"
+    if not np.isfinite(pts).all():
+        return "non-finite landmarks"
+    if not math.isfinite(score):
+        return "non-finite score"
+    if w < 1.0 or h < 1.0:
+        return "zero-size or negative box"
+    width, height = image_size
+    if x + w <= 0 or y + h <= 0 or x >= width or y >= height:
+        return "box outside the image"
+    if ((pts < (x - w, y - h)) | (pts > (x + 2 * w, y + 2 * h))).any():
+        return "landmarks far outside the box"
+    return None
+
+
+def drop_invalid_faces(faces: Iterable[Face], image_size: tuple[int, int]) -> tuple[list[Face], list[str]]:
+    """Split detections into the plausible ones (order kept) and the reasons the others were dropped.
+
+    The single validity check of the package (see :func:`invalid_face_reason`); callers report
+    ``len(reasons)`` so that dropped detections are counted, never silently lost.
+    """
+    kept: list[Face] = []
+    reasons: list[str] = []
+    for face in faces:
+        reason = invalid_face_reason(face, image_size)
+        if reason is None:
+            kept.append(face)
+        else:
+            reasons.append(reason)
+    return kept, reasons
+
+
+#: Shortest image side YuNet is run at. OpenCV 4.14's ``FaceDetectorYN`` returns made-up faces (score 1.0, boxes
+#: like ``[3e26, -inf, 0, inf]`` or finite ones far off the image, different on every call, so read from
+#: uninitialised memory) for any input with a side of 32 px or less, whatever its content: a 3 x 4000 strip, a
+#: 1 x 640 line, a 1280 x 1 column. Inputs with both sides of 33 px or more gave none in the same trials, so
+#: narrower images are padded with black up to this size (bottom and right, so no coordinate changes).
+YUNET_MIN_SIDE = 64
+
+
 class YuNetDetector:
     """OpenCV's YuNet CNN detector (``cv2.FaceDetectorYN``): boxes, 5 landmarks and a confidence.
 
@@ -112,6 +177,10 @@ class YuNetDetector:
         """Find faces in an RGB image (array or PIL; see :func:`~poster_fer.faces.io.to_rgb_array`)."""
         rgb = to_rgb_array(image)
         h, w = rgb.shape[:2]
+        if min(h, w) < YUNET_MIN_SIDE:  # see YUNET_MIN_SIDE; padding bottom/right keeps the coordinates
+            rgb = cv2.copyMakeBorder(rgb, 0, max(0, YUNET_MIN_SIDE - h), 0, max(0, YUNET_MIN_SIDE - w),
+                                     cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            h, w = rgb.shape[:2]
         self._net.setInputSize((w, h))
         _, rows = self._net.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # YuNet was trained on BGR
         if rows is None:
@@ -227,14 +296,15 @@ def build_detector(
     download: bool = True,
     score_threshold: float = 0.6,
 ) -> FaceDetector:
-    """Make a detector by name, resolving (and if needed downloading) YuNet's model file.
+    """Make a detector by name. YuNet uses the model file bundled with the package unless asked otherwise.
 
-    ``model_path`` and ``cache_dir`` only matter for YuNet; see
-    :func:`~poster_fer.faces.download.resolve_yunet_model` for the lookup order.
+    ``model_path``, ``cache_dir`` and ``download`` only matter for YuNet: a file path, or ``"zoo"`` for the OpenCV
+    Zoo's file from the per-user cache (downloaded on first use); see
+    :func:`~poster_fer.faces.download.yunet_model_path`. The default never touches the network.
     """
     kind = kind.lower()
     if kind == "yunet":
-        path = resolve_yunet_model(model_path, cache_dir, download=download)
+        path = yunet_model_path(model_path, cache_dir, download=download)
         return YuNetDetector(path, score_threshold=score_threshold)
     if kind == "haar":
         return HaarDetector()

@@ -1,8 +1,14 @@
-"""Finding the YuNet model file: explicit path, per-user cache, or a checksum-verified download.
+"""Finding the YuNet model file: the bundled copy, an explicit path, or the OpenCV Zoo's file (cache or download).
 
-The ONNX file is not shipped with the package, so the first run fetches it from the OpenCV Zoo. The
-download goes to a temporary file next to its destination and is renamed into place only after the
-sha256 matches, so an interrupted or tampered download never leaves a file that a later run would trust.
+A YuNet export ships inside the package (``poster_fer/pretrained``, MIT, licence beside it) and is the default,
+so face detection works offline right after installation and the default never downloads. Users who want the
+Zoo's own ``face_detection_yunet_2023mar.onnx`` (or any other export) ask for it explicitly: by path, or with
+the keyword ``"zoo"``, which takes it from the per-user cache and downloads it there on first use. The download
+goes to a temporary file next to its destination and is renamed into place only after the sha256 matches, so
+an interrupted or tampered download never leaves a file that a later run would trust.
+
+The two files are different exports of the same detector and have different checksums: :data:`YUNET_SHA256`
+pins the Zoo's download, :data:`BUNDLED_YUNET_SHA256` the bundled copy.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ import urllib.request
 from pathlib import Path
 
 __all__ = [
+    "BUNDLED_YUNET_FILENAME",
+    "BUNDLED_YUNET_SHA256",
     "YUNET_FILENAME",
     "YUNET_SHA256",
     "YUNET_URL",
     "DetectorError",
     "DetectorModelError",
+    "YUNET_ZOO",
+    "bundled_yunet_path",
     "default_cache_dir",
     "download_file",
     "resolve_yunet_model",
+    "yunet_model_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -33,6 +44,13 @@ YUNET_URL = (
     "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
 )
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+
+#: The YuNet export shipped as package data, and its sha256 (a different file from the Zoo's, see above).
+BUNDLED_YUNET_FILENAME = "face_detection_yunet.onnx"
+BUNDLED_YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
+#: ``model_path`` keywords: the bundled file (also the default), or the Zoo's file from the cache / a download.
+YUNET_BUNDLED = "bundled"
+YUNET_ZOO = "zoo"
 
 _CHUNK = 1 << 16
 
@@ -92,6 +110,38 @@ def download_file(url: str, dest: str | os.PathLike[str], sha256: str, timeout: 
     return dest
 
 
+def bundled_yunet_path() -> Path:
+    """The YuNet file shipped in the package; a clear error if this installation lacks it."""
+    path = Path(__file__).resolve().parent.parent / "pretrained" / BUNDLED_YUNET_FILENAME
+    if not path.is_file():
+        raise DetectorModelError(
+            f"the bundled YuNet face detector model is missing from this installation ({path}); reinstall "
+            f"poster-fer, pass a model file with --detector-model PATH, use --detector-model {YUNET_ZOO} to "
+            "download the OpenCV Zoo's copy, or use --detector haar (weaker, no real landmarks)."
+        )
+    return path
+
+
+def yunet_model_path(
+    model_path: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+) -> Path:
+    """Choose the YuNet file: the bundled one unless the caller asked for another, so the default stays offline.
+
+    ``"bundled"``, or ``None`` without ``cache_dir``: the bundled file. ``"zoo"``, or ``None`` with ``cache_dir``
+    (an explicit request for a cache): the Zoo's file from the per-user cache (or ``cache_dir``), downloaded there
+    when missing and ``download`` allows it, see :func:`resolve_yunet_model`. Anything else is a file path, used
+    as is (the keywords are only recognised as ``str``: write ``./zoo`` or pass a ``Path`` for a file so named).
+    """
+    keyword = model_path if isinstance(model_path, str) else None
+    if keyword == YUNET_BUNDLED or (model_path is None and cache_dir is None):
+        return bundled_yunet_path()
+    if keyword == YUNET_ZOO:
+        model_path = None
+    return resolve_yunet_model(model_path, cache_dir, download=download)
+
+
 def resolve_yunet_model(
     model_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -99,7 +149,7 @@ def resolve_yunet_model(
     url: str = YUNET_URL,
     sha256: str = YUNET_SHA256,
 ) -> Path:
-    """Locate the YuNet ONNX file: ``model_path`` if given, else the cache, else download it into the cache.
+    """Locate a non-bundled YuNet file: ``model_path`` if given, else the cache, else download it into the cache.
 
     An explicit path is used as is (any YuNet export OpenCV can read). A file already in the cache is
     trusted without re-hashing, so a user may drop a copy there by hand; files only get there from this
@@ -116,7 +166,8 @@ def resolve_yunet_model(
         return cached
     help_text = (
         f"Download it from {url} (sha256 {sha256}) and place it at {cached}, "
-        "pass its path with --detector-model PATH, or use --detector haar (weaker, no real landmarks)."
+        "pass its path with --detector-model PATH, leave --detector-model out to use the bundled copy, or use "
+        "--detector haar (weaker, no real landmarks)."
     )
     if not download:
         raise DetectorModelError(f"YuNet face detector model not found at {cached}. {help_text}")

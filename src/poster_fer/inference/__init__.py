@@ -14,6 +14,7 @@ The command line front end is ``poster-fer predict``; see docs/inference.md.
 from .annotate import class_colour, draw_predictions
 from .backends import InferenceError, OnnxBackend, TorchBackend, load_backend, resolve_device
 from .preprocess import DEFAULT_GEOMETRY, Preprocessing
+from .quick import default_recognizer, predict
 from .recognizer import DEFAULT_DETECT_SIZE, FaceResult, ImagePrediction, Recognizer
 from .records import RECORD_KEYS, RecordWriter, csv_columns, error_record, face_record, no_face_record
 from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Source, VideoError, VideoReader, collect_sources
@@ -42,10 +43,12 @@ __all__ = [
     "class_colour",
     "collect_sources",
     "csv_columns",
+    "default_recognizer",
     "draw_predictions",
     "error_record",
     "face_record",
     "load_backend",
     "no_face_record",
+    "predict",
     "resolve_device",
 ]

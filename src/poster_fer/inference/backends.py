@@ -3,6 +3,11 @@
 Keeping the model behind ``__call__(float32 (B, 3, S, S)) -> logits (B, C)`` plus a ``meta`` record lets the
 same face pipeline drive a PyTorch model (CPU or CUDA) or an exported ONNX file in ONNX Runtime, so the two
 cannot drift apart in preprocessing.
+
+The logits a backend returns are already divided by the calibration temperature its metadata records
+(``meta["temperature"]``, 1 when absent; ``backend.temperature``), so whatever applies the softmax gets
+calibrated confidences from either backend, and the two cannot drift apart in calibration either. The
+argmax is unchanged. ONNX files hold the raw-logit graph and carry the temperature as metadata.
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ class Backend(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
+def _temperature(meta: dict[str, Any], where: Any) -> float:
+    """The metadata's calibration temperature (1.0 when absent), refusing a value that cannot scale logits."""
+    from ..weights.io import get_temperature
+
+    try:
+        return get_temperature(meta)
+    except ValueError as err:
+        raise InferenceError(f"{where}: bad calibration temperature in the metadata ({err})") from None
+
+
 def resolve_device(device: str | None) -> str:
     """:func:`poster_fer.devices.resolve_device` as the string the backends keep, failing as an InferenceError."""
     from ..devices import DeviceError
@@ -48,7 +63,8 @@ class TorchBackend:
 
     ``autocast`` ("bf16" or "fp16") runs the forward pass under :func:`torch.autocast` on the model's device;
     logits are always returned as float32. ``fused_attention`` switches attention to PyTorch's fused kernel,
-    which is faster and equal to the explicit softmax up to float rounding.
+    which is faster and equal to the explicit softmax up to float rounding. Logits are divided by the
+    model's calibration temperature (``model.meta["temperature"]``, 1 when absent).
     """
 
     def __init__(self, model: Any, device: str = "cpu", autocast: str | None = None,
@@ -69,6 +85,7 @@ class TorchBackend:
             from ..weights.official import default_classes
 
             self.meta["classes"] = default_classes(int(model.cfg.num_classes))
+        self.temperature = _temperature(self.meta, getattr(model, "model_name", "model"))
         dtypes = {None: None, "none": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                   "fp16": torch.float16, "float16": torch.float16}
         if autocast not in dtypes:
@@ -84,11 +101,18 @@ class TorchBackend:
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:
             logits = self.model(x)
-        return logits.float().cpu().numpy()
+        logits = logits.float()
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return logits.cpu().numpy()
 
 
 class OnnxBackend:
-    """An exported ``.onnx`` file run by ONNX Runtime through :class:`poster_fer.export.OnnxRuntimeModel`."""
+    """An exported ``.onnx`` file run by ONNX Runtime through :class:`poster_fer.export.OnnxRuntimeModel`.
+
+    The file's graph returns raw logits; they are divided here by the temperature its metadata records, as
+    :class:`TorchBackend` does for the checkpoint it was exported from.
+    """
 
     def __init__(self, path: str | os.PathLike[str], device: str = "cpu") -> None:
         try:
@@ -106,10 +130,12 @@ class OnnxBackend:
         if "classes" not in self.meta or "preprocessing" not in self.meta:
             raise InferenceError(f"{self.path}: the ONNX file carries no poster-fer metadata (classes, "
                                  "preprocessing); export it with `poster-fer export`")
+        self.temperature = _temperature(self.meta, self.path)
         self.device = device
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+        logits = np.asarray(self.session(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+        return logits if self.temperature == 1.0 else logits / np.float32(self.temperature)
 
 
 def load_backend(

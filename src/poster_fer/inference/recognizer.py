@@ -19,7 +19,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..faces import DEFAULT_MAX_PIXELS, Face, FaceDetector, build_detector, load_image, to_rgb_array
+from ..faces import (
+    DEFAULT_MAX_PIXELS,
+    Face,
+    FaceDetector,
+    build_detector,
+    drop_invalid_faces,
+    load_image,
+    to_rgb_array,
+)
+from ..hub import DEFAULT_MODEL, pretrained_path
 from .backends import Backend, InferenceError, TorchBackend, load_backend
 from .preprocess import Preprocessing
 
@@ -83,12 +92,15 @@ class ImagePrediction:
     """What :meth:`Recognizer.iter_predict` yields per input: its key, its faces, or the error it raised.
 
     ``image`` is the RGB uint8 array that was analysed (for drawing); None when the input failed to load.
+    ``dropped`` counts the detections thrown out as impossible faces (non-finite, empty or off-image boxes, see
+    :func:`poster_fer.faces.drop_invalid_faces`), so a detector's garbage is reported rather than classified.
     """
 
     key: Any
     faces: list[FaceResult]
     error: BaseException | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    dropped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -103,7 +115,9 @@ class Recognizer:
     into batches of ``batch_size`` before each forward pass.
 
     Args:
-        backend: a :class:`~poster_fer.inference.backends.Backend` (model + metadata).
+        backend: a :class:`~poster_fer.inference.backends.Backend` (model + metadata), a checkpoint path
+            (opened with the torch backend, ONNX files with onnxruntime), or None for the default model
+            shipped in the package (:data:`poster_fer.hub.DEFAULT_MODEL`).
         detector: a detector object, a name ("yunet", "haar"), or None (then only ``detect=False`` works).
         batch_size: faces per forward pass.
         max_faces: keep at most this many faces per image (the detector's best first); None keeps all.
@@ -114,7 +128,7 @@ class Recognizer:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: Backend | str | os.PathLike[str] | None = None,
         detector: FaceDetector | str | None = "yunet",
         batch_size: int = 32,
         max_faces: int | None = None,
@@ -125,6 +139,8 @@ class Recognizer:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if backend is None or isinstance(backend, (str, os.PathLike)):
+            backend = load_backend(pretrained_path(DEFAULT_MODEL) if backend is None else backend)
         self.backend = backend
         self.meta: dict[str, Any] = backend.meta
         self.classes: list[str] = [str(c) for c in self.meta.get("classes") or []]
@@ -150,7 +166,7 @@ class Recognizer:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
         device: str = "cpu",
         detector: FaceDetector | str | None = "yunet",
         detector_model: str | os.PathLike[str] | None = None,
@@ -162,13 +178,17 @@ class Recognizer:
         autocast: str | None = None,
         **kwargs: Any,
     ) -> Recognizer:
-        """Open a checkpoint: a poster-fer directory / ``.safetensors``, an official ``.pth`` (``model`` names
-        its variant, default ``poster_v1``), or an ``.onnx`` export (``backend="onnxruntime"``).
+        """Open a checkpoint (None: the shipped default model): a poster-fer directory / ``.safetensors``, an
+        official ``.pth`` (``model`` names its variant, default ``poster_v1``), or an ``.onnx`` export
+        (``backend="onnxruntime"``).
 
-        ``detector_model`` is the YuNet file (else the per-user cache, downloaded on first use). Other keyword
+        ``detector_model`` is the YuNet file (default: the one bundled in the package; ``"zoo"``: the OpenCV
+        Zoo file in the per-user cache, downloaded on first use). Other keyword
         arguments (``batch_size``, ``max_faces``, ``detect_size``, ``max_pixels``, ``score_threshold``) go to
         the constructor.
         """
+        if path is None:
+            path = pretrained_path(DEFAULT_MODEL)
         be = load_backend(path, backend=backend, device=device, model=model, num_classes=num_classes,
                           classes=classes, channel_order=channel_order, autocast=autocast)
         return cls(be, detector=detector, detector_model=detector_model, **kwargs)
@@ -191,11 +211,18 @@ class Recognizer:
         return to_rgb_array(x)
 
     def detect(self, image: ImageLike) -> list[Face]:
-        """Faces in ``image`` (full-resolution coordinates), best first, at most ``max_faces``."""
+        """Faces in ``image`` (full-resolution coordinates), best first, at most ``max_faces``.
+
+        Detections that cannot be faces are left out (see :func:`poster_fer.faces.drop_invalid_faces`);
+        :meth:`iter_predict` reports how many in :attr:`ImagePrediction.dropped`.
+        """
+        return self._detect(self.load(image))[0]
+
+    def _detect(self, rgb: np.ndarray) -> tuple[list[Face], int]:
+        """:meth:`detect` on a loaded image, plus the number of invalid detections dropped."""
         if self.detector is None:
             raise InferenceError("this recognizer has no face detector; give one, or pass detect=False for "
                                  "inputs that are already aligned face crops")
-        rgb = self.load(image)
         h, w = rgb.shape[:2]
         side = max(h, w)
         scale = 1.0
@@ -210,7 +237,11 @@ class Recognizer:
             faces = [_rescale(f, sx, sy) for f in self.detector.detect(small)]
         else:
             faces = self.detector.detect(rgb)
-        return faces[: self.max_faces] if self.max_faces else faces
+        # checked before max_faces, so garbage (YuNet gives it score 1.0) cannot take a real face's place
+        faces, dropped = drop_invalid_faces(faces, (w, h))
+        if dropped:
+            log.debug("dropped %d invalid detection(s): %s", len(dropped), "; ".join(dropped))
+        return (faces[: self.max_faces] if self.max_faces else faces), len(dropped)
 
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(N, C)`` for prepared crops (aligned, colour-handled, uint8 RGB)."""
@@ -265,18 +296,20 @@ class Recognizer:
             if isinstance(x, BaseException):
                 pending.append((ImagePrediction(key, [], error=x), [], []))
                 continue
+            dropped = 0
             try:
                 rgb = self.load(x)
                 if detect:
-                    faces: list[Face | None] = list(self.detect(rgb))
-                    crops = [self.preprocessing.align(rgb, f.landmarks) for f in faces]  # type: ignore[union-attr]
+                    found, dropped = self._detect(rgb)
+                    faces: list[Face | None] = list(found)
+                    crops = [self.preprocessing.align(rgb, f.landmarks) for f in found]
                 else:
                     faces = [None]
                     crops = [self.preprocessing.prepare_crop(rgb)]
             except _INPUT_ERRORS as err:
                 pending.append((ImagePrediction(key, [], error=err), [], []))
                 continue
-            pending.append((ImagePrediction(key, [], image=rgb), faces, crops))
+            pending.append((ImagePrediction(key, [], image=rgb, dropped=dropped), faces, crops))
             waiting += len(crops)
             if waiting >= self.batch_size:
                 yield from self._flush(pending, return_crops)

@@ -8,7 +8,8 @@ Every record has the same keys whatever happened, so downstream tools can rely o
 ``face``                face index within the image/frame (best detection first); null without a face
 ``track``               stable id of the face across frames (videos); null for images
 ``status``              ``"ok"``, ``"no_face"`` (read fine, nothing found) or ``"error"``
-``error``               why the input failed (``status == "error"``), else null
+``error``               why the input failed (``status == "error"``); ``"no face found"`` for ``"no_face"``, plus
+                        how many invalid detections were dropped when there were any; else null
 ``box``                 ``[x, y, w, h]`` in the input's pixels
 ``landmarks``           5 x ``[x, y]``: right eye, left eye, nose tip, right and left mouth corner (subject's
                         right first), null for ``--no-detect``
@@ -64,9 +65,17 @@ def face_record(source: str, face_index: int, result: FaceResult, frame: int | N
     return rec
 
 
-def no_face_record(source: str, frame: int | None = None, time: float | None = None) -> dict[str, Any]:
-    """Record for an input (or frame) that was read fine but where no face was found."""
-    return _base(source, frame, time, "no_face", "no face found")
+def no_face_record(source: str, frame: int | None = None, time: float | None = None,
+                   dropped: int = 0) -> dict[str, Any]:
+    """Record for an input (or frame) that was read fine but where no face was found.
+
+    ``dropped`` invalid detections (see :func:`poster_fer.faces.drop_invalid_faces`) are named in ``error``, so
+    "the detector returned only garbage" reads differently from "the detector found nothing".
+    """
+    reason = "no face found"
+    if dropped:
+        reason += f" ({dropped} invalid detection{'s' if dropped != 1 else ''} dropped)"
+    return _base(source, frame, time, "no_face", reason)
 
 
 def error_record(source: str, error: str, frame: int | None = None, time: float | None = None) -> dict[str, Any]:

@@ -5,9 +5,42 @@ Names of submodules follow the official POSTER code so that state_dict keys matc
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@functools.lru_cache(maxsize=32)
+def _pool_weights(h: int, w: int, m: int) -> np.ndarray:
+    """(h*w, m*m) averaging weights of adaptive average pooling from (h, w) to (m, m): output row i averages
+    input rows ``[floor(i * h / m), ceil((i + 1) * h / m))`` (PyTorch's definition), columns likewise."""
+
+    def axis(n: int) -> np.ndarray:
+        a = np.zeros((m, n), dtype=np.float64)
+        for i in range(m):
+            lo, hi = (i * n) // m, -((-(i + 1) * n) // m)
+            a[i, lo:hi] = 1.0 / (hi - lo)
+        return a
+
+    return np.kron(axis(h), axis(w)).T.astype(np.float32)
+
+
+def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` that also exports to ONNX when the map does not divide evenly.
+
+    Why: the CPU-sized models pool a 6x6 (image) or 5x5 (landmark) map up to POSTER's 7x7 token grid, which the
+    ONNX exporter refuses; as two small matrix products the same numbers export (equal to ~1e-7).
+    """
+    h, w = x.shape[-2:]
+    if h % size == 0 and w % size == 0:
+        return F.adaptive_avg_pool2d(x, size)
+    # One constant (H*W, size*size) matrix on the right of the flattened map: a plain 2-D MatMul when exported.
+    k = torch.from_numpy(_pool_weights(int(h), int(w), size)).to(device=x.device, dtype=x.dtype)
+    b, c = x.shape[:2]
+    return torch.matmul(x.reshape(b, c, h * w), k).reshape(b, c, size, size)
 
 
 class DropPath(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ir import IRBackbone, IRConfig
-from .layers import ClassificationHead, CrossAttention, DropPath, Mlp, SEBlock, ViTBlock
+from .layers import ClassificationHead, CrossAttention, DropPath, Mlp, SEBlock, ViTBlock, adaptive_avg_pool
 from .mobilefacenet import MobileFaceNet
 from .registry import register_family, register_model
 
@@ -257,13 +257,13 @@ class Poster(nn.Module):
         if self.cfg.image_tokens == "view":
             # Official: raw reinterpretation of NCHW memory, not spatial patches (token 0 = channels 0..5).
             return m.reshape(b, 49, -1)
-        return F.adaptive_avg_pool2d(m, 7).flatten(2).transpose(1, 2)  # (B, 49, C)
+        return adaptive_avg_pool(m, 7).flatten(2).transpose(1, 2)  # (B, 49, C)
 
     def landmark_features(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen landmark tokens: (B, 3, H, W) -> (B, 49, 512). Cacheable: they never train."""
         (m,) = self.face_landback(self._resize(x, self.cfg.landmark_size))  # (B, 512, 7, 7) at 112
         if m.shape[-2:] != (7, 7):
-            m = F.adaptive_avg_pool2d(m, 7)
+            m = adaptive_avg_pool(m, 7)
         return m.flatten(2).transpose(1, 2)
 
     def forward_features(self, x: torch.Tensor, landmark_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -308,6 +308,12 @@ register_model("poster_v1_baseline_pyramid", "poster_v1", "Table 4 (d): baseline
                fusion="self", pyramid=True)
 register_model("poster_v1_baseline_crossfusion", "poster_v1", "Table 4 (e): baseline + cross-fusion",
                fusion="cross", pyramid=False)
+# The model in the box (configs/ferplus_default.yaml, docs/model-card.md): 48 px grey faces, landmarks at 80 px,
+# 8 FER+ classes. Its trained weights ship in the package (poster_fer.hub).
+register_model("poster_v1_ferplus_s", "poster_v1", "small two-stream POSTER trained on FER+ (the default model)",
+               num_classes=8, input_size=48, backbone_size=48, landmark_size=80, image_tokens="pool",
+               dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
+               ir=IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32))
 register_model("poster_v1_tiny", "poster_v1", "a few-layer POSTER for tests", **_TINY)
 register_model("poster_v1_tiny_image_only", "poster_v1", "tiny image-only POSTER for tests",
                streams="image", fusion="self", pyramid=False, **_TINY)

@@ -172,6 +172,25 @@ def _finite(x: float) -> float | None:
 # -------------------------------------------------------------------------------------------------- model ----
 
 
+def check_inputs_exist(recipe: dict[str, Any]) -> None:
+    """Fail before minutes of data loading when a file the recipe names is missing, naming the setting to fix.
+
+    Why: the development recipes find their files under ``${shared}``; users have the files elsewhere, under
+    the authors' names (``mobilefacenet_model_best.pth.tar``, ``ir50.pth``), and need to be told which override
+    points at them.
+    """
+    hints = {"mobilefacenet": "the POSTER authors' mobilefacenet_model_best.pth.tar",
+             "ir50": "the POSTER authors' ir50.pth (MS-Celeb-1M IR-50)"}
+    for key, path in (recipe["model"].get("pretrained") or {}).items():
+        if path and not Path(path).expanduser().is_file():
+            raise FileNotFoundError(
+                f"model.pretrained.{key}: {path}: no such file; pass model.pretrained.{key}=PATH (the file is "
+                f"{hints.get(key, 'a pretrained backbone')}), or model.pretrained.{key}=null to start from scratch")
+    root = recipe["data"].get("root")
+    if root is not None and not Path(root).expanduser().exists():
+        raise FileNotFoundError(f"data root {root}: no such file or folder; pass --data PATH (or data.root=PATH)")
+
+
 def build_model(recipe: dict[str, Any], num_classes: int, report: list[str]) -> nn.Module:
     """``create_model(model.name, num_classes=..., **model.config)`` plus pretrained backbone files."""
     from .. import create_model
@@ -303,6 +322,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     say(f"[train] recipe {recipe['name']} -> {run_dir} (device {device}, world {env.world_size}, "
         f"global batch {global_batch}, amp {amp_dtype or 'off'}, threads {torch.get_num_threads()})")
     t = time.monotonic()
+    check_inputs_exist(recipe)
     datasets = load_splits(recipe["data"], seed=int(recipe["data"].get("subset_seed", 0)))
     seed_all(seed)  # identical model initialisation on every rank
     model = build_model(recipe, len(datasets["train"].classes), pre)

@@ -3,13 +3,15 @@
 A saved model is a directory holding ``model.safetensors`` (every tensor, the frozen landmark network
 included) and ``meta.json``; the same record is also embedded in the safetensors header so a lone
 ``.safetensors`` file is self-describing. The record names the registered variant, its family and full config,
-the class names and the preprocessing (input size, mean/std, channel order), plus provenance and metrics.
+the class names and the preprocessing (input size, mean/std, channel order), plus provenance and metrics,
+and optionally the softmax ``temperature`` fitted for calibrated confidences (1.0 when absent).
 Loading rebuilds the model from the record alone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +32,44 @@ META_FILE = "meta.json"
 _HEADER_KEY = "poster_fer_meta"
 
 
+def get_temperature(meta: Any) -> float:
+    """The calibration temperature a metadata record (or a model with ``.meta``) stores; 1.0 when it has none.
+
+    Every inference path divides logits by this before the softmax, so one stored number calibrates them all.
+    """
+    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
+    value = record.get("temperature")
+    return 1.0 if value is None else validate_temperature(value)
+
+
+def set_temperature(target: Any, temperature: float) -> dict[str, Any]:
+    """Store ``temperature`` in a metadata dict, or in a model's ``meta`` (created if missing); returns the dict.
+
+    The value is saved by :func:`save_model` and carried into ONNX exports.
+    """
+    value = validate_temperature(temperature)
+    if isinstance(target, dict):
+        meta = target
+    else:
+        meta = getattr(target, "meta", None)
+        if meta is None:
+            meta = {}
+            target.meta = meta
+    meta["temperature"] = value
+    return meta
+
+
+def validate_temperature(value: Any) -> float:
+    """``value`` as a float, refusing what cannot scale logits (zero, negative, NaN, inf, not a number)."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a positive number, got {value!r}") from None
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
+    return t
+
+
 def default_preprocessing(model: nn.Module) -> dict[str, Any]:
     return {"input_size": int(model.cfg.input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "channel_order": "RGB"}
@@ -47,6 +87,8 @@ def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
     prep = {**default_preprocessing(model), **(meta.get("preprocessing") or {})}
     if prep["channel_order"] not in ("RGB", "BGR"):
         raise ValueError(f"channel_order must be 'RGB' or 'BGR', not {prep['channel_order']!r}")
+    if meta.get("temperature") is not None:
+        meta["temperature"] = validate_temperature(meta["temperature"])
     meta.update({
         "format": FORMAT,
         "model": getattr(model, "model_name", None),
@@ -64,7 +106,7 @@ def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
     """Save ``model`` to directory ``path`` (``model.safetensors`` + ``meta.json``); returns the directory.
 
     Keyword arguments become metadata (``classes=[...]``, ``preprocessing={...}``, ``provenance={...}``,
-    ``metrics={...}``), merged over ``model.meta``.
+    ``metrics={...}``, ``temperature=1.7``), merged over ``model.meta``.
     """
     path = Path(path)
     meta = build_metadata(model, **metadata)

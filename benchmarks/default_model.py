@@ -1,0 +1,171 @@
+"""Turn the ``ferplus_default`` training run into the shipped default model, and record what it scores.
+
+Why a script and not a training option: shipping is a separate, auditable step. It reads the run's best
+(validation-selected, EMA) model and, in this order:
+
+1. fits one temperature on the FER+ validation split (raw logits, no TTA);
+2. stores the weights as float16 (half the package size) and checks on the validation split that this moves
+   accuracy by at most 0.1 point (the test split is not used to decide anything);
+3. evaluates the FER+ majority test split once per variant: the float32 model, the float16 model as shipped,
+   and the shipped model with flip TTA; writes the full report (confusion, per-class table, reliability
+   diagram) of the shipped model next to the results;
+4. writes ``benchmarks/results/default_model.json`` (the training run's record plus these numbers) and saves
+   the model into ``src/poster_fer/pretrained/<name>``.
+
+    python benchmarks/default_model.py --run runs/ferplus_default
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poster_fer import load_model, save_model
+from poster_fer.assets import shared_path
+from poster_fer.data import build_dataset
+from poster_fer.evaluation import evaluate_dataset, expected_calibration_error, fit_temperature, run_evaluation
+from poster_fer.evaluation.evaluate import eval_transform
+from poster_fer.hub import DEFAULT_MODEL, pretrained_root
+from poster_fer.models import config_to_dict, create_model
+from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_FP16_DELTA = 0.001  # accuracy, as a fraction
+
+
+def _half_rounded(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as it will load from float16 storage: every float tensor rounded through float16."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in list(out.state_dict(keep_vars=True).values()):
+            if t.dtype.is_floating_point:
+                t.data.copy_(t.data.half().float())
+    out.meta = copy.deepcopy(getattr(model, "meta", {}))
+    return out
+
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    keep = ("num_samples", "accuracy", "mean_class_accuracy", "macro_f1", "per_class", "nll", "ece",
+            "ece_calibrated", "temperature", "confusion")
+    return {k: m[k] for k in keep if k in m}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", default="runs/ferplus_default", help="training run directory (best/, results.json)")
+    p.add_argument("--data", default=str(shared_path("data", "fer2013")), help="folder with the FER+ CSVs")
+    p.add_argument("--name", default=DEFAULT_MODEL, help="registered name the shipped model carries")
+    p.add_argument("--out-model", default=None, help="default: src/poster_fer/pretrained/<name>")
+    p.add_argument("--results", default="benchmarks/results/default_model.json")
+    p.add_argument("--report-dir", default="benchmarks/results/default_model")
+    p.add_argument("--batch-size", type=int, default=256)
+    args = p.parse_args(argv)
+    t0 = time.time()
+    torch.set_num_threads(2)
+    run = Path(args.run)
+    train_record = json.loads((run / "results.json").read_text())
+    model = load_model(run / "best")
+    # Rebuild under the registered name (same config) so `create_model(name, pretrained=True)` rebuilds it.
+    named = create_model(args.name)
+    if config_to_dict(named.cfg) != config_to_dict(model.cfg):
+        raise SystemExit(f"{run / 'best'} does not have the config registered as {args.name!r}")
+    named.load_state_dict(model.state_dict())
+    named.meta = copy.deepcopy(model.meta)
+    named.eval()
+    model = named
+
+    val = build_dataset("ferplus", args.data, "val")
+    test = build_dataset("ferplus", args.data, "test")
+    tf = eval_transform(model.meta["preprocessing"])
+
+    # 1. temperature on validation logits
+    v = run_evaluation(model, val, batch_size=args.batch_size, transform=tf, desc="val")
+    temperature = fit_temperature(v["logits"], v["y_true"])
+    z = torch.as_tensor(v["logits"])
+    val_probs = z.softmax(-1).numpy()
+    val_probs_t = (z / temperature).softmax(-1).numpy()
+    val_record = {"accuracy": float((v["y_pred"] == v["y_true"]).mean()),
+                  "ece": expected_calibration_error(val_probs, v["y_true"]),
+                  "ece_calibrated": expected_calibration_error(val_probs_t, v["y_true"]),
+                  "temperature": temperature, "num_samples": int(len(v["y_true"]))}
+    print(f"[val] accuracy {val_record['accuracy']:.4f}; temperature {temperature:.4f}; ECE "
+          f"{val_record['ece']:.4f} -> {val_record['ece_calibrated']:.4f}")
+    model.meta["temperature"] = temperature
+
+    # 2. float16 storage, decided on validation
+    half = _half_rounded(model)
+    vh = run_evaluation(half, val, batch_size=args.batch_size, transform=tf, desc="val fp16")
+    val_fp16_acc = float((vh["y_pred"] == vh["y_true"]).mean())
+    fp16_delta = val_fp16_acc - val_record["accuracy"]
+    if abs(fp16_delta) > MAX_FP16_DELTA:
+        raise SystemExit(f"float16 storage moves validation accuracy by {fp16_delta * 100:.2f} points; keep float32")
+    val_record["accuracy_fp16"] = val_fp16_acc
+
+    # 3. test, once per variant
+    test_fp32 = evaluate_dataset(model, test, batch_size=args.batch_size, make_plots=False, progress=True)
+    test_fp16 = evaluate_dataset(half, test, args.report_dir, batch_size=args.batch_size, checkpoint=args.name,
+                                 provenance={"shipped_as": f"src/poster_fer/pretrained/{args.name}",
+                                             "storage": "float16"})
+    test_tta = evaluate_dataset(half, test, batch_size=args.batch_size, tta="flip", make_plots=False)
+    for tag, m in (("fp32", test_fp32), ("fp16 (shipped)", test_fp16), ("fp16 + flip TTA", test_tta)):
+        print(f"[test] {tag}: accuracy {m['accuracy']:.4f}, mean class {m['mean_class_accuracy']:.4f}")
+
+    # 4. ship and record
+    out_model = Path(args.out_model) if args.out_model else pretrained_root() / args.name
+    shipped = copy.deepcopy(model).half()
+    shipped.model_name = args.name
+    metrics = {"val": {**_summary(train_record["metrics"]["val"]), **val_record},
+               "test": _summary(test_fp16)}
+    save_model(shipped, out_model, temperature=temperature, metrics=metrics,
+               provenance={"recipe": train_record.get("recipe"), "command": train_record.get("command"),
+                           "git_revision": train_record.get("git_revision"), "storage": "float16",
+                           "training_wall_time_s": train_record.get("wall_time_s"),
+                           "epochs_run": train_record.get("epochs_run"),
+                           "machine": train_record.get("machine"), "model_card": "docs/model-card.md"})
+    size = (out_model / "model.safetensors").stat().st_size
+    record = {
+        "recipe": train_record.get("recipe"),
+        "model": args.name,
+        "model_config": config_to_dict(model.cfg),
+        "params": train_record.get("params"),
+        "command": train_record.get("command"),
+        "ship_command": "python benchmarks/" + " ".join(shlex.quote(a) for a in [Path(__file__).name, *sys.argv[1:]]),
+        "git_revision": train_record.get("git_revision"),
+        "ship_git": git_state(),
+        "machine": {**(train_record.get("machine") or {}), "cpu_model": cpu_model(), "cpu_flags": cpu_flags()},
+        "ship_load_average": load_average(),
+        "wall_time_s": train_record.get("wall_time_s"),
+        "epochs_run": train_record.get("epochs_run"),
+        "data": train_record.get("data"),
+        "metrics": {"val": metrics["val"], "test": {**_summary(test_fp16), "storage": "float16"}},
+        "tta": {"none": {"accuracy": test_fp16["accuracy"], "mean_class_accuracy": test_fp16["mean_class_accuracy"]},
+                "flip": _summary(test_tta)},
+        "fp32": {"test": _summary(test_fp32), "val_accuracy": val_record["accuracy"]},
+        "fp16": {"val_accuracy": val_fp16_acc, "val_delta_points": round(fp16_delta * 100, 3),
+                 "test_delta_points": round((test_fp16["accuracy"] - test_fp32["accuracy"]) * 100, 3),
+                 "weights_bytes": size},
+        "calibration": {"temperature": temperature, "fitted_on": "FER+ val (PublicTest), raw logits",
+                        "val": {k: val_record[k] for k in ("ece", "ece_calibrated")},
+                        "test": {k: test_fp16.get(k) for k in ("ece", "ece_calibrated")}},
+        "targets": {"accuracy": 0.88, "mean_class_accuracy": 0.65},
+        "report_dir": args.report_dir,
+        "shipped_model": str(out_model.relative_to(REPO) if out_model.is_relative_to(REPO) else out_model),
+        "training_history": train_record.get("history"),
+        "ship_wall_time_s": round(time.time() - t0, 1),
+    }
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"[ship] {out_model} ({size / 1e6:.1f} MB), results {args.results}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

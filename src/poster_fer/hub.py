@@ -1,0 +1,66 @@
+"""Pretrained models shipped inside the package, and ``create_model(name, pretrained=True)``.
+
+Why in the package: a FER tool must label a photo right after ``pip install``, offline. The project's own
+default model (trained by ``configs/ferplus_default.yaml``, see ``docs/model-card.md``) is stored as package
+data in ``poster_fer/pretrained/<name>/`` in our safetensors format (float16 storage, loaded as float32), next
+to the YuNet face detector. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .models import create_model as _create_registered
+from .models import list_models
+from .weights import CheckpointError, load_model
+
+#: The model ``poster-fer predict``, :class:`poster_fer.Recognizer` and :func:`poster_fer.predict` use when
+#: given no weights.
+DEFAULT_MODEL = "poster_v1_ferplus_s"
+
+#: Registered variants that have weights in the package (name -> folder under ``poster_fer/pretrained``).
+PRETRAINED: dict[str, str] = {DEFAULT_MODEL: DEFAULT_MODEL}
+
+
+def pretrained_root() -> Path:
+    """The package-data folder holding shipped weights (``poster_fer/pretrained``)."""
+    return Path(__file__).resolve().parent / "pretrained"
+
+
+def list_pretrained() -> list[str]:
+    """Registered names whose weights ship with the package (whether or not this install has them)."""
+    return sorted(PRETRAINED)
+
+
+def pretrained_path(name: str = DEFAULT_MODEL) -> Path:
+    """The saved-model directory of a shipped model; a clear error when it is unknown or absent."""
+    if name not in PRETRAINED:
+        raise KeyError(f"no pretrained weights for {name!r}; shipped: {list_pretrained()} "
+                       f"(registered architectures: {', '.join(list_models())})")
+    path = pretrained_root() / PRETRAINED[name]
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"{path}: the pretrained weights of {name!r} are missing from this installation "
+                              "(a source checkout made before the model was trained, or a broken install); "
+                              "reinstall poster-fer or pass --weights / a checkpoint path")
+    return path
+
+
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> nn.Module:
+    """Build the registered variant ``name``; with ``pretrained=True`` load its shipped weights (timm's convention).
+
+    Config overrides cannot be combined with ``pretrained=True`` (the weights fit one config), except
+    ``num_classes`` equal to the shipped one. The pretrained model comes back in eval mode with ``model.meta``
+    (classes, preprocessing, temperature) set.
+    """
+    if not pretrained:
+        return _create_registered(name, **overrides)
+    model = load_model(pretrained_path(name))
+    clashing = {k: v for k, v in overrides.items() if getattr(model.cfg, k, object()) != v}
+    if clashing:
+        raise ValueError(f"{name!r} pretrained weights fit its shipped config; cannot override {clashing} "
+                         "(build with pretrained=False and fine-tune instead)")
+    model.model_name = name
+    return model
