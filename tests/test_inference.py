@@ -30,6 +30,7 @@ from poster_fer.inference import (
     IoUTracker,
     Preprocessing,
     Recognizer,
+    TorchBackend,
     VideoReader,
     box_iou,
     draw_predictions,
@@ -509,3 +510,16 @@ def test_draw_predictions_marks_the_face_and_keeps_the_input():
     assert out.shape == img.shape and (img == 128).all()  # drawn on a copy
     assert (out[20:80, 20] != 128).any()  # box edge
     assert (out[20:50, 80:190] != 128).any()  # probability panel beside the box
+
+
+def test_torch_backend_fast_paths_are_exact_and_leave_the_model_alone():
+    torch.manual_seed(0)
+    model = create_model("poster_v1_tiny", num_classes=8, input_size=48, backbone_size=48, landmark_size=80,
+                         image_tokens="pool").eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast, plain = TorchBackend(model, fast=True), TorchBackend(model, fast=False)
+    assert fast.net is not fast.model and plain.net is plain.model
+    x = np.random.default_rng(0).standard_normal((3, 3, 48, 48)).astype(np.float32)
+    a, b = fast(x), plain(x)
+    assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-4
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -13,6 +13,7 @@ argmax is unchanged. ONNX files hold the raw-logit graph and carry the temperatu
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ __all__ = ["Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_bac
 
 _OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
 
+
+log = logging.getLogger(__name__)
 
 class InferenceError(RuntimeError):
     """The recognizer cannot be set up as asked (missing backend, device, unreadable model); says what to do."""
@@ -64,11 +67,12 @@ class TorchBackend:
     ``autocast`` ("bf16" or "fp16") runs the forward pass under :func:`torch.autocast` on the model's device;
     logits are always returned as float32. ``fused_attention`` switches attention to PyTorch's fused kernel,
     which is faster and equal to the explicit softmax up to float rounding. Logits are divided by the
-    model's calibration temperature (``model.meta["temperature"]``, 1 when absent).
+    model's calibration temperature (``model.meta["temperature"]``, 1 when absent). ``fast`` runs a copy
+    through the exact fast paths of :mod:`poster_fer.fastpath` (``self.net``; ``self.model`` is the original).
     """
 
     def __init__(self, model: Any, device: str = "cpu", autocast: str | None = None,
-                 fused_attention: bool = True) -> None:
+                 fused_attention: bool = True, fast: bool = True) -> None:
         import torch
 
         from ..models import set_fused_attention
@@ -91,6 +95,16 @@ class TorchBackend:
         if autocast not in dtypes:
             raise InferenceError(f"autocast must be 'bf16', 'fp16' or None, not {autocast!r}")
         self.autocast = dtypes[autocast]
+        # The exact fast paths (BN folded into convs, trivial layers simplified, channels-last convolutions;
+        # outputs equal to ~1e-6, checked in tests) on a copy: ``self.model`` stays the model as given.
+        self.net = self.model
+        if fast:
+            from ..fastpath import optimize_for_inference
+
+            try:
+                self.net = optimize_for_inference(self.model, precision="fp32", fused_attention=fused_attention)
+            except (TypeError, ValueError, AttributeError, RuntimeError) as err:
+                log.warning("inference fast paths unavailable for this model (%s); running it as is", err)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -100,7 +114,7 @@ class TorchBackend:
         amp = (torch.autocast(dev_type, dtype=self.autocast) if self.autocast is not None
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:
-            logits = self.model(x)
+            logits = self.net(x)
         logits = logits.float()
         if self.temperature != 1.0:
             logits = logits / self.temperature

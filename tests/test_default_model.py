@@ -1,0 +1,108 @@
+"""The default model in the box: shipped files are the pinned ones, its metadata travels through every path,
+and it labels a real face through every public entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import poster_fer
+from poster_fer.cli import main
+from poster_fer.hub import DEFAULT_MODEL, pretrained_path, pretrained_root
+from poster_fer.samples import sample_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: sha256 of every file the package ships as data. A change here is a new release of the model (update the
+#: model card and benchmarks/results/default_model.json with it).
+PINNED = {
+    "pretrained/face_detection_yunet.onnx": "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+    "pretrained/poster_v1_ferplus_s/model.safetensors": "@@MODEL_SHA@@",
+    "pretrained/poster_v1_ferplus_s/meta.json": "@@META_SHA@@",
+    "samples/grace_hopper.jpg": "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
+}
+FERPLUS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+
+
+def test_shipped_files_are_the_pinned_ones():
+    root = pretrained_root().parent
+    for rel, digest in PINNED.items():
+        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == digest, rel
+    size = (pretrained_path() / "model.safetensors").stat().st_size
+    assert size <= 25e6, f"default model weights are {size / 1e6:.1f} MB (limit 25 MB)"
+
+
+def test_default_model_metadata():
+    meta = poster_fer.read_metadata(pretrained_path())
+    assert meta["model"] == DEFAULT_MODEL and meta["classes"] == FERPLUS
+    prep = meta["preprocessing"]
+    assert prep["crop_geometry"]["name"] == "fer2013" and prep["grayscale"] is True and prep["input_size"] == 48
+    assert 0.2 < meta["temperature"] < 5.0 and meta["temperature"] != 1.0
+    assert meta["metrics"]["test"]["accuracy"] > 0.8
+
+
+def test_create_model_pretrained_and_round_trips(tmp_path):
+    model = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
+    assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.model_name == DEFAULT_MODEL
+    fresh = poster_fer.create_model(DEFAULT_MODEL)
+    trained, init = model.state_dict(), fresh.state_dict()
+    assert any(not torch.equal(trained[k], init[k]) for k in init)
+    with pytest.raises(ValueError, match="cannot override"):
+        poster_fer.create_model(DEFAULT_MODEL, pretrained=True, num_classes=7)
+    with pytest.raises(KeyError, match="no pretrained weights"):
+        poster_fer.create_model("poster_v1_tiny", pretrained=True)
+
+    poster_fer.save_model(model, tmp_path / "copy")
+    again = poster_fer.load_model(tmp_path / "copy")
+    for key in ("classes", "preprocessing", "temperature", "model"):
+        assert again.meta[key] == model.meta[key], key
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+
+
+def test_onnx_export_carries_metadata_and_agrees(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from poster_fer.export import OnnxRuntimeModel, export_onnx
+    from poster_fer.inference import Recognizer
+
+    model = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
+    export_onnx(model, tmp_path / "default.onnx", check_batch_sizes=(1, 3))
+    runtime = OnnxRuntimeModel(tmp_path / "default.onnx")
+    for key in ("classes", "preprocessing", "temperature"):
+        assert runtime.meta[key] == model.meta[key], key
+    torch_rec = Recognizer()
+    onnx_rec = Recognizer.from_checkpoint(tmp_path / "default.onnx", backend="onnxruntime")
+    a = torch_rec.predict(sample_path())[0].probabilities
+    b = onnx_rec.predict(sample_path())[0].probabilities
+    assert max(abs(a[c] - b[c]) for c in a) < 1e-4
+
+
+def test_default_model_labels_the_sample_portrait():
+    faces = poster_fer.predict(sample_path())
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.label == "@@EXPECTED_LABEL@@"
+    probs = np.array(list(face.probabilities.values()))
+    assert abs(probs.sum() - 1.0) < 1e-5 and probs.min() >= 0
+    # Calibrated: the probabilities are softmax(logits / T) with the stored temperature, not softmax(logits).
+    rec = poster_fer.Recognizer()
+    crop = rec.predict(sample_path(), return_crops=True)[0].crop
+    with torch.no_grad():
+        logits = rec.backend.model(torch.from_numpy(rec.preprocessing.batch([crop])))[0]
+    t = rec.meta["temperature"]
+    calibrated = (logits / t).softmax(-1).numpy()
+    np.testing.assert_allclose(probs, calibrated, atol=1e-4)
+    assert np.abs(logits.softmax(-1).numpy() - calibrated).max() > 1e-3
+
+
+def test_predict_cli_without_weights_uses_the_default_model(capsys):
+    assert main(["predict", str(sample_path()), "--no-progress"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    faces = [r for r in records if r["status"] == "ok"]
+    assert len(records) == len(faces) == 1 and faces[0]["label"] in FERPLUS
