@@ -357,3 +357,58 @@ def test_eval_fits_the_temperature_on_another_split(eval_fixture, tmp_path, caps
 
     assert _eval(plain, root, tmp_path / "given", "--temperature", "0") == 2
     assert "--temperature must be positive" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# class-prior correction (logit_bias)
+
+
+def test_logit_bias_is_validated():
+    from poster_fer.weights.io import get_logit_bias
+
+    assert get_logit_bias({"classes": ["a", "b"]}) is None
+    assert get_logit_bias({"classes": ["a", "b"], "logit_bias": [0.5, -1]}) == [0.5, -1.0]
+    with pytest.raises(ValueError, match="2 values for 3 classes"):
+        get_logit_bias({"classes": ["a", "b", "c"], "logit_bias": [0.5, -1]})
+    with pytest.raises(ValueError, match="finite"):
+        get_logit_bias({"logit_bias": [float("nan"), 1.0]})
+    with pytest.raises(ValueError, match="list of numbers"):
+        get_logit_bias({"logit_bias": "big"})
+
+
+def test_backends_and_evaluation_apply_bias_then_temperature(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from poster_fer.export import export_onnx
+    from poster_fer.inference import load_backend
+
+    size = 112
+    model = _tiny(size=size)
+    bias = [0.0, 3.0, -1.0, 0.5, 0.0, -2.0, 1.0]
+    ckpt = save_model(model, tmp_path / "b", classes=list(FER2013_CLASSES),
+                      preprocessing={"input_size": size, "grayscale": False}, temperature=2.0, logit_bias=bias)
+    export_onnx(load_model(ckpt), tmp_path / "b.onnx", check_batch_sizes=())
+    x = np.random.default_rng(3).normal(size=(5, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        raw = model(torch.from_numpy(x)).numpy()
+    want = (raw + np.asarray(bias, dtype=np.float32)) / 2.0
+    np.testing.assert_allclose(load_backend(ckpt, backend="torch")(x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(load_backend(tmp_path / "b.onnx", backend="onnxruntime")(x), want,
+                               rtol=1e-4, atol=1e-4)
+
+    # run_evaluation: predictions and probabilities follow the biased logits; "logits" stay raw
+    class _Data:
+        labels = [0, 1, 2, 3, 4]
+        classes = list(FER2013_CLASSES)
+
+        def __len__(self):
+            return 5
+
+        def get_image(self, i):
+            return torch.from_numpy(x[i])
+
+    out = run_evaluation(load_model(ckpt), _Data(), batch_size=2, transform=lambda t: t, progress=False,
+                         temperature=2.0, logit_bias=bias)
+    np.testing.assert_allclose(out["logits"], raw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["probs"], softmax_with_temperature(want), atol=1e-5)
+    assert (out["y_pred"] == want.argmax(1)).all()
+    np.testing.assert_allclose(out["probs_uncalibrated"], softmax_with_temperature(raw), atol=1e-5)

@@ -193,18 +193,20 @@ def run_evaluation(
     progress: bool = True,
     desc: str = "eval",
     temperature: float = 1.0,
+    logit_bias: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Predict every sample of ``dataset`` (in order) and return the raw material of the metrics.
 
     ``transform`` replaces the dataset's own (it is applied to ``dataset.get_image(i)``); without it the
     dataset's transform must already produce model input. ``tta="flip"`` averages the softmax of each image
     and its mirror. ``indices`` restricts the run to those samples. ``temperature`` divides the logits before
-    every softmax (calibrated confidences; the argmax is unchanged without TTA). Returns ``y_true`` (hard
-    labels, argmax of soft targets), ``y_pred``, ``probs`` (N, C float32, at ``temperature``),
-    ``probs_uncalibrated`` (the same at T = 1), ``logits`` (N, C float32, raw, of the unflipped image: what a
-    temperature is fitted on), ``features`` ((N, D) from ``model.forward_features`` of the unflipped image, or
-    ``None``), ``paths`` (sample ids), ``indices`` and ``temperature``. The model is put in eval mode and left
-    there.
+    every softmax (calibrated confidences; the argmax is unchanged without TTA); ``logit_bias`` (per-class
+    offsets, the model's class-prior correction) is added before that, as every inference path does. Returns
+    ``y_true`` (hard labels, argmax of soft targets), ``y_pred``, ``probs`` (N, C float32, as deployed),
+    ``probs_uncalibrated`` (the same at T = 1 without the bias), ``logits`` (N, C float32, raw, of the
+    unflipped image: what a temperature is fitted on), ``features`` ((N, D) from ``model.forward_features``
+    of the unflipped image, or ``None``), ``paths`` (sample ids), ``indices`` and ``temperature``. The model
+    is put in eval mode and left there.
     """
     from tqdm.auto import tqdm
 
@@ -216,6 +218,7 @@ def run_evaluation(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     temperature = validate_temperature(temperature)
+    bias = None if logit_bias is None else torch.as_tensor([float(b) for b in logit_bias])
     dev = resolve_device(device)
     idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
@@ -236,7 +239,9 @@ def run_evaluation(
         views = [z] if tta != "flip" else [z, predict_batch(model, x.flip(-1))[1]]
         raw = (sum(v.softmax(-1) for v in views) / len(views)).cpu()
         raw_probs.append(raw)
-        probs.append(raw if temperature == 1.0 else
+        if bias is not None:
+            views = [v + bias.to(v.device, v.dtype) for v in views]
+        probs.append(raw if temperature == 1.0 and bias is None else
                      (sum((v / temperature).softmax(-1) for v in views) / len(views)).cpu())
         logits.append(z.cpu())
         if collect_features:
@@ -246,7 +251,7 @@ def run_evaluation(
         "y_true": labels,
         "y_pred": prob.argmax(axis=1).astype(np.int64),
         "probs": prob,
-        "probs_uncalibrated": prob if temperature == 1.0 else torch.cat(raw_probs).numpy(),
+        "probs_uncalibrated": prob if temperature == 1.0 and bias is None else torch.cat(raw_probs).numpy(),
         "logits": torch.cat(logits).numpy(),
         "temperature": temperature,
         "features": torch.cat(feats).numpy() if collect_features else None,
@@ -301,8 +306,9 @@ def fit_dataset_temperature(
 ) -> tuple[float, int]:
     """Fit the calibration temperature on a (validation) split; returns ``(T, samples used)``.
 
-    Same preprocessing and class matching as :func:`evaluate_dataset`, on the raw logits of the unflipped
-    images. The model's metadata is left alone: store the result with
+    Same preprocessing and class matching as :func:`evaluate_dataset`, on the logits of the unflipped images
+    plus the model's stored ``logit_bias`` (the temperature scales what is deployed). The model's metadata is
+    left alone: store the result with
     :func:`poster_fer.weights.io.set_temperature` if it should travel with the checkpoint.
     """
     from .calibration import fit_temperature
@@ -313,7 +319,11 @@ def fit_dataset_temperature(
     out = run_evaluation(model, dataset, batch_size=batch_size, device=device, transform=eval_transform(prep),
                          indices=idx, num_workers=num_workers, progress=progress, desc="fit temperature")
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
-    return fit_temperature(out["logits"], y_true), int(idx.size)
+    from ..weights.io import get_logit_bias
+
+    bias = get_logit_bias(getattr(model, "meta", None) or {})
+    logits = out["logits"] if bias is None else out["logits"] + np.asarray(bias, dtype=np.float32)
+    return fit_temperature(logits, y_true), int(idx.size)
 
 
 def _plain_bins(bins: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
@@ -375,7 +385,7 @@ def evaluate_dataset(
     ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``, ``confusion.png``,
     ``reliability.png`` (and ``tsne.png`` with ``tsne``); ``provenance`` is merged into what they record.
     """
-    from ..weights.io import get_temperature
+    from ..weights.io import get_logit_bias, get_temperature
 
     meta = getattr(model, "meta", None) or {}
     names, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
@@ -389,7 +399,7 @@ def evaluate_dataset(
     start = time.perf_counter()
     out = run_evaluation(model, dataset, batch_size=batch_size, tta=tta, device=device, collect_features=tsne,
                          transform=eval_transform(prep), indices=idx, num_workers=num_workers, progress=progress,
-                         temperature=temperature)
+                         temperature=temperature, logit_bias=get_logit_bias(meta))
     seconds = time.perf_counter() - start
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 

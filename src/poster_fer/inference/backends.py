@@ -4,10 +4,11 @@ Keeping the model behind ``__call__(float32 (B, 3, S, S)) -> logits (B, C)`` plu
 same face pipeline drive a PyTorch model (CPU or CUDA) or an exported ONNX file in ONNX Runtime, so the two
 cannot drift apart in preprocessing.
 
-The logits a backend returns are already divided by the calibration temperature its metadata records
-(``meta["temperature"]``, 1 when absent; ``backend.temperature``), so whatever applies the softmax gets
-calibrated confidences from either backend, and the two cannot drift apart in calibration either. The
-argmax is unchanged. ONNX files hold the raw-logit graph and carry the temperature as metadata.
+The logits a backend returns are already ``(logits + logit_bias) / temperature`` with the values its metadata
+records (``meta["logit_bias"]``, per-class offsets that undo the training set's class prior, none when
+absent; ``meta["temperature"]``, 1 when absent), so whatever applies the softmax gets the deployed, calibrated
+confidences from either backend, and the two cannot drift apart. ONNX files hold the raw-logit graph and carry
+both values as metadata.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ class Backend(Protocol):
     device: str
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def _logit_bias(meta: dict[str, Any], where: Any) -> np.ndarray | None:
+    """The metadata's per-class logit offsets (None when absent), refusing a malformed record."""
+    from ..weights.io import get_logit_bias
+
+    try:
+        bias = get_logit_bias(meta)
+    except ValueError as err:
+        raise InferenceError(f"{where}: bad logit_bias in the metadata ({err})") from None
+    return None if bias is None else np.asarray(bias, dtype=np.float32)
 
 
 def _temperature(meta: dict[str, Any], where: Any) -> float:
@@ -90,6 +102,7 @@ class TorchBackend:
 
             self.meta["classes"] = default_classes(int(model.cfg.num_classes))
         self.temperature = _temperature(self.meta, getattr(model, "model_name", "model"))
+        self.logit_bias = _logit_bias(self.meta, getattr(model, "model_name", "model"))
         dtypes = {None: None, "none": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                   "fp16": torch.float16, "float16": torch.float16}
         if autocast not in dtypes:
@@ -115,10 +128,10 @@ class TorchBackend:
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:
             logits = self.net(x)
-        logits = logits.float()
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
-        return logits.cpu().numpy()
+        out = logits.float().cpu().numpy()
+        if self.logit_bias is not None:
+            out = out + self.logit_bias
+        return out if self.temperature == 1.0 else out / np.float32(self.temperature)
 
 
 class OnnxBackend:
@@ -145,10 +158,13 @@ class OnnxBackend:
             raise InferenceError(f"{self.path}: the ONNX file carries no poster-fer metadata (classes, "
                                  "preprocessing); export it with `poster-fer export`")
         self.temperature = _temperature(self.meta, self.path)
+        self.logit_bias = _logit_bias(self.meta, self.path)
         self.device = device
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         logits = np.asarray(self.session(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
         return logits if self.temperature == 1.0 else logits / np.float32(self.temperature)
 
 

@@ -59,6 +59,30 @@ def set_temperature(target: Any, temperature: float) -> dict[str, Any]:
     return meta
 
 
+def get_logit_bias(meta: Any) -> list[float] | None:
+    """The per-class logit offsets a record stores (``meta["logit_bias"]``), or None.
+
+    Why: a model trained on FER+ inherits its class frequencies (neutral and happiness are 60% of the faces) and
+    leans towards them on balanced or posed data. Adding ``-tau * log(prior)`` to the logits (logit adjustment)
+    removes that lean; ``tau`` is chosen on validation data. Every inference path computes
+    ``softmax((logits + logit_bias) / temperature)``.
+    """
+    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
+    value = record.get("logit_bias")
+    if value is None:
+        return None
+    try:
+        bias = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"logit_bias must be a list of numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in bias):
+        raise ValueError(f"logit_bias must be finite, got {value!r}")
+    classes = record.get("classes")
+    if classes is not None and len(classes) != len(bias):
+        raise ValueError(f"logit_bias has {len(bias)} values for {len(classes)} classes")
+    return bias
+
+
 def validate_temperature(value: Any) -> float:
     """``value`` as a float, refusing what cannot scale logits (zero, negative, NaN, inf, not a number)."""
     try:

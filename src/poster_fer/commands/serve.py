@@ -1,0 +1,169 @@
+"""``poster-fer serve [--weights CKPT]``: the HTTP API and the web page on uvicorn.
+
+Binds 127.0.0.1 unless told otherwise: a server reachable from the network should have an API key
+(``--api-key`` or the ``POSTER_FER_API_KEY`` environment variable, which keeps the key out of ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import socket
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..hub import DEFAULT_MODEL
+    from ..serve.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
+
+    p = sub.add_parser(
+        "serve", help=f"HTTP API + web page (photo or webcam) for a model (default: {DEFAULT_MODEL})",
+        description="Serve a model over HTTP: POST /v1/predict (image in, faces and labels out), GET /v1/model, "
+        "/healthz, /metrics (Prometheus), the API docs at /docs and a web page at / that labels photos and the "
+        "webcam. Needs the 'serve' extra (pip install 'poster-fer[serve]').")
+    p.add_argument("--weights", default=None, metavar="CKPT",
+                   help=f"poster-fer model directory / .safetensors, official .pth (with --model), or .onnx "
+                   f"(default: the shipped {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help="registered variant of an official .pth (default poster_v1)")
+    p.add_argument("--num-classes", type=int, default=None, help="official .pth: classes in its head")
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None, help="official .pth: channel order")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="default: onnxruntime for .onnx files, torch otherwise")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch intra-op threads for the model (default: PyTorch's default, one per core)")
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    net.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    net.add_argument("--api-key", default=None,
+                     help=f"require this key on /v1/* (default: ${API_KEY_ENV} when set, else no key)")
+    net.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                     help="allow browser pages from ORIGIN (e.g. https://app.example) to call the API; repeatable; "
+                     "default: CORS off")
+    net.add_argument("--access-log", action="store_true", help="log every request")
+    lim = p.add_argument_group("limits and batching")
+    lim.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
+                     help="largest upload in MiB (default 10)")
+    lim.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                     help="largest image, width x height (default 50,000,000)")
+    lim.add_argument("--max-faces", type=int, default=64, help="most faces returned per image (default 64)")
+    lim.add_argument("--batch-size", type=int, default=32, help="most faces per forward pass (default 32)")
+    lim.add_argument("--max-wait-ms", type=float, default=10.0,
+                     help="how long a batch waits for requests still being detected (default 10)")
+    lim.add_argument("--max-queue", type=int, default=32,
+                     help="requests in progress before new ones get 503 + Retry-After (default 32)")
+    lim.add_argument("--workers", type=int, default=1, help="threads decoding images and detecting faces (default 1)")
+    det = p.add_argument_group("faces")
+    det.add_argument("--detector", choices=("yunet", "haar"), default="yunet", help="face detector (default yunet)")
+    det.add_argument("--detector-model", default=None, metavar="PATH",
+                     help="YuNet .onnx file (default: the bundled one, no download)")
+    det.add_argument("--threshold", type=float, default=0.6, help="detector score threshold (default 0.6)")
+    det.add_argument("--detect-size", type=int, default=1280, metavar="PX",
+                     help="longest side the detector runs at (default 1280; 0 = full resolution)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+
+    try:
+        import uvicorn
+
+        from ..serve import API_KEY_ENV, ServeSettings, create_app
+    except ModuleNotFoundError as err:
+        raise UserError(f"the 'serve' extra is not installed ({err.name} is missing); install it with "
+                        "pip install 'poster-fer[serve]'") from None
+    from ..faces import DEFAULT_MAX_PIXELS, build_detector
+    from ..inference import InferenceError, Recognizer
+
+    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be 0..65535, got {args.port}")
+    try:
+        settings = ServeSettings(
+            max_body_bytes=int(args.max_body_mb * 2**20), max_faces=args.max_faces, max_batch=args.batch_size,
+            max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
+            max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, workers=args.workers, api_key=api_key,
+            cors_origins=tuple(args.cors_origin))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    sock = _listen(args.host, args.port)  # first, so a taken port fails before the model loads
+    try:
+        rec = Recognizer.from_checkpoint(
+            args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
+            backend=args.backend or "torch", model=args.model, num_classes=args.num_classes,
+            channel_order=args.channel_order, batch_size=args.batch_size, detect_size=args.detect_size or None,
+            score_threshold=args.threshold, max_pixels=settings.max_pixels)
+        extra = [build_detector(args.detector, model_path=args.detector_model, score_threshold=args.threshold)
+                 for _ in range(settings.workers - 1)]
+    except (InferenceError, ValueError) as err:
+        sock.close()
+        raise UserError(str(err)) from None
+    except BaseException:
+        sock.close()
+        raise
+    app = create_app(rec, settings, detectors=extra)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if not _is_loopback(args.host) and not api_key:
+        print(f"poster-fer serve: warning: listening on {args.host} without an API key: anyone who can reach this "
+              f"machine can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
+    print(f"poster-fer serve: {rec.meta.get('model')} ({len(rec.classes)} classes, {rec.device}) on "
+          f"http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(app, log_level="info" if args.access_log else "warning", access_log=args.access_log,
+                            lifespan="on", server_header=False, timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it found;
+    # no-op handlers make that a normal exit (status 0) instead of KeyboardInterrupt or death by SIGTERM.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("poster-fer serve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+def _ignore(_sig: int, _frame: object) -> None:
+    """Signal handler that does nothing (see :func:`run`)."""
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound, listening socket (we bind it, so port 0 gives a free port we can print)."""
+    from ..cli import UserError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise UserError(f"cannot resolve --host {host!r} ({err})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,485 @@
+"""The ASGI app: ``create_app(recognizer, settings)`` -> FastAPI with the API, the page, docs and metrics.
+
+Request path of ``POST /v1/predict``: admission (503 when ``max_queue`` requests are already in) -> the body,
+read into memory with a running size check -> decode + detect + align on a worker thread (never on the event
+loop) -> the crops join the micro-batch queue (:mod:`poster_fer.serve.batching`) -> one forward pass for
+every request in the batch -> JSON. Every refusal is an :class:`~poster_fer.serve.errors.ApiError` rendered as
+``{"error": {"kind", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import hashlib
+import hmac
+import logging
+import math
+import queue
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..faces import Face, FaceDetector
+from ..inference import FaceResult, Recognizer
+from .batching import MicroBatcher
+from .errors import ApiError
+from .metrics import Metrics
+from .settings import ServeSettings
+from .uploads import FILE_FIELD, SUPPORTED_FORMATS, decode_image, options_from, parse_body, read_body
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_ROUTES = ("/", "/healthz", "/metrics", "/v1/predict", "/v1/model", "/docs", "/openapi.json")
+# The two ways to send the API key (declared so /docs offers an "Authorize" button).
+_BEARER = HTTPBearer(auto_error=False, description="the server's API key as a bearer token")
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key")
+_PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+             "img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self'; "
+             "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+# -- response schemas (for the OpenAPI page; responses are built as plain dicts) ---------------------------
+
+
+class FaceOut(BaseModel):
+    box: list[float] = Field(description="x, y, width, height in the image's pixels (upright, EXIF applied)")
+    landmarks: list[list[float]] | None = Field(description="5 points: right eye, left eye, nose tip, right and "
+                                                "left mouth corner (the subject's right first); null for crops")
+    landmarks_estimated: bool
+    score: float | None = Field(description="detector confidence; null with detect=false")
+    label: str
+    confidence: float = Field(description="probability of the label")
+    scores: dict[str, float] = Field(description="calibrated probability per class, in the model's class order")
+
+
+class ImageOut(BaseModel):
+    width: int
+    height: int
+    format: str
+
+
+class PredictOut(BaseModel):
+    model: str | None
+    image: ImageOut
+    detect: bool
+    faces: list[FaceOut]
+    timings_ms: dict[str, float] = Field(description="decode, detect (with alignment), queue, forward, total")
+    batch: dict[str, int] | None = Field(description="faces and requests in the forward pass this request joined")
+
+
+class ErrorBody(BaseModel):
+    kind: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "empty body, not an image, corrupt image, bad form field"},
+    401: {"model": ErrorOut, "description": "missing or wrong API key"},
+    408: {"model": ErrorOut, "description": "the body arrived too slowly"},
+    413: {"model": ErrorOut, "description": "body over the size limit, or image over the pixel limit"},
+    415: {"model": ErrorOut, "description": "not a JPEG, PNG, WebP or BMP image"},
+    422: {"model": ErrorOut, "description": "unknown or out-of-range option"},
+    503: {"model": ErrorOut, "description": "the queue is full; retry after the Retry-After seconds"},
+}
+
+def _predict_openapi(settings: ServeSettings) -> dict[str, Any]:
+    """The parts of /v1/predict's OpenAPI entry that FastAPI cannot infer (the handler reads the raw request)."""
+    doc = copy.deepcopy(_PREDICT_OPENAPI)
+    doc["parameters"][0]["schema"]["maximum"] = settings.max_faces
+    return doc
+
+
+_PREDICT_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {"name": "max_faces", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1},
+         "description": "at most this many faces, the detector's most confident first (default: the server's "
+                        "max_faces limit)"},
+        {"name": "detect", "in": "query", "required": False, "schema": {"type": "boolean", "default": True},
+         "description": "false: the upload is already a face crop; classify the whole image"},
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "The image: a multipart form with the field 'file' (options may also be form fields), or "
+                       "the raw bytes with the image's Content-Type. The format is recognised from the bytes.",
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": [FILE_FIELD], "properties": {
+                FILE_FIELD: {"type": "string", "format": "binary"}}}},
+            **{media: {"schema": {"type": "string", "format": "binary"}} for media in SUPPORTED_FORMATS.values()},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
+# -- the service ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    width: int
+    height: int
+    format: str
+    faces: list[Face | None]
+    crops: list[np.ndarray]
+    decode_s: float
+    detect_s: float
+
+
+class _Service:
+    """The state behind one app: recognizer views (one detector each), worker threads, batcher, metrics."""
+
+    def __init__(self, recognizer: Recognizer, settings: ServeSettings, detectors: Sequence[FaceDetector]) -> None:
+        self.rec = recognizer
+        self.settings = settings
+        self.model_name = str(recognizer.meta.get("model") or "model")
+        self.metrics = Metrics(self.model_name, str(recognizer.device))
+        # Detectors wrap OpenCV objects that are not thread-safe: each worker borrows one recognizer view,
+        # which shares the model and preprocessing but owns its detector.
+        self._views: queue.Queue[Recognizer] = queue.Queue()
+        self._views.put(recognizer)
+        for det in detectors:
+            view = copy.copy(recognizer)
+            view.detector = det
+            self._views.put(view)
+        self.batcher = MicroBatcher(recognizer.classify, max_batch=settings.max_batch,
+                                    max_wait_s=settings.max_wait_ms / 1000.0, on_batch=self.metrics.batch)
+        self.executor: ThreadPoolExecutor | None = None
+        self.inflight = 0
+        self._latency_ema: float | None = None
+
+    def start(self) -> None:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="poster-fer-detect")
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: about one request's time, 1 to 30."""
+        ema = self._latency_ema or 1.0
+        return int(min(30, max(1, math.ceil(ema))))
+
+    def note_latency(self, seconds: float) -> None:
+        self._latency_ema = seconds if self._latency_ema is None else 0.9 * self._latency_ema + 0.1 * seconds
+
+    def prepare(self, data: bytes, max_faces: int, detect: bool) -> _Prepared:
+        """Decode, detect and align one upload (runs on a worker thread)."""
+        t0 = time.perf_counter()
+        img = decode_image(data, self.settings.max_pixels)
+        t1 = time.perf_counter()
+        rgb = img.rgb
+        h, w = rgb.shape[:2]
+        prep = self.rec.preprocessing
+        try:
+            if detect:
+                view = self._views.get()
+                try:
+                    found = view.detect(rgb)
+                finally:
+                    self._views.put(view)
+                faces: list[Face | None] = list(found[:max_faces])
+                crops = [prep.align(rgb, f.landmarks) for f in found[:max_faces]]
+            else:
+                faces = [None]
+                crops = [prep.prepare_crop(rgb)]
+        except ApiError:
+            raise
+        except Exception as err:  # a detector or warp failing on a strange but decodable image
+            log.warning("face pipeline failed on a %dx%d %s image: %s", w, h, img.format, err)
+            raise ApiError(422, "unprocessable_image", f"the image decoded but faces could not be processed "
+                           f"({type(err).__name__}: {str(err)[:200]})") from None
+        return _Prepared(w, h, img.format, faces, crops, t1 - t0, time.perf_counter() - t1)
+
+    def result(self, face: Face | None, probs: np.ndarray, width: int, height: int) -> dict[str, Any]:
+        classes = self.rec.classes
+        label = classes[int(np.argmax(probs))]
+        p = {c: float(v) for c, v in zip(classes, probs, strict=True)}
+        if face is None:
+            out = FaceResult(box=(0.0, 0.0, float(width), float(height)), landmarks=None, score=None, label=label,
+                             probabilities=p)
+        else:
+            out = FaceResult(box=face.box, landmarks=face.landmarks, score=face.score, label=label, probabilities=p,
+                             landmarks_estimated=face.landmarks_estimated)
+        return out.to_dict()
+
+    @functools.cached_property
+    def model_record(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` answers (built once: the model does not change while serving)."""
+        meta = self.rec.meta
+        s = self.settings
+        record = {
+            "name": self.model_name,
+            "classes": list(self.rec.classes),
+            "num_classes": len(self.rec.classes),
+            "preprocessing": self.rec.preprocessing.to_dict(),
+            "temperature": meta.get("temperature"),
+            "logit_bias": meta.get("logit_bias"),
+            "metrics": meta.get("metrics"),
+            "provenance": meta.get("provenance"),
+            "device": str(self.rec.device),
+            "backend": type(self.rec.backend).__name__,
+            "detector": getattr(self.rec.detector, "name", None),
+            "formats": sorted(SUPPORTED_FORMATS.values()),
+            "limits": {"max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels, "max_faces": s.max_faces,
+                       "max_batch": s.max_batch, "max_wait_ms": s.max_wait_ms, "max_queue": s.max_queue,
+                       "workers": s.workers},
+            "version": __version__,
+        }
+        return _jsonable(record)
+
+
+def _jsonable(value: Any) -> Any:
+    """Metadata as strict JSON: numpy scalars and paths to plain values, NaN and infinities to null."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+class _Observe:
+    """ASGI middleware: counts every response by route and status, and sets protective headers."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        route = path if path in _ROUTES else ("/docs-static" if path.startswith("/docs-static/") else "other")
+        status = 500
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                for key, value in ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")):
+                    if key not in names:
+                        headers.append((key, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            self.metrics.request(route, scope.get("method", ""), status)
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _auth(settings: ServeSettings):
+    """The ``/v1`` dependency checking the API key (constant-time, on digests so length leaks nothing)."""
+    expected = hashlib.sha256(str(settings.api_key).encode("utf-8")).digest()
+
+    async def check(token: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+                    key: Annotated[str | None, Security(_KEY_HEADER)] = None) -> None:
+        given = key if key is not None else (token.credentials if token is not None else None)
+        if given is None:
+            raise ApiError(401, "unauthorized", "this server needs an API key: send 'Authorization: Bearer KEY' "
+                           "or 'X-API-Key: KEY'", headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(hashlib.sha256(given.encode("utf-8")).digest(), expected):
+            raise ApiError(401, "unauthorized", "wrong API key", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def _new_fastapi(lifespan: Any) -> FastAPI:
+    kwargs = {"title": "poster-fer", "version": __version__, "lifespan": lifespan,
+              "description": "Facial expression recognition with POSTER: POST an image to /v1/predict and get every "
+                             "face's box, landmarks, label and per-class probabilities. The page at / does it from a "
+                             "browser (photo or webcam)."}
+    try:  # Swagger UI from files in the package, so /docs works offline as the page does
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        log.info("fastapi-offline is not installed: /docs loads Swagger UI from its CDN")
+        return FastAPI(docs_url="/docs", redoc_url=None, **kwargs)
+    return FastAPIOffline(docs_url="/docs", redoc_url=None, static_url="/docs-static", **kwargs)
+
+
+def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
+               detectors: Sequence[FaceDetector] = ()) -> FastAPI:
+    """Build the service around a :class:`~poster_fer.inference.Recognizer`.
+
+    ``detectors``: extra face detectors, one per additional worker thread (OpenCV detectors are not
+    thread-safe); without them workers still decode in parallel but take turns at the recognizer's detector.
+    The batcher thread and workers start with the app's lifespan (or on the first request).
+    """
+    settings = settings or ServeSettings()
+    service = _Service(recognizer, settings, detectors)
+    page = resources.files("poster_fer.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        service.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, service.stop)
+
+    app = _new_fastapi(lifespan)
+    app.state.service = service
+    metrics = service.metrics
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, err: ApiError) -> JSONResponse:
+        metrics.error(err.kind)
+        return _error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        api = ApiError(err.status_code, kinds.get(err.status_code, "http_error"), str(err.detail),
+                       headers=dict(err.headers or {}))
+        metrics.error(api.kind)
+        return _error_response(api)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in err.errors())
+        api = ApiError(422, "bad_request", problems or "invalid request")
+        metrics.error(api.kind)
+        return _error_response(api)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        metrics.error("internal")
+        return _error_response(ApiError(500, "internal", f"internal error ({type(err).__name__})"))
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
+    app.add_middleware(_Observe, metrics=metrics)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/healthz", summary="Liveness: 200 while the model thread runs")
+    async def healthz() -> JSONResponse:
+        alive = service.batcher.running or service.executor is None  # not started yet is not unhealthy
+        body = {"status": "ok" if alive else "unavailable", "model": service.model_name,
+                "inflight": service.inflight}
+        return JSONResponse(body, status_code=200 if alive else 503, headers={"Cache-Control": "no-store"})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics_text() -> Response:
+        return PlainTextResponse(metrics.render(service.inflight, settings.max_queue),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings))] if settings.api_key else [])
+
+    @v1.get("/model", summary="The served model: name, classes, preprocessing, model-card metrics, limits",
+            responses={401: _ERRORS[401]})
+    async def model() -> JSONResponse:
+        return JSONResponse(service.model_record)
+
+    @v1.post("/predict", summary="Detect every face in an image and classify its expression",
+             responses={200: {"model": PredictOut, "description": "the faces, best detection first"}, **_ERRORS},
+             openapi_extra=_predict_openapi(settings))
+    async def predict(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        if service.inflight >= settings.max_queue:
+            raise ApiError(503, "queue_full", f"the server is busy ({service.inflight} requests in progress); retry "
+                           "shortly", headers={"Retry-After": str(service.retry_after())})
+        service.inflight += 1
+        announced = False
+        try:
+            service.start()  # no-op once running (the lifespan starts it; embedding without lifespan still works)
+            can_detect = recognizer.detector is not None
+            query = request.query_params.multi_items()
+            options_from(query, (), settings.max_faces, can_detect)  # refuse bad options before reading the body
+            try:
+                body = await read_body(request.stream(), request.headers.get("content-length"),
+                                       settings.max_body_bytes, settings.body_timeout_s)
+            except ClientDisconnect:
+                raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
+            upload = parse_body(body, request.headers.get("content-type"))
+            del body
+            max_faces, detect = options_from(query, upload.fields.items(), settings.max_faces, can_detect)
+            service.batcher.expect()
+            announced = True
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(service.executor, service.prepare, upload.data, max_faces, detect)
+            batch_info = None
+            probs = np.zeros((0, len(recognizer.classes)), np.float32)
+            queue_s = forward_s = 0.0
+            if prepared.crops:
+                future = service.batcher.submit(prepared.crops)
+                announced = False
+                try:
+                    res = await asyncio.wrap_future(future)
+                except Exception as err:
+                    raise ApiError(500, "inference_failed", f"the model failed ({type(err).__name__}: "
+                                   f"{str(err)[:200]})") from None
+                probs, queue_s, forward_s = res.probabilities, res.queued_s, res.forward_s
+                batch_info = {"faces": res.batch_faces, "requests": res.batch_requests}
+            else:
+                service.batcher.cancel()
+                announced = False
+        finally:
+            if announced:
+                service.batcher.cancel()
+            service.inflight -= 1
+        faces = [service.result(f, p, prepared.width, prepared.height)
+                 for f, p in zip(prepared.faces, probs, strict=True)] if prepared.crops else []
+        total = time.perf_counter() - t0
+        service.note_latency(total)
+        metrics.prediction(total, len(faces))
+        body_out = {
+            "model": service.model_name,
+            "image": {"width": prepared.width, "height": prepared.height, "format": prepared.format},
+            "detect": detect,
+            "faces": faces,
+            "timings_ms": {k: round(v * 1000, 2) for k, v in (
+                ("decode", prepared.decode_s), ("detect", prepared.detect_s), ("queue", queue_s),
+                ("forward", forward_s), ("total", total))},
+            "batch": batch_info,
+        }
+        return JSONResponse(body_out, headers={"Cache-Control": "no-store"})
+
+    app.include_router(v1)
+    return app
