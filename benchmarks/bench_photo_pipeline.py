@@ -179,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
               for key in args.models}
     if "cpu" in models:
         models["cpu"]["config_source"] = cpu_src
-        if args.cpu_weights:
-            models["cpu"]["weights"] = args.cpu_weights
+        if args.cpu_weights:  # the checkpoint's own network, not the recipe's
+            from poster_fer import load_model
+
+            trained = load_model(args.cpu_weights)
+            models["cpu"] = {"config": {"name": trained.model_name, **trained.meta["config"]},
+                             "params": sum(t.numel() for t in trained.parameters()),
+                             "config_source": args.cpu_weights, "weights": args.cpu_weights}
     runs: dict[str, Any] = {}
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)

@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--image", default=None, help="one-face portrait (default: the shared astronaut, else the "
                    "package's sample portrait)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--inputs", nargs="+", default=["portrait", "group16"], choices=("portrait", "group16"),
+                   help="which photos to run levels with (the portrait is always used for the RSS top-up)")
     p.add_argument("--portrait-requests", type=int, default=240, help="requests per level, portrait")
     p.add_argument("--group-requests", type=int, default=64, help="requests per level, 16-face photo")
     p.add_argument("--level-seconds", type=float, default=30.0, help="time limit per level")
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         counted_from = total_requests
         levels: dict[str, dict[str, Any]] = {}
         for name, (data, n) in inputs.items():
+            if name not in args.inputs:
+                continue
             for clients in args.clients:
                 count = args.portrait_requests if name == "portrait" else args.group_requests
                 before = scrape(host, port)

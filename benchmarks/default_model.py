@@ -4,9 +4,10 @@ Why a script and not a training option: shipping is a separate, auditable step. 
 (validation-selected, EMA) model and, in this order:
 
 1. on the FER+ validation split (no TTA): picks the strength ``tau`` of a class-prior correction
-   (``logit_bias = -tau * log(training prior)``, logit adjustment) that maximises the mean of accuracy and mean
-   class accuracy, because a model that leans to FER+'s frequent classes (neutral, happiness) calls weak and
-   posed anger, fear and disgust "neutral"; then fits one temperature on the corrected logits;
+   (``logit_bias = -tau * log(training prior)``, logit adjustment) with the best mean class accuracy among those
+   within half a point of the uncorrected validation accuracy, because a model that leans to FER+'s frequent
+   classes (neutral, happiness) calls weak and posed anger, fear and disgust "neutral"; then fits one
+   temperature on the corrected logits;
 2. stores the weights as float16 (half the package size) and checks on the validation split that this moves
    accuracy by at most 0.1 point (the test split is not used to decide anything);
 3. evaluates the FER+ majority test split once per variant: the float32 model, the float16 model as shipped,
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--results", default="benchmarks/results/default_model.json")
     p.add_argument("--report-dir", default="benchmarks/results/default_model")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--prior-rule", choices=("mca_within_accuracy", "balanced"), default="mca_within_accuracy",
+                   help="how tau is chosen on validation: the best mean class accuracy within --max-accuracy-drop of "
+                   "the uncorrected accuracy (default), or the best (accuracy + mean class accuracy) / 2, which "
+                   "follows a handful of disgust/contempt faces (24 and 13 in FER+ val)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.005)
     p.add_argument("--limit", type=int, default=None, help="smoke runs only: this many val/test images")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -108,7 +114,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pred = (z - tau * np.log(prior)).argmax(1)
         acc, mca = _acc_mca(pred, y, len(prior))
         grid.append({"tau": float(tau), "accuracy": acc, "mean_class_accuracy": mca, "balanced": (acc + mca) / 2})
-    best = max(grid, key=lambda g: g["balanced"])
+    if args.prior_rule == "balanced":
+        best = max(grid, key=lambda g: g["balanced"])
+    else:  # the most even per-class accuracy that costs at most --max-accuracy-drop of validation accuracy
+        floor = grid[0]["accuracy"] - args.max_accuracy_drop
+        best = max((g for g in grid if g["accuracy"] >= floor - 1e-12), key=lambda g: g["mean_class_accuracy"])
     bias = -best["tau"] * np.log(prior)
     bias = (bias - bias.mean()).astype(np.float32)
     zb = z + bias
@@ -183,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "flip": _summary(test_tta)},
         "prior_correction": {"tau": best["tau"], "logit_bias": model.meta["logit_bias"],
                              "train_prior": [round(float(q), 5) for q in prior],
-                             "selected_on": "FER+ val: max of (accuracy + mean class accuracy) / 2", "val_grid": grid,
+                             "selected_on": f"FER+ val, rule {args.prior_rule} (max accuracy drop "
+                                            f"{args.max_accuracy_drop})", "val_grid": grid,
                              "test_without": _summary(test_raw)},
         "fp32": {"test": _summary(test_fp32), "val_accuracy": val_record["accuracy"]},
         "fp16": {"val_accuracy": val_fp16_acc, "val_delta_points": round(fp16_delta * 100, 3),

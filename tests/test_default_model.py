@@ -21,8 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: model card and benchmarks/results/default_model.json with it).
 PINNED = {
     "pretrained/face_detection_yunet.onnx": "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
-    "pretrained/poster_v1_ferplus_s/model.safetensors": "@@MODEL_SHA@@",
-    "pretrained/poster_v1_ferplus_s/meta.json": "@@META_SHA@@",
+    "pretrained/poster_v1_ferplus_s/model.safetensors":
+        "a904b66f6e258d69b4771f2fa22ab11be5501017b9bd654989d392b47c03fb23",
+    "pretrained/poster_v1_ferplus_s/meta.json": "a95d9dfd6fdd5e33b982f1c65fd00a915d403e258949f24e5d8dfed9192aa1b2",
     "samples/grace_hopper.jpg": "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
 }
 FERPLUS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
@@ -42,6 +43,7 @@ def test_default_model_metadata():
     prep = meta["preprocessing"]
     assert prep["crop_geometry"]["name"] == "fer2013" and prep["grayscale"] is True and prep["input_size"] == 48
     assert 0.2 < meta["temperature"] < 5.0 and meta["temperature"] != 1.0
+    assert len(meta["logit_bias"]) == 8 and abs(sum(meta["logit_bias"])) < 1e-4
     assert meta["metrics"]["test"]["accuracy"] > 0.8
 
 
@@ -87,16 +89,16 @@ def test_default_model_labels_the_sample_portrait():
     faces = poster_fer.predict(sample_path())
     assert len(faces) == 1
     face = faces[0]
-    assert face.label == "@@EXPECTED_LABEL@@"
+    assert face.label == "neutral"
     probs = np.array(list(face.probabilities.values()))
     assert abs(probs.sum() - 1.0) < 1e-5 and probs.min() >= 0
-    # Calibrated: the probabilities are softmax(logits / T) with the stored temperature, not softmax(logits).
+    # Deployed: the probabilities are softmax((logits + logit_bias) / T) with the stored values, not softmax(logits).
     rec = poster_fer.Recognizer()
     crop = rec.predict(sample_path(), return_crops=True)[0].crop
     with torch.no_grad():
         logits = rec.backend.model(torch.from_numpy(rec.preprocessing.batch([crop])))[0]
-    t = rec.meta["temperature"]
-    calibrated = (logits / t).softmax(-1).numpy()
+    t, bias = rec.meta["temperature"], torch.tensor(rec.meta["logit_bias"])
+    calibrated = ((logits + bias) / t).softmax(-1).numpy()
     np.testing.assert_allclose(probs, calibrated, atol=1e-4)
     assert np.abs(logits.softmax(-1).numpy() - calibrated).max() > 1e-3
 
