@@ -88,7 +88,7 @@ def _manual_input(rgb, landmarks, geometry="rafdb", bgr=False, grey=False) -> np
 
 
 class _Capture:
-    """Forward pre-hook keeping the model's input batches."""
+    """Forward pre-hook keeping the input batches of the network a backend runs (``backend.net``)."""
 
     def __init__(self, model):
         self.inputs: list[np.ndarray] = []
@@ -121,7 +121,7 @@ def test_model_input_matches_documented_preprocessing_rgb_bgr_grey(tmp_path, yun
     for name, prep, kw in (("rgb", {}, {}), ("bgr", {"channel_order": "BGR"}, {"bgr": True}),
                            ("grey", {"grayscale": True}, {"grey": True})):
         r = Recognizer.from_checkpoint(_save(tmp_path, name, **prep), detector="yunet", detector_model=yunet)
-        cap = _Capture(r.backend.model)
+        cap = _Capture(r.backend.net)
         (face,) = r.predict(rgb)
         cap.close()
         (x,) = cap.inputs
@@ -192,7 +192,7 @@ def test_batching_gives_the_same_results_as_one_by_one(ckpt, yunet, astronaut):
     images = [rgb, rgb[20:300, 100:380], np.ascontiguousarray(rgb[:, ::-1]), rgb[30:250, 120:340]]
     one = Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet, batch_size=1)
     many = Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet, batch_size=16)
-    cap = _Capture(many.backend.model)
+    cap = _Capture(many.backend.net)
     a, b = one.predict(images), many.predict(images)
     cap.close()
     assert [x.shape[0] for x in cap.inputs] == [4]  # faces of all images went through in one batch
@@ -218,7 +218,7 @@ def test_many_faces_are_all_found_and_batched(ckpt, yunet, astronaut):
     tile = load_image(astronaut)[20:276, 100:356]  # one face per 256-pixel tile
     grid = np.vstack([np.hstack([tile, tile[:, ::-1]]), np.hstack([tile[:, ::-1], tile])])
     r = Recognizer.from_checkpoint(ckpt, detector="yunet", detector_model=yunet, batch_size=3)
-    cap = _Capture(r.backend.model)
+    cap = _Capture(r.backend.net)
     faces = r.predict(grid)
     cap.close()
     assert len(faces) == 4
@@ -381,7 +381,7 @@ def test_invalid_detections_are_dropped_and_counted_for_arrays_and_files(garbage
     rgb = load_image(astronaut)  # 512 x 512: detected at full size, so the fake's boxes come back unchanged
     path = tmp_path / "wide.png"
     Image.fromarray(np.ascontiguousarray(np.hstack([rgb, rgb[:, ::-1]]))).save(path)
-    cap = _Capture(garbage_rec.backend.model)
+    cap = _Capture(garbage_rec.backend.net)
     preds = list(garbage_rec.iter_predict([("array", rgb), ("pil", Image.fromarray(rgb)), ("file", str(path))]))
     cap.close()
     assert sum(x.shape[0] for x in cap.inputs) == 3  # one crop per image reached the model, no garbage
