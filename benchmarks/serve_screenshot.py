@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from poster_fer.samples import sample_path
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     proc, url = start_server(args.weights)
     try:
+        # one request first, so the timings the page shows are a warm server's, not the first call's
+        warm = urllib.request.Request(url + "/v1/predict", data=Path(args.image).read_bytes(), method="POST",
+                                      headers={"Content-Type": "application/octet-stream"})
+        urllib.request.urlopen(warm, timeout=60).read()
         with tempfile.TemporaryDirectory() as profile:
             opts = webdriver.ChromeOptions()
             opts.binary_location = chromium
