@@ -97,9 +97,12 @@ def browser(tmp_path_factory):
 
 
 def _wait(driver, predicate, timeout: float = 30.0):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+    # The live page redraws its elements every frame: an element found a moment ago may be gone by the next read.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: predicate(d))
 
 
 def _expected_label(url: str) -> str:
@@ -167,13 +170,16 @@ def test_webcam_shows_live_labels(server, browser):
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay .box") and d.find_elements(By.ID, "fps"))
     _wait(browser, lambda d: _images_answered(server) - before >= 5)  # frames keep coming
     assert browser.find_element(By.ID, "cam").text == "Stop webcam"
-    fps = float(re.search(r"([\d.]+) fps", browser.find_element(By.ID, "fps").text).group(1))
+    fps = float(re.search(r"([\d.]+) fps", browser.execute_script(
+        "return document.getElementById('fps').textContent")).group(1))
     assert fps > 0
     (box,) = _boxes(browser)
     assert box["label"].split()[0] in CLASSES
     assert 0.2 < (box["x"] + box["w"] / 2) / box["mw"] < 0.8 and 0.2 < (box["y"] + box["h"] / 2) / box["mh"] < 0.8
-    labels = browser.find_elements(By.CSS_SELECTOR, "#faces .face .label")
-    assert len(labels) == 1 and labels[0].text in CLASSES
+    # One snapshot of the list (read in the page, so a redraw between two reads cannot make it stale).
+    labels = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#faces .face .label')).map(e => e.textContent.trim())")
+    assert len(labels) == 1 and labels[0] in CLASSES
     browser.find_element(By.ID, "cam").click()
     _wait(browser, lambda d: d.find_element(By.ID, "cam").text == "Start webcam")
     assert "error" not in browser.find_element(By.ID, "status").get_attribute("class")
