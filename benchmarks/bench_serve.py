@@ -43,7 +43,7 @@ from bench_photo_pipeline import group_image  # noqa: E402  (the 16-face photo, 
 
 from poster_fer.assets import shared_path  # noqa: E402
 from poster_fer.faces import load_image  # noqa: E402
-from poster_fer.provenance import cpu_model, git_state, load_average  # noqa: E402
+from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average  # noqa: E402
 from poster_fer.samples import sample_path  # noqa: E402
 from poster_fer.serve.metrics import resident_memory_bytes  # noqa: E402
 
@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "server_command": f"poster-fer serve --port 0 {' '.join(server_args)}".strip(),
         "model": args.weights or "default (poster_v1_ferplus_s, shipped)",
         "git": git_state(),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version.split()[0],
+        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+                    "python": sys.version.split()[0],
                     "load_average_before": load_before, "load_average_after": load_average()},
         "inputs": {"portrait": {"source": str(image_path), "shape": list(portrait_rgb.shape),
                                 "jpeg_bytes": len(inputs["portrait"][0]), "faces": 1},
