@@ -11,38 +11,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
+from bench_serve import start_server  # the same launcher as the load test (scripts in one folder)
+
 from poster_fer.samples import sample_path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def start_server(weights: str | None) -> tuple[subprocess.Popen, str]:
-    """``poster-fer serve --port 0`` in a subprocess; its URL once it listens."""
-    cmd = [sys.executable, "-m", "poster_fer.cli", "serve", "--port", "0"]
-    if weights:
-        cmd += ["--weights", weights]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    end = time.monotonic() + 120
-    while time.monotonic() < end and proc.poll() is None:
-        for line in list(lines):
-            if m := re.search(r"http://[\d.:\[\]]+/", line):
-                return proc, m.group(0).rstrip("/")
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"the server did not start: {proc.stderr.read()}")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -63,7 +43,8 @@ def main(argv: list[str] | None = None) -> Path:
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
         raise SystemExit("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    proc, url = start_server(args.weights)
+    proc, host, port = start_server(["--weights", args.weights] if args.weights else [])
+    url = f"http://{host}:{port}"
     try:
         # one request first, so the timings the page shows are a warm server's, not the first call's
         warm = urllib.request.Request(url + "/v1/predict", data=Path(args.image).read_bytes(), method="POST",
