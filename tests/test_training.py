@@ -574,3 +574,33 @@ def test_compile_without_a_cpp_compiler_trains_eagerly_and_says_so(tmp_path, syn
     notes = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
              if '"note"' in line]
     assert notes and "no C++ compiler" in notes[0]["compile_skipped"]
+
+
+def test_train_with_a_face_backbone_file_and_lr_mult(tmp_path, synthetic):
+    """model.pretrained.face_backbone loads the registry file into the image stream, recorded in the model;
+    optimizer.lr_mult gives that stream its own learning rate (and a prefix matching nothing is an error)."""
+    json_path = need_shared("weights", "face_backbones", "mobilefacenet.json")
+    need_shared("weights", "face_backbones", "mobilefacenet.bin")
+    recipe_path = _synthetic_recipe(tmp_path / "r.yaml", synthetic, model="poster_v1_tiny_mfn", epochs=1)
+    recipe = yaml.safe_load(recipe_path.read_text())
+    recipe["model"]["config"]["landmark_size"] = 32
+    recipe["model"]["pretrained"] = {"face_backbone": str(json_path)}
+    recipe["optimizer"]["lr_mult"] = {"face_back": 0.25}
+    recipe_path.write_text(yaml.safe_dump(recipe))
+    assert _run("--recipe", str(recipe_path), "--out", str(tmp_path / "run")) == 0
+    from poster_fer.weights import read_metadata
+
+    pre = " ".join(read_metadata(tmp_path / "run" / "best")["provenance"]["pretrained"])
+    assert "face_backbone" in pre and "loaded 48 tensors" in pre and "-2m" in pre
+
+    from poster_fer import create_model
+    from poster_fer.training.optim import build_optimizer
+
+    model = create_model("poster_v1_tiny_mfn")
+    opt = build_optimizer(model, {"name": "adamw", "lr": 1e-3, "lr_mult": {"face_back": 0.25}})
+    back = {id(p) for p in model.face_back.parameters()}
+    for g in opt.param_groups:
+        in_back = {id(p) in back for p in g["params"]}
+        assert len(in_back) == 1 and g["lr"] == (2.5e-4 if in_back.pop() else 1e-3)
+    with pytest.raises(ValueError, match="no trainable parameter under"):
+        build_optimizer(model, {"name": "adamw", "lr": 1e-3, "lr_mult": {"ir_back": 0.1}})

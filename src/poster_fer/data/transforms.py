@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+
 TRANSFORM_NAMES = ("official_v1", "official_v2", "plain")
 
 #: RandomErasing settings (p, scale) of the official code: RAF-DB, and AffectNet/other sets in POSTER++.

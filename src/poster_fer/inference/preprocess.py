@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..faces import CropGeometry, align_face, get_geometry
 
 __all__ = ["DEFAULT_GEOMETRY", "Preprocessing"]
@@ -34,8 +35,6 @@ __all__ = ["DEFAULT_GEOMETRY", "Preprocessing"]
 #: aligned crops (and AffectNet's, which are framed alike).
 DEFAULT_GEOMETRY = "rafdb"
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -77,8 +76,8 @@ class Preprocessing:
         geo = prep.get("crop_geometry")
         return cls(
             input_size=int(size),
-            mean=_triple(prep.get("mean", _IMAGENET_MEAN), "mean"),
-            std=_triple(prep.get("std", _IMAGENET_STD), "std"),
+            mean=_triple(prep.get("mean", IMAGENET_MEAN), "mean"),
+            std=_triple(prep.get("std", IMAGENET_STD), "std"),
             channel_order=str(prep.get("channel_order", "RGB")).upper(),
             grayscale=bool(prep.get("grayscale", False)),
             interpolation=str(prep.get("resize_interpolation", "bilinear")).lower(),

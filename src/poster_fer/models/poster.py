@@ -24,10 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from .arcface_mobilefacenet import ArcFaceMobileFaceNet
+from .dlib_resnet import DLIB_MEAN_RGB, DLIB_SCALE, DlibResNet
 from .ir import IRBackbone, IRConfig
 from .layers import ClassificationHead, CrossAttention, DropPath, Mlp, SEBlock, ViTBlock, adaptive_avg_pool
 from .mobilefacenet import MobileFaceNet
 from .registry import register_family, register_model
+
+IMAGE_BACKBONES = ("ir", "arcface_mobilefacenet", "dlib_resnet")
+_DEFAULT_LAYER = {"arcface_mobilefacenet": "stage4", "dlib_resnet": "level2"}
 
 
 @dataclass
@@ -57,6 +63,13 @@ class PosterConfig:
         landmark_train_mode: leave the frozen landmark network in train mode while training, as the official
             code does (its BN statistics then drift); default keeps it in eval mode.
         ir: the IR backbone's stages and widths.
+        image_backbone: the image stream's network: ``"ir"`` (IR-50 family, the paper's), or a face-recognition
+            network loadable from a registry file (``"arcface_mobilefacenet"``, ``"dlib_resnet"``; see
+            :mod:`poster_fer.weights.face_backbones`), tapped at ``image_layer`` and pooled to 7x7 tokens.
+        image_layer: the feature map a face-recognition backbone gives (default: ``stage4`` of MobileFaceNet,
+            14x14x128 at 112 px, the counterpart of IR-50's third stage; ``level2`` of dlib's ResNet).
+        input_mean, input_std: the normalisation of the tensor the model is given; a face-recognition backbone
+            converts it back to its own (ArcFace ``(p - 127.5) / 128``, dlib ``(p - mean) / 256``).
     """
 
     num_classes: int = 7
@@ -77,6 +90,10 @@ class PosterConfig:
     image_tokens: str = "view"
     landmark_train_mode: bool = False
     ir: IRConfig = field(default_factory=IRConfig)
+    image_backbone: str = "ir"
+    image_layer: str | None = None
+    input_mean: tuple[float, ...] = IMAGENET_MEAN
+    input_std: tuple[float, ...] = IMAGENET_STD
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PosterConfig:
@@ -84,8 +101,9 @@ class PosterConfig:
         ir = values.pop("ir", None)
         if isinstance(ir, dict):
             ir = IRConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ir.items()})
-        if "dims" in values:
-            values["dims"] = tuple(values["dims"])
+        for key in ("dims", "input_mean", "input_std"):
+            if key in values:
+                values[key] = tuple(values[key])
         return cls(**values, **({"ir": ir} if ir is not None else {}))
 
     def __post_init__(self) -> None:
@@ -97,6 +115,12 @@ class PosterConfig:
             raise ValueError("cross-fusion needs both streams (use fusion='self' for a single stream)")
         if self.image_tokens not in ("view", "pool"):
             raise ValueError(f"image_tokens must be 'view' or 'pool', not {self.image_tokens!r}")
+        if self.image_backbone not in IMAGE_BACKBONES:
+            raise ValueError(f"image_backbone must be one of {', '.join(IMAGE_BACKBONES)}, not {self.image_backbone!r}")
+        if self.image_backbone != "ir" and self.image_tokens != "pool":
+            raise ValueError(f"image_backbone={self.image_backbone!r} needs image_tokens='pool'")
+        if self.image_backbone == "ir" and self.image_layer is not None:
+            raise ValueError("image_layer applies to face-recognition backbones, not the IR stream")
         levels = self.dims if self.pyramid else self.dims[:1]
         for i, d in enumerate(levels):
             if d != self.dims[0] >> i or d % self.heads:
@@ -222,7 +246,11 @@ class Poster(nn.Module):
             self.face_landback = MobileFaceNet(with_head=False)
             self.face_landback.requires_grad_(False)
             self.lm_layer = nn.Linear(512, d) if d != 512 else None
-        if self.use_image:
+        if self.use_image and cfg.image_backbone != "ir":
+            self.face_back = build_face_backbone(cfg)
+            self._register_backbone_norm(cfg)
+            self.ir_layer = nn.Linear(self.face_back.out_channels, d)
+        elif self.use_image:
             self.ir_back = IRBackbone(cfg.ir)
             grid = cfg.backbone_size // 2 ** len(cfg.ir.units)
             c = cfg.ir.widths[-1]
@@ -250,8 +278,26 @@ class Poster(nn.Module):
         s = size or self.cfg.backbone_size
         return x if x.shape[-2:] == (s, s) else F.interpolate(x, size=s, mode=self.cfg.resize_mode)
 
+    def _register_backbone_norm(self, cfg: PosterConfig) -> None:
+        """Per-channel affine from the model's input normalisation to the face backbone's own."""
+        mean = torch.tensor(cfg.input_mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.input_std, dtype=torch.float32).view(1, -1, 1, 1)
+        if cfg.image_backbone == "arcface_mobilefacenet":
+            # pixel = 255 * (x * std + mean); backbone wants (pixel - 127.5) / 128
+            scale, shift = 255.0 * std / 128.0, (255.0 * mean - 127.5) / 128.0
+        else:
+            bb_mean = torch.tensor(DLIB_MEAN_RGB).view(1, -1, 1, 1)
+            scale, shift = 255.0 * std / DLIB_SCALE, (255.0 * mean - bb_mean) / DLIB_SCALE
+        # Not saved: derived from the config, so checkpoints of IR models and of these stay alike.
+        self.register_buffer("backbone_scale", scale, persistent=False)
+        self.register_buffer("backbone_shift", shift, persistent=False)
+
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
-        """IR-50 tokens before projection: (B, 3, H, W) -> (B, 49, C)."""
+        """Image-stream tokens before projection: (B, 3, H, W) -> (B, 49, C)."""
+        if self.cfg.image_backbone != "ir":
+            x = self._resize(x)
+            m = self.face_back(x * self.backbone_scale + self.backbone_shift)
+            return adaptive_avg_pool(m, 7).flatten(2).transpose(1, 2)
         m = self.ir_back(self._resize(x))  # (B, 256, 14, 14) at 112
         b = m.shape[0]
         if self.cfg.image_tokens == "view":
@@ -290,6 +336,14 @@ class Poster(nn.Module):
         return ("ir_back.output_layer.", "pyramid_fuse.cls_token", "face_landback.output_layer.")
 
 
+def build_face_backbone(cfg: PosterConfig) -> nn.Module:
+    """The face-recognition network of ``cfg.image_backbone``, built up to ``cfg.image_layer`` (random init)."""
+    layer = cfg.image_layer or _DEFAULT_LAYER[cfg.image_backbone]
+    if cfg.image_backbone == "arcface_mobilefacenet":
+        return ArcFaceMobileFaceNet(last=layer)
+    return DlibResNet(last=layer)
+
+
 register_family("poster_v1", Poster, PosterConfig)
 
 _TINY = dict(dims=(64, 32, 16), depth=1, heads=2, ir=IRConfig(units=(1, 1, 1), widths=(16, 32, 64), stem_width=16),
@@ -314,6 +368,23 @@ register_model("poster_v1_ferplus_s", "poster_v1", "small two-stream POSTER trai
                num_classes=8, input_size=48, backbone_size=48, landmark_size=80, image_tokens="pool",
                dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
                ir=IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32))
+# The same POSTER with a face-recognition image stream (issue 11's face-pretrained trial): ArcFace MobileFaceNet
+# (MS1M, the stand-in for IR-50) at 112 px, tapped at its 14x14x128 map; load its weights with
+# model.pretrained.face_backbone=PATH/mobilefacenet.json (poster_fer.weights.face_backbones).
+register_model("poster_v1_ferplus_mfn", "poster_v1", "two-stream POSTER, ArcFace MobileFaceNet image stream",
+               num_classes=8, input_size=48, backbone_size=112, landmark_size=80, image_tokens="pool",
+               resize_mode="bilinear", dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
+               image_backbone="arcface_mobilefacenet", image_layer="stage4")
+register_model("poster_v1_ferplus_dlib", "poster_v1", "two-stream POSTER, dlib face-recognition ResNet image stream",
+               num_classes=8, input_size=48, backbone_size=150, landmark_size=80, image_tokens="pool",
+               resize_mode="bilinear", dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
+               image_backbone="dlib_resnet", image_layer="level2")
 register_model("poster_v1_tiny", "poster_v1", "a few-layer POSTER for tests", **_TINY)
+register_model("poster_v1_tiny_mfn", "poster_v1", "tiny POSTER with a (2-stage) ArcFace MobileFaceNet image stream",
+               dims=(64, 32, 16), depth=1, heads=2, drop_path=0.0, input_size=48, backbone_size=64,
+               landmark_size=64, image_tokens="pool", image_backbone="arcface_mobilefacenet", image_layer="stage2")
+register_model("poster_v1_tiny_dlib", "poster_v1", "tiny POSTER with a (1-level) dlib ResNet image stream",
+               dims=(64, 32, 16), depth=1, heads=2, drop_path=0.0, input_size=48, backbone_size=64,
+               landmark_size=64, image_tokens="pool", image_backbone="dlib_resnet", image_layer="level4")
 register_model("poster_v1_tiny_image_only", "poster_v1", "tiny image-only POSTER for tests",
                streams="image", fusion="self", pyramid=False, **_TINY)

@@ -99,28 +99,47 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
 
 
-def _param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool) -> list[dict[str, Any]]:
-    """Trainable parameters; with ``no_decay_1d`` biases, norms and embeddings-as-vectors get no decay."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def _param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool, lr: float,
+                  lr_mult: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Trainable parameters; with ``no_decay_1d`` biases, norms and embeddings-as-vectors get no decay.
+
+    ``lr_mult`` maps a parameter-name prefix to a learning-rate factor (e.g. ``{face_back: 0.2}``): a
+    pretrained backbone fine-tuned more gently than the freshly initialised fusion layers.
+    """
+    lr_mult = {str(k): float(v) for k, v in (lr_mult or {}).items()}
+    matched = dict.fromkeys(lr_mult, False)
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if no_decay_1d and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+        mult = 1.0
+        for prefix, m in lr_mult.items():
+            if name == prefix or name.startswith(prefix + "."):
+                mult, matched[prefix] = m, True
+                break
+        buckets.setdefault((mult, no_decay_1d and p.ndim <= 1), []).append(p)
+    unmatched = [k for k, hit in matched.items() if not hit]
+    if unmatched:
+        raise ValueError(f"optimizer.lr_mult: no trainable parameter under {unmatched}")
+    groups = []
+    for (mult, no_decay), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if mult != 1.0:
+            group["lr"] = lr * mult
+        groups.append(group)
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     """From a recipe's ``optimizer`` section: ``{name, lr, weight_decay, betas|momentum, nesterov,
-    no_decay_1d, fused, sam: {rho, adaptive} | null}``. Frozen parameters (the landmark network) are left out."""
+    no_decay_1d, lr_mult: {prefix: factor}, fused, sam: {rho, adaptive} | null}``. Frozen parameters (the
+    landmark network) are left out."""
     cfg = dict(cfg)
     name = str(cfg.pop("name", "adam")).lower()
     lr = float(cfg.pop("lr"))
     wd = float(cfg.pop("weight_decay", 0.0))
     sam = cfg.pop("sam", None)
-    groups = _param_groups(model, wd, bool(cfg.pop("no_decay_1d", False)))
+    groups = _param_groups(model, wd, bool(cfg.pop("no_decay_1d", False)), lr, cfg.pop("lr_mult", None))
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if name in ("adam", "adamw"):

