@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from poster_fer.cli import main
-from poster_fer.evaluation.ablation import (
+from poster_fer.experiments.ablation import (
     VARIANTS,
     parse_variants,
     render_ablation_markdown,

@@ -84,6 +84,27 @@ def test_fold_batchnorm_is_exact_and_skips_pre_activation_bn():
         assert unit.res_layer[3].bias is not None
 
 
+@pytest.mark.parametrize("conv_bias", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_fold_batchnorm_with_and_without_conv_bias_and_bn_affine(conv_bias, affine):
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=conv_bias), nn.BatchNorm2d(6, affine=affine))
+    with torch.no_grad():
+        seq[1].running_mean.copy_(0.3 * torch.randn(6))
+        seq[1].running_var.copy_(0.5 + torch.rand(6))
+        if affine:
+            seq[1].weight.copy_(1 + 0.2 * torch.randn(6))
+            seq[1].bias.copy_(0.2 * torch.randn(6))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = seq.eval()(x)
+        folded, n = fold_batchnorm(seq)
+        out = folded(x)
+    assert n == 1 and isinstance(folded[1], nn.Identity) and folded[0].bias is not None
+    assert folded[0].weight.dtype == torch.float32 and folded[0].weight.requires_grad
+    assert rel_err(out, ref) <= 1e-6
+
+
 def test_pre_activation_bn_is_not_foldable_at_borders():
     """Why the leading BN stays: folding it into the padded conv changes the border pixels."""
     torch.manual_seed(0)

@@ -502,6 +502,16 @@ def test_box_iou():
     assert box_iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
 
 
+def test_box_iou_degenerate_boxes_and_empty_frames():
+    assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0  # empty union: 0, not NaN
+    assert box_iou((0, 0, 10, 10), (10, 0, 5, 5)) == 0.0  # touching edges
+    assert box_iou((0.1, 0.2, 0.3, 0.4), (0.1, 0.2, 0.3, 0.4)) == 1.0
+    t = IoUTracker()
+    assert t.update(0, [], []) == []
+    out = t.update(1, np.array([[0, 0, 10, 10]], dtype=np.float32), np.array([[0.2, 0.8]]))
+    assert out[0][0] == 0 and t.update(2, [], []) == [] and t.total_tracks == 1
+
+
 def test_draw_predictions_marks_the_face_and_keeps_the_input():
     img = np.full((120, 200, 3), 128, np.uint8)
     face = FaceResult(box=(20, 20, 50, 60), landmarks=np.array([[35, 40], [55, 40], [45, 55], [37, 65], [53, 65]]),

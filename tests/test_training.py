@@ -19,16 +19,14 @@ from PIL import Image
 
 from conftest import need_shared
 from poster_fer.cli import main
+from poster_fer.distributed import DistEnv, DistributedWeightedSampler, ShardSampler
 from poster_fer.training import (
     SAM,
     BatchAugment,
     BatchAugmentConfig,
-    DistEnv,
-    DistributedWeightedSampler,
     LabelSmoothingCrossEntropy,
     LandmarkCache,
     OfficialV1Loss,
-    ShardSampler,
     SoftTargetCrossEntropy,
     StepSchedule,
     build_optimizer,
@@ -64,6 +62,22 @@ def test_soft_target_ce_and_one_hot_equivalence():
     one_hot = torch.tensor([[0.0, 1.0, 0.0]])
     assert SoftTargetCrossEntropy()(logits, one_hot).item() == pytest.approx(
         SoftTargetCrossEntropy()(logits, torch.tensor([1])).item(), rel=1e-6)
+
+
+def test_smoothed_ce_soft_targets_and_class_last_dimension():
+    """Smoothing spreads s/C over every class for soft targets too; classes are on the last dimension."""
+    from poster_fer.training import smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    logits, soft, s = torch.randn(6, 5), torch.softmax(torch.randn(6, 5), -1), 0.1
+    logp = F.log_softmax(logits, -1)
+    expect = ((1 - s) * -(soft * logp).sum(-1) + s * -logp.mean(-1)).mean()
+    assert smoothed_cross_entropy(logits, soft, s).item() == pytest.approx(expect.item(), rel=1e-6)
+    seq, target = torch.randn(2, 3, 5), torch.randint(0, 5, (2, 3))
+    assert smoothed_cross_entropy(seq, target, s).item() == pytest.approx(
+        F.cross_entropy(seq.reshape(-1, 5), target.reshape(-1), label_smoothing=s).item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        smoothed_cross_entropy(logits, soft[:, :4])
 
 
 # ---------------------------------------------------------------------------------------------- optimiser ----

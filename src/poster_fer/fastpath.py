@@ -49,6 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .models import set_fused_attention
 
@@ -62,21 +63,27 @@ _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # --- BatchNorm folding -------------------------------------------------------------------------------------------
 
 def _fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv computing ``bn(conv(x))`` with ``bn`` frozen (eval mode); folded in float64 to keep it exact."""
+    """A conv computing ``bn(conv(x))`` with ``bn`` frozen (eval mode).
+
+    The arithmetic is PyTorch's ``fuse_conv_bn_weights``; its inputs are promoted to float64 (and the result cast
+    back) so the fold adds no rounding of its own. ``fuse_conv_bn_eval`` is not used because it folds in the
+    conv's own dtype and deep-copies the conv (hooks included) instead of building a plain one.
+    """
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics")
-    w = conv.weight.detach().double()
-    scale = bn.weight.detach().double() if bn.affine else torch.ones_like(bn.running_var, dtype=torch.float64)
-    shift = bn.bias.detach().double() if bn.affine else torch.zeros_like(scale)
-    inv_std = torch.rsqrt(bn.running_var.detach().double() + bn.eps)
-    factor = scale * inv_std
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(factor)
+
+    def f64(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().double()
+
+    weight, bias = fuse_conv_bn_weights(conv.weight.detach().double(), f64(conv.bias),
+                                        bn.running_mean.detach().double(), bn.running_var.detach().double(),
+                                        bn.eps, f64(bn.weight), f64(bn.bias))
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
                       device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
-        fused.weight.copy_((w * factor.reshape(-1, 1, 1, 1)).to(conv.weight.dtype))
-        fused.bias.copy_(((bias - bn.running_mean.double()) * factor + shift).to(conv.weight.dtype))
+        fused.weight.copy_(weight.to(conv.weight.dtype))
+        fused.bias.copy_(bias.to(conv.weight.dtype))
     fused.requires_grad_(conv.weight.requires_grad)
     return fused
 

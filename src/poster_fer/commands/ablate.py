@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..cli import UserError
-    from ..evaluation.ablation import parse_variants, pct, run_ablation
+    from ..experiments.ablation import parse_variants, pct, run_ablation
     from .info import parse_overrides
 
     try:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..constants import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES  # 7-class versions drop Contempt
 from .base import (
     ImageFileDataset,
     Transform,
@@ -17,9 +18,6 @@ from .base import (
 )
 from .errors import DatasetError, IssueLog
 
-#: AffectNet expression order (0..7); 7-class versions drop Contempt.
-AFFECTNET8_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
-AFFECTNET7_CLASSES = AFFECTNET8_CLASSES[:7]
 _NON_EMOTION = {8: "expression 8 (none)", 9: "expression 9 (uncertain)", 10: "expression 10 (no face)"}
 _CSV_COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression")
 _TEST_NOTE = "AffectNet's official validation set is its test set: use split='test' for it"

@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..constants import FER2013_CLASSES, FERPLUS_CLASSES
 from .base import FERDataset, Transform, check_class_names, normalize_split
 from .errors import DatasetError, IssueLog
 
-#: Kaggle FER2013 emotion order (column ``emotion`` 0..6).
-FER2013_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
-#: FER+ emotion order (the vote columns of ``fer2013new.csv``, without unknown and NF).
-FERPLUS_CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 #: FER+ vote columns in file order: the 8 emotions, then ``unknown`` and ``NF`` (not a face).
 FERPLUS_VOTE_COLUMNS = [*FERPLUS_CLASSES, "unknown", "NF"]
 FERPLUS_LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target", "votes")

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..constants import RAFDB_CLASSES  # RAF-DB basic order: file labels 1..7 become indices 0..6
 from .base import (
     ImageFileDataset,
     Transform,
@@ -16,8 +17,6 @@ from .base import (
 )
 from .errors import DatasetError, IssueLog
 
-#: RAF-DB basic order: file labels 1..7 become indices 0..6.
-RAFDB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 RAFDB_LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"
 
 

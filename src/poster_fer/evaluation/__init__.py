@@ -1,11 +1,10 @@
 """poster_fer.evaluation: metrics, report files and figures for evaluation runs, the evaluation loop,
-confidence calibration (one softmax temperature, ECE, reliability diagrams), relevance maps (the paper's
-Fig. 7) and the Table-4 ablation runner.
+confidence calibration (one softmax temperature, ECE, reliability diagrams) and relevance maps (the paper's
+Fig. 7). The Table-4 ablation runner, which trains, is an app: :mod:`poster_fer.experiments`.
 
 The metrics need only numpy; the figures import matplotlib / scikit-learn lazily (the ``analysis`` extra).
 """
 
-from .ablation import VARIANTS, render_ablation_markdown, run_ablation
 from .calibration import (
     apply_temperature,
     calibrate_model,
@@ -23,6 +22,7 @@ from .evaluate import (
     run_evaluation,
 )
 from .explain import explain_figure, relevance_maps
+from .loop import EvalOutput, predict_batch, predict_split
 from .metrics import (
     accuracy,
     compute_metrics,
@@ -39,8 +39,8 @@ from .plots import plot_confusion, plot_curves, plot_reliability, tsne_subsample
 from .report import load_metrics, render_markdown, write_eval_outputs
 
 __all__ = [
-    "VARIANTS",
     "ClassMismatchError",
+    "EvalOutput",
     "accuracy",
     "apply_temperature",
     "calibrate_model",
@@ -59,15 +59,15 @@ __all__ = [
     "negative_log_likelihood",
     "per_class_accuracy",
     "plot_confusion",
+    "predict_batch",
+    "predict_split",
     "plot_curves",
     "plot_reliability",
     "precision_recall_f1",
     "relevance_maps",
     "reliability_bins",
-    "render_ablation_markdown",
     "render_markdown",
     "row_normalised",
-    "run_ablation",
     "run_evaluation",
     "softmax_with_temperature",
     "top_k_accuracy",

@@ -1,7 +1,8 @@
 """Running a model over a dataset: the evaluation loop, its preprocessing and the class-name check.
 
-:func:`run_evaluation` is the one loop every consumer shares (``poster-fer eval``, the training engine's
-validation, the ablation runner), so a number means the same thing wherever it is reported.
+:func:`run_evaluation` runs a saved model over a dataset through the one evaluation loop
+(:func:`poster_fer.evaluation.loop.predict_split`, which training's validation and test use too), so a number
+means the same thing wherever it is reported.
 :func:`evaluate_dataset` adds what a published number needs around it: the class check, the metrics, the
 output files and their provenance.
 """
@@ -20,7 +21,11 @@ import torch
 from torch import nn
 
 from ..devices import resolve_device
+from ..precision import autocast as precision_autocast
+from ..precision import resolve_precision
 from ..provenance import git_revision
+from ..weights.io import calibrate_logits, validate_temperature
+from .loop import predict_split, softmax_np
 
 __all__ = [
     "ClassMismatchError",
@@ -163,19 +168,18 @@ def subsample_indices(num_samples: int, max_samples: int | None, seed: int = 0) 
 
 
 class _Images(torch.utils.data.Dataset):
-    """Transformed images of some samples, without their targets (labels come from ``dataset.labels``)."""
+    """Transformed images of some samples as loop batches (``image``, ``index`` within the run, hard ``target``)."""
 
-    def __init__(self, dataset: Any, indices: np.ndarray, transform: Callable | None) -> None:
-        self.dataset, self.indices, self.transform = dataset, indices, transform
+    def __init__(self, dataset: Any, indices: np.ndarray, labels: np.ndarray, transform: Callable | None) -> None:
+        self.dataset, self.indices, self.labels, self.transform = dataset, indices, labels, transform
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         index = int(self.indices[i])
-        if self.transform is None:
-            return self.dataset[index][0]
-        return self.transform(self.dataset.get_image(index))
+        image = self.dataset[index][0] if self.transform is None else self.transform(self.dataset.get_image(index))
+        return {"image": image, "index": i, "target": int(self.labels[i])}
 
 
 @torch.no_grad()
@@ -194,31 +198,28 @@ def run_evaluation(
     desc: str = "eval",
     temperature: float = 1.0,
     logit_bias: Sequence[float] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """Predict every sample of ``dataset`` (in order) and return the raw material of the metrics.
+    """Predict every sample of ``dataset`` (in order) through :func:`~poster_fer.evaluation.loop.predict_split`
+    and return the raw material of the metrics.
 
     ``transform`` replaces the dataset's own (it is applied to ``dataset.get_image(i)``); without it the
     dataset's transform must already produce model input. ``tta="flip"`` averages the softmax of each image
     and its mirror. ``indices`` restricts the run to those samples. ``temperature`` divides the logits before
     every softmax (calibrated confidences; the argmax is unchanged without TTA); ``logit_bias`` (per-class
-    offsets, the model's class-prior correction) is added before that, as every inference path does. Returns
-    ``y_true`` (hard labels, argmax of soft targets), ``y_pred``, ``probs`` (N, C float32, as deployed),
-    ``probs_uncalibrated`` (the same at T = 1 without the bias), ``logits`` (N, C float32, raw, of the
-    unflipped image: what a temperature is fitted on), ``features`` ((N, D) from ``model.forward_features``
-    of the unflipped image, or ``None``), ``paths`` (sample ids), ``indices`` and ``temperature``. The model
-    is put in eval mode and left there.
+    offsets, the model's class-prior correction) is added before that, as every inference path does
+    (:func:`~poster_fer.weights.io.calibrate_logits`). ``precision`` is an autocast name (``bf16``...; default
+    full precision). Returns ``y_true`` (hard labels, argmax of soft targets), ``y_pred``, ``probs`` (N, C
+    float32, as deployed), ``probs_uncalibrated`` (the same at T = 1 without the bias), ``logits`` (N, C
+    float32, raw, of the unflipped image: what a temperature is fitted on), ``features`` ((N, D) from
+    ``model.forward_features`` of the unflipped image, or ``None``), ``paths`` (sample ids), ``indices`` and
+    ``temperature``. The model is put in eval mode and left there.
     """
-    from tqdm.auto import tqdm
-
-    from ..training.engine import predict_batch
-    from ..weights.io import validate_temperature
-
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     temperature = validate_temperature(temperature)
-    bias = None if logit_bias is None else torch.as_tensor([float(b) for b in logit_bias])
     dev = resolve_device(device)
     idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
@@ -226,35 +227,29 @@ def run_evaluation(
     labels = np.asarray(dataset.labels, dtype=np.int64)[idx]
     ids = sample_ids(dataset)
     loader = torch.utils.data.DataLoader(
-        _Images(dataset, idx, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        _Images(dataset, idx, labels, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
         pin_memory=dev.type == "cuda",
     )
+
+    def prepare(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], None]:
+        return batch["image"].to(dev, non_blocking=True), batch["target"], {}, None
+
     model.eval().to(dev)
-    probs, raw_probs, logits, feats = [], [], [], []
-    for x in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        x = x.to(dev, non_blocking=True)
-        # The mirror goes through predict_batch on its own so its logits, too, can be scaled before the softmax;
-        # at T = 1 the average below is predict_batch's own flip TTA.
-        f, z, _ = predict_batch(model, x)
-        views = [z] if tta != "flip" else [z, predict_batch(model, x.flip(-1))[1]]
-        raw = (sum(v.softmax(-1) for v in views) / len(views)).cpu()
-        raw_probs.append(raw)
-        if bias is not None:
-            views = [v + bias.to(v.device, v.dtype) for v in views]
-        probs.append(raw if temperature == 1.0 and bias is None else
-                     (sum((v / temperature).softmax(-1) for v in views) / len(views)).cpu())
-        logits.append(z.cpu())
-        if collect_features:
-            feats.append(f.float().cpu())
-    prob = torch.cat(probs).numpy()
+    out = predict_split(model, loader, prepare, device=dev, autocast=precision_autocast(
+        dev, resolve_precision(precision, dev, "precision")), return_features=collect_features,
+        tta_flip=tta == "flip", progress=progress, desc=desc)
+    views = [out.logits] if out.flip_logits is None else [out.logits, out.flip_logits]
+    calibrated = temperature != 1.0 or logit_bias is not None
+    prob = (sum(softmax_np(calibrate_logits(v, temperature, logit_bias)) for v in views) / len(views)
+            if calibrated else out.probs)
     return {
         "y_true": labels,
         "y_pred": prob.argmax(axis=1).astype(np.int64),
-        "probs": prob,
-        "probs_uncalibrated": prob if temperature == 1.0 and bias is None else torch.cat(raw_probs).numpy(),
-        "logits": torch.cat(logits).numpy(),
+        "probs": prob.astype(np.float32),
+        "probs_uncalibrated": out.probs,
+        "logits": out.logits,
         "temperature": temperature,
-        "features": torch.cat(feats).numpy() if collect_features else None,
+        "features": out.features,
         "paths": [ids[i] for i in idx.tolist()],
         "indices": idx,
     }

@@ -21,6 +21,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..weights import load_model, load_official
+from ..weights.io import calibrate_logits, get_logit_bias, get_temperature
+
 __all__ = ["Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "resolve_device"]
 
 _OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
@@ -43,8 +46,6 @@ class Backend(Protocol):
 
 def _logit_bias(meta: dict[str, Any], where: Any) -> np.ndarray | None:
     """The metadata's per-class logit offsets (None when absent), refusing a malformed record."""
-    from ..weights.io import get_logit_bias
-
     try:
         bias = get_logit_bias(meta)
     except ValueError as err:
@@ -54,8 +55,6 @@ def _logit_bias(meta: dict[str, Any], where: Any) -> np.ndarray | None:
 
 def _temperature(meta: dict[str, Any], where: Any) -> float:
     """The metadata's calibration temperature (1.0 when absent), refusing a value that cannot scale logits."""
-    from ..weights.io import get_temperature
-
     try:
         return get_temperature(meta)
     except ValueError as err:
@@ -128,10 +127,7 @@ class TorchBackend:
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:
             logits = self.net(x)
-        out = logits.float().cpu().numpy()
-        if self.logit_bias is not None:
-            out = out + self.logit_bias
-        return out if self.temperature == 1.0 else out / np.float32(self.temperature)
+        return calibrate_logits(logits.float().cpu().numpy(), self.temperature, self.logit_bias)
 
 
 class OnnxBackend:
@@ -162,10 +158,8 @@ class OnnxBackend:
         self.device = device
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        logits = np.asarray(self.session(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
-        if self.logit_bias is not None:
-            logits = logits + self.logit_bias
-        return logits if self.temperature == 1.0 else logits / np.float32(self.temperature)
+        logits = self.session(np.ascontiguousarray(batch, dtype=np.float32))
+        return calibrate_logits(logits, self.temperature, self.logit_bias)
 
 
 def load_backend(
@@ -197,8 +191,6 @@ def load_backend(
         raise InferenceError(f"unknown backend {backend!r}; choose 'torch' or 'onnxruntime'")
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
-    from .. import load_model, load_official
-
     dev = resolve_device(device)
     if p.is_file() and p.suffix.lower() in _OFFICIAL_SUFFIXES:
         net = load_official(p, model=model or "poster_v1", num_classes=num_classes, classes=classes,

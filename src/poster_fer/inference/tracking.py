@@ -13,19 +13,38 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 __all__ = ["IoUTracker", "Track", "box_iou"]
 
 
+def _xyxy(boxes: Sequence[Sequence[float]] | np.ndarray) -> torch.Tensor:
+    """``(x, y, w, h)`` boxes as an ``(N, 4)`` float64 tensor of ``(x1, y1, x2, y2)`` corners (torchvision's format)."""
+    xywh = np.asarray(boxes, dtype=np.float64)
+    if xywh.size == 0:
+        xywh = xywh.reshape(0, 4)
+    if xywh.ndim != 2 or xywh.shape[1] != 4:
+        raise ValueError(f"boxes must be (x, y, w, h), got an array of shape {xywh.shape}")
+    t = torch.from_numpy(xywh)
+    return torch.cat([t[:, :2], t[:, :2] + t[:, 2:]], dim=1)
+
+
+def _iou_matrix(a: Sequence[Sequence[float]] | np.ndarray, b: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """IoU of every ``(x, y, w, h)`` box of ``a`` with every one of ``b``: a ``(len(a), len(b))`` float64 array.
+
+    ``torchvision.ops.box_iou`` in float64, except that a pair whose union is empty (degenerate boxes) gets 0
+    instead of torchvision's NaN (0/0), as before.
+    """
+    from torchvision.ops import box_iou as tv_box_iou  # imported on first use: it adds seconds to the import
+
+    iou = tv_box_iou(_xyxy(a), _xyxy(b))
+    # A union <= 0 forces an empty intersection, so such pairs are 0/0 = NaN or 0/negative = -0.0: both become 0.
+    return (torch.nan_to_num(iou, nan=0.0) + 0.0).numpy()
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x, y, w, h)`` boxes."""
-    ax, ay, aw, ah = (float(v) for v in a)
-    bx, by, bw, bh = (float(v) for v in b)
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
+    """Intersection over union of two ``(x, y, w, h)`` boxes (0 when their union is empty)."""
+    return float(_iou_matrix([a], [b])[0, 0])
 
 
 @dataclass
@@ -68,8 +87,9 @@ class IoUTracker:
     ) -> list[tuple[int, np.ndarray]]:
         """Match this frame's detections to tracks; returns ``(track id, smoothed probs)`` per detection."""
         self.tracks = [t for t in self.tracks if frame - t.last_frame <= self.max_age]
+        ious = _iou_matrix([t.box for t in self.tracks], boxes)  # (tracks, detections)
         pairs = sorted(
-            ((box_iou(t.box, b), ti, di) for ti, t in enumerate(self.tracks) for di, b in enumerate(boxes)),
+            ((float(ious[ti, di]), ti, di) for ti in range(len(self.tracks)) for di in range(len(boxes))),
             reverse=True,
         )
         assigned: dict[int, Track] = {}

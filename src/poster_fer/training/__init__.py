@@ -1,4 +1,4 @@
-"""Training: the engine (``train_one_epoch``, ``evaluate``), ``fit(recipe)``, losses, optimisers, schedules,
+"""Training: the engine (``train_one_epoch``), ``fit(recipe)``, losses, optimisers, schedules,
 distributed helpers, checkpoints and landmark-feature caching. ``poster-fer train`` is the command-line face.
 
 Start from :func:`fit` with a recipe name (``configs/NAME.yaml``), a YAML file or a dict; see
@@ -8,8 +8,7 @@ Start from :func:`fit` with a recipe name (``configs/NAME.yaml``), a YAML file o
 from .augment import BatchAugment, BatchAugmentConfig
 from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import TrainingData, build_training_data, load_splits
-from .distributed import DistEnv, DistributedWeightedSampler, ShardSampler, init_distributed
-from .engine import EvalOutput, ModelEma, NonFiniteLossError, StepState, evaluate, train_one_epoch
+from .engine import ModelEma, NonFiniteLossError, StepState, train_one_epoch
 from .landmark_cache import LandmarkCache
 from .losses import (
     LabelSmoothingCrossEntropy,
@@ -23,10 +22,10 @@ from .recipe import DEFAULTS, RecipeError, configs_dir, list_recipes, load_recip
 from .trainer import FitResult, fit
 
 __all__ = [
-    "DEFAULTS", "SAM", "BatchAugment", "BatchAugmentConfig", "DistEnv", "DistributedWeightedSampler", "EvalOutput",
+    "DEFAULTS", "SAM", "BatchAugment", "BatchAugmentConfig",
     "FitResult", "LabelSmoothingCrossEntropy", "LandmarkCache", "ModelEma", "NonFiniteLossError", "OfficialV1Loss",
-    "RecipeError", "ShardSampler", "SoftTargetCrossEntropy", "StepSchedule", "StepState", "TrainingData",
+    "RecipeError", "SoftTargetCrossEntropy", "StepSchedule", "StepState", "TrainingData",
     "build_loss", "build_optimizer", "build_schedule", "build_training_data", "capture_rng_state", "configs_dir",
-    "evaluate", "find_checkpoint", "fit", "init_distributed", "list_recipes", "load_checkpoint", "load_recipe",
+    "find_checkpoint", "fit", "list_recipes", "load_checkpoint", "load_recipe",
     "load_splits", "restore_rng_state", "save_checkpoint", "smoothed_cross_entropy", "train_one_epoch",
 ]

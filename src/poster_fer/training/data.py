@@ -25,8 +25,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..data import DatasetError, DatasetSubset, FERDataset, build_dataset, build_transform
+from ..distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
 from .augment import BatchAugment, BatchAugmentConfig
-from .distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
 
 SPLITS = ("train", "val", "test")
 PIPELINES = ("transforms", "preload")

@@ -1,56 +1,32 @@
-"""The training and evaluation loops as plain functions (DETR / open_clip style).
+"""The training loop as a plain function (DETR / open_clip style); evaluation is
+:func:`poster_fer.evaluation.loop.predict_split`.
 
 :func:`train_one_epoch` runs one pass over the training loader: mixed precision, SAM's two passes when the
 optimiser is :class:`~poster_fer.training.optim.SAM`, gradient clipping, a per-step schedule, JSON-line step
 logs, a stop on a non-finite loss (before the weights are touched) and an optional wall-clock deadline that
-every rank agrees on. :func:`evaluate` returns labels, predictions, probabilities (and optionally features)
-in dataset order, gathered over ranks.
+every rank agrees on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .distributed import DistEnv, all_reduce_sum, gather_arrays
+from ..distributed import DistEnv, all_reduce_sum
+from ..evaluation.loop import SINGLE, hard_labels, unwrap
+from ..precision import autocast as precision_autocast
 from .optim import SAM
-
-SINGLE = DistEnv()  # a single process
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops before the weights are updated with it."""
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], Any]:
-    """A factory of autocast contexts (``dtype`` None: full precision)."""
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DDP and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _hard(target: torch.Tensor) -> torch.Tensor:
-    return target.argmax(dim=-1) if target.dim() == 2 else target
 
 
 @dataclass
@@ -90,7 +66,7 @@ def train_one_epoch(
     a NaN on any rank stops every rank.
     """
     model.train()
-    autocast = autocast_context(device, amp_dtype)
+    autocast = precision_autocast(device, amp_dtype)
     sam = isinstance(optimizer, SAM)
     if sam and scaler is not None and scaler.is_enabled():
         raise ValueError("SAM with fp16 loss scaling is not supported; use amp: bf16 or no amp")
@@ -118,7 +94,7 @@ def train_one_epoch(
         x, y, kwargs, _ = prepare(batch)
         b = x.shape[0]
         loss, logits = forward(x, y, kwargs)
-        hits = float((logits.detach().argmax(-1) == _hard(y)).sum())
+        hits = float((logits.detach().argmax(-1) == hard_labels(y)).sum())
         late = deadline is not None and time.monotonic() > deadline
         # One reduction per step: the loss sum (NaN anywhere -> NaN everywhere), counts and the stop flag.
         red_loss, red_hits, red_n, red_late = all_reduce_sum(
@@ -191,104 +167,6 @@ def train_one_epoch(
         "tail_steps": steps - mid_step if mid_step else 0,
         "tail_s": (t0 + seconds - mid_t) if mid_step else 0.0,
     }
-
-
-@dataclass
-class EvalOutput:
-    """Predictions over a split in dataset order (``y_true`` hard labels; ``targets`` soft ones if any)."""
-
-    indices: np.ndarray
-    y_true: np.ndarray
-    y_pred: np.ndarray
-    probs: np.ndarray
-    loss: float
-    seconds: float
-    features: np.ndarray | None = None
-
-
-@torch.no_grad()
-def predict_batch(net: nn.Module, x: torch.Tensor, kwargs: dict[str, Any] | None = None, *,
-                  tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features, logits, probs)`` of one batch; the one prediction step of every evaluation path.
-
-    ``tta_flip`` averages the softmax of the image and its mirror; ``features`` and ``logits`` are the
-    unflipped image's. Cached landmark tokens (``kwargs``) belong to the unflipped image, so they refuse TTA.
-    """
-    kwargs = kwargs or {}
-    feats = net.forward_features(x, **kwargs)
-    logits = net.forward_head(feats).float()
-    probs = logits.softmax(-1)
-    if tta_flip:
-        if kwargs:
-            raise ValueError("flip TTA with cached landmark tokens is not supported")
-        flipped = net.forward_head(net.forward_features(x.flip(-1))).float()
-        probs = (probs + flipped.softmax(-1)) / 2
-    return feats, logits, probs
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Any,
-    prepare: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]],
-    *,
-    device: torch.device,
-    env: DistEnv = SINGLE,
-    criterion: nn.Module | None = None,
-    amp_dtype: torch.dtype | None = None,
-    return_features: bool = False,
-    tta_flip: bool = False,
-    progress: bool = True,
-    desc: str = "eval",
-) -> EvalOutput:
-    """Predict a split (each rank its shard), gather over ranks and restore dataset order.
-
-    ``tta_flip`` averages the softmax of the image and its mirror (not used for reported numbers unless a
-    recipe asks; the issue's targets are without test-time augmentation).
-    """
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
-    autocast = autocast_context(device, amp_dtype)
-    idx_parts, true_parts, prob_parts, feat_parts = [], [], [], []
-    loss_sum = n = 0.0
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=desc, unit="it", disable=not (progress and env.is_main), leave=False,
-               dynamic_ncols=True)
-    for batch in loader:
-        x, y, kwargs, _ = prepare(batch)
-        with autocast():
-            feats, logits, probs = predict_batch(net, x, kwargs, tta_flip=tta_flip)
-        if criterion is not None:
-            loss_sum += float(criterion(logits, y)) * x.shape[0]
-        n += x.shape[0]
-        idx_parts.append(torch.as_tensor(batch["index"]).cpu().numpy())
-        true_parts.append(_hard(y).cpu().numpy())
-        prob_parts.append(probs.cpu().numpy())
-        if return_features:
-            feat_parts.append(feats.float().cpu().numpy())
-        bar.update(1)
-    bar.close()
-    net.train(was_training)
-    local = {
-        "indices": np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64),
-        "y_true": np.concatenate(true_parts) if true_parts else np.zeros(0, np.int64),
-        "probs": np.concatenate(prob_parts) if prob_parts else np.zeros((0, 0), np.float32),
-    }
-    if return_features:
-        local["features"] = np.concatenate(feat_parts) if feat_parts else np.zeros((0, 0), np.float32)
-    loss_sum, n = all_reduce_sum([loss_sum, n], env, device)
-    full = gather_arrays(local, env)
-    order = np.argsort(full["indices"], kind="stable")
-    probs = full["probs"][order]
-    return EvalOutput(
-        indices=full["indices"][order],
-        y_true=full["y_true"][order].astype(np.int64),
-        y_pred=probs.argmax(axis=1).astype(np.int64),
-        probs=probs.astype(np.float32),
-        loss=loss_sum / n if (criterion is not None and n) else float("nan"),
-        seconds=time.perf_counter() - t0,
-        features=full["features"][order] if return_features else None,
-    )
 
 
 class ModelEma:

@@ -18,25 +18,27 @@ LOSS_NAMES = ("ce", "lsce", "official_v1", "soft_ce")
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """Mean of ``(1 - s) * CE(target) + s * CE(uniform)`` over the batch.
+    """Mean of ``(1 - s) * CE(target) + s * CE(uniform)`` over the batch, computed by ``F.cross_entropy``.
 
-    With hard targets this is exactly timm's / the POSTER code's ``LabelSmoothingCrossEntropy`` and
-    ``F.cross_entropy(label_smoothing=s)``: ``(1 - s) * nll + s * mean_c(-log p_c)``. With soft targets
-    the first term is ``-sum_c t_c log p_c``.
+    The smoothing mass ``s`` is spread uniformly over *all* ``C`` classes, the true one included:
+    ``(1 - s) * nll + s * mean_c(-log p_c)``. That is PyTorch's ``label_smoothing`` definition (and timm's / the
+    POSTER code's ``LabelSmoothingCrossEntropy``), so PyTorch's kernel computes it. Soft targets (B, C) are
+    smoothed the same way by PyTorch (``(1 - s) * t + s / C``), giving ``(1 - s) * (-sum_c t_c log p_c)
+    + s * mean_c(-log p_c)``. Classes are on the last dimension.
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, C)
-    if target.dim() == logits.dim():  # soft targets (B, C)
-        if target.shape != logits.shape:
-            raise ValueError(f"soft targets of shape {tuple(target.shape)} for logits {tuple(logits.shape)}")
-        nll = -(target.to(logp.dtype) * logp).sum(dim=-1)
+    soft = target.dim() == logits.dim()
+    if soft and target.shape != logits.shape:
+        raise ValueError(f"soft targets of shape {tuple(target.shape)} for logits {tuple(logits.shape)}")
+    num_classes = logits.shape[-1]
+    # float32 even under autocast; flattened to (N, C) because F.cross_entropy wants classes on dimension 1.
+    flat = logits.float().reshape(-1, num_classes)
+    if soft:
+        flat_target = target.to(flat.dtype).reshape(-1, num_classes)
     else:
-        nll = -logp.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
-    if smoothing == 0.0:
-        return nll.mean()
-    uniform = -logp.mean(dim=-1)
-    return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
+        flat_target = target.long().reshape(-1)
+    return F.cross_entropy(flat, flat_target, label_smoothing=float(smoothing))
 
 
 class LabelSmoothingCrossEntropy(nn.Module):

@@ -35,20 +35,14 @@ import torch
 from torch import nn
 
 from ..devices import resolve_device
+from ..distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
+from ..evaluation.loop import EvalOutput, predict_split, unwrap
+from ..precision import autocast as precision_autocast
+from ..precision import cpu_has_fast_bf16, resolve_precision
 from ..provenance import cpu_model, git_revision, load_average
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import TrainingData, build_training_data, load_splits
-from .distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
-from .engine import (
-    EvalOutput,
-    ModelEma,
-    NonFiniteLossError,
-    StepState,
-    autocast_context,
-    evaluate,
-    train_one_epoch,
-    unwrap,
-)
+from .engine import ModelEma, NonFiniteLossError, StepState, train_one_epoch
 from .landmark_cache import LandmarkCache, load_or_build
 from .losses import build_loss
 from .optim import build_optimizer, build_schedule
@@ -60,31 +54,6 @@ BEST_DIR = "best"
 
 
 # ------------------------------------------------------------------------------------------ environment ----
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AVX512-BF16/AMX). Without it bf16 autocast is emulated and, on the
-    2-core AVX2 machine here, about 10x slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_amp(amp: Any, device: torch.device) -> torch.dtype | None:
-    """``auto`` | ``bf16`` | ``fp16`` | ``none`` -> an autocast dtype or None."""
-    if amp in (None, False, "none", "fp32", "off"):
-        return None
-    amp = str(amp).lower()
-    if amp == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
-    if amp in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    if amp in ("fp16", "float16", "half"):
-        return torch.float16
-    raise ValueError(f"train.amp must be auto, bf16, fp16 or none, not {amp!r}")
 
 
 def seed_all(seed: int) -> None:
@@ -313,7 +282,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     seed = int(recipe.get("seed", 0))
     main = env.is_main
     progress = bool(tr.get("progress", True))
-    amp_dtype = resolve_amp(tr.get("amp"), device)
+    amp_dtype = resolve_precision(tr.get("amp"), device, "train.amp")
     global_batch = int(tr["batch_size"])
     if global_batch % env.world_size:
         raise ValueError(f"train.batch_size {global_batch} (the global batch) is not divisible by the world size "
@@ -449,9 +418,9 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
                      else "; no checkpoint was written yet")
             log({"type": "error", "epoch": epoch, "step": state.global_step, "error": str(e)})
             raise NonFiniteLossError(str(e) + where) from None
-        val = evaluate(eval_model, data.loaders["val"], data.preparers["val"], device=device, env=env,
-                       criterion=criterion, amp_dtype=amp_dtype, progress=progress, desc=f"val {epoch}",
-                       tta_flip=bool(tr.get("tta_flip")))
+        val = predict_split(eval_model, data.loaders["val"], data.preparers["val"], device=device, env=env,
+                            criterion=criterion, autocast=precision_autocast(device, amp_dtype), progress=progress,
+                            desc=f"val {epoch}", tta_flip=bool(tr.get("tta_flip")))
         vm = _metrics(val, data.classes)
         score = float(vm.get(select) or 0.0)
         improved = score > best
@@ -600,7 +569,7 @@ def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, devi
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
         str(tr.get("landmark_cache_dtype", "float32"))]
     t = time.monotonic()
-    autocast = autocast_context(device, amp_dtype)
+    autocast = precision_autocast(device, amp_dtype)
     total = 0
     files: dict[str, Any] = {}
     for split, images in data.images.items():
@@ -673,8 +642,9 @@ def _finish(recipe: dict[str, Any], run_dir: Path, data: TrainingData, env: Dist
     for split in ("val", "test"):
         if split not in data.loaders:
             continue
-        out = evaluate(best, data.loaders[split], data.preparers[split], device=device, env=env, criterion=criterion,
-                       amp_dtype=amp_dtype, progress=progress, desc=split, tta_flip=tta)
+        out = predict_split(best, data.loaders[split], data.preparers[split], device=device, env=env,
+                            criterion=criterion, autocast=precision_autocast(device, amp_dtype), progress=progress,
+                            desc=split, tta_flip=tta)
         metrics[split] = _metrics(out, data.classes)
         metrics[split]["epoch"] = best_epoch
     results: dict[str, Any] = {}

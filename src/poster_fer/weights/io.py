@@ -14,9 +14,11 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -81,6 +83,16 @@ def get_logit_bias(meta: Any) -> list[float] | None:
     if classes is not None and len(classes) != len(bias):
         raise ValueError(f"logit_bias has {len(bias)} values for {len(classes)} classes")
     return bias
+
+
+def calibrate_logits(logits: np.ndarray, temperature: float = 1.0,
+                     logit_bias: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """``(logits + logit_bias) / temperature`` in float32: the deployed calibration, computed in one place for
+    the torch and ONNX backends and for evaluation, so their probabilities cannot drift apart."""
+    out = np.asarray(logits, dtype=np.float32)
+    if logit_bias is not None:
+        out = out + np.asarray(logit_bias, dtype=np.float32)
+    return out if temperature == 1.0 else out / np.float32(temperature)
 
 
 def validate_temperature(value: Any) -> float:

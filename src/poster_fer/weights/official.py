@@ -17,12 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..constants import AFFECTNET8_CLASSES as AFFECTNET_CLASSES  # the official 8-class heads' order
+from ..constants import IMAGENET_MEAN, IMAGENET_STD, RAFDB_CLASSES
 from ..models import create_model
 from .safe_load import CheckpointError, safe_torch_load
-
-RAFDB_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
-AFFECTNET_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 
 
 @dataclass

@@ -18,6 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ..models import model_family
+from ..provenance import git_revision
+from ..training import fit
+from ..training.recipe import load_recipe
+
 __all__ = ["VARIANTS", "Variant", "parse_variants", "pct", "render_ablation_markdown", "run_ablation", "variant_recipe"]
 
 
@@ -79,8 +86,6 @@ def variant_recipe(recipe: Mapping[str, Any], variant: Variant) -> dict[str, Any
     the three fields as config overrides. A one-stream variant drops the other stream's pretrained file
     (and the image-only one the landmark-token cache, a pure speed-up).
     """
-    from ..models import model_family
-
     out = copy.deepcopy(dict(recipe))
     model = out.setdefault("model", {})
     name = model.get("name") or "poster_v1"
@@ -105,8 +110,6 @@ def variant_recipe(recipe: Mapping[str, Any], variant: Variant) -> dict[str, Any
 def _default_train(recipe: dict[str, Any], run_dir: Path, resume: bool, command: str | None,
                    log: Callable[[str], None]) -> dict[str, Any]:
     """Train with the training package's public entry point; returns its results record."""
-    from ..training import fit
-
     return fit(recipe, run_dir, resume=resume or None, command=command, echo=log).results
 
 
@@ -122,15 +125,11 @@ def _run_variant(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Train (or resume, or skip) one variant and return its table row, also kept in ``vdir/variant.json``."""
-    import yaml
-
-    from ..cli import UserError
-
     vdir.mkdir(parents=True, exist_ok=True)
     recipe_file = vdir / "recipe.yaml"
     text = yaml.safe_dump(recipe, sort_keys=True)
     if recipe_file.is_file() and recipe_file.read_text(encoding="utf-8") != text:
-        raise UserError(f"{recipe_file}: this folder holds a different recipe for {variant.key} (the recipe, its "
+        raise ValueError(f"{recipe_file}: this folder holds a different recipe for {variant.key} (the recipe, its "
                         "overrides or --data changed); use a new --out so that every row shares one recipe")
     recipe_file.write_text(text, encoding="utf-8")
     done = _read_json(vdir / RESULT_FILE)
@@ -190,8 +189,6 @@ def run_ablation(
     checkpoint (``results.json``), so nothing is evaluated twice; ``poster-fer eval`` on
     ``OUT/<variant>/run/best`` gives the full report of any row. ``train_fn`` replaces training (tests).
     """
-    from ..training.recipe import load_recipe
-
     chosen = parse_variants(variants)
     base = load_recipe(recipe if isinstance(recipe, (str, dict)) else dict(recipe), dict(overrides or {}), data)
     out = Path(out_dir)
@@ -209,8 +206,6 @@ def run_ablation(
 
 def _write_tables(out: Path, recipe: Mapping[str, Any], rows: list[dict[str, Any]], command: str | None
                   ) -> dict[str, Any]:
-    from ..provenance import git_revision
-
     record = {
         "recipe": recipe.get("name"),
         "recipe_source": recipe.get("source"),

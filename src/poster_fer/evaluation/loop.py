@@ -1,0 +1,172 @@
+"""The one evaluation loop: predict a split batch by batch (DDP- and autocast-aware), in dataset order.
+
+Training's per-epoch validation and final test, ``poster-fer eval`` (:func:`~poster_fer.evaluation.evaluate.
+run_evaluation`) and the ablation all predict through :func:`predict_split`, so "the test accuracy" has one
+definition. It returns the raw logits as well as the probabilities, because calibration (a temperature, a
+class-prior bias) is applied to logits by the caller, never inside the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..distributed import DistEnv, all_reduce_sum, gather_arrays
+
+__all__ = ["EvalOutput", "predict_batch", "predict_split", "unwrap"]
+
+SINGLE = DistEnv()
+#: ``prepare(batch) -> (images on device, targets on device, forward kwargs, anything)``
+Prepare = Callable[[Any], tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]]
+
+
+@dataclass
+class EvalOutput:
+    """Predictions over a split in dataset order (``y_true`` hard labels, argmax of soft targets).
+
+    ``logits`` are the unflipped images' (what a temperature is fitted on); ``flip_logits`` the mirrors' when
+    flip TTA ran; ``probs`` the softmax of the logits, averaged over both views with TTA.
+    """
+
+    indices: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    logits: np.ndarray
+    loss: float
+    seconds: float
+    features: np.ndarray | None = None
+    flip_logits: np.ndarray | None = None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def hard_labels(target: torch.Tensor) -> torch.Tensor:
+    """Class indices from hard labels or from soft (vote-distribution) targets."""
+    return target.argmax(dim=-1) if target.dim() == 2 else target
+
+
+@torch.no_grad()
+def predict_batch(net: nn.Module, x: torch.Tensor, kwargs: dict[str, Any] | None = None, *,
+                  tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(features, logits, probs)`` of one batch; the one prediction step of every evaluation path.
+
+    ``tta_flip`` averages the softmax of the image and its mirror; ``features`` and ``logits`` are the
+    unflipped image's. Cached landmark tokens (``kwargs``) belong to the unflipped image, so they refuse TTA.
+    """
+    feats, logits, flipped = _forward(net, x, kwargs, tta_flip)
+    probs = logits.softmax(-1)
+    if flipped is not None:
+        probs = (probs + flipped.softmax(-1)) / 2
+    return feats, logits, probs
+
+
+def _forward(net: nn.Module, x: torch.Tensor, kwargs: dict[str, Any] | None, tta_flip: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    kwargs = kwargs or {}
+    feats = net.forward_features(x, **kwargs)
+    logits = net.forward_head(feats).float()
+    if not tta_flip:
+        return feats, logits, None
+    if kwargs:
+        raise ValueError("flip TTA with cached landmark tokens is not supported")
+    return feats, logits, net.forward_head(net.forward_features(x.flip(-1))).float()
+
+
+@torch.no_grad()
+def predict_split(
+    model: nn.Module,
+    loader: Iterable[Any],
+    prepare: Prepare,
+    *,
+    device: torch.device,
+    env: DistEnv = SINGLE,
+    criterion: nn.Module | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    return_features: bool = False,
+    tta_flip: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+) -> EvalOutput:
+    """Predict a split (each rank its shard), gather over ranks and restore dataset order.
+
+    Every batch must carry ``"index"`` (the samples' dataset indices), which orders the gathered result.
+    The model is put in eval mode for the loop and returned to its previous mode.
+    """
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    idx_parts, true_parts, logit_parts, flip_parts, feat_parts = [], [], [], [], []
+    loss_sum = n = 0.0
+    t0 = time.perf_counter()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=not (progress and env.is_main), leave=False,
+               dynamic_ncols=True)
+    try:
+        for batch in loader:
+            x, y, kwargs, _ = prepare(batch)
+            with autocast():
+                feats, logits, flipped = _forward(net, x, kwargs, tta_flip)
+            if criterion is not None:
+                loss_sum += float(criterion(logits, y)) * x.shape[0]
+            n += x.shape[0]
+            idx_parts.append(torch.as_tensor(batch["index"]).cpu().numpy())
+            true_parts.append(hard_labels(y).cpu().numpy())
+            logit_parts.append(logits.cpu().numpy())
+            if flipped is not None:
+                flip_parts.append(flipped.cpu().numpy())
+            if return_features:
+                feat_parts.append(feats.float().cpu().numpy())
+            bar.update(1)
+    finally:
+        bar.close()
+        net.train(was_training)
+
+    def cat(parts: list[np.ndarray], empty: tuple[int, ...], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(empty, dtype)
+
+    local = {"indices": cat(idx_parts, (0,), np.int64), "y_true": cat(true_parts, (0,), np.int64),
+             "logits": cat(logit_parts, (0, 0), np.float32)}
+    if tta_flip:
+        local["flip_logits"] = cat(flip_parts, (0, 0), np.float32)
+    if return_features:
+        local["features"] = cat(feat_parts, (0, 0), np.float32)
+    loss_sum, n = all_reduce_sum([loss_sum, n], env, device)
+    full = gather_arrays(local, env)
+    order = np.argsort(full["indices"], kind="stable")
+    logits = full["logits"][order].astype(np.float32)
+    flip = full["flip_logits"][order].astype(np.float32) if tta_flip else None
+    probs = softmax_np(logits) if flip is None else (softmax_np(logits) + softmax_np(flip)) / 2
+    return EvalOutput(
+        indices=full["indices"][order],
+        y_true=full["y_true"][order].astype(np.int64),
+        y_pred=probs.argmax(axis=1).astype(np.int64),
+        probs=probs.astype(np.float32),
+        logits=logits,
+        loss=loss_sum / n if (criterion is not None and n) else float("nan"),
+        seconds=time.perf_counter() - t0,
+        features=full["features"][order] if return_features else None,
+        flip_logits=flip,
+    )
+
+
+def softmax_np(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float32 through torch (the same kernel the backends use)."""
+    return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)).softmax(-1).numpy()

@@ -1,0 +1,94 @@
+"""Import direction: the library (models, weights, data, faces, evaluation, inference, ...) never imports the apps
+(training, experiments, serving, commands, CLI), and the package's top-level parts form no import cycle.
+
+Every import is read from the source, including those inside functions, so a lazy import cannot hide a
+dependency that points the wrong way.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import poster_fer
+
+SRC = Path(poster_fer.__file__).parent
+LIBRARY = {"assets", "constants", "data", "devices", "distributed", "evaluation", "export", "faces", "fastpath",
+           "hub", "inference", "models", "precision", "pretrained", "provenance", "samples", "weights"}
+APPS = {"cli", "commands", "experiments", "serve", "training"}
+FACADE = "__init__"  # ``poster_fer/__init__.py``: re-exports the library
+
+
+def _part(rel: Path) -> str:
+    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.name != "__init__.py" else FACADE
+
+
+def import_edges() -> dict[str, set[tuple[str, str]]]:
+    """part -> {(imported part, 'file:line')} for every ``poster_fer`` import in the package."""
+    edges: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    subpackages = {p.name.removesuffix(".py") for p in SRC.iterdir()
+                   if p.suffix == ".py" or (p / "__init__.py").exists()}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        part = _part(rel)
+        package = ["poster_fer", *rel.parent.parts]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[list[str]] = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package[: len(package) - node.level + 1]
+                    module = base + (node.module.split(".") if node.module else [])
+                elif node.module and node.module.split(".")[0] == "poster_fer":
+                    module = node.module.split(".")
+                else:
+                    continue
+                if len(module) == 1:  # from poster_fer import x: a subpackage, or a name of the facade
+                    targets = [module + [a.name] if a.name in subpackages else module + [FACADE] for a in node.names]
+                else:
+                    targets = [module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split(".") for a in node.names if a.name.split(".")[0] == "poster_fer"]
+            for t in targets:
+                target = t[1] if len(t) > 1 else FACADE
+                if target != part:
+                    edges[part].add((target, f"{rel}:{node.lineno}"))
+    return edges
+
+
+def test_every_part_is_classified():
+    parts = {_part(p.relative_to(SRC)) for p in SRC.rglob("*.py")}
+    assert parts - LIBRARY - APPS - {FACADE} == set(), "classify new top-level parts as LIBRARY or APPS"
+
+
+def test_library_never_imports_apps_or_the_facade():
+    bad = sorted(f"{where}: {part} -> {target}" for part, es in import_edges().items() if part in LIBRARY
+                 for target, where in es if target in APPS or target == FACADE)
+    assert not bad, "library code importing an app (or the package facade, which imports it back):\n" + "\n".join(bad)
+
+
+def test_facade_reexports_only_the_library():
+    assert {t for t, _ in import_edges()[FACADE]} <= LIBRARY
+
+
+def test_no_cycle_between_top_level_parts():
+    edges = {p: {t for t, _ in es if t != FACADE} for p, es in import_edges().items() if p != FACADE}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        for nxt in sorted(edges.get(node, ())):
+            if nxt in stack:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif len(stack) < 12:
+                visit(nxt, stack + [nxt])
+
+    for start in sorted(edges):
+        visit(start, [start])
+    assert not cycles, "import cycles between top-level parts: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_the_checker_sees_lazy_imports(tmp_path):
+    """The walk covers imports inside functions (the kind that used to hide the evaluation -> training cycle)."""
+    tree = ast.parse("def f():\n    from ..training import fit\n")
+    found = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert found and found[0].module == "training" and found[0].level == 2
