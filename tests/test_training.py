@@ -618,3 +618,20 @@ def test_train_with_a_face_backbone_file_and_lr_mult(tmp_path, synthetic):
         assert len(in_back) == 1 and g["lr"] == (2.5e-4 if in_back.pop() else 1e-3)
     with pytest.raises(ValueError, match="no trainable parameter under"):
         build_optimizer(model, {"name": "adamw", "lr": 1e-3, "lr_mult": {"ir_back": 0.1}})
+
+
+def test_results_json_test_metrics_equal_poster_fer_eval_on_best(tmp_path, synthetic):
+    """One definition of "the test accuracy": the numbers training writes to results.json are the ones
+    ``poster-fer eval`` computes on the saved best model for the same split (same loop, same preprocessing)."""
+    recipe = _synthetic_recipe(tmp_path / "r.yaml", synthetic, epochs=2)
+    assert _run("--recipe", str(recipe), "--out", str(tmp_path / "run")) == 0
+    trained = json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]["test"]
+    assert main(["eval", "--weights", str(tmp_path / "run" / "best"), "--data", str(synthetic), "--dataset",
+                 "folder", "--split", "test", "--out", str(tmp_path / "eval")]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("accuracy", "mean_class_accuracy", "macro_f1"):
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-9), key
+    # the NLL is continuous in every probability: a preprocessing difference would move it
+    assert evaluated["nll"] == pytest.approx(trained["nll"], rel=1e-6)
+    assert evaluated["confusion"] == trained["confusion"]
+    assert evaluated["num_samples"] == trained["num_samples"] == 24
