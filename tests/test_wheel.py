@@ -74,7 +74,8 @@ def test_wheel_carries_model_detector_and_sample(wheel):
     for rel in ("poster_fer/pretrained/face_detection_yunet.onnx",
                 "poster_fer/pretrained/poster_v1_ferplus_s/model.safetensors",
                 "poster_fer/pretrained/poster_v1_ferplus_s/meta.json",
-                "poster_fer/samples/grace_hopper.jpg"):
+                "poster_fer/samples/grace_hopper.jpg", "poster_fer/configs/ferplus_cpu.yaml",
+                "poster_fer/configs/ferplus_default.yaml"):
         assert rel in names, f"{rel} missing from {wheel.name}"
     size = sum(i.file_size for i in zipfile.ZipFile(wheel).infolist())
     assert size < 40e6, f"wheel content {size / 1e6:.1f} MB"
@@ -108,4 +109,12 @@ def test_wheel_predicts_offline_in_fresh_venv(wheel, tmp_path):
     assert len(records) == len(faces) == 1, records
     assert faces[0]["label"] in poster_fer.read_metadata(poster_fer.hub.pretrained_path())["classes"]
     assert not any(home.rglob("*.onnx")), "the default path downloaded a detector"
+
+    # the recipes ship with the package: an installed wheel lists and resolves them without a checkout
+    listed = subprocess.run([str(venv / "bin" / "poster-fer"), "train", "--list"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0 and "ferplus_cpu" in listed.stdout and "ferplus_default" in listed.stdout, listed
+    shown = subprocess.run([str(venv / "bin" / "poster-fer"), "train", "--recipe", "ferplus_cpu", "--print-recipe"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0 and str(venv) in shown.stdout and "poster_v1" in shown.stdout, shown
     assert sysconfig.get_paths()["purelib"] not in where

@@ -92,11 +92,15 @@ class RecipeError(ValueError):
 
 
 def configs_dir() -> Path:
-    """Where named recipes live: ``$POSTER_FER_CONFIGS`` or the repository's ``configs/``."""
+    """Where named recipes live: ``$POSTER_FER_CONFIGS``, or the package's own ``poster_fer/configs/``.
+
+    The recipes ship as package data (the repository's top-level ``configs`` is a link to them), so an installed
+    wheel trains ``--recipe ferplus_cpu`` exactly as a checkout does.
+    """
     env = os.environ.get("POSTER_FER_CONFIGS")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "configs"
+    return Path(__file__).resolve().parents[1] / "configs"
 
 
 def list_recipes() -> list[str]:
