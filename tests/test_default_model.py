@@ -108,3 +108,19 @@ def test_predict_cli_without_weights_uses_the_default_model(capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     faces = [r for r in records if r["status"] == "ok"]
     assert len(records) == len(faces) == 1 and faces[0]["label"] in FERPLUS
+
+
+def test_eval_and_export_default_to_the_shipped_model(tmp_path):
+    """Like predict, ``eval`` and ``export`` use the shipped model when given no --weights."""
+    from conftest import need_shared
+
+    data = need_shared("data", "fer2013")
+    assert main(["eval", "--data", str(data), "--dataset", "ferplus", "--split", "test", "--max-samples", "48",
+                 "--batch-size", "16", "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["num_samples"] == 48 and metrics["temperature"] == pytest.approx(
+        poster_fer.read_metadata(pretrained_path())["temperature"])
+    assert str(pretrained_path()) in json.dumps(metrics["provenance"])
+    pytest.importorskip("onnx")
+    assert main(["export", "--out", str(tmp_path / "default.onnx")]) == 0
+    assert (tmp_path / "default.onnx").stat().st_size > 1e6

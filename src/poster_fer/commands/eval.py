@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
     """``--weights`` plus what an official .pth needs (shared with ``explain``)."""
-    p.add_argument("--weights", required=True, metavar="CKPT",
-                   help="poster-fer model directory / .safetensors, or an official .pth (then give --model)")
+    p.add_argument("--weights", default=None, metavar="CKPT",
+                   help="poster-fer model directory / .safetensors, or an official .pth (then give --model); "
+                        "default: the shipped default model")
     p.add_argument("--model", help="registered model name for an official checkpoint (poster_v1, poster_v2, ...)")
     p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: from its head)")
     p.add_argument("--channel-order", choices=("RGB", "BGR"),
@@ -66,6 +67,10 @@ def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
     from ..cli import UserError
     from ..weights import load_model, load_official
 
+    if args.weights is None:
+        from ..hub import pretrained_path
+
+        args.weights = str(pretrained_path())
     path = Path(args.weights).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint")

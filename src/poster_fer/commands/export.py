@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Export a poster-fer model (or an official checkpoint) to ONNX with a dynamic "
                        "batch axis and the model's metadata (classes, preprocessing) embedded; the file is run in "
                        "ONNX Runtime against PyTorch before it is kept, and rejected above --tolerance.")
-    p.add_argument("--weights", required=True, help="poster-fer model directory/.safetensors, or an official "
-                   ".pth checkpoint (then see --model, --num-classes)")
+    p.add_argument("--weights", default=None, help="poster-fer model directory/.safetensors, or an official "
+                   ".pth checkpoint (then see --model, --num-classes); default: the shipped default model")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
     p.add_argument("--out", required=True, help="output file (.onnx)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
 
+    if args.weights is None:
+        from ..hub import pretrained_path
+
+        args.weights = str(pretrained_path())
     weights = Path(args.weights)
     if not weights.exists():
         raise UserError(f"{weights}: no such checkpoint")
