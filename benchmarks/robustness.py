@@ -28,6 +28,7 @@ from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset
 from poster_fer.evaluation import run_evaluation
 from poster_fer.evaluation.evaluate import eval_transform
+from poster_fer.hub import pretrained_path
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
 
 
@@ -78,7 +79,7 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", default="src/poster_fer/pretrained/poster_v1_ferplus_s")
+    p.add_argument("--weights", default=str(pretrained_path()), help="default: the shipped default model")
     p.add_argument("--data", default=str(shared_path("data", "fer2013")))
     p.add_argument("--out", default="benchmarks/results/default_model_robustness.json")
     p.add_argument("--batch-size", type=int, default=256)

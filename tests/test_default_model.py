@@ -21,6 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: model card and benchmarks/results/default_model.json with it).
 PINNED = {
     "pretrained/face_detection_yunet.onnx": "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+    "pretrained/poster_v1_ferplus_s_image/model.safetensors":
+        "d44095110cfec3b49859d8a2d21e67f29c8befe771b38251d99880bfa844ac07",
+    "pretrained/poster_v1_ferplus_s_image/meta.json":
+        "800bd171e5bf21361d633e97c4a37f2d6d0dc29a65b2fe8fd81497ab3db5f7a4",
     "pretrained/poster_v1_ferplus_s/model.safetensors":
         "a904b66f6e258d69b4771f2fa22ab11be5501017b9bd654989d392b47c03fb23",
     "pretrained/poster_v1_ferplus_s/meta.json": "a95d9dfd6fdd5e33b982f1c65fd00a915d403e258949f24e5d8dfed9192aa1b2",
@@ -35,6 +39,16 @@ def test_shipped_files_are_the_pinned_ones():
         assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == digest, rel
     size = (pretrained_path() / "model.safetensors").stat().st_size
     assert size <= 25e6, f"default model weights are {size / 1e6:.1f} MB (limit 25 MB)"
+
+
+def test_both_shipped_models_load_and_the_default_is_the_image_only_one():
+    """The default (image-only, the same-budget winner on FER+ val) and the two-stream model it was compared with."""
+    assert DEFAULT_MODEL == "poster_v1_ferplus_s_image"
+    assert poster_fer.list_pretrained() == ["poster_v1_ferplus_s", "poster_v1_ferplus_s_image"]
+    two = poster_fer.create_model("poster_v1_ferplus_s", pretrained=True)
+    assert two.cfg.streams == "both" and two.meta["classes"] == FERPLUS
+    default = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
+    assert default.cfg.streams == "image" and not hasattr(default, "face_landback")
 
 
 def test_default_model_metadata():
