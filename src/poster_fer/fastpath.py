@@ -52,12 +52,14 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .models import set_fused_attention
+from .precision import resolve_precision
 
 __all__ = ["EXACT_PATHS", "InferenceModel", "PointwiseConv1d", "Subsample", "autocast_context", "fold_batchnorm",
            "optimize_for_inference", "resize_once", "simplify_trivial_layers", "to_channels_last"]
 
 EXACT_PATHS = ("fused_attention", "fold_bn", "simplify", "resize_once", "channels_last")
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Precisions the fast paths accept (dtypes come from :func:`poster_fer.precision.resolve_precision`).
+_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # --- BatchNorm folding -------------------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ def autocast_context(precision: str, device: torch.device | str) -> contextlib.A
     """The autocast context for ``precision`` ("fp32" -> no-op) on ``device``'s type."""
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
-    dtype = _PRECISIONS[precision]
+    dtype = resolve_precision(precision, device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
@@ -266,7 +268,7 @@ class InferenceModel(nn.Module):
         if self.resize:
             x = resize_once(self.model, x)
         if self.cast:
-            x = x.to(_PRECISIONS[self.precision])
+            x = x.to(resolve_precision(self.precision, x.device))
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -379,7 +381,7 @@ def optimize_for_inference(
     if cast:
         if precision == "fp32":
             raise ValueError("cast=True needs precision 'bf16' or 'fp16'")
-        model.to(_PRECISIONS[precision])
+        model.to(resolve_precision(precision, "cpu"))
         applied.append(f"cast_{precision}")
     elif precision != "fp32":
         applied.append(f"autocast_{precision}")

@@ -20,12 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data import DatasetSubset, build_transform
 from ..devices import resolve_device
 from ..precision import autocast as precision_autocast
 from ..precision import resolve_precision
 from ..provenance import git_revision
-from ..weights.io import calibrate_logits, validate_temperature
+from ..weights.io import calibrate_logits, get_logit_bias, get_temperature, validate_temperature
+from ..weights.official import default_classes
+from .calibration import DEFAULT_BINS, expected_calibration_error, fit_temperature, reliability_bins
 from .loop import predict_split, softmax_np
+from .metrics import compute_metrics, negative_log_likelihood
+from .report import write_eval_outputs
 
 __all__ = [
     "ClassMismatchError",
@@ -115,7 +121,6 @@ def eval_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], torch.Te
     """
     from torchvision.transforms import v2
 
-    from ..data import IMAGENET_MEAN, IMAGENET_STD, build_transform
 
     interp = str(preprocessing.get("resize_interpolation") or "bilinear").lower()
     if interp != "bilinear":
@@ -135,7 +140,6 @@ def eval_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], torch.Te
 
 def sample_ids(dataset: Any) -> list[str]:
     """A printable id per sample (file path, FER+ image name, or ``file#row``) for ``predictions.csv``."""
-    from ..data import DatasetSubset
 
     if isinstance(dataset, DatasetSubset):
         base = sample_ids(dataset.base)
@@ -275,7 +279,6 @@ def _resolve_classes_and_preprocessing(
     names = [str(n) for n in (classes if classes is not None else meta.get("classes") or [])]
     num_classes = int(model.cfg.num_classes)
     if not names:
-        from ..weights.official import default_classes
 
         names = default_classes(num_classes)
     if len(names) != num_classes:
@@ -306,7 +309,6 @@ def fit_dataset_temperature(
     left alone: store the result with
     :func:`poster_fer.weights.io.set_temperature` if it should travel with the checkpoint.
     """
-    from .calibration import fit_temperature
 
     _, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
                                                           classes_by_position)
@@ -314,7 +316,6 @@ def fit_dataset_temperature(
     out = run_evaluation(model, dataset, batch_size=batch_size, device=device, transform=eval_transform(prep),
                          indices=idx, num_workers=num_workers, progress=progress, desc="fit temperature")
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
-    from ..weights.io import get_logit_bias
 
     bias = get_logit_bias(getattr(model, "meta", None) or {})
     logits = out["logits"] if bias is None else out["logits"] + np.asarray(bias, dtype=np.float32)
@@ -330,8 +331,6 @@ def _plain_bins(bins: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
 def _calibration_metrics(y_true: np.ndarray, out: Mapping[str, Any], temperature: float,
                          source: str) -> dict[str, Any]:
     """ECE (and NLL) before and after the temperature, plus the reliability bins behind the diagram."""
-    from .calibration import DEFAULT_BINS, expected_calibration_error, reliability_bins
-    from .metrics import negative_log_likelihood
 
     raw, cal = out["probs_uncalibrated"], out["probs"]
     return {
@@ -380,7 +379,6 @@ def evaluate_dataset(
     ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``, ``confusion.png``,
     ``reliability.png`` (and ``tsne.png`` with ``tsne``); ``provenance`` is merged into what they record.
     """
-    from ..weights.io import get_logit_bias, get_temperature
 
     meta = getattr(model, "meta", None) or {}
     names, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
@@ -398,14 +396,12 @@ def evaluate_dataset(
     seconds = time.perf_counter() - start
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 
-    from .metrics import compute_metrics
 
     metrics = compute_metrics(y_true, out["y_pred"], names, probs=out["probs"])
     metrics.update(_calibration_metrics(y_true, out, out["temperature"], source))
     if out_dir is None:
         return metrics
 
-    from .report import write_eval_outputs
 
     report = getattr(dataset, "report", None)
     record: dict[str, Any] = {

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..models import set_fused_attention
+from ..precision import resolve_precision
 from ..weights import load_model, load_official
 from ..weights.io import calibrate_logits, get_logit_bias, get_temperature
 
@@ -84,10 +86,6 @@ class TorchBackend:
 
     def __init__(self, model: Any, device: str = "cpu", autocast: str | None = None,
                  fused_attention: bool = True, fast: bool = True) -> None:
-        import torch
-
-        from ..models import set_fused_attention
-
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if fused_attention:
@@ -102,11 +100,10 @@ class TorchBackend:
             self.meta["classes"] = default_classes(int(model.cfg.num_classes))
         self.temperature = _temperature(self.meta, getattr(model, "model_name", "model"))
         self.logit_bias = _logit_bias(self.meta, getattr(model, "model_name", "model"))
-        dtypes = {None: None, "none": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                  "fp16": torch.float16, "float16": torch.float16}
-        if autocast not in dtypes:
-            raise InferenceError(f"autocast must be 'bf16', 'fp16' or None, not {autocast!r}")
-        self.autocast = dtypes[autocast]
+        try:
+            self.autocast = None if autocast is None else resolve_precision(autocast, self.device, "autocast")
+        except ValueError as err:
+            raise InferenceError(str(err)) from None
         # The exact fast paths (BN folded into convs, trivial layers simplified, channels-last convolutions;
         # outputs equal to ~1e-6, checked in tests) on a copy: ``self.model`` stays the model as given.
         self.net = self.model
