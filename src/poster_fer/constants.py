@@ -19,3 +19,6 @@ AFFECTNET7_CLASSES: list[str] = AFFECTNET8_CLASSES[:7]
 FER2013_CLASSES: list[str] = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
 #: FER+ emotion order (the vote columns of ``fer2013new.csv``, without unknown and NF).
 FERPLUS_CLASSES: list[str] = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+
+#: File suffixes read as the authors' checkpoints (pickles, opened without code execution) rather than our format.
+OFFICIAL_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".tar", ".ckpt", ".pkl", ".bin")

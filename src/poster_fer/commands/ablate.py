@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .eval import command_line
+from .common import command_line
 
 DEFAULT_VARIANTS = "landmark_only,image_only,baseline,baseline_pyramid,baseline_crossfusion,poster"
 

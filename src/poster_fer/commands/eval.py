@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 from typing import Any
 
-_OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin")
+from .common import add_weights_arguments, command_line, load_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,61 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(func=run)
-
-
-def add_weights_arguments(p: argparse.ArgumentParser) -> None:
-    """``--weights`` plus what an official .pth needs (shared with ``explain``)."""
-    p.add_argument("--weights", default=None, metavar="CKPT",
-                   help="poster-fer model directory / .safetensors, or an official .pth (then give --model); "
-                        "default: the shipped default model")
-    p.add_argument("--model", help="registered model name for an official checkpoint (poster_v1, poster_v2, ...)")
-    p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: from its head)")
-    p.add_argument("--channel-order", choices=("RGB", "BGR"),
-                   help="input channel order of an official checkpoint (default: what its code used)")
-
-
-def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
-    """Our format by default; an official checkpoint (by suffix, or whenever --model is given) via load_official."""
-    from ..cli import UserError
-    from ..weights import load_model, load_official
-
-    if args.weights is None:
-        from ..hub import pretrained_path
-
-        args.weights = str(pretrained_path())
-    path = Path(args.weights).expanduser()
-    if not path.exists():
-        raise UserError(f"{path}: no such checkpoint")
-    official = args.model is not None or (path.is_file() and path.suffix.lower() in _OFFICIAL_SUFFIXES)
-    if not official:
-        return load_model(path, device=device)
-    if args.model is None:
-        raise UserError(f"{path}: an official checkpoint needs --model (e.g. poster_v1 or poster_v2)")
-    try:
-        model = load_official(path, model=args.model, num_classes=args.num_classes,
-                              channel_order=args.channel_order)
-    except KeyError as e:
-        raise UserError(str(e).strip("'\"")) from None
-    return model.to(device)
-
-
-def command_line(args: argparse.Namespace, name: str, positional: tuple[str, ...] = ()) -> str:
-    """An equivalent ``poster-fer`` command for the record (rebuilt from the parsed options)."""
-    parts = ["poster-fer", name]
-    for key, value in vars(args).items():
-        if key in ("func", "command") or value is None or value is False or value == []:
-            continue
-        if key in positional:
-            parts += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, (list, tuple)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
 
 
 def recorded_data(meta: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .eval import add_weights_arguments, command_line, load_weights
+from .common import add_weights_arguments, command_line, load_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:

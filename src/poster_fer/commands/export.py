@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-_OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
+from ..constants import OFFICIAL_SUFFIXES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"ONNX export needs onnx and onnxruntime ({err}); pip install 'poster-fer[onnx]'") from None
     from .. import load_model, load_official
 
-    if weights.is_file() and weights.suffix.lower() in _OFFICIAL_SUFFIXES:
+    if weights.is_file() and weights.suffix.lower() in OFFICIAL_SUFFIXES:
         model = load_official(weights, model=args.model or "poster_v1", num_classes=args.num_classes)
     else:
         model = load_model(weights)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..constants import OFFICIAL_SUFFIXES
 from ..models import set_fused_attention
 from ..precision import resolve_precision
 from ..weights import load_model, load_official
@@ -28,7 +29,6 @@ from ..weights.io import calibrate_logits, get_logit_bias, get_temperature
 
 __all__ = ["Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "resolve_device"]
 
-_OFFICIAL_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
 
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def load_backend(
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
     dev = resolve_device(device)
-    if p.is_file() and p.suffix.lower() in _OFFICIAL_SUFFIXES:
+    if p.is_file() and p.suffix.lower() in OFFICIAL_SUFFIXES:
         net = load_official(p, model=model or "poster_v1", num_classes=num_classes, classes=classes,
                             channel_order=channel_order)
     else:

@@ -18,7 +18,11 @@ import torch
 from torch import nn
 
 from ..constants import AFFECTNET8_CLASSES as AFFECTNET_CLASSES  # the official 8-class heads' order
-from ..constants import IMAGENET_MEAN, IMAGENET_STD, RAFDB_CLASSES
+from ..constants import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RAFDB_CLASSES,
+)
 from ..models import create_model
 from .safe_load import CheckpointError, safe_torch_load
 
