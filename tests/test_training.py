@@ -635,3 +635,36 @@ def test_results_json_test_metrics_equal_poster_fer_eval_on_best(tmp_path, synth
     assert evaluated["nll"] == pytest.approx(trained["nll"], rel=1e-6)
     assert evaluated["confusion"] == trained["confusion"]
     assert evaluated["num_samples"] == trained["num_samples"] == 24
+
+
+def test_train_state_round_trips_everything_it_saves():
+    """TrainState.state_dict -> load_state_dict restores weights, optimiser moments, schedule and bookkeeping."""
+    from poster_fer.training import build_schedule
+    from poster_fer.training.engine import ModelEma
+    from poster_fer.training.state import TrainState
+
+    def make() -> TrainState:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 3)
+        opt = build_optimizer(net, {"name": "adamw", "lr": 1e-2})
+        sched = build_schedule(opt, {"name": "cosine", "warmup_epochs": 0}, 5, 4)
+        return TrainState(net, opt, sched, torch.amp.GradScaler("cpu", enabled=False), ModelEma(net, decay=0.9),
+                          planned_epochs=5)
+
+    a = make()
+    a.model(torch.randn(8, 4)).sum().backward()
+    a.optimizer.step()
+    a.schedule.step()
+    a.ema.update(a.model)
+    a.step.global_step, a.epoch, a.best, a.best_epoch, a.history = 7, 2, 0.5, 1, [{"epoch": 1}, {"epoch": 2}]
+    b = make()
+    b.load_state_dict(a.state_dict())
+    assert (b.step.global_step, b.epoch, b.best, b.best_epoch, b.history, b.planned_epochs) == (
+        7, 2, 0.5, 1, [{"epoch": 1}, {"epoch": 2}], 5)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v), k
+    assert b.optimizer.state_dict()["state"][0]["exp_avg"].equal(a.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert b.schedule.state_dict() == a.schedule.state_dict()
+    fresh = make()
+    fresh.best_epoch = None
+    assert fresh.state_dict()["best_metric"] is None  # no epoch evaluated yet

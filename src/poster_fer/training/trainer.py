@@ -42,11 +42,12 @@ from ..precision import cpu_has_fast_bf16, resolve_precision
 from ..provenance import cpu_model, git_revision, load_average
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data import TrainingData, build_training_data, load_splits
-from .engine import ModelEma, NonFiniteLossError, StepState, train_one_epoch
+from .engine import ModelEma, NonFiniteLossError, train_one_epoch
 from .landmark_cache import LandmarkCache, load_or_build
 from .losses import build_loss
 from .optim import build_optimizer, build_schedule
 from .recipe import load_recipe
+from .state import TrainState
 
 LOG_FILE = "log.jsonl"
 RESULTS_FILE = "results.json"
@@ -337,35 +338,19 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = ModelEma(model, **_ema_args(tr["ema"])) if tr.get("ema") else None
 
-    state = StepState()
-    start_epoch = 1
-    best = -math.inf
-    best_epoch = None
-    history: list[dict[str, Any]] = []
-    planned_epochs = epochs
+    ts = TrainState(model, optimizer, schedule, scaler, ema, planned_epochs=epochs)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
+        ts.load_state_dict(ckpt)
         rng = ckpt.get("rng_per_rank", {})
         if env.rank in rng or str(env.rank) in rng:
             restore_rng_state(rng.get(env.rank, rng.get(str(env.rank))))
-        state.global_step = int(ckpt["global_step"])
-        start_epoch = int(ckpt["epoch"]) + 1
-        best = float(ckpt["best_metric"]) if ckpt.get("best_metric") is not None else -math.inf
-        best_epoch = ckpt.get("best_epoch")
-        history = list(ckpt.get("history") or [])
-        planned_epochs = int(ckpt.get("planned_epochs", epochs))
-        if planned_epochs != epochs and not tr.get("epochs_from_budget"):
-            planned_epochs = epochs  # an override asked for more (or fewer) epochs
-        schedule.total_steps = planned_epochs * steps_per_epoch
-        say(f"[resume] from epoch {start_epoch - 1} (step {state.global_step}, best "
-            f"{tr['select_metric']} {best:.4f} at epoch {best_epoch})")
-        log({"type": "resume", "epoch": start_epoch - 1, "step": state.global_step})
+        if ts.planned_epochs != epochs and not tr.get("epochs_from_budget"):
+            ts.planned_epochs = epochs  # an override asked for more (or fewer) epochs
+        schedule.total_steps = ts.planned_epochs * steps_per_epoch
+        say(f"[resume] from epoch {ts.epoch} (step {ts.step.global_step}, best "
+            f"{tr['select_metric']} {ts.best:.4f} at epoch {ts.best_epoch})")
+        log({"type": "resume", "epoch": ts.epoch, "step": ts.step.global_step})
+    start_epoch = ts.epoch + 1
 
     train_model: nn.Module = model
     if env.distributed:
@@ -389,7 +374,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
          "global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "landmark_cache": cache_info})
 
     epoch = start_epoch
-    while epoch <= planned_epochs:
+    while epoch <= ts.planned_epochs:
         if budget_s is not None and epoch_times:
             need = float(np.mean(epoch_times[-3:]))
             if elapsed() + need > budget_s - budget_reserve:
@@ -409,23 +394,23 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         try:
             stats = train_one_epoch(
                 train_model, loader, data.preparers["train"], criterion, optimizer, schedule, epoch=epoch,
-                device=device, state=state, env=env, amp_dtype=amp_dtype, scaler=scaler,
+                device=device, state=ts.step, env=env, amp_dtype=amp_dtype, scaler=scaler,
                 grad_clip=tr.get("grad_clip"), ema=ema, log=log, log_every=int(tr.get("log_every", 50)),
                 deadline=deadline, progress=progress, max_steps=tr.get("max_steps_per_epoch"))
         except NonFiniteLossError as e:
             last = run_dir / LAST
             where = (f"; the last good checkpoint is {last} (epoch {epoch - 1})" if last.is_file()
                      else "; no checkpoint was written yet")
-            log({"type": "error", "epoch": epoch, "step": state.global_step, "error": str(e)})
+            log({"type": "error", "epoch": epoch, "step": ts.step.global_step, "error": str(e)})
             raise NonFiniteLossError(str(e) + where) from None
         val = predict_split(eval_model, data.loaders["val"], data.preparers["val"], device=device, env=env,
                             criterion=criterion, autocast=precision_autocast(device, amp_dtype), progress=progress,
                             desc=f"val {epoch}", tta_flip=bool(tr.get("tta_flip")))
         vm = _metrics(val, data.classes)
         score = float(vm.get(select) or 0.0)
-        improved = score > best
+        improved = score > ts.best
         if improved:
-            best, best_epoch = score, epoch
+            ts.best, ts.best_epoch = score, epoch
         row = {
             "epoch": epoch,
             "train_loss": _finite(stats["loss"]),
@@ -441,7 +426,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         }
         if stats["stopped"]:
             row["partial"] = True
-        history.append(row)
+        ts.history.append(row)
         epoch_times.append(time.monotonic() - t_epoch)
         if budget_s is not None:
             n_val, n_test = counts["val"], counts.get("test", 0)
@@ -450,54 +435,49 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             if improved:
                 _save_best(eval_model, run_dir, data, prep_meta, recipe, command, epoch, vm, counts, pre, cache_info)
             if epoch == 1 and tr.get("epochs_from_budget") and budget_s is not None and start_epoch == 1:
-                planned_epochs = _plan_epochs(stats, row, budget_s, budget_reserve, elapsed(), epochs)
-        planned_epochs = int(broadcast_object(planned_epochs, env))
-        replanned = planned_epochs != schedule.total_steps // steps_per_epoch
+                ts.planned_epochs = _plan_epochs(stats, row, budget_s, budget_reserve, elapsed(), epochs)
+        ts.planned_epochs = int(broadcast_object(ts.planned_epochs, env))
+        replanned = ts.planned_epochs != schedule.total_steps // steps_per_epoch
         if replanned:
-            schedule.total_steps = planned_epochs * steps_per_epoch
+            schedule.total_steps = ts.planned_epochs * steps_per_epoch
         rng_states = _gather_rng(env)
+        ts.epoch = epoch
         if main:
             save_checkpoint(run_dir / LAST, {
-                "recipe": recipe, "epoch": epoch, "global_step": state.global_step,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                "sampler": {"epoch": epoch, "seed": seed}, "rng_per_rank": rng_states,
-                "best_metric": best if best_epoch is not None else None, "best_epoch": best_epoch,
-                "history": history, "planned_epochs": planned_epochs, "elapsed_s": elapsed(),
-                "world_size": env.world_size,
+                **ts.state_dict(), "recipe": recipe, "sampler": {"epoch": epoch, "seed": seed},
+                "rng_per_rank": rng_states, "elapsed_s": elapsed(), "world_size": env.world_size,
             })
-        log({"type": "epoch", **row, "improved": improved, "step": state.global_step})
-        say(f"[epoch {epoch}/{planned_epochs}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
+        log({"type": "epoch", **row, "improved": improved, "step": ts.step.global_step})
+        say(f"[epoch {epoch}/{ts.planned_epochs}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
             f"val_acc {row['val_acc']:.4f} val_mca {row['val_mean_class_acc']:.4f} "
             f"({row['train_img_s']:.0f} img/s, {row['epoch_s']:.0f}s, elapsed {elapsed() / 60:.1f} min)"
             + (" *" if improved else ""))
         if replanned:
-            say(f"[budget] {planned_epochs} epochs fit the {budget_s / 60:g}-minute budget (the schedule now ends "
+            say(f"[budget] {ts.planned_epochs} epochs fit the {budget_s / 60:g}-minute budget (the schedule now ends "
                 f"there; epoch 1 took {row['epoch_s']:.0f}s)")
-            log({"type": "plan", "epochs": planned_epochs, "budget_min": budget_s / 60})
+            log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": budget_s / 60})
         barrier(env)
         if stats["stopped"]:
             stopped = f"time budget: stopped inside epoch {epoch} after {stats['steps']} steps"
             break
-        if tr.get("stop_after_epoch") and epoch >= int(tr["stop_after_epoch"]) and epoch < planned_epochs:
+        if tr.get("stop_after_epoch") and epoch >= int(tr["stop_after_epoch"]) and epoch < ts.planned_epochs:
             say(f"[train] paused after epoch {epoch} (train.stop_after_epoch); continue with --resume {run_dir}")
             log({"type": "paused", "epoch": epoch})
-            return FitResult(run_dir, {}, history)
+            return FitResult(run_dir, {}, ts.history)
         epoch += 1
 
     if stopped:
         say(f"[train] {stopped}")
         log({"type": "stopped", "reason": stopped})
     barrier(env)
-    results = _finish(recipe, run_dir, data, env, device, amp_dtype, criterion, history, best_epoch,
+    results = _finish(recipe, run_dir, data, env, device, amp_dtype, criterion, ts.history, ts.best_epoch,
                       select, counts, stopped, command, elapsed, cache_info, pre, model, say, log, progress)
     if main and results_out:
         out = Path(results_out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run_dir / RESULTS_FILE, out)
         say(f"[train] results copied to {out}")
-    return FitResult(run_dir, results, history)
+    return FitResult(run_dir, results, ts.history)
 
 
 def _ema_args(cfg: Any) -> dict[str, Any]:
