@@ -133,3 +133,21 @@ def test_explain_cli_unknown_class(tmp_path, capsys):
     assert main(["explain", "--weights", str(ckpt), str(img), "--no-detect", "--class", "bored",
                  "--out", str(tmp_path / "o")]) == 2
     assert "unknown class 'bored'" in capsys.readouterr().err
+
+
+def test_relevance_maps_report_calibrated_probabilities():
+    """The explained class and its probability are the deployed ones: (logits + logit_bias) / T, as predict shows."""
+    from poster_fer import create_model
+    from poster_fer.evaluation import relevance_maps
+
+    torch.manual_seed(0)
+    model = create_model("poster_v1_tiny_image_only", num_classes=3, input_size=32, backbone_size=32,
+                         image_tokens="pool")
+    x = torch.randn(2, 3, 32, 32)
+    raw = relevance_maps(model, x)
+    model.meta = {"temperature": 0.5, "logit_bias": [5.0, -5.0, 0.0]}
+    cal = relevance_maps(model, x)
+    np.testing.assert_allclose(cal["logits"], raw["logits"], atol=1e-5)
+    expected = torch.from_numpy((raw["logits"] + np.array([5.0, -5.0, 0.0], dtype=np.float32)) / 0.5).softmax(1)
+    np.testing.assert_allclose(cal["probs"], expected.numpy(), atol=1e-5)
+    assert (cal["target"] == 0).all()  # the bias makes class 0 the shown prediction

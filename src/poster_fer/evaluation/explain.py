@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..weights.io import calibrate_logits, get_logit_bias, get_temperature
+
 __all__ = ["METHOD_NOTES", "explain_figure", "gradient_weighted_attention", "overlay", "relevance_maps",
            "resolve_target"]
 
@@ -117,7 +119,8 @@ def relevance_maps(model: nn.Module, x: torch.Tensor, target: int | Sequence[int
     """Per-stream relevance maps for a batch of model inputs (B, 3, S, S).
 
     ``target`` is the class to explain (one index for all, one per sample, or ``None`` for the predicted
-    class). Returns ``logits`` and ``probs`` ((B, C) arrays), ``target`` (B,), ``image`` and ``landmark``
+    class, after the model's calibration). Returns ``logits`` (raw) and ``probs`` (calibrated, as every inference
+path reports them) ((B, C) arrays), ``target`` (B,), ``image`` and ``landmark``
     ((B, h, w) float arrays in [0, 1], or ``None`` for a stream the model does not have) and
     ``image_method`` / ``landmark_method`` (one-line descriptions). Samples are independent (eval mode).
     """
@@ -148,8 +151,11 @@ def relevance_maps(model: nn.Module, x: torch.Tensor, target: int | Sequence[int
         with _recording(model), torch.enable_grad():
             logits = model(x.detach())
             b = logits.shape[0]
+            # What every inference path shows: the model's calibration (class-prior bias, temperature) applied.
+            shown = torch.from_numpy(calibrate_logits(logits.detach().float().cpu().numpy(),
+                                                      get_temperature(model), get_logit_bias(model)))
             if target is None:
-                tgt = logits.argmax(dim=1)
+                tgt = shown.argmax(dim=1).to(logits.device)
             else:
                 tgt = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1).expand(b)
                 if int(tgt.min()) < 0 or int(tgt.max()) >= logits.shape[1]:
@@ -164,7 +170,7 @@ def relevance_maps(model: nn.Module, x: torch.Tensor, target: int | Sequence[int
         model.train(was_training)
     maps.update({
         "logits": logits.detach().float().cpu().numpy(),
-        "probs": logits.detach().float().softmax(dim=1).cpu().numpy(),
+        "probs": shown.softmax(dim=1).numpy(),
         "target": tgt.cpu().numpy(),
     })
     return maps
