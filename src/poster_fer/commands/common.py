@@ -9,7 +9,7 @@ from typing import Any
 
 from ..constants import OFFICIAL_SUFFIXES
 
-__all__ = ["add_weights_arguments", "command_line", "load_weights"]
+__all__ = ["add_weights_arguments", "command_line", "load_weights", "weights_path"]
 
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,10 +23,9 @@ def add_weights_arguments(p: argparse.ArgumentParser) -> None:
                    help="input channel order of an official checkpoint (default: what its code used)")
 
 
-def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
-    """Our format by default; an official checkpoint (by suffix, or whenever --model is given) via load_official."""
+def weights_path(args: argparse.Namespace) -> Path:
+    """``--weights``, or the shipped default model when it is absent (recorded back into ``args``)."""
     from ..cli import UserError
-    from ..weights import load_model, load_official
 
     if args.weights is None:
         from ..hub import pretrained_path
@@ -35,6 +34,15 @@ def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
     path = Path(args.weights).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint")
+    return path
+
+
+def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
+    """Our format by default; an official checkpoint (by suffix, or whenever --model is given) via load_official."""
+    from ..cli import UserError
+    from ..weights import load_model, load_official
+
+    path = weights_path(args)
     official = args.model is not None or (path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES)
     if not official:
         return load_model(path, device=device)

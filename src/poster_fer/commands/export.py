@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..constants import OFFICIAL_SUFFIXES
+from .common import weights_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,13 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
 
-    if args.weights is None:
-        from ..hub import pretrained_path
-
-        args.weights = str(pretrained_path())
-    weights = Path(args.weights)
-    if not weights.exists():
-        raise UserError(f"{weights}: no such checkpoint")
+    weights = weights_path(args)
     try:
         from ..export import DEFAULT_OPSET, ExportError, export_onnx
     except ImportError as err:  # pragma: no cover - depends on the environment

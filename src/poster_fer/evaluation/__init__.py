@@ -22,7 +22,7 @@ from .evaluate import (
     run_evaluation,
 )
 from .explain import explain_figure, relevance_maps
-from .loop import EvalOutput, predict_batch, predict_split
+from .loop import EvalOutput, predict_split
 from .metrics import (
     accuracy,
     compute_metrics,
@@ -59,7 +59,6 @@ __all__ = [
     "negative_log_likelihood",
     "per_class_accuracy",
     "plot_confusion",
-    "predict_batch",
     "predict_split",
     "plot_curves",
     "plot_reliability",

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..distributed import DistEnv, all_reduce_sum, gather_arrays
 
-__all__ = ["EvalOutput", "predict_batch", "predict_split", "unwrap"]
+__all__ = ["EvalOutput", "predict_split", "unwrap"]
 
 SINGLE = DistEnv()
 #: ``prepare(batch) -> (images on device, targets on device, forward kwargs, anything)``
@@ -63,23 +63,12 @@ def hard_labels(target: torch.Tensor) -> torch.Tensor:
     return target.argmax(dim=-1) if target.dim() == 2 else target
 
 
-@torch.no_grad()
-def predict_batch(net: nn.Module, x: torch.Tensor, kwargs: dict[str, Any] | None = None, *,
-                  tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(features, logits, probs)`` of one batch; the one prediction step of every evaluation path.
-
-    ``tta_flip`` averages the softmax of the image and its mirror; ``features`` and ``logits`` are the
-    unflipped image's. Cached landmark tokens (``kwargs``) belong to the unflipped image, so they refuse TTA.
-    """
-    feats, logits, flipped = _forward(net, x, kwargs, tta_flip)
-    probs = logits.softmax(-1)
-    if flipped is not None:
-        probs = (probs + flipped.softmax(-1)) / 2
-    return feats, logits, probs
-
-
 def _forward(net: nn.Module, x: torch.Tensor, kwargs: dict[str, Any] | None, tta_flip: bool
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(features, logits, mirror logits or None)`` of one batch: the one prediction step of every evaluation.
+
+    Cached landmark tokens (``kwargs``) belong to the unflipped image, so they refuse flip TTA.
+    """
     kwargs = kwargs or {}
     feats = net.forward_features(x, **kwargs)
     logits = net.forward_head(feats).float()

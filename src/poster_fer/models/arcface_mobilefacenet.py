@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import check_tap
+
 # (name, blocks, in, expansion, out, first stride, residual on the first block)
 STAGES: tuple[tuple[str, int, int, int, int, int, bool], ...] = (
     ("stage2", 5, 64, 128, 64, 2, False),
@@ -93,10 +95,7 @@ class ArcFaceMobileFaceNet(nn.Module):
 
     def __init__(self, last: str = "conv7", with_head: bool = False, literal_graph: bool = False) -> None:
         super().__init__()
-        if last not in TAPS:
-            raise ValueError(f"ArcFace MobileFaceNet: unknown feature map {last!r} (choose from {', '.join(TAPS)})")
-        if with_head and last != "conv7":
-            raise ValueError("the embedding head needs the whole network (last='conv7')")
+        check_tap("ArcFace MobileFaceNet", last, TAPS, with_head)
         self.last = last
         self.literal_graph = literal_graph
         dw_act = "relu" if literal_graph else "prelu"

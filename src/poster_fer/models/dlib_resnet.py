@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import check_tap
+
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 DLIB_SCALE = 256.0
 # (name, down block first?, plain blocks, width)
@@ -89,10 +91,7 @@ class DlibResNet(nn.Module):
 
     def __init__(self, last: str = "level0", with_head: bool = False) -> None:
         super().__init__()
-        if last not in TAPS:
-            raise ValueError(f"dlib ResNet: unknown feature map {last!r} (choose from {', '.join(TAPS)})")
-        if with_head and last != "level0":
-            raise ValueError("the embedding head needs the whole network (last='level0')")
+        check_tap("dlib ResNet", last, TAPS, with_head)
         self.last = last
         self.stem_conv = nn.Conv2d(3, 32, 7, 2, 0, bias=True)
         self.stem_affine = Affine(32)

@@ -213,3 +213,11 @@ def set_attention_recording(model: nn.Module, enabled: bool = True) -> list[Atte
         m.record = enabled
         m.attn = None
     return cores
+
+
+def check_tap(network: str, last: str, taps: tuple[str, ...], with_head: bool) -> None:
+    """Validate a truncated backbone's last feature map (``taps`` in network order; the head needs the last)."""
+    if last not in taps:
+        raise ValueError(f"{network}: unknown feature map {last!r} (choose from {', '.join(taps)})")
+    if with_head and last != taps[-1]:
+        raise ValueError(f"the embedding head needs the whole network (last={taps[-1]!r})")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -341,7 +340,7 @@ def load_dlib_resnet(path: str | Path, last: str = "level0", with_head: bool = F
     model = DlibResNet(last=last, with_head=with_head)
     try:
         layers = parse_dlib_layers(path.read_bytes())
-    except (struct.error, ValueError, IndexError) as e:
+    except (ValueError, IndexError) as e:
         raise CheckpointError(f"{path}: not a dlib network file ({e})") from None
     try:
         state, report = convert_dlib_resnet(layers, model)
