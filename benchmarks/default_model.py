@@ -41,7 +41,7 @@ from poster_fer.evaluation.evaluate import eval_transform
 from poster_fer.hub import DEFAULT_MODEL, pretrained_root
 from poster_fer.models import config_to_dict, create_model
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
-from poster_fer.training.data import subsample
+from poster_fer.training.loaders import subsample
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_FP16_DELTA = 0.001  # accuracy, as a fraction

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from poster_fer.assets import shared_path
+from poster_fer.assets import ENV_VAR, shared_path
+
+# The library's default is ../shared beside the working directory; the suite pins it to ../shared beside this
+# checkout so it runs from any directory (and CLI subprocesses inherit it).
+os.environ.setdefault(ENV_VAR, str(Path(__file__).resolve().parents[2] / "shared"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -92,3 +92,44 @@ def test_the_checker_sees_lazy_imports(tmp_path):
     tree = ast.parse("def f():\n    from ..training import fit\n")
     found = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert found and found[0].module == "training" and found[0].level == 2
+
+
+def _from_file(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "__file__" for n in ast.walk(node))
+
+
+def _outside_package(tree: ast.AST, depth: int) -> list[int]:
+    """Lines where ``Path(__file__)`` is walked up past the package folder (``.parents[k]`` or chained
+    ``.parent``); ``depth`` is how many folders below ``poster_fer/`` the module sits."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "parents" and isinstance(node.slice, ast.Constant)
+                and isinstance(node.slice.value, int) and node.slice.value > depth and _from_file(node.value)):
+            lines.add(node.lineno)
+        ups, cur = 0, node
+        while isinstance(cur, ast.Attribute) and cur.attr == "parent":
+            ups, cur = ups + 1, cur.value
+        if ups > depth + 1 and _from_file(cur):
+            lines.add(node.lineno)
+    return sorted(lines)
+
+
+def test_library_never_looks_for_the_repository_root():
+    """An installed wheel has no repository around it: code finds its own files (recipes, shipped models) inside
+    the package and everything else through settings (``POSTER_FER_SHARED``), never by walking up from
+    ``__file__`` out of ``poster_fer/``."""
+    bad = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        for line in _outside_package(ast.parse(path.read_text(encoding="utf-8")), len(rel.parts) - 1):
+            bad.append(f"{rel}:{line}")
+    assert not bad, "code walking out of the package to find the repository: " + ", ".join(bad)
+
+
+def test_the_root_checker_fires():
+    assert _outside_package(ast.parse("from pathlib import Path\nR = Path(__file__).resolve().parents[2]\n"), 0)
+    assert _outside_package(ast.parse("R = Path(__file__).parent.parent\n"), 0)
+    assert not _outside_package(ast.parse("C = Path(__file__).resolve().parents[1] / 'configs'\n"), 1)
+    assert not _outside_package(ast.parse("C = Path(__file__).parent / 'pretrained'\n"), 0)
+    assert not _outside_package(ast.parse("d = Path(user_file).parent.parent\n"), 0)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
+from poster_fer.assets import ENV_VAR, expand_shared, shared_dir
 from poster_fer.devices import DeviceError, resolve_device
-from poster_fer.provenance import REPO_ROOT, git_revision, git_state
+from poster_fer.provenance import git_revision, git_state
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_auto_and_explicit_devices():
@@ -52,3 +56,16 @@ def test_git_revision_names_the_checkout():
     assert git_revision() == head + ("+dirty" if state["dirty"] else "")
     state["commit"] = "edited by a caller"  # a record's copy: the pinned revision stays as read
     assert git_state()["commit"] == head
+
+
+def test_shared_folder_comes_from_the_setting_else_beside_the_working_directory(tmp_path, monkeypatch):
+    """No repository-root lookup: an installed package finds the assets from the setting or the directory the
+    command runs in (the checkout root in the README's commands)."""
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "assets"))
+    assert shared_dir() == (tmp_path / "assets").resolve()
+    assert expand_shared("${shared}/weights/x.pth") == str((tmp_path / "assets").resolve()) + "/weights/x.pth"
+    assert expand_shared("/abs/x.pth") == "/abs/x.pth"
+    monkeypatch.delenv(ENV_VAR)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    assert shared_dir() == (tmp_path / "shared").resolve()

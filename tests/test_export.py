@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 from poster_fer import create_model, save_model  # noqa: E402
 from poster_fer.cli import main  # noqa: E402
 from poster_fer.export import ExportError, OnnxRuntimeModel, export_onnx  # noqa: E402
+from poster_fer.faces import get_geometry
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
@@ -23,7 +24,8 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 PREPROCESSING = {"input_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "channel_order": "BGR",
-                 "grayscale": True, "resize_interpolation": "bilinear", "crop_geometry": {"name": "fer2013"}}
+                 "grayscale": True, "resize_interpolation": "bilinear",
+                 "crop_geometry": get_geometry("fer2013").to_dict()}
 
 
 @pytest.mark.parametrize("name", ["poster_v1_tiny", "poster_v2_tiny"])

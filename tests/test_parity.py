@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import need_shared
 from poster_fer import create_model, load_official
-from poster_fer.weights.recipe import recipe_state_dict
+from poster_fer.weights.parity import recipe_state_dict
 
 VARIANTS = [
     ("poster_v1_rafdb", "poster_v1", 7, "v1"),

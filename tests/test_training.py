@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,17 +152,35 @@ def test_fused_optimizer_takes_the_same_steps(name):
 
 
 def test_epoch_plan_uses_the_steady_second_half_rate():
-    from poster_fer.training import trainer
+    from poster_fer.training.budget import TimeBudget
 
-    # epoch 1: 100 steps in 300 s, of which the first took 100 s (compile) and the second half only 50 s
+    # epoch 1: 100 steps in 300 s, of which the first took 100 s (compile) and the second half only 50 s;
+    # the run is 310 s old (10 s of validation) with a 1000 s budget
+    budget = TimeBudget(1000.0, elapsed_before=310.0)
     slow_start = {"steps": 100, "seconds": 300.0, "first_step_s": 100.0, "tail_steps": 50, "tail_s": 50.0}
-    row = {"epoch_s": 310.0}  # 10 s of validation
     # steady epoch = 100 s train + 10 s val; (1000 - 310) s left / (110 s x 1.03 margin) = 6 more epochs
-    assert trainer._plan_epochs(slow_start, row, 1000.0, 0.0, 310.0, 40) == 7
+    assert budget.plan_epochs(slow_start, 310.0, 40) == 7
     # without the second-half record: the first step discounted only -> 202 s + 10 s per epoch -> 3 more
     no_tail = {k: v for k, v in slow_start.items() if not k.startswith("tail")}
-    assert trainer._plan_epochs(no_tail, row, 1000.0, 0.0, 310.0, 40) == 4
-    assert trainer._plan_epochs(slow_start, row, 1000.0, 0.0, 310.0, 5) == 5  # capped by train.epochs
+    assert budget.plan_epochs(no_tail, 310.0, 40) == 4
+    assert budget.plan_epochs(slow_start, 310.0, 5) == 5  # capped by train.epochs
+    assert TimeBudget(None).plan_epochs(slow_start, 310.0, 40) == 40  # no budget: the recipe's epochs
+
+
+def test_budget_stops_before_an_epoch_that_cannot_finish():
+    from poster_fer.training.budget import TimeBudget
+
+    budget = TimeBudget(1000.0, elapsed_before=700.0)
+    assert budget.stop_before(2) is None  # no epoch timed yet: nothing to go on
+    budget.end_epoch(200.0, val_seconds=20.0, n_val=100, n_test=100)  # reserve = 20 x 1.3 + 10 = 36 s
+    assert budget.reserve == pytest.approx(36.0)
+    assert budget.stop_before(2) is None  # 700 + 200 <= 1000 - 36
+    budget.end_epoch(400.0, val_seconds=20.0, n_val=100, n_test=100)  # recent epochs: 300 s; 1000 > 964
+    assert "would end past" in budget.stop_before(3)
+    assert 0 < budget.deadline() - time.monotonic() <= 1000.0 - 36.0 - 700.0
+    unlimited = TimeBudget(None)
+    unlimited.end_epoch(1e6, val_seconds=1.0, n_val=1, n_test=1)
+    assert unlimited.stop_before(2) is None and unlimited.deadline() is None and unlimited.reserve == 0.0
 
 
 def test_train_one_epoch_records_its_second_half():

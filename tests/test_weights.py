@@ -18,7 +18,7 @@ from poster_fer.weights import (
     safe_torch_load,
 )
 from poster_fer.weights.official import strip_prefix, unwrap_container
-from poster_fer.weights.recipe import recipe_state_dict
+from poster_fer.weights.parity import recipe_state_dict
 
 
 @pytest.mark.parametrize("name,key", [("container_v1_sample.pth", "model_state_dict"),

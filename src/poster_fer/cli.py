@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from . import __version__
 
 # Subcommands in the order --help lists them; a module missing here simply is not offered.
-COMMANDS = ("info", "convert", "train", "eval", "explain", "ablate", "predict", "serve", "export", "bench")
+COMMANDS = ("info", "convert", "train", "eval", "explain", "ablate", "predict", "serve", "export")
 
 
 class UserError(Exception):

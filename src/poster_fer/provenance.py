@@ -15,7 +15,9 @@ from typing import Any
 
 __all__ = ["cpu_flags", "cpu_model", "git_revision", "git_state", "load_average"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# git is asked from this package's own folder and finds the enclosing checkout itself (none for an installed
+# wheel, so the record says None); the library never computes a repository root (issue 13).
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def cpu_model() -> str:
@@ -48,7 +50,7 @@ def load_average() -> list[float] | None:
 
 def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        return subprocess.run(["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10,
                               check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli import UserError
     from ..experiments.ablation import parse_variants, pct, run_ablation
-    from .info import parse_overrides
+    from .common import parse_overrides
 
     try:
         parse_variants(args.variants)

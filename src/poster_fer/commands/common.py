@@ -73,3 +73,21 @@ def command_line(args: argparse.Namespace, name: str, positional: tuple[str, ...
         else:
             parts += [flag, str(value)]
     return shlex.join(parts)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs with YAML-typed values (``depth=4``, ``dims=[256,128,64]``)."""
+    import yaml
+
+    from ..cli import UserError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UserError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,47 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
     p.set_defaults(func=run)
-
-
-def model_stats(model: Any) -> dict[str, Any]:
-    """Parameter counts and FLOPs per image (1 image at ``cfg.input_size``; a FLOP is a multiply or an add)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    size = int(model.cfg.input_size)
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 3, size, size))
-    return {
-        "model": getattr(model, "model_name", None),
-        "input_size": size,
-        "num_classes": int(model.cfg.num_classes),
-        "params_total": total,
-        "params_trainable": trainable,
-        "params_frozen": total - trainable,
-        "gflops": round(counter.get_total_flops() / 1e9, 4),
-    }
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs with YAML-typed values (``depth=4``, ``dims=[256,128,64]``)."""
-    import yaml
-
-    from ..cli import UserError
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {item!r} is not KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise UserError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{n:<{width}}  {describe_model(n)}")
         return 0
     from .. import create_model, load_model
+    from ..models.stats import model_stats
+    from .common import parse_overrides
 
     if Path(args.model).exists():
         model = load_model(args.model)

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..training import NonFiniteLossError, RecipeError, fit, list_recipes, load_recipe
-    from .info import parse_overrides
+    from .common import parse_overrides
 
     if args.list:
         for name in list_recipes():
@@ -39,10 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import yaml
 
-    try:
-        overrides = parse_overrides(args.overrides)
-    except yaml.YAMLError as e:
-        raise UserError(f"override value is not valid YAML: {e}".replace("\n", " ")) from None
+    overrides = parse_overrides(args.overrides)  # a bad pair is a UserError naming it
     if not args.recipe and not args.resume:
         raise UserError("give --recipe NAME|FILE (or --resume RUN_DIR); --list shows the recipes")
     try:

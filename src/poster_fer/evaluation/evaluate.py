@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..data import DatasetSubset, build_transform
 from ..devices import resolve_device
 from ..precision import autocast as precision_autocast
@@ -28,6 +27,7 @@ from ..precision import resolve_precision
 from ..provenance import git_revision
 from ..weights.io import calibrate_logits, get_logit_bias, get_temperature, validate_temperature
 from ..weights.official import default_classes
+from ..weights.preprocessing import Preprocessing
 from .calibration import DEFAULT_BINS, expected_calibration_error, fit_temperature, reliability_bins
 from .loop import predict_split, softmax_np
 from .metrics import compute_metrics, negative_log_likelihood
@@ -112,28 +112,23 @@ class _GreyRGB:
         return "GreyRGB()"
 
 
-def eval_transform(preprocessing: Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """The deterministic eval transform a checkpoint's ``meta["preprocessing"]`` describes.
+def eval_transform(preprocessing: Preprocessing | Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """The deterministic eval transform of a checkpoint's preprocessing record (or its stored form,
+    ``meta["preprocessing"]``).
 
     Honours ``input_size``, ``mean``, ``std``, ``channel_order`` and ``grayscale``; the resize is the
     bilinear one of :func:`poster_fer.data.build_transform`, the only ``resize_interpolation`` training
-    records, so any other value is refused rather than evaluated with a different resize.
+    records, so any other value is refused rather than evaluated with a different resize. Datasets hold crops
+    already, so the crop geometry does not enter.
     """
     from torchvision.transforms import v2
 
-
-    interp = str(preprocessing.get("resize_interpolation") or "bilinear").lower()
-    if interp != "bilinear":
-        raise ValueError(f"resize_interpolation {interp!r} is not supported (only 'bilinear')")
-    base = build_transform(
-        "plain",
-        train=False,
-        size=int(preprocessing.get("input_size") or 224),
-        mean=preprocessing.get("mean") or IMAGENET_MEAN,
-        std=preprocessing.get("std") or IMAGENET_STD,
-        channel_order=str(preprocessing.get("channel_order") or "RGB"),
-    )
-    if preprocessing.get("grayscale"):
+    prep = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
+    if prep.interpolation != "bilinear":
+        raise ValueError(f"resize_interpolation {prep.interpolation!r} is not supported (only 'bilinear')")
+    base = build_transform("plain", train=False, size=prep.input_size, mean=prep.mean, std=prep.std,
+                           channel_order=prep.channel_order)
+    if prep.grayscale:
         return v2.Compose([_GreyRGB(), base])
     return base
 
@@ -271,9 +266,9 @@ def _checkpoint_record(model: nn.Module, checkpoint: str | os.PathLike[str] | No
 
 
 def _resolve_classes_and_preprocessing(
-    model: nn.Module, dataset: Any, classes: Sequence[str] | None, preprocessing: Mapping[str, Any] | None,
-    classes_by_position: bool,
-) -> tuple[list[str], np.ndarray | None, dict[str, Any]]:
+    model: nn.Module, dataset: Any, classes: Sequence[str] | None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None, classes_by_position: bool,
+) -> tuple[list[str], np.ndarray | None, Preprocessing]:
     """(model class names, dataset-to-model label map, eval preprocessing), defaulting to ``model.meta``."""
     meta = getattr(model, "meta", None) or {}
     names = [str(n) for n in (classes if classes is not None else meta.get("classes") or [])]
@@ -284,9 +279,11 @@ def _resolve_classes_and_preprocessing(
     if len(names) != num_classes:
         raise ClassMismatchError(f"{len(names)} class names for a {num_classes}-class model")
     mapping = match_classes(names, dataset.classes, by_position=classes_by_position)
-    prep = dict(preprocessing if preprocessing is not None else meta.get("preprocessing") or {})
-    prep.setdefault("input_size", int(model.cfg.input_size))
-    return names, mapping, prep
+    if preprocessing is None:
+        preprocessing = meta.get("preprocessing") or {}
+    if not isinstance(preprocessing, Preprocessing):
+        preprocessing = Preprocessing.from_dict(preprocessing, int(model.cfg.input_size))
+    return names, mapping, preprocessing
 
 
 def fit_dataset_temperature(
@@ -294,7 +291,7 @@ def fit_dataset_temperature(
     dataset: Any,
     *,
     classes: Sequence[str] | None = None,
-    preprocessing: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     classes_by_position: bool = False,
     batch_size: int = 64,
     device: str | torch.device | None = "cpu",
@@ -353,7 +350,7 @@ def evaluate_dataset(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     classes: Sequence[str] | None = None,
-    preprocessing: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
     classes_by_position: bool = False,
     batch_size: int = 64,
     tta: str | None = None,
@@ -418,7 +415,7 @@ def evaluate_dataset(
             "classes_by_position": bool(classes_by_position),
             "load_report": report.as_dict() if report is not None else None,
         },
-        "preprocessing": prep,
+        "preprocessing": prep.to_meta(),
         "tta": tta or "none",
         "device": str(resolve_device(device)),
         "seconds": round(seconds, 2),

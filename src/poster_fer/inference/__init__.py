@@ -8,12 +8,14 @@ Typical use::
     for face in rec.predict("photo.jpg"):
         print(face.box, face.label, face.confidence)
 
-The command line front end is ``poster-fer predict``; see docs/inference.md.
+Many inputs at once (folders, videos, webcams, with annotated copies): :func:`run_job`. The command line
+front end is ``poster-fer predict``; see docs/inference.md.
 """
 
+from ..weights.preprocessing import DEFAULT_GEOMETRY, Preprocessing
 from .annotate import class_colour, draw_predictions
 from .backends import InferenceError, OnnxBackend, TorchBackend, load_backend, resolve_device
-from .preprocess import DEFAULT_GEOMETRY, Preprocessing
+from .job import JobOptions, JobStats, run_job
 from .quick import default_recognizer, predict
 from .recognizer import DEFAULT_DETECT_SIZE, FaceResult, ImagePrediction, Recognizer
 from .records import RECORD_KEYS, RecordWriter, csv_columns, error_record, face_record, no_face_record
@@ -30,6 +32,8 @@ __all__ = [
     "ImagePrediction",
     "InferenceError",
     "IoUTracker",
+    "JobOptions",
+    "JobStats",
     "OnnxBackend",
     "Preprocessing",
     "Recognizer",
@@ -51,4 +55,5 @@ __all__ = [
     "no_face_record",
     "predict",
     "resolve_device",
+    "run_job",
 ]

@@ -29,8 +29,8 @@ from ..faces import (
     to_rgb_array,
 )
 from ..hub import DEFAULT_MODEL, pretrained_path
+from ..weights.preprocessing import Preprocessing
 from .backends import Backend, InferenceError, TorchBackend, load_backend
-from .preprocess import Preprocessing
 
 __all__ = ["DEFAULT_DETECT_SIZE", "FaceResult", "ImageLike", "ImagePrediction", "Recognizer"]
 
@@ -111,7 +111,7 @@ class Recognizer:
     """Detect faces, align each to the checkpoint's training crop, and classify them in batches.
 
     Preprocessing (crop geometry, grey or colour, input size, channel order, mean/std) is read from the
-    checkpoint metadata, see :mod:`poster_fer.inference.preprocess`. Faces from many images are gathered
+    checkpoint metadata, see :mod:`poster_fer.weights.preprocessing`. Faces from many images are gathered
     into batches of ``batch_size`` before each forward pass.
 
     Args:

@@ -7,9 +7,9 @@ Start from :func:`fit` with a recipe name (``configs/NAME.yaml``), a YAML file o
 
 from .augment import BatchAugment, BatchAugmentConfig
 from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
-from .data import TrainingData, build_training_data, load_splits
 from .engine import ModelEma, NonFiniteLossError, StepState, train_one_epoch
 from .landmark_cache import LandmarkCache
+from .loaders import TrainingData, build_training_data, load_splits
 from .losses import (
     LabelSmoothingCrossEntropy,
     OfficialV1Loss,

@@ -40,10 +40,11 @@ from ..evaluation.loop import EvalOutput, predict_split, unwrap
 from ..precision import autocast as precision_autocast
 from ..precision import cpu_has_fast_bf16, resolve_precision
 from ..provenance import cpu_model, git_revision, load_average
+from .budget import TimeBudget
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .data import TrainingData, build_training_data, load_splits
 from .engine import ModelEma, NonFiniteLossError, train_one_epoch
 from .landmark_cache import LandmarkCache, load_or_build
+from .loaders import TrainingData, build_training_data, load_splits
 from .losses import build_loss
 from .optim import build_optimizer, build_schedule
 from .recipe import load_recipe
@@ -195,19 +196,19 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str]) -> 
 
 def preprocessing_meta(recipe: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """What inference must do to an image to match training (stored in the saved model's metadata)."""
-    from ..faces import get_geometry
+    from ..weights.preprocessing import Preprocessing
 
     d = recipe["data"]
     geometry = d.get("crop_geometry")
-    return {
+    return Preprocessing.from_dict({
         "input_size": int(model.cfg.input_size),
-        "mean": [float(v) for v in d["mean"]],
-        "std": [float(v) for v in d["std"]],
-        "channel_order": str(d["channel_order"]).upper(),
-        "grayscale": bool(d.get("grayscale", False)),
+        "mean": d["mean"],
+        "std": d["std"],
+        "channel_order": d["channel_order"],
+        "grayscale": d.get("grayscale", False),
         "resize_interpolation": d.get("resize_interpolation", "bilinear"),
-        "crop_geometry": get_geometry(geometry).to_dict() if geometry else None,
-    }
+        "crop_geometry": geometry or None,
+    }).to_meta()
 
 
 # -------------------------------------------------------------------------------------------------- fit ----
@@ -290,12 +291,8 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
                          f"{env.world_size}")
     batch = global_batch // env.world_size
     eval_batch = int(tr.get("eval_batch_size") or batch)
-    elapsed_before = float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0
-    budget_s = float(tr["time_budget_min"]) * 60.0 if tr.get("time_budget_min") else None
-
-    def elapsed() -> float:
-        return elapsed_before + time.monotonic() - wall0
-
+    budget = TimeBudget.from_recipe(tr, float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0, wall0)
+    elapsed = budget.elapsed
     pre: list[str] = []
     git_revision()  # pinned now: the code this process imported
     say(f"[train] recipe {recipe['name']} -> {run_dir} (device {device}, world {env.world_size}, "
@@ -366,21 +363,18 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
     select = str(tr.get("select_metric", "accuracy"))
-    prep_meta = preprocessing_meta(recipe, model)
+    run = _Run(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
+               criterion=criterion, counts=counts, command=command, cache_info=cache_info, pre=pre,
+               preprocessing=preprocessing_meta(recipe, model), say=say, log=log, progress=progress)
     stopped: str | None = None
-    budget_reserve = 0.0
-    epoch_times: list[float] = []
     log({"type": "start", "recipe": recipe["name"], "counts": counts, "world_size": env.world_size,
          "global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "landmark_cache": cache_info})
 
     epoch = start_epoch
     while epoch <= ts.planned_epochs:
-        if budget_s is not None and epoch_times:
-            need = float(np.mean(epoch_times[-3:]))
-            if elapsed() + need > budget_s - budget_reserve:
-                stopped = (f"time budget: epoch {epoch} (~{need:.0f}s) would end past {budget_s / 60:.0f} min "
-                           f"(elapsed {elapsed() / 60:.1f} min)")
-                break
+        stopped = budget.stop_before(epoch)
+        if stopped:
+            break
         t_epoch = time.monotonic()
         data.set_epoch(epoch)
         es = epoch_seed(seed, env.rank, epoch)
@@ -388,9 +382,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         loader = data.loaders["train"]
         if getattr(loader, "generator", None) is not None:
             loader.generator.manual_seed(es)
-        deadline = None
-        if budget_s is not None:
-            deadline = time.monotonic() + (budget_s - budget_reserve - elapsed())
+        deadline = budget.deadline()
         try:
             stats = train_one_epoch(
                 train_model, loader, data.preparers["train"], criterion, optimizer, schedule, epoch=epoch,
@@ -427,15 +419,12 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         if stats["stopped"]:
             row["partial"] = True
         ts.history.append(row)
-        epoch_times.append(time.monotonic() - t_epoch)
-        if budget_s is not None:
-            n_val, n_test = counts["val"], counts.get("test", 0)
-            budget_reserve = val.seconds * (n_test / max(1, n_val)) * 1.3 + 10.0
+        budget.end_epoch(time.monotonic() - t_epoch, val.seconds, counts["val"], counts.get("test", 0))
         if main:
             if improved:
-                _save_best(eval_model, run_dir, data, prep_meta, recipe, command, epoch, vm, counts, pre, cache_info)
-            if epoch == 1 and tr.get("epochs_from_budget") and budget_s is not None and start_epoch == 1:
-                ts.planned_epochs = _plan_epochs(stats, row, budget_s, budget_reserve, elapsed(), epochs)
+                _save_best(run, eval_model, epoch, vm)
+            if epoch == 1 and tr.get("epochs_from_budget") and budget.limited and start_epoch == 1:
+                ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], epochs)
         ts.planned_epochs = int(broadcast_object(ts.planned_epochs, env))
         replanned = ts.planned_epochs != schedule.total_steps // steps_per_epoch
         if replanned:
@@ -453,9 +442,10 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             f"({row['train_img_s']:.0f} img/s, {row['epoch_s']:.0f}s, elapsed {elapsed() / 60:.1f} min)"
             + (" *" if improved else ""))
         if replanned:
-            say(f"[budget] {ts.planned_epochs} epochs fit the {budget_s / 60:g}-minute budget (the schedule now ends "
+            minutes = (budget.seconds or 0.0) / 60
+            say(f"[budget] {ts.planned_epochs} epochs fit the {minutes:g}-minute budget (the schedule now ends "
                 f"there; epoch 1 took {row['epoch_s']:.0f}s)")
-            log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": budget_s / 60})
+            log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": minutes})
         barrier(env)
         if stats["stopped"]:
             stopped = f"time budget: stopped inside epoch {epoch} after {stats['steps']} steps"
@@ -470,8 +460,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         say(f"[train] {stopped}")
         log({"type": "stopped", "reason": stopped})
     barrier(env)
-    results = _finish(recipe, run_dir, data, env, device, amp_dtype, criterion, ts.history, ts.best_epoch,
-                      select, counts, stopped, command, elapsed, cache_info, pre, model, say, log, progress)
+    results = _finish(run, ts, model, select, stopped, elapsed())
     if main and results_out:
         out = Path(results_out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -516,26 +505,6 @@ def _compile_blocker(device: torch.device) -> str | None:
     return "no C++ compiler found (torch.compile on CPU needs one: set CXX or install g++/clang++)"
 
 
-def _plan_epochs(stats: dict[str, Any], row: dict[str, Any], budget_s: float, reserve: float, elapsed: float,
-                 max_epochs: int) -> int:
-    """How many epochs fit the budget, from epoch 1's time at its steady rate.
-
-    The rate is that of the epoch's second half when there is one (warm-up, recompilation and allocator growth
-    need not end with the first step); else the epoch with its first step replaced by an average one.
-    """
-    steps = int(stats["steps"])
-    train_s = float(stats["seconds"])
-    tail_steps = int(stats.get("tail_steps") or 0)
-    if tail_steps >= 2:
-        train_s = float(stats["tail_s"]) * steps / tail_steps
-    elif steps > 1:  # replace the first step (compilation, warm-up) by an average one
-        train_s = (train_s - float(stats["first_step_s"])) * steps / (steps - 1)
-    epoch_s = float(row["epoch_s"]) - float(stats["seconds"]) + train_s
-    left = budget_s - reserve - elapsed
-    more = int(max(0.0, left) / (epoch_s * 1.03))
-    return max(1, min(max_epochs, 1 + more))
-
-
 def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, device: torch.device,
                   amp_dtype: torch.dtype | None, say: Any, progress: bool) -> dict[str, Any] | None:
     if not tr.get("landmark_cache"):
@@ -577,20 +546,39 @@ def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, devi
     return info
 
 
+@dataclass(kw_only=True)
+class _Run:
+    """What the end-of-epoch and end-of-run steps need from the set-up (instead of long argument lists)."""
+
+    recipe: dict[str, Any]
+    run_dir: Path
+    data: TrainingData
+    env: DistEnv
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    criterion: nn.Module
+    counts: dict[str, int]
+    command: str | None
+    cache_info: Any
+    pre: list[str]  # pretrained-weights reports
+    preprocessing: dict[str, Any]  # the saved model's meta["preprocessing"]
+    say: Any
+    log: RunLog
+    progress: bool
+
+
 def _provenance(recipe: dict[str, Any], command: str | None, counts: dict[str, int], pre: list[str],
                 cache_info: Any) -> dict[str, Any]:
     return {"source": "poster-fer train", "recipe": recipe, "command": command, "git_revision": git_revision(),
             "data_counts": counts, "pretrained": pre, "landmark_cache": cache_info}
 
 
-def _save_best(model: nn.Module, run_dir: Path, data: TrainingData, prep: dict[str, Any], recipe: dict[str, Any],
-               command: str | None, epoch: int, vm: dict[str, Any], counts: dict[str, int], pre: list[str],
-               cache_info: Any) -> None:
+def _save_best(run: _Run, model: nn.Module, epoch: int, vm: dict[str, Any]) -> None:
     from .. import save_model
 
-    net = unwrap(model)
-    save_model(net, run_dir / BEST_DIR, classes=data.classes, preprocessing=prep,
-               provenance={**_provenance(recipe, command, counts, pre, cache_info), "epoch": epoch},
+    save_model(unwrap(model), run.run_dir / BEST_DIR, classes=run.data.classes, preprocessing=run.preprocessing,
+               provenance={**_provenance(run.recipe, run.command, run.counts, run.pre, run.cache_info),
+                           "epoch": epoch},
                metrics={"val": _summary(vm), "test": None})
 
 
@@ -599,15 +587,15 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m.get(k) for k in keys if k in m}
 
 
-def _finish(recipe: dict[str, Any], run_dir: Path, data: TrainingData, env: DistEnv, device: torch.device,
-            amp_dtype: torch.dtype | None, criterion: nn.Module, history: list[dict[str, Any]],
-            best_epoch: int | None, select: str, counts: dict[str, int], stopped: str | None, command: str | None,
-            elapsed: Any, cache_info: Any, pre: list[str], model: nn.Module, say: Any, log: RunLog,
-            progress: bool) -> dict[str, Any]:
+def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: str | None,
+            wall_time_s: float) -> dict[str, Any]:
     """Evaluate val and test once with the best model; write results.json, curves.png and the best model's
     metrics."""
     from .. import load_model, save_model
     from ..models import set_fused_attention
+
+    recipe, run_dir, data, env, device = run.recipe, run.run_dir, run.data, run.env, run.device
+    history, best_epoch, say, log = ts.history, ts.best_epoch, run.say, run.log
 
     best_dir = run_dir / BEST_DIR
     if not (best_dir / "model.safetensors").is_file():
@@ -623,8 +611,8 @@ def _finish(recipe: dict[str, Any], run_dir: Path, data: TrainingData, env: Dist
         if split not in data.loaders:
             continue
         out = predict_split(best, data.loaders[split], data.preparers[split], device=device, env=env,
-                            criterion=criterion, autocast=precision_autocast(device, amp_dtype), progress=progress,
-                            desc=split, tta_flip=tta)
+                            criterion=run.criterion, autocast=precision_autocast(device, run.amp_dtype),
+                            progress=run.progress, desc=split, tta_flip=tta)
         metrics[split] = _metrics(out, data.classes)
         metrics[split]["epoch"] = best_epoch
     results: dict[str, Any] = {}
@@ -635,11 +623,11 @@ def _finish(recipe: dict[str, Any], run_dir: Path, data: TrainingData, env: Dist
             "model": unwrap(model).model_name,
             "model_config": best.meta["config"],
             "params": {"total": n_params, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
-            "command": command,
+            "command": run.command,
             "git_revision": git_revision(),
             "machine": machine_info(device, env),
-            "wall_time_s": round(elapsed(), 2),
-            "data": {**counts, "classes": data.classes, "reports": data.reports()},
+            "wall_time_s": round(wall_time_s, 2),
+            "data": {**run.counts, "classes": data.classes, "reports": data.reports()},
             "metrics": metrics,
             "selection": {"metric": select, "split": "val", "best_epoch": best_epoch},
             "history": history,
@@ -647,7 +635,7 @@ def _finish(recipe: dict[str, Any], run_dir: Path, data: TrainingData, env: Dist
             "stopped": stopped,
             "throughput": {"train_img_s_mean": _finite(np.mean([h["train_img_s"] for h in history]))
                            if history else None},
-            "landmark_cache": cache_info,
+            "landmark_cache": run.cache_info,
             "run_dir": str(run_dir),
             "best_model": str(best_dir),
             "recipe_config": recipe,

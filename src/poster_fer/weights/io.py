@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..models import build_from_config, config_to_dict
-from .official import IMAGENET_MEAN, IMAGENET_STD, default_classes
+from .official import default_classes
+from .preprocessing import Preprocessing
 from .safe_load import CheckpointError
 
 FORMAT = "poster-fer/1"
@@ -106,11 +107,6 @@ def validate_temperature(value: Any) -> float:
     return t
 
 
-def default_preprocessing(model: nn.Module) -> dict[str, Any]:
-    return {"input_size": int(model.cfg.input_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "channel_order": "RGB"}
-
-
 def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
     """The record stored beside the weights: the model's ``meta`` (if any) updated with ``metadata``."""
     meta: dict[str, Any] = {}
@@ -120,9 +116,8 @@ def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
     classes = list(meta.get("classes") or default_classes(num_classes))
     if len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names for a {num_classes}-class model")
-    prep = {**default_preprocessing(model), **(meta.get("preprocessing") or {})}
-    if prep["channel_order"] not in ("RGB", "BGR"):
-        raise ValueError(f"channel_order must be 'RGB' or 'BGR', not {prep['channel_order']!r}")
+    # one typed record, written in its stored form; missing fields take the defaults (ImageNet stats, RGB)
+    prep = Preprocessing.from_dict(meta.get("preprocessing") or {}, int(model.cfg.input_size)).to_meta()
     if meta.get("temperature") is not None:
         meta["temperature"] = validate_temperature(meta["temperature"])
     meta.update({

@@ -19,11 +19,10 @@ from torch import nn
 
 from ..constants import AFFECTNET8_CLASSES as AFFECTNET_CLASSES  # the official 8-class heads' order
 from ..constants import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     RAFDB_CLASSES,
 )
 from ..models import create_model
+from .preprocessing import Preprocessing
 from .safe_load import CheckpointError, safe_torch_load
 
 
@@ -192,12 +191,8 @@ def load_official(
         raise CheckpointError(f"{len(classes)} class names given for a {num_classes}-class checkpoint")
     net.meta = {
         "classes": classes,
-        "preprocessing": {
-            "input_size": net.cfg.input_size,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "channel_order": channel_order or default_channel_order(model),
-        },
+        "preprocessing": Preprocessing.default(net.cfg.input_size,
+                                               channel_order or default_channel_order(model)).to_meta(),
         "provenance": {"source": "official", "file": path.name, "container": info,
                        "conversion": report.summary()},
     }

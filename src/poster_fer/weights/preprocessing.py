@@ -1,10 +1,15 @@
-"""Turn a detected face into exactly the tensor the checkpoint was trained on.
+"""The preprocessing record: the one typed description of what a checkpoint's input must look like.
 
-A POSTER checkpoint only ever saw its training set's crops: a particular face framing (how much forehead,
-where the eyes sit), colour or grey, the channel order of the loader that read the files, a resize to
+Like timm's ``PretrainedCfg``, one record is written by everything that makes a checkpoint (training, the
+official-checkpoint converter, :func:`poster_fer.weights.save_model`) as ``meta["preprocessing"]``
+(:meth:`Preprocessing.to_meta`), and read by everything that feeds one (evaluation's transform, inference), so
+the contract is spelled out in this file only.
+
+Why it matters: a POSTER checkpoint only ever saw its training set's crops: a particular face framing (how much
+forehead, where the eyes sit), colour or grey, the channel order of the loader that read the files, a resize to
 ``input_size`` and a normalisation. An inference crop that differs in any of these gives confident wrong
-answers rather than an error, which is what users who wrote their own cropping ran into. So every step here is
-read from the checkpoint metadata and none is hard-coded:
+answers rather than an error, which is what users who wrote their own cropping ran into. So every step is read
+from the record and none is hard-coded:
 
 1. align the face onto ``crop_geometry`` (5-point similarity warp, :func:`poster_fer.faces.align_face`) at the
    dataset's own crop size (100x100 for RAF-DB, 48x48 for FER2013);
@@ -14,7 +19,7 @@ read from the checkpoint metadata and none is hard-coded:
 4. scale to [0, 1], reverse channels for ``channel_order == "BGR"`` (the official v1 RAF-DB weights), then
    subtract ``mean`` and divide by ``std`` as stored.
 
-Everything is numpy, so the same code feeds the PyTorch model and an ONNX Runtime session.
+The steps are numpy, so the same code feeds the PyTorch model and an ONNX Runtime session.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from PIL import Image
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..faces import CropGeometry, align_face, get_geometry
 
-__all__ = ["DEFAULT_GEOMETRY", "Preprocessing"]
+__all__ = ["DEFAULT_GEOMETRY", "STORED_KEYS", "Preprocessing"]
+
+#: The keys of the stored form, ``meta["preprocessing"]``.
+STORED_KEYS = ("input_size", "mean", "std", "channel_order", "grayscale", "resize_interpolation", "crop_geometry")
 
 #: Crop geometry assumed when a checkpoint records none: the official checkpoints were trained on RAF-DB's
 #: aligned crops (and AffectNet's, which are framed alike).
@@ -67,9 +75,23 @@ class Preprocessing:
             raise ValueError(f"bad preprocessing: input_size={self.input_size}, mean={self.mean}, std={self.std}")
 
     @classmethod
+    def default(cls, input_size: int, channel_order: str = "RGB") -> Preprocessing:
+        """What a checkpoint that says nothing else is taken to expect: ImageNet statistics, colour, bilinear,
+        the default crop geometry (marked as assumed)."""
+        return cls(input_size=int(input_size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   channel_order=str(channel_order).upper(), geometry_assumed=True)
+
+    @classmethod
     def from_meta(cls, meta: Mapping[str, Any], input_size: int | None = None) -> Preprocessing:
         """Read ``meta["preprocessing"]`` (our checkpoint record); ``input_size`` is the fallback size."""
-        prep = dict(meta.get("preprocessing") or {})
+        return cls.from_dict(meta.get("preprocessing") or {}, input_size)
+
+    @classmethod
+    def from_dict(cls, prep: Mapping[str, Any], input_size: int | None = None) -> Preprocessing:
+        """Read the stored form (:meth:`to_meta`; missing keys take :meth:`default`'s values)."""
+        unknown = set(prep) - set(STORED_KEYS) - {"crop_geometry_assumed"}
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
         size = prep.get("input_size", input_size)
         if size is None:
             raise ValueError("checkpoint metadata gives no preprocessing.input_size")
@@ -85,8 +107,16 @@ class Preprocessing:
             geometry_assumed=geo is None,
         )
 
+    def to_meta(self) -> dict[str, Any]:
+        """The stored form, ``meta["preprocessing"]`` of a saved model (``crop_geometry`` is None when it was
+        assumed, so a reader can still tell that the checkpoint never named one)."""
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "channel_order": self.channel_order, "grayscale": self.grayscale,
+                "resize_interpolation": self.interpolation,
+                "crop_geometry": None if self.geometry_assumed else self.geometry.to_dict()}
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (for logs and reports)."""
+        """JSON-ready summary for logs and reports: the stored form with the geometry in use spelled out."""
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
                 "channel_order": self.channel_order, "grayscale": self.grayscale,
                 "resize_interpolation": self.interpolation, "crop_geometry": self.geometry.to_dict(),
