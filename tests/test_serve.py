@@ -722,3 +722,20 @@ def test_cli_help_lists_serve(capsys):
         main(["serve", "--help"])
     out = capsys.readouterr().out
     assert "--api-key" in out and "127.0.0.1" in out
+
+
+def test_runner_listens_and_names_a_taken_port():
+    from poster_fer.serve.runner import is_loopback, listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        port = sock.getsockname()[1]
+        assert port > 0
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            listen("127.0.0.1", port).close()
+    finally:
+        sock.close()
+    with pytest.raises(OSError, match="port must be 0..65535"):
+        listen("127.0.0.1", 70000)
+    assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")

@@ -7,10 +7,7 @@ Binds 127.0.0.1 unless told otherwise: a server reachable from the network shoul
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
-import signal
-import socket
 import sys
 
 
@@ -70,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (checked here so a missing extra is one clear line)
 
         from ..serve import API_KEY_ENV, ServeSettings, create_app
+        from ..serve.runner import is_loopback, listen
+        from ..serve.runner import run as run_server
     except ModuleNotFoundError as err:
         raise UserError(f"the 'serve' extra is not installed ({err.name} is missing); install it with "
                         "pip install 'poster-fer[serve]'") from None
@@ -96,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    sock = _listen(args.host, args.port)  # first, so a taken port fails before the model loads
+    try:
+        sock = listen(args.host, args.port)  # first, so a taken port fails before the model loads
+    except OSError as err:
+        raise UserError(str(err).replace("resolve host", "resolve --host")) from None
     try:
         rec = Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
@@ -114,56 +116,11 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(rec, settings, detectors=extra)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    if not _is_loopback(args.host) and not api_key:
+    if not is_loopback(args.host) and not api_key:
         print(f"poster-fer serve: warning: listening on {args.host} without an API key: anyone who can reach this "
               f"machine can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
     print(f"poster-fer serve: {rec.meta.get('model')} ({len(rec.classes)} classes, {rec.device}) on "
           f"http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(app, log_level="info" if args.access_log else "warning", access_log=args.access_log,
-                            lifespan="on", server_header=False, timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it found;
-    # no-op handlers make that a normal exit (status 0) instead of KeyboardInterrupt or death by SIGTERM.
-    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    run_server(app, sock, access_log=args.access_log)
     print("poster-fer serve: stopped", file=sys.stderr, flush=True)
     return 0
-
-
-def _ignore(_sig: int, _frame: object) -> None:
-    """Signal handler that does nothing (see :func:`run`)."""
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A bound, listening socket (we bind it, so port 0 gives a free port we can print)."""
-    from ..cli import UserError
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as err:
-        raise UserError(f"cannot resolve --host {host!r} ({err})") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as err:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port} ({err.strerror or err})") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
