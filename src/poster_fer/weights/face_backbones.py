@@ -353,14 +353,19 @@ def load_dlib_resnet(path: str | Path, last: str = "level0", with_head: bool = F
 
 
 def load_face_backbone_into(module: nn.Module, kind: str, path: str | Path,
-                            expected_sha256: str | None = "published") -> ConversionReport:
-    """Fill ``module`` (an image-stream backbone built by a POSTER model) from a registry file, in place."""
-    kw: dict[str, Any] = {} if expected_sha256 == "published" else {"expected_sha256": expected_sha256}
-    if kind == "arcface_mobilefacenet":
-        src, report = load_arcface_mobilefacenet(path, last=module.last, **kw)
-    elif kind == "dlib_resnet":
-        src, report = load_dlib_resnet(path, last=module.last, **kw)
-    else:
+                            check_published: bool = True) -> ConversionReport:
+    """Fill ``module`` (an image-stream backbone built by a POSTER model) from a registry file, in place.
+
+    The file is converted into a network of its own (the pure conversion function) whose state is then copied
+    with a strict ``load_state_dict``, so a backbone built to another depth fails by name instead of loading
+    partly. ``check_published=False`` skips the sha256 check of the published release (another release of the
+    same format, at your own risk).
+    """
+    loaders = {"arcface_mobilefacenet": (load_arcface_mobilefacenet, MOBILEFACENET_BIN_SHA256),
+               "dlib_resnet": (load_dlib_resnet, DLIB_RESNET_SHA256)}
+    if kind not in loaders:
         raise ValueError(f"unknown face backbone {kind!r} (arcface_mobilefacenet or dlib_resnet)")
+    loader, published = loaders[kind]
+    src, report = loader(path, last=module.last, expected_sha256=published if check_published else None)
     module.load_state_dict(src.state_dict())
     return report
