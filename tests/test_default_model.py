@@ -21,6 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: model card and benchmarks/results/default_model.json with it).
 PINNED = {
     "pretrained/face_detection_yunet.onnx": "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
+    "pretrained/poster_v1_ferplus_mfn_image/model.safetensors":
+        "9b9a1812c2feb6201b4e0202245a1d790f9c818292a824e212726c9f0afaf40b",
+    "pretrained/poster_v1_ferplus_mfn_image/meta.json":
+        "38b83f738614ccdfae664253666110dd2f270814241d8c4f07b99adbfcbae871",
     "pretrained/poster_v1_ferplus_s_image/model.safetensors":
         "d44095110cfec3b49859d8a2d21e67f29c8befe771b38251d99880bfa844ac07",
     "pretrained/poster_v1_ferplus_s_image/meta.json":
@@ -41,14 +45,21 @@ def test_shipped_files_are_the_pinned_ones():
     assert size <= 25e6, f"default model weights are {size / 1e6:.1f} MB (limit 25 MB)"
 
 
-def test_both_shipped_models_load_and_the_default_is_the_image_only_one():
-    """The default (image-only, the same-budget winner on FER+ val) and the two-stream model it was compared with."""
+def test_every_shipped_model_loads_and_the_default_is_the_fast_image_only_one():
+    """The default (image-only from scratch, meets the speed targets), the face-pretrained image-only model (the
+    most accurate on FER+ val, half as fast) and the two-stream model (the paper's streams, the first default)."""
     assert DEFAULT_MODEL == "poster_v1_ferplus_s_image"
-    assert poster_fer.list_pretrained() == ["poster_v1_ferplus_s", "poster_v1_ferplus_s_image"]
+    assert poster_fer.list_pretrained() == ["poster_v1_ferplus_mfn_image", "poster_v1_ferplus_s",
+                                            "poster_v1_ferplus_s_image"]
     two = poster_fer.create_model("poster_v1_ferplus_s", pretrained=True)
     assert two.cfg.streams == "both" and two.meta["classes"] == FERPLUS
+    mfn = poster_fer.create_model("poster_v1_ferplus_mfn_image", pretrained=True)
+    assert mfn.cfg.streams == "image" and mfn.cfg.image_backbone == "arcface_mobilefacenet"
+    assert mfn.meta["classes"] == FERPLUS and mfn.meta["preprocessing"]["input_size"] == 48
+    assert mfn.meta["metrics"]["test"]["accuracy"] > 0.85
     default = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
-    assert default.cfg.streams == "image" and not hasattr(default, "face_landback")
+    assert default.cfg.streams == "image" and default.cfg.image_backbone == "ir"
+    assert not hasattr(default, "face_landback")
 
 
 def test_default_model_metadata():
@@ -138,3 +149,17 @@ def test_eval_and_export_default_to_the_shipped_model(tmp_path):
     pytest.importorskip("onnx")
     assert main(["export", "--out", str(tmp_path / "default.onnx")]) == 0
     assert (tmp_path / "default.onnx").stat().st_size > 1e6
+
+
+def test_weights_take_a_shipped_models_name(tmp_path, capsys):
+    """``--weights poster_v1_ferplus_mfn_image`` picks the shipped model of that name (no path needed)."""
+    from poster_fer.hub import resolve_weights
+
+    assert resolve_weights(None) == pretrained_path()
+    assert resolve_weights("poster_v1_ferplus_mfn_image") == pretrained_path("poster_v1_ferplus_mfn_image")
+    assert resolve_weights(str(tmp_path)) == tmp_path
+    rec = poster_fer.Recognizer.from_checkpoint("poster_v1_ferplus_mfn_image")
+    assert rec.meta["model"] == "poster_v1_ferplus_mfn_image"
+    assert main(["predict", str(sample_path()), "--no-progress", "--weights", "poster_v1_ferplus_mfn_image"]) == 0
+    faces = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(faces) == 1 and faces[0]["status"] == "ok" and faces[0]["label"] in FERPLUS

@@ -24,14 +24,13 @@ def add_weights_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def weights_path(args: argparse.Namespace) -> Path:
-    """``--weights``, or the shipped default model when it is absent (recorded back into ``args``)."""
+    """``--weights`` (a path or a shipped model's name), or the shipped default model when it is absent
+    (recorded back into ``args`` as a path)."""
     from ..cli import UserError
+    from ..hub import resolve_weights
 
-    if args.weights is None:
-        from ..hub import pretrained_path
-
-        args.weights = str(pretrained_path())
-    path = Path(args.weights).expanduser()
+    path = resolve_weights(args.weights)
+    args.weights = str(path)
     if not path.exists():
         raise UserError(f"{path}: no such checkpoint")
     return path

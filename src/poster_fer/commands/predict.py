@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "processed; 1: some failed; 2: usage or setup error.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="image or video files, or directories (recursive)")
     p.add_argument("--weights", default=None, metavar="CKPT",
-                   help=f"poster-fer model directory / .safetensors, official .pth (with --model), or .onnx "
+                   help=f"poster-fer model directory / .safetensors, a shipped model's name (e.g. "
+                   f"poster_v1_ferplus_mfn_image), official .pth (with --model), or .onnx "
                    f"(default: the shipped {DEFAULT_MODEL})")
     p.add_argument("--model", default=None, help="registered variant of an official .pth (default poster_v1)")
     p.add_argument("--num-classes", type=int, default=None, help="official .pth: classes in its head")

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "/healthz, /metrics (Prometheus), the API docs at /docs and a web page at / that labels photos and the "
         "webcam. Needs the 'serve' extra (pip install 'poster-fer[serve]').")
     p.add_argument("--weights", default=None, metavar="CKPT",
-                   help=f"poster-fer model directory / .safetensors, official .pth (with --model), or .onnx "
+                   help=f"poster-fer model directory / .safetensors, a shipped model's name (e.g. "
+                   f"poster_v1_ferplus_mfn_image), official .pth (with --model), or .onnx "
                    f"(default: the shipped {DEFAULT_MODEL})")
     p.add_argument("--model", default=None, help="registered variant of an official .pth (default poster_v1)")
     p.add_argument("--num-classes", type=int, default=None, help="official .pth: classes in its head")

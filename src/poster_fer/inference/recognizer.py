@@ -28,7 +28,7 @@ from ..faces import (
     load_image,
     to_rgb_array,
 )
-from ..hub import DEFAULT_MODEL, pretrained_path
+from ..hub import DEFAULT_MODEL, pretrained_path, resolve_weights
 from ..weights.preprocessing import Preprocessing
 from .backends import Backend, InferenceError, TorchBackend, load_backend
 
@@ -178,7 +178,8 @@ class Recognizer:
         autocast: str | None = None,
         **kwargs: Any,
     ) -> Recognizer:
-        """Open a checkpoint (None: the shipped default model): a poster-fer directory / ``.safetensors``, an
+        """Open a checkpoint (None: the shipped default model; a shipped model's name, see
+        :func:`poster_fer.hub.list_pretrained`): a poster-fer directory / ``.safetensors``, an
         official ``.pth`` (``model`` names its variant, default ``poster_v1``), or an ``.onnx`` export
         (``backend="onnxruntime"``).
 
@@ -187,8 +188,7 @@ class Recognizer:
         arguments (``batch_size``, ``max_faces``, ``detect_size``, ``max_pixels``, ``score_threshold``) go to
         the constructor.
         """
-        if path is None:
-            path = pretrained_path(DEFAULT_MODEL)
+        path = resolve_weights(path)  # None: the default model; a shipped model's name: its folder
         be = load_backend(path, backend=backend, device=device, model=model, num_classes=num_classes,
                           classes=classes, channel_order=channel_order, autocast=autocast)
         return cls(be, detector=detector, detector_model=detector_model, **kwargs)
