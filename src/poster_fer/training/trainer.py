@@ -566,19 +566,18 @@ class _Run:
     log: RunLog
     progress: bool
 
-
-def _provenance(recipe: dict[str, Any], command: str | None, counts: dict[str, int], pre: list[str],
-                cache_info: Any) -> dict[str, Any]:
-    return {"source": "poster-fer train", "recipe": recipe, "command": command, "git_revision": git_revision(),
-            "data_counts": counts, "pretrained": pre, "landmark_cache": cache_info}
+    def provenance(self) -> dict[str, Any]:
+        """Where a saved model of this run came from (stored in its metadata)."""
+        return {"source": "poster-fer train", "recipe": self.recipe, "command": self.command,
+                "git_revision": git_revision(), "data_counts": self.counts, "pretrained": self.pre,
+                "landmark_cache": self.cache_info}
 
 
 def _save_best(run: _Run, model: nn.Module, epoch: int, vm: dict[str, Any]) -> None:
     from .. import save_model
 
     save_model(unwrap(model), run.run_dir / BEST_DIR, classes=run.data.classes, preprocessing=run.preprocessing,
-               provenance={**_provenance(run.recipe, run.command, run.counts, run.pre, run.cache_info),
-                           "epoch": epoch},
+               provenance={**run.provenance(), "epoch": epoch},
                metrics={"val": _summary(vm), "test": None})
 
 

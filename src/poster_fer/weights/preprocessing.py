@@ -117,9 +117,7 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for logs and reports: the stored form with the geometry in use spelled out."""
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "channel_order": self.channel_order, "grayscale": self.grayscale,
-                "resize_interpolation": self.interpolation, "crop_geometry": self.geometry.to_dict(),
+        return {**self.to_meta(), "crop_geometry": self.geometry.to_dict(),
                 "crop_geometry_assumed": self.geometry_assumed}
 
     # -- steps -------------------------------------------------------------------------------------------
