@@ -157,7 +157,7 @@ class BatchPreparer:
     """Turns a loader batch into model input on the device: ``(x, target, model_kwargs, flipped)``.
 
     Preloaded uint8 batches are normalised here (grey expanded to 3 channels) and, for training, augmented;
-    cached landmark tokens are looked up for the batch's indices and flips.
+    cached landmark tokens and teacher distributions are looked up for the batch's indices and flips.
     """
 
     device: torch.device
@@ -167,6 +167,7 @@ class BatchPreparer:
     channels_last: bool = False
     augment: BatchAugment | None = None
     cache: Any = None  # LandmarkCache | None
+    teacher: Any = None  # distill.TeacherTargets | None: mixed into the training targets
     _mean: torch.Tensor = field(init=False, repr=False)
     _std: torch.Tensor = field(init=False, repr=False)
 
@@ -195,6 +196,8 @@ class BatchPreparer:
             x = batch["image"].to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+        if self.teacher is not None:
+            target = self.teacher.mix(target, torch.as_tensor(batch["index"]), flipped)
         kwargs: dict[str, Any] = {}
         if self.cache is not None:
             tokens = self.cache.lookup(torch.as_tensor(batch["index"]), flipped)

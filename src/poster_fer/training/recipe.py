@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "landmark_cache_batch": 16,
         "landmark_cache_dir": None,
         "ema": None,
+        "distill": None,
         "select_metric": "accuracy",
         "log_every": 50,
         "time_budget_min": None,
@@ -84,7 +85,8 @@ DEFAULTS: dict[str, Any] = {
 SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "train")
 #: Sections whose keys are not checked against DEFAULTS (their consumers validate them).
 FREE_FORM = {"loss", "optimizer", "schedule", ("data", "options"), ("data", "train_options"), ("data", "augment"),
-             ("data", "max_samples"), ("model", "config"), ("model", "pretrained")}
+             ("data", "max_samples"), ("model", "config"), ("model", "pretrained"),
+             ("train", "distill")}
 
 
 class RecipeError(ValueError):

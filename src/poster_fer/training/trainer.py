@@ -42,6 +42,7 @@ from ..precision import cpu_has_fast_bf16, resolve_precision
 from ..provenance import cpu_model, git_revision, load_average
 from .budget import TimeBudget
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .distill import DistillConfig, build_teacher_targets
 from .engine import ModelEma, NonFiniteLossError, train_one_epoch
 from .landmark_cache import LandmarkCache, load_or_build
 from .loaders import TrainingData, build_training_data, load_splits
@@ -324,6 +325,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     say(f"[model] {model.model_name}: {n_params:,} parameters ({n_train:,} trainable)")
 
     cache_info = _build_caches(tr, model, data, device, amp_dtype, say, progress)
+    distill_info = _build_teacher(tr, data, device, amp_dtype, say, progress)
 
     criterion = build_loss(recipe["loss"])
     optimizer = build_optimizer(model, recipe["optimizer"])
@@ -364,7 +366,8 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     eval_model = ema.module if ema is not None else model
     select = str(tr.get("select_metric", "accuracy"))
     run = _Run(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
-               criterion=criterion, counts=counts, command=command, cache_info=cache_info, pre=pre,
+               criterion=criterion, counts=counts, command=command, cache_info=cache_info,
+               distill_info=distill_info, pre=pre,
                preprocessing=preprocessing_meta(recipe, model), say=say, log=log, progress=progress)
     stopped: str | None = None
     log({"type": "start", "recipe": recipe["name"], "counts": counts, "world_size": env.world_size,
@@ -546,6 +549,23 @@ def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, devi
     return info
 
 
+def _build_teacher(tr: dict[str, Any], data: TrainingData, device: torch.device, amp_dtype: torch.dtype | None,
+                   say: Any, progress: bool) -> dict[str, Any] | None:
+    """Teacher distributions for ``train.distill`` (see ``distill.py``), attached to the training preparer."""
+    cfg = DistillConfig.from_dict(tr.get("distill"))
+    if cfg is None:
+        return None
+    if not data.images:
+        raise ValueError("train.distill needs data.pipeline: preload (teacher targets are indexed by sample)")
+    targets, info = build_teacher_targets(cfg, data.datasets["train"], data.classes, device=device,
+                                          autocast=precision_autocast(device, amp_dtype),
+                                          val=data.datasets.get("val"), say=say, progress=progress)
+    data.preparers["train"].teacher = targets
+    say(f"[distill] {len(cfg.teachers)} teacher(s), alpha {cfg.alpha}, temperature {cfg.temperature} "
+        f"({info['seconds']:.0f}s)")
+    return info
+
+
 @dataclass(kw_only=True)
 class _Run:
     """What the end-of-epoch and end-of-run steps need from the set-up (instead of long argument lists)."""
@@ -560,6 +580,7 @@ class _Run:
     counts: dict[str, int]
     command: str | None
     cache_info: Any
+    distill_info: dict[str, Any] | None
     pre: list[str]  # pretrained-weights reports
     preprocessing: dict[str, Any]  # the saved model's meta["preprocessing"]
     say: Any
@@ -570,7 +591,7 @@ class _Run:
         """Where a saved model of this run came from (stored in its metadata)."""
         return {"source": "poster-fer train", "recipe": self.recipe, "command": self.command,
                 "git_revision": git_revision(), "data_counts": self.counts, "pretrained": self.pre,
-                "landmark_cache": self.cache_info}
+                "landmark_cache": self.cache_info, "distill": self.distill_info}
 
 
 def _save_best(run: _Run, model: nn.Module, epoch: int, vm: dict[str, Any]) -> None:
@@ -635,6 +656,7 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
             "throughput": {"train_img_s_mean": _finite(np.mean([h["train_img_s"] for h in history]))
                            if history else None},
             "landmark_cache": run.cache_info,
+            "distill": run.distill_info,
             "run_dir": str(run_dir),
             "best_model": str(best_dir),
             "recipe_config": recipe,

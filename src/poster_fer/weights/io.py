@@ -169,6 +169,11 @@ def _weights_path(path: Path) -> Path:
     return path
 
 
+def weights_file(path: str | Path) -> Path:
+    """The ``.safetensors`` file of a saved model (directory or file), e.g. to hash what a run depended on."""
+    return _weights_path(Path(path))
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata record of a saved model (directory or ``.safetensors`` file)."""
     weights = _weights_path(Path(path))

@@ -1,0 +1,223 @@
+"""Knowledge distillation from saved models: teacher distributions cached once, mixed into the training targets.
+
+Why this form: the default model's architecture (48 px, ~2.5M parameters) is what the speed targets allow, and a
+bigger or face-pretrained model (``poster_v1_ferplus_mfn_image``) scores higher but runs slower. Distillation
+lets the small model learn from the better one without paying for it at inference. Running the teacher on every
+training step would cost more than the student itself on a CPU, so the teachers run once, before training, on
+every training image and its mirror (the same trade the landmark cache makes, ``landmark_cache.py``).
+
+Exact semantics (``docs/training.md``):
+
+- A teacher is any saved model (a shipped model's name or a checkpoint path). It sees each training image through
+  its *own* stored preprocessing (its input size, grey or colour, mean/std), un-augmented, and mirrored when
+  ``mirror`` is set; the student's sample picks the mirrored view when its random flip fired. Without ``mirror``
+  a flipped sample gets the un-mirrored view's distribution (the expression classes are mirror-symmetric, and
+  the teacher pass costs half). Zoom, rotation, shift, erasing and lighting reach only the student (offline
+  distillation).
+- The teacher distribution is ``softmax(logits / temperature)`` of the raw logits: the stored calibration
+  temperature and logit bias are inference-time corrections for majority labels and are not applied, because
+  the teachers were trained to match the same vote distributions the student is. Several teachers are averaged
+  (an ensemble teacher).
+- The training target becomes ``(1 - alpha) * target + alpha * teacher`` (a hard target counts as one-hot), so
+  every loss in ``losses.py`` that takes soft targets works unchanged, label smoothing included. Validation and
+  test keep their own labels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import ImageOps
+from torch import nn
+from tqdm import tqdm
+
+from ..data import FERDataset
+from ..evaluation.evaluate import eval_transform, match_classes
+from ..hub import resolve_weights
+from ..weights.face_backbones import sha256_of
+from ..weights.io import load_model, weights_file
+from ..weights.preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """A recipe's ``train.distill`` section: which teachers, how much of their distribution, how soft."""
+
+    teachers: tuple[str, ...] = ()
+    alpha: float = 0.5
+    temperature: float = 1.0
+    mirror: bool = True
+    batch_size: int = 128
+    weights: tuple[float, ...] = field(default=())
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any] | None) -> DistillConfig | None:
+        """None (no distillation) for an empty section or one without teachers; a clear error for a bad value."""
+        if not cfg:
+            return None
+        cfg = dict(cfg)
+        unknown = sorted(set(cfg) - {"teachers", "alpha", "temperature", "mirror", "batch_size", "weights"})
+        if unknown:
+            raise ValueError(f"train.distill: unknown keys {unknown} (teachers, alpha, temperature, mirror, "
+                             "batch_size, weights)")
+        teachers = cfg.get("teachers") or ()
+        if isinstance(teachers, str):
+            teachers = (teachers,)
+        if not teachers:
+            return None
+        out = cls(teachers=tuple(str(t) for t in teachers), alpha=float(cfg.get("alpha", 0.5)),
+                  temperature=float(cfg.get("temperature", 1.0)), mirror=bool(cfg.get("mirror", True)),
+                  batch_size=int(cfg.get("batch_size", 128)),
+                  weights=tuple(float(w) for w in (cfg.get("weights") or ())))
+        if not 0.0 < out.alpha <= 1.0:
+            raise ValueError(f"train.distill.alpha must be in (0, 1], got {out.alpha}")
+        if not out.temperature > 0.0:
+            raise ValueError(f"train.distill.temperature must be positive, got {out.temperature}")
+        if out.batch_size < 1:
+            raise ValueError(f"train.distill.batch_size must be at least 1, got {out.batch_size}")
+        if out.weights and (len(out.weights) != len(out.teachers) or min(out.weights) < 0 or sum(out.weights) <= 0):
+            raise ValueError(f"train.distill.weights {list(out.weights)}: one non-negative weight per teacher "
+                             f"({len(out.teachers)}), not all zero")
+        return out
+
+    def teacher_weights(self) -> np.ndarray:
+        """Per-teacher ensemble weights summing to 1 (equal unless ``weights`` is given)."""
+        w = np.asarray(self.weights or [1.0] * len(self.teachers), dtype=np.float64)
+        return w / w.sum()
+
+
+class TeacherTargets:
+    """Teacher distributions per (sample, mirrored?): a float32 tensor (N, V, C), V = 2 with mirrors, else 1."""
+
+    def __init__(self, probs: torch.Tensor, alpha: float) -> None:
+        if probs.dim() != 3:
+            raise ValueError(f"teacher targets must be (N, views, classes), got {tuple(probs.shape)}")
+        self.probs = probs.float()
+        self.alpha = float(alpha)
+
+    def __len__(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def mirrored(self) -> bool:
+        return self.probs.shape[1] == 2
+
+    def lookup(self, index: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """Distributions (B, C) for dataset indices ``index``; ``flipped`` picks the mirrored view if there is one."""
+        index = torch.as_tensor(index).cpu().long()
+        view = torch.zeros_like(index)
+        if self.mirrored and flipped is not None:
+            view = flipped.cpu().long()
+        return self.probs[index, view]
+
+    def mix(self, target: torch.Tensor, index: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """``(1 - alpha) * target + alpha * teacher``; a hard target (B,) is taken as one-hot first."""
+        teacher = self.lookup(index, flipped).to(target.device)
+        if target.dim() == 1:
+            target = nn.functional.one_hot(target.long(), teacher.shape[-1]).to(teacher.dtype)
+        return (1.0 - self.alpha) * target.to(teacher.dtype) + self.alpha * teacher
+
+
+def _mirror(image: Any) -> Any:
+    return ImageOps.mirror(image)
+
+
+@torch.no_grad()
+def teacher_logits(model: nn.Module, dataset: FERDataset, transform: Callable[[Any], torch.Tensor], *,
+                   device: torch.device, mirror: bool, batch_size: int = 128,
+                   autocast: Callable[[], Any] | None = None, desc: str = "teacher",
+                   progress: bool = True) -> torch.Tensor:
+    """Raw logits (N, V, C) of ``model`` on every image of ``dataset`` through ``transform`` (and its mirror)."""
+    n = len(dataset)
+    views = (None, _mirror) if mirror else (None,)
+    out: torch.Tensor | None = None
+    model.eval()
+    bar = tqdm(total=n * len(views), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    for start in range(0, n, batch_size):
+        images = [dataset.get_image(i) for i in range(start, min(n, start + batch_size))]
+        for v, flip in enumerate(views):
+            x = torch.stack([transform(flip(im) if flip else im) for im in images]).to(device)
+            if autocast is not None:
+                with autocast():
+                    logits = model(x)
+            else:
+                logits = model(x)
+            logits = logits.float().cpu()
+            if out is None:
+                out = torch.empty((n, len(views), logits.shape[-1]), dtype=torch.float32)
+            out[start:start + len(images), v] = logits
+            bar.update(len(images))
+    bar.close()
+    if out is None:
+        raise ValueError(f"{dataset.report.split}: no images to run the teacher on")
+    return out
+
+
+def _teacher_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def _agreement(probs: torch.Tensor, dataset: FERDataset) -> float:
+    """How often the teacher's top class (un-mirrored view) is the sample's majority label."""
+    labels = torch.as_tensor(np.asarray(dataset.labels, dtype=np.int64))
+    return float((probs[:, 0].argmax(-1) == labels).float().mean())
+
+
+def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequence[str], *,
+                          device: torch.device, autocast: Callable[[], Any] | None = None,
+                          val: FERDataset | None = None, say: Callable[[str], None] = print,
+                          progress: bool = True) -> tuple[TeacherTargets, dict[str, Any]]:
+    """Run every teacher over ``train`` (and ``val``, for the record), average their distributions, and say
+    what each teacher and the ensemble score against the majority labels. Returns the targets and a record."""
+    t0 = time.monotonic()
+    weights = cfg.teacher_weights()
+    total: torch.Tensor | None = None
+    val_total: torch.Tensor | None = None
+    teachers: list[dict[str, Any]] = []
+    for name, w in zip(cfg.teachers, weights, strict=True):
+        path = resolve_weights(name)
+        model = load_model(path, device=device)
+        meta = model.meta
+        mapping = match_classes(meta.get("classes") or [], list(classes))
+        prep = Preprocessing.from_meta(meta)
+        transform = eval_transform(prep)
+        t = time.monotonic()
+        logits = teacher_logits(model, train, transform, device=device, mirror=cfg.mirror,
+                                batch_size=cfg.batch_size, autocast=autocast, desc=f"teacher {name}",
+                                progress=progress)
+        if mapping is not None:  # teacher outputs in the dataset's class order
+            logits = logits[..., torch.as_tensor(mapping)]
+        probs = _teacher_probs(logits, cfg.temperature)
+        record: dict[str, Any] = {"teacher": name, "path": str(path), "model": meta.get("model"),
+                                  "sha256": sha256_of(weights_file(path)), "weight": round(float(w), 4),
+                                  "train_agreement": round(_agreement(probs, train), 4),
+                                  "seconds": round(time.monotonic() - t, 1)}
+        total = probs * float(w) if total is None else total + probs * float(w)
+        if val is not None:
+            vl = teacher_logits(model, val, transform, device=device, mirror=False, batch_size=cfg.batch_size,
+                                autocast=autocast, desc=f"teacher {name} val", progress=progress)
+            if mapping is not None:
+                vl = vl[..., torch.as_tensor(mapping)]
+            vp = _teacher_probs(vl, cfg.temperature)
+            record["val_accuracy"] = round(_agreement(vp, val), 4)
+            val_total = vp * float(w) if val_total is None else val_total + vp * float(w)
+        say(f"[distill] teacher {name}: train agreement {record['train_agreement']:.4f}"
+            + (f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "")
+            + f" ({record['seconds']:.0f}s)")
+        teachers.append(record)
+        del model
+    assert total is not None  # DistillConfig.from_dict refuses an empty teacher list
+    info: dict[str, Any] = {"teachers": teachers, "alpha": cfg.alpha, "temperature": cfg.temperature,
+                            "mirror": cfg.mirror, "train_agreement": round(_agreement(total, train), 4)}
+    if val_total is not None:
+        info["val_accuracy"] = round(_agreement(val_total, val), 4)
+    info["seconds"] = round(time.monotonic() - t0, 1)
+    if len(teachers) > 1:
+        say(f"[distill] ensemble of {len(teachers)}: train agreement {info['train_agreement']:.4f}"
+            + (f", val accuracy {info['val_accuracy']:.4f}" if "val_accuracy" in info else ""))
+    return TeacherTargets(total, cfg.alpha), info
