@@ -110,3 +110,31 @@ def test_distill_needs_the_preload_pipeline(tmp_path, synthetic, capsys):
     recipe.write_text(yaml.safe_dump(data))
     assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run")]) != 0
     assert "train.distill needs data.pipeline: preload" in capsys.readouterr().err
+
+
+def test_teacher_logits_on_disk_are_reused_and_keyed_by_their_inputs(tmp_path, synthetic, monkeypatch):
+    import poster_fer.training.distill as distill
+
+    teacher_dir = _train_teacher(tmp_path, synthetic)
+    train = build_dataset("folder", str(synthetic), "train")
+    calls = []
+    real = distill.teacher_logits
+    monkeypatch.setattr(distill, "teacher_logits", lambda *a, **k: calls.append(k["mirror"]) or real(*a, **k))
+
+    def build(**cfg):
+        config = DistillConfig.from_dict({"teachers": [str(teacher_dir)], "cache_dir": str(tmp_path / "cache"),
+                                          "batch_size": 8, **cfg})
+        return distill.build_teacher_targets(config, train, train.classes, device=torch.device("cpu"),
+                                             say=lambda _: None, progress=False)
+
+    first, info = build(alpha=0.5)
+    assert calls == [True] and info["teachers"][0]["source"] == {"train": "computed"}
+    again, info = build(alpha=0.9, temperature=2.0)  # mixing settings reuse the logits
+    assert calls == [True] and info["teachers"][0]["source"] == {"train": "disk"}
+    torch.testing.assert_close(again.probs, torch.softmax(torch.log(first.probs) / 2.0, -1), atol=1e-5, rtol=1e-4)
+    build(mirror=False)  # a different view set is a different file
+    assert calls == [True, False] and len(list((tmp_path / "cache").glob("teacher-*.safetensors"))) == 2
+    for f in (tmp_path / "cache").glob("teacher-*.safetensors"):
+        f.write_bytes(b"damaged")
+    _, info = build()
+    assert calls == [True, False, True] and info["teachers"][0]["source"] == {"train": "computed"}

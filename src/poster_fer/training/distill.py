@@ -25,9 +25,13 @@ Exact semantics (``docs/training.md``):
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data import FERDataset
-from ..evaluation.evaluate import eval_transform, match_classes
+from ..evaluation.evaluate import eval_transform, match_classes, sample_ids
 from ..hub import resolve_weights
 from ..weights.face_backbones import sha256_of
 from ..weights.io import load_model, weights_file
@@ -54,6 +58,7 @@ class DistillConfig:
     mirror: bool = True
     batch_size: int = 128
     weights: tuple[float, ...] = field(default=())
+    cache_dir: str | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None) -> DistillConfig | None:
@@ -61,10 +66,10 @@ class DistillConfig:
         if not cfg:
             return None
         cfg = dict(cfg)
-        unknown = sorted(set(cfg) - {"teachers", "alpha", "temperature", "mirror", "batch_size", "weights"})
+        known = {"teachers", "alpha", "temperature", "mirror", "batch_size", "weights", "cache_dir"}
+        unknown = sorted(set(cfg) - known)
         if unknown:
-            raise ValueError(f"train.distill: unknown keys {unknown} (teachers, alpha, temperature, mirror, "
-                             "batch_size, weights)")
+            raise ValueError(f"train.distill: unknown keys {unknown} ({', '.join(sorted(known))})")
         teachers = cfg.get("teachers") or ()
         if isinstance(teachers, str):
             teachers = (teachers,)
@@ -73,7 +78,8 @@ class DistillConfig:
         out = cls(teachers=tuple(str(t) for t in teachers), alpha=float(cfg.get("alpha", 0.5)),
                   temperature=float(cfg.get("temperature", 1.0)), mirror=bool(cfg.get("mirror", True)),
                   batch_size=int(cfg.get("batch_size", 128)),
-                  weights=tuple(float(w) for w in (cfg.get("weights") or ())))
+                  weights=tuple(float(w) for w in (cfg.get("weights") or ())),
+                  cache_dir=str(cfg["cache_dir"]) if cfg.get("cache_dir") else None)
         if not 0.0 < out.alpha <= 1.0:
             raise ValueError(f"train.distill.alpha must be in (0, 1], got {out.alpha}")
         if not out.temperature > 0.0:
@@ -158,6 +164,46 @@ def teacher_logits(model: nn.Module, dataset: FERDataset, transform: Callable[[A
     return out
 
 
+def _cache_key(teacher_sha256: str, prep: Preprocessing, dataset: FERDataset, split: str, mirror: bool,
+               precision: str, content: torch.Tensor | None) -> str:
+    """A name for the logits :func:`teacher_logits` would compute: the teacher's weights and preprocessing, the
+    samples (ids, and the preloaded pixels when given), the views and the precision."""
+    h = hashlib.sha256()
+    h.update(repr((teacher_sha256, sorted(prep.to_meta().items()), split, len(dataset), bool(mirror),
+                   precision)).encode())
+    h.update("\n".join(sample_ids(dataset)).encode())
+    if content is not None:
+        h.update(content.contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _cached_logits(cache_dir: str | None, key: str, compute: Callable[[], torch.Tensor], n: int,
+                   views: int) -> tuple[torch.Tensor, str]:
+    """Logits from ``cache_dir/teacher-KEY.safetensors`` when a matching file is there, else computed (and
+    stored there, written to a temporary name and renamed). Returns the logits and ``disk`` or ``computed``."""
+    from safetensors.torch import load_file, save_file
+
+    if cache_dir is None:
+        return compute(), "computed"
+    path = Path(cache_dir) / f"teacher-{key}.safetensors"
+    if path.is_file():
+        try:
+            logits = load_file(str(path))["logits"]
+        except Exception:  # a damaged file is recomputed, never trained on
+            logits = None
+        if logits is not None and tuple(logits.shape[:2]) == (n, views):
+            return logits, "disk"
+    logits = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"logits": logits.contiguous()}, str(tmp), metadata={"key": key})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return logits, "computed"
+
+
 def _teacher_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits / temperature, dim=-1)
 
@@ -169,15 +215,20 @@ def _agreement(probs: torch.Tensor, dataset: FERDataset) -> float:
 
 
 def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequence[str], *,
-                          device: torch.device, autocast: Callable[[], Any] | None = None,
-                          val: FERDataset | None = None, say: Callable[[str], None] = print,
+                          device: torch.device, autocast: Callable[[], Any] | None = None, precision: str = "none",
+                          val: FERDataset | None = None, contents: dict[str, torch.Tensor] | None = None,
+                          say: Callable[[str], None] = print,
                           progress: bool = True) -> tuple[TeacherTargets, dict[str, Any]]:
     """Run every teacher over ``train`` (and ``val``, for the record), average their distributions, and say
-    what each teacher and the ensemble score against the majority labels. Returns the targets and a record."""
+    what each teacher and the ensemble score against the majority labels. Returns the targets and a record.
+
+    With ``cfg.cache_dir`` each teacher's logits are kept on disk, named by everything they depend on
+    (``precision`` names the autocast dtype; ``contents`` maps a split to its preloaded pixels), so a resumed run
+    or a sweep over ``alpha``/``temperature`` skips the teacher pass."""
     t0 = time.monotonic()
     weights = cfg.teacher_weights()
-    total: torch.Tensor | None = None
-    val_total: torch.Tensor | None = None
+    totals: dict[str, torch.Tensor] = {}
+    splits = {"train": train, **({"val": val} if val is not None else {})}
     teachers: list[dict[str, Any]] = []
     for name, w in zip(cfg.teachers, weights, strict=True):
         path = resolve_weights(name)
@@ -186,38 +237,37 @@ def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequen
         mapping = match_classes(meta.get("classes") or [], list(classes))
         prep = Preprocessing.from_meta(meta)
         transform = eval_transform(prep)
+        sha = sha256_of(weights_file(path))
+        record: dict[str, Any] = {"teacher": name, "path": str(path), "model": meta.get("model"), "sha256": sha,
+                                  "weight": round(float(w), 4)}
         t = time.monotonic()
-        logits = teacher_logits(model, train, transform, device=device, mirror=cfg.mirror,
-                                batch_size=cfg.batch_size, autocast=autocast, desc=f"teacher {name}",
-                                progress=progress)
-        if mapping is not None:  # teacher outputs in the dataset's class order
-            logits = logits[..., torch.as_tensor(mapping)]
-        probs = _teacher_probs(logits, cfg.temperature)
-        record: dict[str, Any] = {"teacher": name, "path": str(path), "model": meta.get("model"),
-                                  "sha256": sha256_of(weights_file(path)), "weight": round(float(w), 4),
-                                  "train_agreement": round(_agreement(probs, train), 4),
-                                  "seconds": round(time.monotonic() - t, 1)}
-        total = probs * float(w) if total is None else total + probs * float(w)
-        if val is not None:
-            vl = teacher_logits(model, val, transform, device=device, mirror=False, batch_size=cfg.batch_size,
-                                autocast=autocast, desc=f"teacher {name} val", progress=progress)
-            if mapping is not None:
-                vl = vl[..., torch.as_tensor(mapping)]
-            vp = _teacher_probs(vl, cfg.temperature)
-            record["val_accuracy"] = round(_agreement(vp, val), 4)
-            val_total = vp * float(w) if val_total is None else val_total + vp * float(w)
+        for split, ds in splits.items():
+            mirror = cfg.mirror and split == "train"
+            key = _cache_key(sha, prep, ds, split, mirror, precision, (contents or {}).get(split))
+            compute = partial(teacher_logits, model, ds, transform, device=device, mirror=mirror,
+                              batch_size=cfg.batch_size, autocast=autocast, desc=f"teacher {name} {split}",
+                              progress=progress)
+            logits, source = _cached_logits(cfg.cache_dir, key, compute, len(ds), 2 if mirror else 1)
+            if mapping is not None:  # teacher outputs in the dataset's class order
+                logits = logits[..., torch.as_tensor(mapping)]
+            probs = _teacher_probs(logits, cfg.temperature)
+            record["train_agreement" if split == "train" else "val_accuracy"] = round(_agreement(probs, ds), 4)
+            record.setdefault("source", {})[split] = source
+            totals[split] = probs * float(w) + totals.get(split, 0.0)
+        record["seconds"] = round(time.monotonic() - t, 1)
         say(f"[distill] teacher {name}: train agreement {record['train_agreement']:.4f}"
             + (f", val accuracy {record['val_accuracy']:.4f}" if "val_accuracy" in record else "")
-            + f" ({record['seconds']:.0f}s)")
+            + f" ({record['seconds']:.0f}s{', from disk' if 'computed' not in record['source'].values() else ''})")
         teachers.append(record)
         del model
-    assert total is not None  # DistillConfig.from_dict refuses an empty teacher list
     info: dict[str, Any] = {"teachers": teachers, "alpha": cfg.alpha, "temperature": cfg.temperature,
-                            "mirror": cfg.mirror, "train_agreement": round(_agreement(total, train), 4)}
-    if val_total is not None:
-        info["val_accuracy"] = round(_agreement(val_total, val), 4)
+                            "mirror": cfg.mirror, "train_agreement": round(_agreement(totals["train"], train), 4)}
+    if val is not None:
+        info["val_accuracy"] = round(_agreement(totals["val"], val), 4)
+    if cfg.cache_dir:
+        info["cache_dir"] = cfg.cache_dir
     info["seconds"] = round(time.monotonic() - t0, 1)
     if len(teachers) > 1:
         say(f"[distill] ensemble of {len(teachers)}: train agreement {info['train_agreement']:.4f}"
             + (f", val accuracy {info['val_accuracy']:.4f}" if "val_accuracy" in info else ""))
-    return TeacherTargets(total, cfg.alpha), info
+    return TeacherTargets(totals["train"], cfg.alpha), info

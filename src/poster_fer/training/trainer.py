@@ -558,8 +558,9 @@ def _build_teacher(tr: dict[str, Any], data: TrainingData, device: torch.device,
     if not data.images:
         raise ValueError("train.distill needs data.pipeline: preload (teacher targets are indexed by sample)")
     targets, info = build_teacher_targets(cfg, data.datasets["train"], data.classes, device=device,
-                                          autocast=precision_autocast(device, amp_dtype),
-                                          val=data.datasets.get("val"), say=say, progress=progress)
+                                          autocast=precision_autocast(device, amp_dtype), precision=str(amp_dtype),
+                                          val=data.datasets.get("val"), contents=data.images, say=say,
+                                          progress=progress)
     data.preparers["train"].teacher = targets
     say(f"[distill] {len(cfg.teachers)} teacher(s), alpha {cfg.alpha}, temperature {cfg.temperature} "
         f"({info['seconds']:.0f}s)")
