@@ -364,7 +364,7 @@ register_model("poster_v1_baseline_crossfusion", "poster_v1", "Table 4 (e): base
                fusion="cross", pyramid=False)
 # The model in the box (configs/ferplus_default.yaml, docs/model-card.md): 48 px grey faces, landmarks at 80 px,
 # 8 FER+ classes. Its trained weights ship in the package (poster_fer.hub).
-register_model("poster_v1_ferplus_s", "poster_v1", "small two-stream POSTER trained on FER+ (the default model)",
+register_model("poster_v1_ferplus_s", "poster_v1", "small two-stream POSTER trained on FER+ (the first default)",
                num_classes=8, input_size=48, backbone_size=48, landmark_size=80, image_tokens="pool",
                dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
                ir=IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32))
