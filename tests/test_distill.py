@@ -65,14 +65,16 @@ def test_preparer_hands_the_mixed_target_to_the_loss():
     torch.testing.assert_close(target, 0.5 * torch.eye(3)[[2, 0]] + 0.5 * probs[[3, 1], 0])
 
 
-def _train_teacher(tmp_path, synthetic):
-    recipe = _synthetic_recipe(tmp_path / "teacher.yaml", synthetic, epochs=1)
-    assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "teacher")]) == 0
-    return tmp_path / "teacher" / "best"
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, synthetic):
+    """One tiny model trained once on the synthetic data, the teacher of every test here that needs one."""
+    root = tmp_path_factory.mktemp("teacher")
+    recipe = _synthetic_recipe(root / "teacher.yaml", synthetic, epochs=1)
+    assert main(["train", "--recipe", str(recipe), "--out", str(root / "teacher")]) == 0
+    return root / "teacher" / "best"
 
 
-def test_teacher_pass_equals_the_model_on_its_own_preprocessing(tmp_path, synthetic):
-    teacher_dir = _train_teacher(tmp_path, synthetic)
+def test_teacher_pass_equals_the_model_on_its_own_preprocessing(synthetic, teacher_dir):
     model = load_model(teacher_dir)
     ds = build_dataset("folder", str(synthetic), "val")
     transform = eval_transform(Preprocessing.from_meta(model.meta))
@@ -85,8 +87,7 @@ def test_teacher_pass_equals_the_model_on_its_own_preprocessing(tmp_path, synthe
         torch.testing.assert_close(logits[:, 1], model(x.flip(-1)), atol=1e-5, rtol=1e-5)
 
 
-def test_student_run_records_its_teacher(tmp_path, synthetic, capsys):
-    teacher_dir = _train_teacher(tmp_path, synthetic)
+def test_student_run_records_its_teacher(tmp_path, synthetic, teacher_dir, capsys):
     recipe = _synthetic_recipe(tmp_path / "student.yaml", synthetic, epochs=1,
                                distill={"teachers": [str(teacher_dir), str(teacher_dir)], "alpha": 0.6,
                                         "mirror": True, "batch_size": 5})
@@ -112,10 +113,9 @@ def test_distill_needs_the_preload_pipeline(tmp_path, synthetic, capsys):
     assert "train.distill needs data.pipeline: preload" in capsys.readouterr().err
 
 
-def test_teacher_logits_on_disk_are_reused_and_keyed_by_their_inputs(tmp_path, synthetic, monkeypatch):
+def test_teacher_logits_on_disk_are_reused_and_keyed_by_their_inputs(tmp_path, synthetic, teacher_dir, monkeypatch):
     import poster_fer.training.distill as distill
 
-    teacher_dir = _train_teacher(tmp_path, synthetic)
     train = build_dataset("folder", str(synthetic), "train")
     calls = []
     real = distill.teacher_logits

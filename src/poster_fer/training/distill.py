@@ -26,7 +26,6 @@ Exact semantics (``docs/training.md``):
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from ..data import FERDataset
 from ..evaluation.evaluate import eval_transform, match_classes, sample_ids
 from ..hub import resolve_weights
 from ..weights.face_backbones import sha256_of
-from ..weights.io import load_model, weights_file
+from ..weights.io import atomic_write, load_model, weights_file
 from ..weights.preprocessing import Preprocessing
 
 
@@ -180,7 +179,7 @@ def _cache_key(teacher_sha256: str, prep: Preprocessing, dataset: FERDataset, sp
 def _cached_logits(cache_dir: str | None, key: str, compute: Callable[[], torch.Tensor], n: int,
                    views: int) -> tuple[torch.Tensor, str]:
     """Logits from ``cache_dir/teacher-KEY.safetensors`` when a matching file is there, else computed (and
-    stored there, written to a temporary name and renamed). Returns the logits and ``disk`` or ``computed``."""
+    stored there atomically). Returns the logits and ``disk`` or ``computed``."""
     from safetensors.torch import load_file, save_file
 
     if cache_dir is None:
@@ -195,12 +194,7 @@ def _cached_logits(cache_dir: str | None, key: str, compute: Callable[[], torch.
             return logits, "disk"
     logits = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({"logits": logits.contiguous()}, str(tmp), metadata={"key": key})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: save_file({"logits": logits.contiguous()}, tmp, metadata={"key": key}))
     return logits, "computed"
 
 

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..weights.io import atomic_write
+
 
 class LandmarkCache:
     """Landmark tokens per (sample, mirrored?): a tensor (N, V, 49, 512), V = 2 with mirrors, else 1."""
@@ -142,10 +144,6 @@ def load_or_build(cache_dir: str | os.PathLike[str], split: str, model: nn.Modul
             record["rebuilt"] = f"holds {tuple(tokens.shape)} {tokens.dtype}, not {images.shape[0]} images in {dtype}"
     cache = LandmarkCache.build(model, images, to_input, mirror=mirror, dtype=dtype, **build_kwargs)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({"tokens": cache.tokens.contiguous()}, str(tmp), metadata={"split": split, "fingerprint": key})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: save_file({"tokens": cache.tokens.contiguous()}, tmp,
+                                             metadata={"split": split, "fingerprint": key}))
     return cache, record

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,12 +144,15 @@ def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     text = json.dumps(meta, indent=2, sort_keys=True)
-    _atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={_HEADER_KEY: text}))
-    _atomic_write(path / META_FILE, lambda p: Path(p).write_text(text + "\n"))
+    atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={_HEADER_KEY: text}))
+    atomic_write(path / META_FILE, lambda p: Path(p).write_text(text + "\n"))
     return path
 
 
-def _atomic_write(dest: Path, write) -> None:
+def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``dest``, then move it into place: an interrupted or failed
+    write never leaves a truncated ``dest`` (nor a stray temporary file)."""
+    dest = Path(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
     try:
