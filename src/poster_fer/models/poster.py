@@ -374,12 +374,6 @@ register_model("poster_v1_ferplus_s_image", "poster_v1", "small image-only POSTE
                num_classes=8, input_size=48, backbone_size=48, landmark_size=80, image_tokens="pool",
                streams="image", fusion="self", pyramid=False, dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0,
                drop_path=0.1, ir=IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32))
-# The default image-only POSTER with a wider IR stream (widths 56/112/224, 1.29x its FLOPs), the student of
-# configs/ferplus_distill_w56.yaml (distilled from the three shipped FER+ models' ensemble).
-register_model("poster_v1_ferplus_w56_image", "poster_v1", "image-only POSTER, IR widths 56/112/224, distilled on FER+",
-               num_classes=8, input_size=48, backbone_size=48, landmark_size=80, image_tokens="pool",
-               streams="image", fusion="self", pyramid=False, dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0,
-               drop_path=0.1, ir=IRConfig(units=(1, 2, 2), widths=(56, 112, 224), stem_width=32))
 # The same POSTER with a face-recognition image stream (issue 11's face-pretrained trial): ArcFace MobileFaceNet
 # (MS1M, the stand-in for IR-50) at 112 px, tapped at its 14x14x128 map; load its weights with
 # model.pretrained.face_backbone=PATH/mobilefacenet.json (poster_fer.weights.face_backbones).
