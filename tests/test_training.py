@@ -31,6 +31,7 @@ from poster_fer.training import (
     SoftTargetCrossEntropy,
     StepSchedule,
     build_optimizer,
+    list_recipes,
     load_checkpoint,
     load_recipe,
     save_checkpoint,
@@ -292,6 +293,21 @@ def test_recipes_load_and_overrides_apply():
 
     with pytest.raises(RecipeError, match="unknown key"):
         load_recipe("tiny", {"train.epoch": 2})
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_shipped_recipe_loads(name):
+    """A typo in a packaged recipe (an unknown key, a bad distillation value, an unregistered model or teacher)
+    fails here rather than minutes into someone's run."""
+    from poster_fer.hub import list_pretrained
+    from poster_fer.models import list_models
+    from poster_fer.training.distill import DistillConfig
+
+    r = load_recipe(name)
+    assert r["model"]["name"] in list_models()
+    distill = DistillConfig.from_dict(r["train"].get("distill"))
+    if distill is not None:
+        assert set(distill.teachers) <= set(list_pretrained()), distill.teachers
 
 
 # ---------------------------------------------------------------------------------- end-to-end training ----
