@@ -106,3 +106,15 @@ def test_exportable_adaptive_pool_matches_torch():
     for h, w in [(5, 5), (6, 6), (6, 9), (14, 14), (3, 7), (13, 4)]:
         x = torch.randn(2, 3, h, w)
         torch.testing.assert_close(adaptive_avg_pool(x, 7), torch.nn.functional.adaptive_avg_pool2d(x, 7))
+
+
+@pytest.mark.parametrize("name", ["poster_v1_tiny_mfn", "poster_v1_tiny_dlib"])
+def test_face_backbone_streams_export_after_their_resize(name, tmp_path):
+    """The face-backbone image streams resize 48 px crops up to the backbone's size before pooling a map that
+    divides evenly into 7x7 tokens; the exported graph then has a symbolic map size, which the exporter could
+    not pool (the shipped poster_v1_ferplus_mfn_image failed `poster-fer export` that way)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=8, streams="image", fusion="self", pyramid=False,
+                         backbone_size=112, resize_mode="bilinear").eval()
+    report = export_onnx(model, tmp_path / "face.onnx", batch_size=2, check_batch_sizes=(3,))
+    assert report["max_rel_error"] <= 1e-4

@@ -32,11 +32,14 @@ def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(x, size)`` that also exports to ONNX when the map does not divide evenly.
 
     Why: the CPU-sized models pool a 6x6 (image) or 5x5 (landmark) map up to POSTER's 7x7 token grid, which the
-    ONNX exporter refuses; as two small matrix products the same numbers export (equal to ~1e-7).
+    ONNX exporter refuses; as two small matrix products the same numbers export (equal to ~1e-7). An even
+    division is a plain average pool with a fixed kernel: the exporter cannot turn ``adaptive_avg_pool2d`` into
+    one when the traced map's size is symbolic, as it is after a resize (the face-backbone image streams).
     """
     h, w = x.shape[-2:]
     if h % size == 0 and w % size == 0:
-        return F.adaptive_avg_pool2d(x, size)
+        kernel = (int(h) // size, int(w) // size)
+        return F.avg_pool2d(x, kernel, kernel)
     # One constant (H*W, size*size) matrix on the right of the flattened map: a plain 2-D MatMul when exported.
     k = torch.from_numpy(_pool_weights(int(h), int(w), size)).to(device=x.device, dtype=x.dtype)
     b, c = x.shape[:2]
