@@ -92,7 +92,7 @@ def test_export_command(tmp_path, capsys):
 
 def test_cpu_sized_models_export_with_pooled_tokens(tmp_path):
     """48 px image stream and 80 px landmarks pool 6x6 / 5x5 maps up to 7x7 tokens: that must export and agree
-    (the shipped default model has this shape)."""
+    (the shipped two-stream and from-scratch models have this shape)."""
     torch.manual_seed(0)
     model = create_model("poster_v1_tiny", num_classes=8, input_size=48, backbone_size=48, landmark_size=80,
                          image_tokens="pool").eval()

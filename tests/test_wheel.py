@@ -74,6 +74,8 @@ def test_wheel_carries_model_detector_and_sample(wheel):
     for rel in ("poster_fer/pretrained/face_detection_yunet.onnx",
                 "poster_fer/pretrained/poster_v1_ferplus_s/model.safetensors",
                 "poster_fer/pretrained/poster_v1_ferplus_s/meta.json",
+                "poster_fer/pretrained/poster_v1_ferplus_mfn64_image/model.safetensors",
+                "poster_fer/pretrained/poster_v1_ferplus_mfn64_image/meta.json",
                 "poster_fer/pretrained/poster_v1_ferplus_mfn_image/model.safetensors",
                 "poster_fer/pretrained/poster_v1_ferplus_mfn_image/meta.json",
                 "poster_fer/pretrained/poster_v1_ferplus_s_image/model.safetensors",
