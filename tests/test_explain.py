@@ -21,6 +21,9 @@ CASES = {
     "v1_self_fusion": ("poster_v1_tiny", {**SMALL, "landmark_size": 48, "image_tokens": "pool", "fusion": "self"},
                        (7, 7), (7, 7)),
     "v1_image_only": ("poster_v1_tiny_image_only", {**SMALL, "image_tokens": "pool"}, (7, 7), None),
+    # face-recognition image streams (the shipped default's kind): the graph must start at their output too
+    "v1_mfn_image_only": ("poster_v1_tiny_mfn", {"streams": "image", "fusion": "self", "pyramid": False}, (7, 7), None),
+    "v1_dlib": ("poster_v1_tiny_dlib", {}, (7, 7), (7, 7)),
     "v2": ("poster_v2_tiny", SMALL, (12, 12), (12, 12)),  # finest window map at backbone 48 is 48/4
 }
 

@@ -50,7 +50,7 @@ __all__ = ["METHOD_NOTES", "explain_figure", "gradient_weighted_attention", "ove
            "resolve_target"]
 
 METHOD_NOTES = {
-    "v1_image_pool": "grad-weighted attention rollout, image tokens (7x7 pooled IR grid)",
+    "v1_image_pool": "grad-weighted attention rollout, image tokens (7x7 pooled image-stream grid)",
     "v1_image_view": "token rollout spread by grad x act over the IR 14x14 map ('view' tokens are not spatial)",
     "v1_landmark": "grad-weighted attention rollout, landmark tokens (7x7 MobileFaceNet grid)",
     "v2_image": "ViT rollout through the window attention, image positions",
@@ -146,7 +146,7 @@ path reports them) ((B, C) arrays), ``target`` (B,), ``image`` and ``landmark``
         return hook
 
     hooks = [m.register_forward_hook(make_leaves(n)) for n, m in model.named_children()
-             if n in ("ir_back", "face_landback")]
+             if n in ("ir_back", "face_back", "face_landback")]
     try:
         with _recording(model), torch.enable_grad():
             logits = model(x.detach())
