@@ -391,7 +391,7 @@ _FERPLUS_MFN_IMAGE: dict[str, Any] = dict(
 register_model("poster_v1_ferplus_mfn_image", "poster_v1",
                "image-only POSTER, ArcFace MobileFaceNet image stream, trained on FER+", **_FERPLUS_MFN_IMAGE)
 # The same network with the MobileFaceNet at 64 px (configs/ferplus_mfn64_long.yaml; the default model): its
-# tapped stage-4 map is 8x8 instead of 14x14 (pooled to the same 7x7 tokens), an epoch costs about half as much,
+# tapped stage-4 map is 8x8 instead of 14x14 (pooled to the same 7x7 tokens), an epoch costs about a third,
 # and the photo pipeline runs about as fast as with the 48 px IR stream.
 register_model("poster_v1_ferplus_mfn64_image", "poster_v1",
                "image-only POSTER, ArcFace MobileFaceNet image stream at 64 px, trained on FER+ (the default)",
