@@ -172,3 +172,12 @@ def test_fused_attention_matches_explicit(batch):
             ref = model(batch)
             set_fused_attention(model, True)
             torch.testing.assert_close(model(batch), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_created_models_do_not_share_registered_sub_configs():
+    """Variants registered from one kwargs dict (the FER+ face-network models) share an IRConfig object; a model's
+    config must be its own, or changing one would change every later model of those variants."""
+    a = create_model("poster_v1_ferplus_mfn_image")
+    b = create_model("poster_v1_ferplus_mfn64_image")
+    c = create_model("poster_v1_ferplus_mfn64_image")
+    assert a.cfg.ir == b.cfg.ir and a.cfg.ir is not b.cfg.ir and b.cfg.ir is not c.cfg.ir

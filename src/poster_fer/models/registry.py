@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +80,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build the registered variant ``name``; keyword arguments override its config fields."""
     family, defaults, _ = _lookup(name)
     model_cls, _ = _FAMILIES[family]
-    cfg = build_config(family, {**defaults, **overrides})
+    # A copy: registered defaults may hold mutable sub-configs (an IRConfig) that several variants share.
+    cfg = build_config(family, {**copy.deepcopy(defaults), **overrides})
     model = model_cls(cfg)
     model.model_name = name
     model.family = family
