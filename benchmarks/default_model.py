@@ -13,10 +13,13 @@ Why a script and not a training option: shipping is a separate, auditable step. 
 3. evaluates the FER+ majority test split once per variant: the float32 model, the float16 model as shipped,
    the shipped model with flip TTA and without the prior correction; writes the full report (confusion,
    per-class table, reliability diagram) of the shipped model next to the results;
-4. writes ``benchmarks/results/default_model.json`` (the training run's record plus these numbers) and saves
-   the model into ``src/poster_fer/pretrained/<name>``.
+4. writes ``benchmarks/results/default_model.json`` (the training run's record plus these numbers), saves the
+   model into ``src/poster_fer/pretrained/<architecture>.<tag>`` (paths made portable) and writes its record
+   into ``src/poster_fer/pretrained/records.json`` (:mod:`poster_fer.weights.release`): shipping adds data,
+   never an architecture name.
 
-    python benchmarks/default_model.py --run runs/ferplus_default
+    python benchmarks/default_model.py --run runs/ferplus_mfn64_long --name poster_v1_mfn64_image.ferplus \
+        --licence "research and non-commercial use only: ..." --description "..."
 """
 
 from __future__ import annotations
@@ -42,8 +45,11 @@ from poster_fer.hub import DEFAULT_MODEL, pretrained_root
 from poster_fer.models import config_to_dict, create_model
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
 from poster_fer.training.loaders import subsample
+from poster_fer.weights.release import portable, record_for_folder, ship_folder, write_record
 
 REPO = Path(__file__).resolve().parents[1]
+SPLITS = {"val": "FER+ PublicTest (faces with a majority label), the validation split every choice was made on",
+          "test": "FER+ PrivateTest (3,153 faces with a majority label), evaluated once after the choices"}
 MAX_FP16_DELTA = 0.001  # accuracy, as a fraction
 
 
@@ -74,8 +80,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="runs/ferplus_default", help="training run directory (best/, results.json)")
     p.add_argument("--data", default=str(shared_path("data", "fer2013")), help="folder with the FER+ CSVs")
-    p.add_argument("--name", default=DEFAULT_MODEL, help="registered name the shipped model carries")
-    p.add_argument("--out-model", default=None, help="default: src/poster_fer/pretrained/<name>")
+    p.add_argument("--name", default=DEFAULT_MODEL, help="weights name architecture.tag the shipped model carries")
+    p.add_argument("--out-model", default=None, help="write the model here instead of shipping it (no record)")
+    p.add_argument("--licence", default="research and non-commercial use only: trained on FER2013 (ICML 2013 "
+                   "challenge data, research use) with FER+ labels (MIT)", help="the weights' licence, for the record")
+    p.add_argument("--description", default="", help="one line for the record")
+    p.add_argument("--default", action="store_true", help="the architecture's default weights")
     p.add_argument("--results", default="benchmarks/results/default_model.json")
     p.add_argument("--report-dir", default="benchmarks/results/default_model")
     p.add_argument("--batch-size", type=int, default=256)
@@ -91,10 +101,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = Path(args.run)
     train_record = json.loads((run / "results.json").read_text())
     model = load_model(run / "best")
-    # Rebuild under the registered name (same config) so `create_model(name, pretrained=True)` rebuilds it.
-    named = create_model(args.name)
+    # Rebuild as the architecture the name starts with (same config), so `create_model(name, pretrained=True)`
+    # rebuilds it.
+    named = create_model(args.name.split(".", 1)[0], num_classes=int(model.cfg.num_classes))
     if config_to_dict(named.cfg) != config_to_dict(model.cfg):
-        raise SystemExit(f"{run / 'best'} does not have the config registered as {args.name!r}")
+        raise SystemExit(f"{run / 'best'} does not have the config of architecture {args.name.split('.')[0]!r}")
     named.load_state_dict(model.state_dict())
     named.meta = copy.deepcopy(model.meta)
     named.eval()
@@ -151,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 3. test, once per variant
     test_fp32 = evaluate_dataset(model, test, batch_size=args.batch_size, make_plots=False, progress=True)
     out_model = Path(args.out_model) if args.out_model else pretrained_root() / args.name
+    if not args.out_model and (pretrained_root() / args.name).exists():
+        raise SystemExit(f"{pretrained_root() / args.name} exists: shipped weights are not overwritten; use a new tag")
     test_fp16 = evaluate_dataset(half, test, args.report_dir, batch_size=args.batch_size, checkpoint=out_model,
                                  provenance={"shipped_as": f"src/poster_fer/pretrained/{args.name}",
                                              "storage": "float16"})
@@ -164,15 +177,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 4. ship and record
     shipped = copy.deepcopy(model).half()
-    shipped.model_name = args.name
     metrics = {"val": {**_summary(train_record["metrics"]["val"]), **val_record},
                "test": _summary(test_fp16)}
-    save_model(shipped, out_model, temperature=temperature, logit_bias=model.meta["logit_bias"], metrics=metrics,
-               provenance={"recipe": train_record.get("recipe"), "command": train_record.get("command"),
-                           "git_revision": train_record.get("git_revision"), "storage": "float16",
-                           "training_wall_time_s": train_record.get("wall_time_s"),
-                           "epochs_run": train_record.get("epochs_run"),
-                           "machine": train_record.get("machine"), "model_card": "docs/model-card.md"})
+    provenance = {"recipe": train_record.get("recipe"), "command": train_record.get("command"),
+                  "git_revision": train_record.get("git_revision"), "storage": "float16",
+                  "training_wall_time_s": train_record.get("wall_time_s"),
+                  "epochs_run": train_record.get("epochs_run"),
+                  "machine": train_record.get("machine"), "model_card": "docs/model-card.md"}
+    extra = {"temperature": temperature, "logit_bias": model.meta["logit_bias"], "metrics": metrics,
+             "provenance": provenance, "licence": args.licence}
+    if args.out_model:
+        save_model(shipped, out_model, **extra)
+    else:
+        out_model = ship_folder(shipped, args.name, REPO, **extra)
+        write_record(args.name, record_for_folder(
+            out_model, args.name, splits=SPLITS, licence=args.licence, recipe=train_record.get("recipe"),
+            command=portable(train_record.get("command"), REPO), origin="trained by poster-fer (docs/model-card.md)",
+            description=args.description, default=bool(args.default)))
     size = (out_model / "model.safetensors").stat().st_size
     record = {
         "recipe": train_record.get("recipe"),

@@ -14,8 +14,9 @@ from pathlib import Path
 import poster_fer
 
 SRC = Path(poster_fer.__file__).parent
-LIBRARY = {"assets", "constants", "data", "devices", "distributed", "evaluation", "export", "faces", "fastpath",
-           "hub", "inference", "models", "precision", "pretrained", "provenance", "samples", "weights"}
+LIBRARY = {"assets", "classes", "constants", "data", "devices", "distributed", "evaluation", "export", "faces",
+           "fastpath", "hub", "inference", "models", "precision", "pretrained", "probabilities", "provenance",
+           "samples", "weights"}
 APPS = {"cli", "commands", "experiments", "serve", "training"}
 FACADE = "__init__"  # ``poster_fer/__init__.py``: re-exports the library
 

@@ -22,7 +22,12 @@ from poster_fer.evaluation import (
     softmax_with_temperature,
 )
 from poster_fer.evaluation.evaluate import eval_transform
-from poster_fer.weights.io import get_temperature, set_temperature
+from poster_fer.probabilities import get_temperature, set_temperature
+
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
@@ -33,7 +38,8 @@ def _tiny(seed: int = 0, size: int = SIZE):
     """48 px with pooled image tokens for the eval tests; ONNX export needs a size the 7x7 pools divide (112)."""
     torch.manual_seed(seed)
     extra = {"image_tokens": "pool"} if size % 7 else {}
-    model = create_model("poster_v1_tiny", input_size=size, backbone_size=size, landmark_size=size, **extra)
+    model = create_model("poster_v1_tiny", input_size=size, backbone_size=size, landmark_size=size, **extra,
+                         classes=_CLASS_NAMES[7])
     with torch.no_grad():  # spread the head so predictions (and confidences) vary between images
         model.head.linear.weight.mul_(50.0)
     return model.eval()
@@ -364,7 +370,7 @@ def test_eval_fits_the_temperature_on_another_split(eval_fixture, tmp_path, caps
 
 
 def test_logit_bias_is_validated():
-    from poster_fer.weights.io import get_logit_bias
+    from poster_fer.probabilities import get_logit_bias
 
     assert get_logit_bias({"classes": ["a", "b"]}) is None
     assert get_logit_bias({"classes": ["a", "b"], "logit_bias": [0.5, -1]}) == [0.5, -1.0]

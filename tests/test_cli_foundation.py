@@ -10,6 +10,11 @@ import torch
 from poster_fer import create_model, load_model
 from poster_fer.cli import main
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
@@ -21,7 +26,7 @@ def test_help_lists_commands(capsys):
 def test_info_json(capsys):
     assert main(["info", "poster_v1_tiny", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    model = create_model("poster_v1_tiny")
+    model = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7])
     assert stats["params_total"] == sum(p.numel() for p in model.parameters())
     assert stats["params_trainable"] + stats["params_frozen"] == stats["params_total"]
     assert stats["params_frozen"] == sum(p.numel() for p in model.face_landback.parameters())
@@ -54,7 +59,7 @@ def test_info_errors(capsys):
 
 
 def test_convert(tmp_path, capsys):
-    src = create_model("poster_v1_tiny", num_classes=8).eval()
+    src = create_model("poster_v1_tiny", num_classes=8, classes=_CLASS_NAMES[8]).eval()
     sd = {"module." + k: v for k, v in src.state_dict().items()}
     sd["module.ir_back.output_layer.0.weight"] = torch.ones(3)
     path = tmp_path / "official.pth"
@@ -79,9 +84,12 @@ def test_convert_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "none.pth"), str(tmp_path / "o"), "--model", "nope"]) == 2
     assert "unknown model" in capsys.readouterr().err
-    src = create_model("poster_v1_tiny")
+    src = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7])
     path = tmp_path / "c.pth"
     torch.save({"model_state_dict": {k: v for k, v in src.state_dict().items() if "se_block" not in k}}, path)
     assert main(["convert", str(path), str(tmp_path / "o"), "--model", "poster_v1_tiny"]) == 2
     assert "missing" in capsys.readouterr().err
-    assert main(["convert", str(path), str(tmp_path / "o"), "--model", "poster_v1_tiny", "--non-strict"]) == 0
+    assert main(["convert", str(path), str(tmp_path / "o"), "--model", "poster_v1_tiny", "--non-strict"]) == 2
+    assert "which dataset's class order" in capsys.readouterr().err  # no record for a tiny head: never guessed
+    assert main(["convert", str(path), str(tmp_path / "o"), "--model", "poster_v1_tiny", "--non-strict",
+                 "--classes", *_CLASS_NAMES[7]]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -17,28 +18,16 @@ from poster_fer.samples import sample_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-#: sha256 of every file the package ships as data. A change here is a new release of the model (update the
-#: model card and benchmarks/results/default_model.json with it).
+#: sha256 of the package data that has no weights record (the weights' digests live in their records,
+#: poster_fer/pretrained/records.json, checked below). A change here is a new release of that file.
 PINNED = {
     "pretrained/face_detection_yunet.onnx": "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0",
-    "pretrained/poster_v1_ferplus_mfn64_image/model.safetensors":
-        "a9b724a1fddea75573dd1e4f994530b34c7f2381213eb56fa9fd7266928e9a4e",
-    "pretrained/poster_v1_ferplus_mfn64_image/meta.json":
-        "fc0bb1aa4959cc4734015afd08edde1d4485e8131d9bc232fef00d845d1f371e",
-    "pretrained/poster_v1_ferplus_mfn_image/model.safetensors":
-        "9b9a1812c2feb6201b4e0202245a1d790f9c818292a824e212726c9f0afaf40b",
-    "pretrained/poster_v1_ferplus_mfn_image/meta.json":
-        "38b83f738614ccdfae664253666110dd2f270814241d8c4f07b99adbfcbae871",
-    "pretrained/poster_v1_ferplus_s_image/model.safetensors":
-        "d44095110cfec3b49859d8a2d21e67f29c8befe771b38251d99880bfa844ac07",
-    "pretrained/poster_v1_ferplus_s_image/meta.json":
-        "800bd171e5bf21361d633e97c4a37f2d6d0dc29a65b2fe8fd81497ab3db5f7a4",
-    "pretrained/poster_v1_ferplus_s/model.safetensors":
-        "a904b66f6e258d69b4771f2fa22ab11be5501017b9bd654989d392b47c03fb23",
-    "pretrained/poster_v1_ferplus_s/meta.json": "a95d9dfd6fdd5e33b982f1c65fd00a915d403e258949f24e5d8dfed9192aa1b2",
     "samples/grace_hopper.jpg": "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130",
 }
 FERPLUS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+SHIPPED = ["poster_v1_mfn64_image.ferplus", "poster_v1_mfn_image.ferplus", "poster_v1_s.ferplus",
+           "poster_v1_s_image.ferplus"]
+_ABSOLUTE = re.compile(r"(?<![\w.~-])/(?:home|root|work|tmp|usr|opt|mnt|Users|var)/")
 
 
 def test_shipped_files_are_the_pinned_ones():
@@ -49,19 +38,59 @@ def test_shipped_files_are_the_pinned_ones():
     assert size <= 25e6, f"default model weights are {size / 1e6:.1f} MB (limit 25 MB)"
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_record_matches_its_file_and_model(name):
+    """sha256, classes, preprocessing, calibration, parameter count and GFLOPs (within 1%) of the record are
+    those of the file and the model it builds; nothing that ships names a developer's path."""
+    from poster_fer.models.stats import model_stats
+
+    record = poster_fer.get_weights(name)
+    folder = record.path()
+    assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == record.sha256
+    model = poster_fer.create_model(name, pretrained=True)
+    assert model.pretrained_cfg is record and model.model_name == record.architecture
+    meta = model.meta
+    assert meta["weights"] == name and list(record.classes) == meta["classes"] == model.classes
+    assert json.dumps(record.to_dict()["preprocessing"], sort_keys=True) == json.dumps(meta["preprocessing"],
+                                                                                       sort_keys=True)
+    assert record.calibration["temperature"] == meta["temperature"]
+    assert list(record.calibration["logit_bias"]) == meta["logit_bias"]
+    stats = model_stats(model)
+    assert stats["params_total"] == record.num_params and stats["num_classes"] == record.num_classes
+    assert abs(stats["gflops"] - record.gflops) <= 0.01 * record.gflops
+    assert record.metrics["test"]["accuracy"] == meta["metrics"]["test"]["accuracy"] and record.metrics["test"]["split"]
+    assert record.licence.startswith("research and non-commercial") and record.recipe and record.command
+    header = poster_fer.read_metadata(folder / "model.safetensors")  # the record embedded in the weights file
+    for text in ((folder / "meta.json").read_text(), json.dumps(header), json.dumps(record.to_dict())):
+        assert not _ABSOLUTE.search(text), _ABSOLUTE.search(text).group(0)
+
+
+def test_records_file_names_no_absolute_path_and_every_record_builds():
+    text = (pretrained_root() / "records.json").read_text()
+    assert not _ABSOLUTE.search(text)
+    for name in poster_fer.list_models(pretrained=True):
+        record = poster_fer.get_weights(name)
+        arch = poster_fer.create_model(record.architecture, num_classes=record.num_classes)
+        assert arch.model_name == record.architecture and arch.pretrained_cfg is None
+    assert poster_fer.list_pretrained() == SHIPPED
+    assert set(poster_fer.list_models("*official", pretrained=True)) == {
+        "poster_v1.rafdb_official", "poster_v1_affectnet.affectnet7_official",
+        "poster_v1_affectnet.affectnet8_official", "poster_v2.rafdb_official", "poster_v2.affectnet7_official",
+        "poster_v2.affectnet8_official"}
+
+
 def test_every_shipped_model_loads_and_the_default_is_the_face_pretrained_64px_one():
     """The default (image-only over the face-recognition MobileFaceNet at 64 px: the best on FER+ val and fast
     enough), the previous default (image-only from scratch, 48 px), the same face network at 112 px (superseded)
     and the two-stream model (the paper's streams, the first default)."""
-    assert DEFAULT_MODEL == "poster_v1_ferplus_mfn64_image"
-    assert poster_fer.list_pretrained() == ["poster_v1_ferplus_mfn64_image", "poster_v1_ferplus_mfn_image",
-                                            "poster_v1_ferplus_s", "poster_v1_ferplus_s_image"]
-    two = poster_fer.create_model("poster_v1_ferplus_s", pretrained=True)
+    assert DEFAULT_MODEL == "poster_v1_mfn64_image.ferplus"
+    two = poster_fer.create_model("poster_v1_s.ferplus", pretrained=True)
     assert two.cfg.streams == "both" and two.meta["classes"] == FERPLUS
-    scratch = poster_fer.create_model("poster_v1_ferplus_s_image", pretrained=True)
+    scratch = poster_fer.create_model("poster_v1_s_image", pretrained=True)  # an architecture's default weights
+    assert scratch.pretrained_cfg.name == "poster_v1_s_image.ferplus"
     assert scratch.cfg.streams == "image" and scratch.cfg.image_backbone == "ir"
     assert scratch.meta["metrics"]["test"]["accuracy"] > 0.85
-    mfn = poster_fer.create_model("poster_v1_ferplus_mfn_image", pretrained=True)
+    mfn = poster_fer.create_model("poster_v1_mfn_image.ferplus", pretrained=True)
     assert mfn.cfg.image_backbone == "arcface_mobilefacenet" and mfn.cfg.backbone_size == 112
     assert mfn.meta["classes"] == FERPLUS and mfn.meta["preprocessing"]["input_size"] == 48
     default = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
@@ -71,26 +100,43 @@ def test_every_shipped_model_loads_and_the_default_is_the_face_pretrained_64px_o
     assert not hasattr(default, "face_landback")
 
 
+@pytest.mark.parametrize("old,new", [("poster_v1_ferplus_mfn64_image", "poster_v1_mfn64_image.ferplus"),
+                                     ("poster_v1_ferplus_s", "poster_v1_s.ferplus")])
+def test_names_from_before_the_records_still_load_with_a_warning(old, new):
+    with pytest.warns(DeprecationWarning, match=new):
+        model = poster_fer.create_model(old, pretrained=True)
+    assert model.pretrained_cfg.name == new
+    with pytest.warns(DeprecationWarning):
+        arch = poster_fer.create_model(old)  # as an architecture name it builds the architecture
+    assert arch.model_name == new.split(".")[0] and arch.pretrained_cfg is None
+    with pytest.warns(DeprecationWarning):
+        rec = poster_fer.Recognizer(old, detector=None)
+    assert rec.meta["weights"] == new
+
+
 def test_default_model_metadata():
     meta = poster_fer.read_metadata(pretrained_path())
-    assert meta["model"] == DEFAULT_MODEL and meta["classes"] == FERPLUS
+    assert meta["model"] == "poster_v1_mfn64_image" and meta["weights"] == DEFAULT_MODEL
+    assert meta["classes"] == FERPLUS
     prep = meta["preprocessing"]
     assert prep["crop_geometry"]["name"] == "fer2013" and prep["grayscale"] is True and prep["input_size"] == 48
     assert 0.2 < meta["temperature"] < 5.0 and meta["temperature"] != 1.0
     assert len(meta["logit_bias"]) == 8 and abs(sum(meta["logit_bias"])) < 1e-4
     assert meta["metrics"]["test"]["accuracy"] > 0.8
+    assert meta["licence"].startswith("research and non-commercial")
 
 
 def test_create_model_pretrained_and_round_trips(tmp_path):
     model = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
     assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
-    assert model.model_name == DEFAULT_MODEL
+    assert model.model_name == "poster_v1_mfn64_image"
     fresh = poster_fer.create_model(DEFAULT_MODEL)
+    assert fresh.pretrained_cfg is None
     trained, init = model.state_dict(), fresh.state_dict()
     assert any(not torch.equal(trained[k], init[k]) for k in init)
     with pytest.raises(ValueError, match="cannot override"):
-        poster_fer.create_model(DEFAULT_MODEL, pretrained=True, num_classes=7)
-    with pytest.raises(KeyError, match="no pretrained weights"):
+        poster_fer.create_model(DEFAULT_MODEL, pretrained=True, dims=(64, 32, 16))
+    with pytest.raises(KeyError, match="no weights named"):
         poster_fer.create_model("poster_v1_tiny", pretrained=True)
 
     poster_fer.save_model(model, tmp_path / "copy")
@@ -100,6 +146,65 @@ def test_create_model_pretrained_and_round_trips(tmp_path):
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))
+
+
+def test_pretrained_with_other_classes_keeps_the_backbone_bit_identical():
+    """timm's ``create_model(name, pretrained=True, num_classes=N)``: a new head, everything else as trained;
+    classes that keep their name (happy = happiness) keep their trained head rows."""
+    base = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
+    fer2013 = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    tuned = poster_fer.create_model(DEFAULT_MODEL, pretrained=True, classes=fer2013)
+    a, b = base.state_dict(), tuned.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        if not k.startswith("head."):
+            assert torch.equal(a[k], b[k]), k
+    assert tuned.cfg.num_classes == 7 and tuned.classes == fer2013
+    for i, name in enumerate(fer2013):
+        j = {"angry": "anger", "happy": "happiness", "sad": "sadness"}.get(name, name)
+        assert torch.equal(b["head.linear.weight"][i], a["head.linear.weight"][FERPLUS.index(j)])
+    assert "temperature" not in tuned.meta and "logit_bias" not in tuned.meta  # they described the old head
+    three = poster_fer.create_model(DEFAULT_MODEL, pretrained=True, num_classes=3)
+    assert three.get_classifier().out_features == 3 and three.classes is None
+    rows = poster_fer.create_model(DEFAULT_MODEL, pretrained=True, classes=["pain", "neutral"])
+    assert torch.equal(rows.state_dict()["head.linear.weight"][1], a["head.linear.weight"][0])
+    assert not torch.equal(rows.state_dict()["head.linear.weight"][0], a["head.linear.weight"][0])
+
+
+def test_one_preprocessing_and_calibrated_probabilities_agree_across_paths():
+    """``create_transform``, the evaluation transform, the training preload + on-device normalisation and the
+    Recognizer's crop preparation give the same tensor for one face; ``predict_proba`` equals the Recognizer's
+    calibrated probabilities (exact path to 1e-6; the Recognizer's folded fast path to 1e-5)."""
+    from PIL import Image
+
+    from poster_fer.evaluation.evaluate import eval_transform
+    from poster_fer.training.loaders import BatchPreparer, preload_images
+
+    model = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
+    face = Image.open(sample_path()).convert("RGB").crop((180, 60, 440, 320)).resize((60, 60))
+    a = poster_fer.create_transform(model)(face)
+    b = eval_transform(model.meta["preprocessing"])(face)
+    rec = poster_fer.Recognizer(detector=None)
+    c = torch.from_numpy(rec.preprocessing.batch([np.asarray(face)]))[0]
+
+    class One:
+        def get_image(self, i):
+            return face
+
+        def __len__(self):
+            return 1
+
+    prep = rec.preprocessing
+    pixels = preload_images(One(), prep.input_size, prep.grayscale)
+    d = BatchPreparer(torch.device("cpu"), prep.mean, prep.std, preload=True).to_input(pixels)[0]
+    for other in (b, c, d):
+        assert torch.equal(a, other)
+    p = model.predict_proba(a[None])
+    exact = poster_fer.Recognizer.from_model(model, detector=None)
+    exact.backend.net = exact.backend.model  # the unfolded network
+    np.testing.assert_allclose(p, exact.classify([np.asarray(face)]), atol=1e-6)
+    np.testing.assert_allclose(p, rec.classify([np.asarray(face)]), atol=1e-5)
+    assert np.abs(p - torch.softmax(model(a[None]), -1).detach().numpy()).max() > 1e-3  # calibration matters
 
 
 def test_onnx_export_carries_metadata_and_agrees(tmp_path):
@@ -161,14 +266,14 @@ def test_eval_and_export_default_to_the_shipped_model(tmp_path):
 
 
 def test_weights_take_a_shipped_models_name(tmp_path, capsys):
-    """``--weights poster_v1_ferplus_mfn_image`` picks the shipped model of that name (no path needed)."""
+    """``--weights poster_v1_mfn_image.ferplus`` picks the shipped weights of that name (no path needed)."""
     from poster_fer.hub import resolve_weights
 
     assert resolve_weights(None) == pretrained_path()
-    assert resolve_weights("poster_v1_ferplus_mfn_image") == pretrained_path("poster_v1_ferplus_mfn_image")
+    assert resolve_weights("poster_v1_mfn_image.ferplus") == pretrained_path("poster_v1_mfn_image.ferplus")
     assert resolve_weights(str(tmp_path)) == tmp_path
-    rec = poster_fer.Recognizer.from_checkpoint("poster_v1_ferplus_mfn_image")
-    assert rec.meta["model"] == "poster_v1_ferplus_mfn_image"
-    assert main(["predict", str(sample_path()), "--no-progress", "--weights", "poster_v1_ferplus_mfn_image"]) == 0
+    rec = poster_fer.Recognizer.from_checkpoint("poster_v1_mfn_image.ferplus")
+    assert rec.meta["weights"] == "poster_v1_mfn_image.ferplus"
+    assert main(["predict", str(sample_path()), "--no-progress", "--weights", "poster_v1_mfn_image.ferplus"]) == 0
     faces = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(faces) == 1 and faces[0]["status"] == "ok" and faces[0]["label"] in FERPLUS

@@ -21,6 +21,11 @@ from poster_fer.evaluation.evaluate import (
     subsample_indices,
 )
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 SIZE = 48
 # Test rows (PrivateTest) cover every class, Fear twice, so per-class counts are not all equal.
 TEST_LABELS = [0, 1, 2, 3, 4, 5, 6, 2]
@@ -29,7 +34,7 @@ TEST_LABELS = [0, 1, 2, 3, 4, 5, 6, 2]
 def _tiny(**kw):
     torch.manual_seed(0)
     return create_model("poster_v1_tiny", input_size=SIZE, backbone_size=SIZE, landmark_size=SIZE,
-                        image_tokens="pool", **kw)
+                        image_tokens="pool", **kw, classes=_CLASS_NAMES[kw.get("num_classes", 7)])
 
 
 def write_fer2013_csv(path, rows, seed=0):
@@ -234,5 +239,8 @@ def test_eval_transform_honours_grey_and_channel_order():
     assert abs(float(grey[0, 0, 0]) - round(0.299 * 200 + 0.587 * 10 + 0.114 * 30) / 255) < 1e-5
     bgr = eval_transform({"input_size": 8, "channel_order": "BGR"})(red) * std + mean
     assert torch.allclose(bgr[:, 0, 0], torch.tensor([30, 10, 200]) / 255.0, atol=1e-5)
+    # one implementation (Preprocessing) serves every path, so any recorded resize is honoured, a bogus one refused
+    nearest = eval_transform({"input_size": 8, "resize_interpolation": "nearest"})(red) * std + mean
+    assert torch.allclose(nearest[:, 0, 0], torch.tensor([200, 10, 30]) / 255.0, atol=1e-5)
     with pytest.raises(ValueError, match="resize_interpolation"):
-        eval_transform({"input_size": 8, "resize_interpolation": "nearest"})
+        eval_transform({"input_size": 8, "resize_interpolation": "cubic-ish"})

@@ -13,6 +13,11 @@ from poster_fer import create_model, save_model
 from poster_fer.cli import main
 from poster_fer.evaluation.explain import _mass_resize, _rollout, relevance_maps, resolve_target
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 SMALL = {"input_size": 48, "backbone_size": 48}
 CASES = {
     # official 'view' image tokens: the map comes from the IR 14x14 map
@@ -30,7 +35,7 @@ CASES = {
 
 def _model(name, kw):
     torch.manual_seed(0)
-    return create_model(name, **kw)
+    return create_model(name, **kw, classes=_CLASS_NAMES[kw.get("num_classes", 7)])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -145,7 +150,7 @@ def test_relevance_maps_report_calibrated_probabilities():
 
     torch.manual_seed(0)
     model = create_model("poster_v1_tiny_image_only", num_classes=3, input_size=32, backbone_size=32,
-                         image_tokens="pool")
+                         image_tokens="pool", classes=_CLASS_NAMES[3])
     x = torch.randn(2, 3, 32, 32)
     raw = relevance_maps(model, x)
     model.meta = {"temperature": 0.5, "logit_bias": [5.0, -5.0, 0.0]}

@@ -16,6 +16,11 @@ from poster_fer.cli import main  # noqa: E402
 from poster_fer.export import ExportError, OnnxRuntimeModel, export_onnx  # noqa: E402
 from poster_fer.faces import get_geometry
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
 
@@ -31,7 +36,7 @@ PREPROCESSING = {"input_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25,
 @pytest.mark.parametrize("name", ["poster_v1_tiny", "poster_v2_tiny"])
 def test_round_trip_dynamic_batch_and_metadata(name, tmp_path):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=4).eval()
+    model = create_model(name, num_classes=4, classes=_CLASS_NAMES[4]).eval()
     classes = ["calm", "glad", "cross", "shocked"]
     model.meta = {"classes": classes, "preprocessing": PREPROCESSING, "provenance": {"note": "test"}}
     path = tmp_path / "model.onnx"
@@ -56,7 +61,7 @@ def test_round_trip_dynamic_batch_and_metadata(name, tmp_path):
 
 
 def test_export_fails_loudly_and_leaves_nothing(tmp_path):
-    model = create_model("poster_v1_tiny").eval()
+    model = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7]).eval()
     path = tmp_path / "bad.onnx"
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_onnx(model, path, check_batch_sizes=(), tolerance=0.0)  # float rounding alone exceeds 0
@@ -66,7 +71,7 @@ def test_export_fails_loudly_and_leaves_nothing(tmp_path):
 
 def test_runtime_rejects_bad_input(tmp_path):
     path = tmp_path / "m.onnx"
-    export_onnx(create_model("poster_v1_tiny").eval(), path, check_batch_sizes=())
+    export_onnx(create_model("poster_v1_tiny", classes=_CLASS_NAMES[7]).eval(), path, check_batch_sizes=())
     runtime = OnnxRuntimeModel(path)
     with pytest.raises(ValueError, match="224x224"):
         runtime(np.zeros((1, 3, 112, 112), np.float32))
@@ -95,7 +100,7 @@ def test_cpu_sized_models_export_with_pooled_tokens(tmp_path):
     (the shipped two-stream and from-scratch models have this shape)."""
     torch.manual_seed(0)
     model = create_model("poster_v1_tiny", num_classes=8, input_size=48, backbone_size=48, landmark_size=80,
-                         image_tokens="pool").eval()
+                         image_tokens="pool", classes=_CLASS_NAMES[8]).eval()
     report = export_onnx(model, tmp_path / "small.onnx", batch_size=2, check_batch_sizes=(1, 5))
     assert report["max_rel_error"] <= 1e-4
 
@@ -115,6 +120,6 @@ def test_face_backbone_streams_export_after_their_resize(name, tmp_path):
     not pool (the shipped poster_v1_ferplus_mfn_image failed `poster-fer export` that way)."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=8, streams="image", fusion="self", pyramid=False,
-                         backbone_size=112, resize_mode="bilinear").eval()
+                         backbone_size=112, resize_mode="bilinear", classes=_CLASS_NAMES[8]).eval()
     report = export_onnx(model, tmp_path / "face.onnx", batch_size=2, check_batch_sizes=(3,))
     assert report["max_rel_error"] <= 1e-4

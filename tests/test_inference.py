@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import need_shared
-from poster_fer import create_model, save_model
+from poster_fer import CheckpointError, create_model, save_model
 from poster_fer.cli import main
 from poster_fer.faces import (
     HAAR_LANDMARK_RATIOS,
@@ -37,6 +37,11 @@ from poster_fer.inference import (
 )
 from poster_fer.inference import recognizer as recognizer_module
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SIZE = 56  # tiny model at a tiny input: fast on any CPU
@@ -44,7 +49,7 @@ SIZE = 56  # tiny model at a tiny input: fast on any CPU
 
 def _tiny_model(seed: int = 0):
     torch.manual_seed(seed)
-    return create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE)
+    return create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE, classes=_CLASS_NAMES[7])
 
 
 def _save(tmp_path, name: str, model=None, **prep) -> str:
@@ -267,12 +272,16 @@ def test_no_detector_means_crops_only(ckpt, astronaut):
 
 def test_official_pth_checkpoint_loads_with_default_geometry(tmp_path, yunet, astronaut):
     torch.manual_seed(3)
-    model = create_model("poster_v1_tiny", num_classes=7)  # the official layout: 224 input, 112 backbones
+    # the official layout: 224 input, 112 backbones
+    model = create_model("poster_v1_tiny", num_classes=7, classes=_CLASS_NAMES[7])
     path = tmp_path / "official.pth"
     torch.save({"iter": 1, "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    r = Recognizer.from_checkpoint(path, model="poster_v1_tiny", detector="yunet", detector_model=yunet)
+    with pytest.raises(CheckpointError, match="which dataset's class order"):  # no record names a tiny head
+        Recognizer.from_checkpoint(path, model="poster_v1_tiny", detector="yunet", detector_model=yunet)
+    r = Recognizer.from_checkpoint(path, model="poster_v1_tiny", detector="yunet", detector_model=yunet,
+                                   classes=_CLASS_NAMES[7])
     assert r.preprocessing.geometry.name == "rafdb" and r.preprocessing.geometry_assumed
-    assert r.classes[0] == "Surprise"  # RAF-DB order for a 7-class official head
+    assert r.classes[0] == "Surprise"
     assert len(r.predict(str(astronaut))) == 1
 
 
@@ -525,7 +534,7 @@ def test_draw_predictions_marks_the_face_and_keeps_the_input():
 def test_torch_backend_fast_paths_are_exact_and_leave_the_model_alone():
     torch.manual_seed(0)
     model = create_model("poster_v1_tiny", num_classes=8, input_size=48, backbone_size=48, landmark_size=80,
-                         image_tokens="pool").eval()
+                         image_tokens="pool", classes=_CLASS_NAMES[8]).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast, plain = TorchBackend(model, fast=True), TorchBackend(model, fast=False)
     assert fast.net is not fast.model and plain.net is plain.model

@@ -14,14 +14,16 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import need_shared
-from poster_fer import create_model, load_official
+from poster_fer import CheckpointError, create_model, load_official
 from poster_fer.weights.parity import recipe_state_dict
 
+# (fixture, architecture, classes, container, the official weights record whose class order the head has; None:
+# the one record of that architecture and head size is found without being named)
 VARIANTS = [
-    ("poster_v1_rafdb", "poster_v1", 7, "v1"),
-    ("poster_v1_affectnet8", "poster_v1_affectnet", 8, "v1"),
-    ("poster_v2_7cls", "poster_v2", 7, "v2"),
-    ("poster_v2_8cls", "poster_v2", 8, "v2"),
+    ("poster_v1_rafdb", "poster_v1", 7, "v1", None),
+    ("poster_v1_affectnet8", "poster_v1_affectnet", 8, "v1", None),
+    ("poster_v2_7cls", "poster_v2", 7, "v2", "poster_v2.rafdb_official"),
+    ("poster_v2_8cls", "poster_v2", 8, "v2", None),
 ]
 
 
@@ -36,8 +38,8 @@ def official_container(state_dict: dict, kind: str) -> dict:
     return {"epoch": 1, "state_dict": sd, "best_acc": torch.tensor(0.5)}
 
 
-@pytest.mark.parametrize("variant,name,num_classes,kind", VARIANTS)
-def test_official_parity(variant, name, num_classes, kind, tmp_path):
+@pytest.mark.parametrize("variant,name,num_classes,kind,weights", VARIANTS)
+def test_official_parity(variant, name, num_classes, kind, weights, tmp_path):
     keys_json = need_shared("parity", f"{variant}.keys.json")
     expected = load_file(str(need_shared("parity", f"{variant}.expected.safetensors")))
     x = load_file(str(need_shared("parity", "input.safetensors")))["input"]
@@ -55,8 +57,14 @@ def test_official_parity(variant, name, num_classes, kind, tmp_path):
     torch.save(official_container(recipe_state_dict(keys_json, ints), kind), path)
     del ours
 
-    model = load_official(path, model=name, num_classes=num_classes)
+    if weights is None:
+        model = load_official(path, model=name, num_classes=num_classes)
+    else:  # two records fit (POSTER++ RAF-DB and AffectNet-7 both have 7 classes, in different orders)
+        with pytest.raises(CheckpointError, match="which dataset's class order"):
+            load_official(path, model=name, num_classes=num_classes)
+        model = load_official(path, model=weights)
     assert not model.training
+    assert model.classes == list(model.pretrained_cfg.classes)
     assert len(model.conversion_report.dropped) == len(official_keys) - len(live)
     with torch.no_grad():
         feats = model.forward_features(x)

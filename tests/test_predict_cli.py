@@ -18,6 +18,11 @@ from poster_fer.cli import main
 from poster_fer.faces import get_geometry, load_image
 from poster_fer.inference import RECORD_KEYS, box_iou, csv_columns
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 SIZE = 56
 FPS = 10.0
 
@@ -28,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE)
+    model = create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE, classes=_CLASS_NAMES[7])
     with torch.no_grad():  # sharpen the random head so probabilities visibly change from frame to frame
         model.head.linear.weight.mul_(30.0)
     prep = {"input_size": SIZE, "crop_geometry": get_geometry("rafdb").to_dict(), "grayscale": False}

@@ -28,6 +28,11 @@ from poster_fer.inference import Recognizer
 from poster_fer.samples import sample_path
 from poster_fer.serve import ServeSettings, create_app
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models, one thread
 
 SIZE = 56
@@ -40,7 +45,7 @@ CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "f
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE)
+    model = create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE, classes=_CLASS_NAMES[7])
     with torch.no_grad():  # a sharper head, so labels differ between faces
         model.head.linear.weight.mul_(30.0)
     prep = {"input_size": SIZE, "crop_geometry": get_geometry("rafdb").to_dict(), "grayscale": False}

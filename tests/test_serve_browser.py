@@ -23,6 +23,11 @@ from poster_fer.faces import get_geometry
 from poster_fer.samples import sample_path
 from test_serve import CLASSES, SIZE, start_server, stop_server
 
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
 pytestmark = pytest.mark.slow
 
 
@@ -60,7 +65,7 @@ def write_y4m(path, rgb: np.ndarray, frames: int = 5, fps: int = 10) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE)
+    model = create_model("poster_v1_tiny", num_classes=7, input_size=SIZE, backbone_size=SIZE, classes=_CLASS_NAMES[7])
     with torch.no_grad():
         model.head.linear.weight.mul_(30.0)
     prep = {"input_size": SIZE, "crop_geometry": get_geometry("rafdb").to_dict(), "grayscale": False}

@@ -11,6 +11,7 @@ import torch
 
 from conftest import need_shared
 from poster_fer import CheckpointError, create_model, load_model, load_official, read_metadata, save_model
+from poster_fer.constants import FERPLUS_CLASSES, RAFDB_CLASSES
 from poster_fer.weights import (
     convert_official_state_dict,
     load_pretrained_ir50,
@@ -19,6 +20,13 @@ from poster_fer.weights import (
 )
 from poster_fer.weights.official import strip_prefix, unwrap_container
 from poster_fer.weights.parity import recipe_state_dict
+
+#: class names for the tiny models these tests build (save_model refuses a model without any)
+_CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
+_CLASS_NAMES[7] = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
+_CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+
+TINY7 = list(RAFDB_CLASSES)  # class names for the tiny official-layout checkpoints (no record covers them)
 
 
 @pytest.mark.parametrize("name,key", [("container_v1_sample.pth", "model_state_dict"),
@@ -56,7 +64,7 @@ def test_malicious_pickle_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused to unpickle"):
         safe_torch_load(path)
     with pytest.raises(CheckpointError, match="evil.pth"):
-        load_official(path, model="poster_v1_tiny")
+        load_official(path, model="poster_v1_tiny", classes=TINY7)
     assert not os.path.exists(marker)
 
 
@@ -78,7 +86,7 @@ def _official_sd(model):
 
 
 def test_conversion_report_and_errors():
-    model = create_model("poster_v1_tiny")
+    model = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7])
     sd = _official_sd(model)
     converted, report = convert_official_state_dict(sd, model)
     assert report.ok and report.loaded == len(model.state_dict())
@@ -102,23 +110,29 @@ def test_conversion_report_and_errors():
 
 def test_affectnet_hint(tmp_path):
     """A checkpoint without token convs loaded as poster_v1 points the user at the AffectNet variant."""
-    src = create_model("poster_v1_tiny", token_conv=False)
+    src = create_model("poster_v1_tiny", token_conv=False, classes=_CLASS_NAMES[7])
     path = tmp_path / "affectnet.pth"
     torch.save({"iter": 3, "model_state_dict": _official_sd(src), "optimizer_state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="AffectNet variant"):
-        load_official(path, model="poster_v1_tiny")
-    model = load_official(path, model="poster_v1_tiny", token_conv=False)
+        load_official(path, model="poster_v1_tiny", classes=TINY7)
+    model = load_official(path, model="poster_v1_tiny", classes=TINY7, token_conv=False)
     assert model.meta["provenance"]["container"]["iter"] == 3
 
 
 def test_load_official_num_classes(tmp_path):
-    src = create_model("poster_v1_tiny", num_classes=8)
+    src = create_model("poster_v1_tiny", num_classes=8, classes=_CLASS_NAMES[8])
     path = tmp_path / "c8.pth"
     torch.save({"model_state_dict": _official_sd(src)}, path)
-    model = load_official(path, model="poster_v1_tiny")
-    assert model.cfg.num_classes == 8 and model.meta["classes"][-1] == "Contempt"
+    # no record covers a tiny 8-class head: its class names are refused, never guessed from the size
+    with pytest.raises(CheckpointError, match="which dataset's class order"):
+        load_official(path, model="poster_v1_tiny")
+    names = list(FERPLUS_CLASSES)
+    model = load_official(path, model="poster_v1_tiny", classes=names)
+    assert model.cfg.num_classes == 8 and model.classes == names and model.pretrained_cfg is None
     with pytest.raises(CheckpointError, match="8 classes but num_classes=7"):
-        load_official(path, model="poster_v1_tiny", num_classes=7)
+        load_official(path, model="poster_v1_tiny", classes=TINY7, num_classes=7)
+    with pytest.raises(CheckpointError, match="7 class names given for a 8-class"):
+        load_official(path, model="poster_v1_tiny", classes=TINY7)
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(model(x), src.eval()(x))
@@ -126,9 +140,9 @@ def test_load_official_num_classes(tmp_path):
 
 def test_official_channel_order_metadata(tmp_path):
     path = tmp_path / "v1.pth"
-    torch.save({"model_state_dict": _official_sd(create_model("poster_v1_tiny"))}, path)
-    assert load_official(path, model="poster_v1_tiny").meta["preprocessing"]["channel_order"] == "RGB"
-    assert load_official(path, model="poster_v1_tiny", channel_order="BGR").meta["preprocessing"][
+    torch.save({"model_state_dict": _official_sd(create_model("poster_v1_tiny", classes=_CLASS_NAMES[7]))}, path)
+    assert load_official(path, model="poster_v1_tiny", classes=TINY7).meta["preprocessing"]["channel_order"] == "RGB"
+    assert load_official(path, model="poster_v1_tiny", classes=TINY7, channel_order="BGR").meta["preprocessing"][
         "channel_order"] == "BGR"
     from poster_fer.weights.official import default_channel_order
 
@@ -137,7 +151,7 @@ def test_official_channel_order_metadata(tmp_path):
 
 def test_pretrained_mobilefacenet_shared_file():
     path = need_shared("weights", "mobilefacenet_68pt.pth.tar")
-    model = create_model("poster_v1_tiny")
+    model = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7])
     before = model.face_landback.conv1.conv.weight.clone()
     report = load_pretrained_mobilefacenet(model, path)
     assert report.ok and report.loaded == 333 - 12  # the 12 regression-head entries are dropped
@@ -159,13 +173,13 @@ def test_pretrained_ir50_maps_stages(tmp_path):
         assert len(report.dropped) == 349 - 292
         body = model.ir_back.body[20] if name == "poster_v1" else model.ir_back.body3[13]
         torch.testing.assert_close(body.res_layer[1].weight, sd["body.20.res_layer.1.weight"])
-    small = create_model("poster_v1_tiny")
+    small = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7])
     with pytest.raises(CheckpointError, match="do not fit"):
         load_pretrained_ir50(small, path)
 
 
 def test_save_load_roundtrip(tmp_path):
-    model = create_model("poster_v2_tiny", num_classes=3).eval()
+    model = create_model("poster_v2_tiny", num_classes=3, classes=_CLASS_NAMES[3]).eval()
     out = save_model(model, tmp_path / "m", classes=["a", "b", "c"], metrics={"val": {"accuracy": 0.5}},
                      preprocessing={"channel_order": "BGR", "grayscale": True})
     meta = json.loads((out / "meta.json").read_text())
@@ -184,7 +198,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_save_rejects_bad_metadata(tmp_path):
-    model = create_model("poster_v1_tiny")
+    model = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7])
     with pytest.raises(ValueError, match="2 class names"):
         save_model(model, tmp_path / "x", classes=["a", "b"])
     with pytest.raises(ValueError, match="channel_order"):
@@ -199,7 +213,7 @@ def test_load_model_errors(tmp_path):
     save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="no poster-fer metadata"):
         load_model(tmp_path / "plain.safetensors")
-    out = save_model(create_model("poster_v1_tiny"), tmp_path / "m")
+    out = save_model(create_model("poster_v1_tiny", classes=_CLASS_NAMES[7]), tmp_path / "m")
     meta = json.loads((out / "meta.json").read_text())
     meta["config"]["depth"] = 2
     (out / "meta.json").write_text(json.dumps(meta))

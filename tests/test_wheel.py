@@ -72,14 +72,11 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_carries_model_detector_and_sample(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for rel in ("poster_fer/pretrained/face_detection_yunet.onnx",
-                "poster_fer/pretrained/poster_v1_ferplus_s/model.safetensors",
-                "poster_fer/pretrained/poster_v1_ferplus_s/meta.json",
-                "poster_fer/pretrained/poster_v1_ferplus_mfn64_image/model.safetensors",
-                "poster_fer/pretrained/poster_v1_ferplus_mfn64_image/meta.json",
-                "poster_fer/pretrained/poster_v1_ferplus_mfn_image/model.safetensors",
-                "poster_fer/pretrained/poster_v1_ferplus_mfn_image/meta.json",
-                "poster_fer/pretrained/poster_v1_ferplus_s_image/model.safetensors",
-                "poster_fer/pretrained/poster_v1_ferplus_s_image/meta.json",
+                "poster_fer/pretrained/records.json",
+                *(f"poster_fer/pretrained/{name}/{f}" for name in ("poster_v1_s.ferplus", "poster_v1_s_image.ferplus",
+                                                                   "poster_v1_mfn_image.ferplus",
+                                                                   "poster_v1_mfn64_image.ferplus")
+                  for f in ("model.safetensors", "meta.json")),
                 "poster_fer/samples/grace_hopper.jpg", "poster_fer/configs/ferplus_cpu.yaml",
                 "poster_fer/configs/ferplus_default.yaml"):
         assert rel in names, f"{rel} missing from {wheel.name}"

@@ -144,7 +144,7 @@ def _trace_to_onnx(graph: Any, example: Any, dest: str, opset: int) -> None:
 def _attach_metadata(dest: str, meta: dict[str, Any]) -> None:
     import onnx
 
-    from .weights.io import get_temperature
+    from .probabilities import get_temperature
 
     proto = onnx.load(dest)
     entries = {
@@ -244,7 +244,7 @@ class OnnxRuntimeModel:
     @property
     def temperature(self) -> float:
         """The calibration temperature the file records (1.0 when none)."""
-        from .weights.io import get_temperature
+        from .probabilities import get_temperature
 
         return get_temperature(self.meta)
 

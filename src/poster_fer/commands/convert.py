@@ -11,10 +11,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "a registered model, drop dead modules, and write model.safetensors + meta.json.")
     p.add_argument("checkpoint", help="official .pth / .pth.tar file")
     p.add_argument("out_dir", help="output directory")
-    p.add_argument("--model", required=True, help="registered model, e.g. poster_v1, poster_v1_affectnet, poster_v2")
+    p.add_argument("--model", required=True,
+                   help="architecture (poster_v1, poster_v1_affectnet, poster_v2) or the official weights' record "
+                   "(poster_v2.rafdb_official; poster-fer info --list), which gives the class order")
     p.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint's head")
     p.add_argument("--classes", nargs="+", default=None,
-                   help="class names in label order (default: RAF-DB order for 7, AffectNet order for 8)")
+                   help="class names in the head's order (default: from the official record of --model; needed "
+                   "when two records fit, or none)")
     p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None,
                    help="channel order the weights expect (default: BGR for poster_v1, the official RAF-DB "
                    "pipeline; RGB otherwise)")
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..models import list_models
 
-    if args.model not in list_models():
+    if args.model.split(".", 1)[0] not in list_models():
         raise UserError(f"unknown model {args.model!r} (registered: {', '.join(list_models())})")
     model = load_official(args.checkpoint, model=args.model, num_classes=args.num_classes,
                           strict=not args.non_strict, classes=args.classes, channel_order=args.channel_order)

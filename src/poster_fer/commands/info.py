@@ -11,8 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters and FLOPs of a registered model or a saved one",
                        description="Print parameter counts (total, trainable, frozen) and forward FLOPs per image "
                        "at the model's input size, measured with torch.utils.flop_counter.")
-    p.add_argument("model", nargs="?", help="registered name (see --list) or a saved model directory")
-    p.add_argument("--list", action="store_true", help="list registered models")
+    p.add_argument("model", nargs="?", help="architecture or weights name (see --list), or a saved model directory")
+    p.add_argument("--list", action="store_true", help="list the architectures and the weights (which ship, which "
+                   "are records of the authors' downloadable checkpoints)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
     p.set_defaults(func=run)
@@ -20,16 +21,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
+    from ..hub import DEFAULT_MODEL
     from ..models import describe_model, list_models
+    from ..weights.records import get_weights, list_weights
 
     if args.list or not args.model:
         names = list_models()
+        weights = {n: get_weights(n) for n in list_weights()}
+        by_arch: dict[str, list[str]] = {}
+        for n, r in weights.items():
+            by_arch.setdefault(r.architecture, []).append(n)
         if args.json:
-            print(json.dumps({n: describe_model(n) for n in names}, indent=2))
-        else:
-            width = max(map(len, names))
-            for n in names:
-                print(f"{n:<{width}}  {describe_model(n)}")
+            print(json.dumps({"architectures": {n: {"description": describe_model(n), "weights": by_arch.get(n, [])}
+                                                for n in names},
+                              "weights": {n: {"shipped": r.shipped, "default": n == DEFAULT_MODEL,
+                                              "description": r.description} for n, r in weights.items()}},
+                             indent=2))
+            return 0
+        width = max(map(len, names))
+        print("architectures (poster_fer.create_model(NAME); * = has weights):")
+        for n in names:
+            mark = "*" if n in by_arch else " "
+            print(f"{mark} {n:<{width}}  {describe_model(n)}")
+        width = max(map(len, weights))
+        print("\nweights (create_model(NAME, pretrained=True), --weights NAME, --init NAME):")
+        for n, r in weights.items():
+            where = "shipped" if r.shipped else "download"
+            acc = (r.metrics.get("test") or {}).get("accuracy")
+            score = f", FER+ test {acc * 100:.2f}%" if acc is not None else ""
+            default = " (the default)" if n == DEFAULT_MODEL else ""
+            print(f"  {n:<{width}}  [{where}{score}]{default} {r.description}")
         return 0
     from .. import create_model, load_model
     from ..models.stats import model_stats
@@ -37,14 +58,21 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(args.model).exists():
         model = load_model(args.model)
+    elif "." in args.model and args.model.split(".")[0] in list_models():
+        try:
+            record = get_weights(args.model)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+        model = create_model(args.model, pretrained=True) if record.shipped else create_model(
+            record.architecture, num_classes=record.num_classes)
     elif args.model in list_models():
         try:
             model = create_model(args.model, **parse_overrides(args.set))
         except (TypeError, ValueError) as e:
             raise UserError(str(e)) from None
     else:
-        raise UserError(f"{args.model!r} is neither a registered model nor a saved model path "
-                        f"(registered: {', '.join(list_models())})")
+        raise UserError(f"{args.model!r} is neither a registered model, known weights nor a saved model path "
+                        f"(see poster-fer info --list)")
     stats = model_stats(model)
     if args.json:
         print(json.dumps(stats, indent=2))

@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", help="recipe name in configs/ or a YAML file (not needed with --resume)")
     p.add_argument("--list", action="store_true", help="list the named recipes")
     p.add_argument("--data", help="dataset root (overrides data.root)")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start from trained weights: a shipped name (poster_v1_mfn64_image.ferplus; see "
+                        "poster-fer info --list) or a saved model; the head is re-made for the dataset's classes "
+                        "(classes with the same name keep their rows). Sets model.init")
     p.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                    help="continue from RUN_DIR/last.pt (the --out directory, or PATH: a run dir or checkpoint)")
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     overrides = parse_overrides(args.overrides)  # a bad pair is a UserError naming it
+    if args.init:
+        overrides["model.init"] = args.init
     if not args.recipe and not args.resume:
         raise UserError("give --recipe NAME|FILE (or --resume RUN_DIR); --list shows the recipes")
     try:
@@ -71,7 +77,7 @@ def _is_cli() -> bool:
 def _argv(args: argparse.Namespace) -> list[str]:
     """Reconstruct the command line from parsed arguments (for in-process calls such as tests)."""
     out: list[str] = []
-    for flag, value in (("--recipe", args.recipe), ("--data", args.data), ("--out", args.out),
+    for flag, value in (("--recipe", args.recipe), ("--init", args.init), ("--data", args.data), ("--out", args.out),
                         ("--results-out", args.results_out)):
         if value:
             out += [flag, str(value)]

@@ -7,7 +7,7 @@ and hands PIL RGB images to its transform. Start from :func:`build_dataset` and 
 
 from .affectnet import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, AffectNetCsvDataset, AffectNetListDataset
 from .base import FERDataset, ImageFileDataset, normalize_split
-from .errors import DatasetError, LoadReport
+from .errors import DatasetError, LoadReport, MissingSplitError
 from .factory import DATASET_KINDS, DatasetSubset, build_dataset, class_balanced_sampler, holdout_split
 from .fer2013 import (
     FER2013_CLASSES,
@@ -41,6 +41,7 @@ __all__ = [
     "AffectNetListDataset",
     "CsvManifestDataset",
     "DatasetError",
+    "MissingSplitError",
     "DatasetSubset",
     "FERDataset",
     "Fer2013Dataset",

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .errors import DatasetError, IssueLog, LoadReport
+from .errors import DatasetError, IssueLog, LoadReport, MissingSplitError
 
 Transform = Callable[[Image.Image], Any]
 Verify = Literal["decode", "header", "exists"]
@@ -47,12 +47,12 @@ def normalize_split(split: str | None) -> str:
     return _SPLIT_ALIASES[key]
 
 
-def no_split_error(dataset: str, split: str, available: Sequence[str], note: str = "") -> DatasetError:
+def no_split_error(dataset: str, split: str, available: Sequence[str], note: str = "") -> MissingSplitError:
     """The error for a split a dataset does not have, pointing at the held-out-validation helper."""
     msg = f"{dataset} has no {split!r} split (it has {', '.join(available)})"
     if split == "val":
         msg += "; carve one from train with build_dataset(..., val_fraction=0.1) or holdout_split()"
-    return DatasetError(msg + (f". {note}" if note else ""))
+    return MissingSplitError(msg + (f". {note}" if note else ""))
 
 
 def check_class_names(default: Sequence[str], class_names: Sequence[str] | None, dataset: str) -> list[str]:

@@ -39,6 +39,11 @@ class DatasetError(ValueError):
         super().__init__(where + message)
 
 
+class MissingSplitError(DatasetError):
+    """The layout has no such split (no ``val/`` folder, no ``val.csv``, no split column): a caller may carve a
+    validation split from train instead (:func:`poster_fer.data.holdout_split`)."""
+
+
 @dataclass
 class LoadReport:
     """What a dataset kept, skipped (broken rows) and dropped (rows its definition excludes), and why."""

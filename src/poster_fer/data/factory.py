@@ -14,7 +14,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from .affectnet import AffectNetCsvDataset, AffectNetListDataset
 from .base import FERDataset, Transform, normalize_split
-from .errors import DatasetError, LoadReport
+from .errors import DatasetError, LoadReport, MissingSplitError
 from .fer2013 import Fer2013Dataset, FerPlusDataset
 from .generic import CsvManifestDataset, ImageFolderDataset, find_split_dir
 from .rafdb import RafDbDataset
@@ -176,8 +176,28 @@ def _build(
         ]:
             if (root / f"{name}.csv").is_file():
                 return CsvManifestDataset(root / f"{name}.csv", transform, **options)
-        raise DatasetError(f"no manifest {split}.csv in the folder (or pass the manifest file as root)", root)
+        raise MissingSplitError(f"no manifest {split}.csv in the folder (or pass the manifest file as root)", root)
     raise ValueError(f"unknown dataset kind {kind!r}; choose one of {DATASET_KINDS}")
+
+
+def dataset_options(kind: str) -> set[str]:
+    """The keyword options :func:`build_dataset` passes on to a kind's reader (its constructor's parameters),
+    so a recipe's options can be checked against the kind before anything is read."""
+    import inspect
+
+    kind = kind.lower()
+    readers = {"rafdb": RafDbDataset, "fer2013": Fer2013Dataset, "ferplus": FerPlusDataset,
+               "affectnet7": AffectNetCsvDataset, "affectnet8": AffectNetCsvDataset,
+               "affectnet": AffectNetListDataset, "folder": ImageFolderDataset, "csv": CsvManifestDataset}
+    if kind not in readers:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {DATASET_KINDS}")
+    params = set(inspect.signature(readers[kind].__init__).parameters)
+    params -= {"self", "root", "split", "transform", "manifest", "csv_path", "fer_csv", "ferplus_csv"}
+    if kind in ("affectnet7", "affectnet8"):
+        params.discard("num_classes")  # the kind fixes it
+    if kind in ("fer2013", "ferplus"):
+        params |= {"fer_csv", "ferplus_csv"}  # file names read by _fer_files
+    return params
 
 
 def build_dataset(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .base import IMAGE_SUFFIXES, ImageFileDataset, Transform, finish_files, normalize_split
-from .errors import DatasetError, IssueLog
+from .errors import DatasetError, IssueLog, MissingSplitError
 
 
 def find_split_dir(root: Path, split: str) -> Path:
@@ -30,8 +30,9 @@ def find_split_dir(root: Path, split: str) -> Path:
         return found[split]
     if split == "train" and not found:
         return root
-    raise DatasetError(
-        f"no {split!r} folder (train/val/valid/test...) under it; use split='all' for a flat tree", root
+    raise MissingSplitError(
+        f"no {split!r} folder (train/val/valid/test...) under it; a flat class tree is training data (give "
+        "data.val_fraction to hold part of it out for validation)", root
     )
 
 
@@ -150,7 +151,10 @@ class CsvManifestDataset(ImageFileDataset):
                     continue
                 if want != "all":
                     if col_split is None:
-                        raise DatasetError(
+                        if want == "train":  # a manifest without splits is training data
+                            entries.append((fields[col_path].strip(), fields[col_label].strip(), line))
+                            continue
+                        raise MissingSplitError(
                             f"split {split!r} asked, but the manifest has no 'split' column", self.manifest, 1
                         )
                     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..weights.io import set_temperature, validate_temperature
+from ..probabilities import set_temperature, validate_temperature
 
 __all__ = [
     "DEFAULT_BINS",

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import DatasetSubset, build_transform
+from ..classes import canonical_class_name
+from ..data import DatasetSubset
 from ..devices import resolve_device
 from ..precision import autocast as precision_autocast
 from ..precision import resolve_precision
+from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, validate_temperature
 from ..provenance import git_revision
-from ..weights.io import calibrate_logits, get_logit_bias, get_temperature, validate_temperature
-from ..weights.official import default_classes
-from ..weights.preprocessing import Preprocessing
+from ..weights.preprocessing import Preprocessing, create_transform
 from .calibration import DEFAULT_BINS, expected_calibration_error, fit_temperature, reliability_bins
 from .loop import predict_split, softmax_np
 from .metrics import compute_metrics, negative_log_likelihood
@@ -48,28 +48,8 @@ __all__ = [
 
 TTA_MODES = (None, "flip")
 
-# Spellings of the same expression across RAF-DB, FER2013, FER+ and AffectNet, so a model trained on one
-# can be scored on another's labels (cross-dataset evaluation) without a hand-written class map.
-_SYNONYMS = {
-    "happiness": "happy", "happy": "happy",
-    "sadness": "sad", "sad": "sad",
-    "anger": "angry", "angry": "angry",
-    "surprise": "surprise", "surprised": "surprise",
-    "fear": "fear", "fearful": "fear",
-    "disgust": "disgust", "disgusted": "disgust",
-    "neutral": "neutral",
-    "contempt": "contempt",
-}
-
-
 class ClassMismatchError(ValueError):
     """The checkpoint's classes and the dataset's classes cannot be matched."""
-
-
-def canonical_class_name(name: str) -> str:
-    """Lower-case name with dataset-specific spellings merged (``Happiness`` and ``happy`` -> ``happy``)."""
-    key = str(name).strip().lower()
-    return _SYNONYMS.get(key, key)
 
 
 def match_classes(
@@ -102,35 +82,11 @@ def match_classes(
     return None if np.array_equal(mapping, np.arange(len(model))) else mapping
 
 
-class _GreyRGB:
-    """Grey replicated to three channels, for models trained on grey faces (FER2013, FER+)."""
-
-    def __call__(self, image: Any) -> Any:
-        return image.convert("L").convert("RGB")
-
-    def __repr__(self) -> str:
-        return "GreyRGB()"
-
-
 def eval_transform(preprocessing: Preprocessing | Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """The deterministic eval transform of a checkpoint's preprocessing record (or its stored form,
-    ``meta["preprocessing"]``).
-
-    Honours ``input_size``, ``mean``, ``std``, ``channel_order`` and ``grayscale``; the resize is the
-    bilinear one of :func:`poster_fer.data.build_transform`, the only ``resize_interpolation`` training
-    records, so any other value is refused rather than evaluated with a different resize. Datasets hold crops
-    already, so the crop geometry does not enter.
-    """
-    from torchvision.transforms import v2
-
-    prep = preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing.from_dict(preprocessing)
-    if prep.interpolation != "bilinear":
-        raise ValueError(f"resize_interpolation {prep.interpolation!r} is not supported (only 'bilinear')")
-    base = build_transform("plain", train=False, size=prep.input_size, mean=prep.mean, std=prep.std,
-                           channel_order=prep.channel_order)
-    if prep.grayscale:
-        return v2.Compose([_GreyRGB(), base])
-    return base
+    """The deterministic eval transform of a checkpoint's preprocessing record: :func:`poster_fer.create_transform`
+    (kept under this name for callers of the evaluation API). Datasets hold crops already, so the crop geometry
+    does not enter."""
+    return create_transform(preprocessing)
 
 
 def sample_ids(dataset: Any) -> list[str]:
@@ -274,8 +230,10 @@ def _resolve_classes_and_preprocessing(
     names = [str(n) for n in (classes if classes is not None else meta.get("classes") or [])]
     num_classes = int(model.cfg.num_classes)
     if not names:
-
-        names = default_classes(num_classes)
+        if not classes_by_position:
+            raise ClassMismatchError(f"the {num_classes}-class model records no class names: pass classes=[...] "
+                                     "(--classes) or classes_by_position=True (--classes-by-position)")
+        names = [str(n) for n in dataset.classes]
     if len(names) != num_classes:
         raise ClassMismatchError(f"{len(names)} class names for a {num_classes}-class model")
     mapping = match_classes(names, dataset.classes, by_position=classes_by_position)

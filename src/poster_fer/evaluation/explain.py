@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..weights.io import calibrate_logits, get_logit_bias, get_temperature
+from ..probabilities import calibrate_logits, get_logit_bias, get_temperature
 
 __all__ = ["METHOD_NOTES", "explain_figure", "gradient_weighted_attention", "overlay", "relevance_maps",
            "resolve_target"]

@@ -24,8 +24,8 @@ import numpy as np
 from ..constants import OFFICIAL_SUFFIXES
 from ..models import set_fused_attention
 from ..precision import resolve_precision
+from ..probabilities import calibrate_logits, get_logit_bias, get_temperature
 from ..weights import load_model, load_official
-from ..weights.io import calibrate_logits, get_logit_bias, get_temperature
 
 __all__ = ["Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "resolve_device"]
 
@@ -94,10 +94,9 @@ class TorchBackend:
         self.meta.setdefault("model", getattr(model, "model_name", None))
         if "preprocessing" not in self.meta:
             self.meta["preprocessing"] = {"input_size": int(model.cfg.input_size)}
-        if "classes" not in self.meta:
-            from ..weights.official import default_classes
-
-            self.meta["classes"] = default_classes(int(model.cfg.num_classes))
+        if not self.meta.get("classes"):
+            raise InferenceError(f"{self.meta.get('model') or 'the model'} records no class names: build it with "
+                                 "create_model(..., classes=[...]) or load it with load_model(path, classes=[...])")
         self.temperature = _temperature(self.meta, getattr(model, "model_name", "model"))
         self.logit_bias = _logit_bias(self.meta, getattr(model, "model_name", "model"))
         try:

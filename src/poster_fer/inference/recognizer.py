@@ -28,7 +28,8 @@ from ..faces import (
     load_image,
     to_rgb_array,
 )
-from ..hub import DEFAULT_MODEL, pretrained_path, resolve_weights
+from ..hub import resolve_weights
+from ..probabilities import softmax
 from ..weights.preprocessing import Preprocessing
 from .backends import Backend, InferenceError, TorchBackend, load_backend
 
@@ -115,9 +116,11 @@ class Recognizer:
     into batches of ``batch_size`` before each forward pass.
 
     Args:
-        backend: a :class:`~poster_fer.inference.backends.Backend` (model + metadata), a checkpoint path
-            (opened with the torch backend, ONNX files with onnxruntime), or None for the default model
+        backend: a :class:`~poster_fer.inference.backends.Backend` (model + metadata), a weights name
+            (``poster_v1_mfn64_image.ferplus``, see ``poster_fer.list_models(pretrained=True)``), a checkpoint
+            path (opened with the torch backend, ONNX files with onnxruntime), or None for the default model
             shipped in the package (:data:`poster_fer.hub.DEFAULT_MODEL`).
+        device: where a name or path given as ``backend`` runs ("cpu", "cuda", "cuda:1", "mps", "auto").
         detector: a detector object, a name ("yunet", "haar"), or None (then only ``detect=False`` works).
         batch_size: faces per forward pass.
         max_faces: keep at most this many faces per image (the detector's best first); None keeps all.
@@ -136,11 +139,12 @@ class Recognizer:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         detector_model: str | os.PathLike[str] | None = None,
         score_threshold: float = 0.6,
+        device: str = "cpu",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if backend is None or isinstance(backend, (str, os.PathLike)):
-            backend = load_backend(pretrained_path(DEFAULT_MODEL) if backend is None else backend)
+            backend = load_backend(resolve_weights(backend), device=device)
         self.backend = backend
         self.meta: dict[str, Any] = backend.meta
         self.classes: list[str] = [str(c) for c in self.meta.get("classes") or []]
@@ -252,7 +256,7 @@ class Recognizer:
             if logits.shape != (len(chunk), len(self.classes)):
                 raise InferenceError(f"model returned logits of shape {logits.shape}, expected "
                                      f"({len(chunk)}, {len(self.classes)})")
-            out[start:start + len(chunk)] = _softmax(logits)
+            out[start:start + len(chunk)] = softmax(logits)
         return out
 
     # -- prediction ----------------------------------------------------------------------------------------
@@ -352,9 +356,3 @@ def _rescale(face: Face, sx: float, sy: float) -> Face:
     lm = (np.asarray(face.landmarks) + 0.5) / (sx, sy) - 0.5
     return Face(box=((x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5, w / sx, h / sy), landmarks=lm, score=face.score,
                 landmarks_estimated=face.landmarks_estimated)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

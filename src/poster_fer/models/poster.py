@@ -26,11 +26,12 @@ from torch import nn
 
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .arcface_mobilefacenet import ArcFaceMobileFaceNet
+from .base import FERModel
 from .dlib_resnet import DLIB_MEAN_RGB, DLIB_SCALE, DlibResNet
 from .ir import IRBackbone, IRConfig
 from .layers import ClassificationHead, CrossAttention, DropPath, Mlp, SEBlock, ViTBlock, adaptive_avg_pool
 from .mobilefacenet import MobileFaceNet
-from .registry import register_family, register_model
+from .registry import register_alias, register_family, register_model
 
 IMAGE_BACKBONES = ("ir", "arcface_mobilefacenet", "dlib_resnet")
 _DEFAULT_LAYER = {"arcface_mobilefacenet": "stage4", "dlib_resnet": "level2"}
@@ -233,7 +234,7 @@ class PyramidFusion(nn.Module):
         return self.norm(xs[0])[:, 0]  # (B, d): the image stream's class token (or the only stream's)
 
 
-class Poster(nn.Module):
+class Poster(FERModel):
     """POSTER and its ablations. ``forward(x)`` -> logits; ``forward_features(x)`` -> the SE-gated feature."""
 
     def __init__(self, cfg: PosterConfig) -> None:
@@ -362,44 +363,49 @@ register_model("poster_v1_baseline_pyramid", "poster_v1", "Table 4 (d): baseline
                fusion="self", pyramid=True)
 register_model("poster_v1_baseline_crossfusion", "poster_v1", "Table 4 (e): baseline + cross-fusion",
                fusion="cross", pyramid=False)
-# The model in the box (configs/ferplus_default.yaml, docs/model-card.md): 48 px grey faces, landmarks at 80 px,
-# 8 FER+ classes. Its trained weights ship in the package (poster_fer.hub).
-register_model("poster_v1_ferplus_s", "poster_v1", "small two-stream POSTER trained on FER+ (the first default)",
-               num_classes=8, input_size=48, backbone_size=48, landmark_size=80, image_tokens="pool",
-               dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
-               ir=IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32))
-# Its image-only counterpart (Table 4 b at the same size; configs/ferplus_default_image_only.yaml), trained with the
-# same data, recipe and 105-minute budget: the same-budget comparison issue 11 asks for.
-register_model("poster_v1_ferplus_s_image", "poster_v1", "small image-only POSTER trained on FER+",
-               num_classes=8, input_size=48, backbone_size=48, landmark_size=80, image_tokens="pool",
-               streams="image", fusion="self", pyramid=False, dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0,
-               drop_path=0.1, ir=IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32))
-# The same POSTER with a face-recognition image stream (issue 11's face-pretrained trial): ArcFace MobileFaceNet
-# (MS1M, the stand-in for IR-50) at 112 px, tapped at its 14x14x128 map; load its weights with
-# model.pretrained.face_backbone=PATH/mobilefacenet.json (poster_fer.weights.face_backbones).
-register_model("poster_v1_ferplus_mfn", "poster_v1", "two-stream POSTER, ArcFace MobileFaceNet image stream",
-               num_classes=8, input_size=48, backbone_size=112, landmark_size=80, image_tokens="pool",
-               resize_mode="bilinear", dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
-               image_backbone="arcface_mobilefacenet", image_layer="stage4")
-# Its image-only form as trained by configs/ferplus_mfn.yaml (the ``ir`` entry is the recipe's inherited, unused
-# IR config, kept so the shipped checkpoint's config equals the registered one).
-_FERPLUS_MFN_IMAGE: dict[str, Any] = dict(
-    num_classes=8, input_size=48, backbone_size=112, landmark_size=80, image_tokens="pool", resize_mode="bilinear",
-    streams="image", fusion="self", pyramid=False, dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0,
-    drop_path=0.1, image_backbone="arcface_mobilefacenet", image_layer="stage4",
-    ir=IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32))
-register_model("poster_v1_ferplus_mfn_image", "poster_v1",
-               "image-only POSTER, ArcFace MobileFaceNet image stream, trained on FER+", **_FERPLUS_MFN_IMAGE)
-# The same network with the MobileFaceNet at 64 px (configs/ferplus_mfn64_long.yaml; the default model): its
-# tapped stage-4 map is 8x8 instead of 14x14 (pooled to the same 7x7 tokens), an epoch costs about a third,
-# and the photo pipeline runs about as fast as with the 48 px IR stream.
-register_model("poster_v1_ferplus_mfn64_image", "poster_v1",
-               "image-only POSTER, ArcFace MobileFaceNet image stream at 64 px, trained on FER+ (the default)",
-               **{**_FERPLUS_MFN_IMAGE, "backbone_size": 64})
-register_model("poster_v1_ferplus_dlib", "poster_v1", "two-stream POSTER, dlib face-recognition ResNet image stream",
+# Architectures of the models trained here on FER+ (their weights: poster_fer.weights.records, named
+# ``<architecture>.ferplus``; docs/model-card.md). The defaults keep FER+'s 8 classes, the 48 px input of FER
+# crops and the pooled 7x7 image tokens; landmarks run at 80 px (as good as 112 here, half the cost).
+_SMALL: dict[str, Any] = dict(num_classes=8, input_size=48, landmark_size=80, image_tokens="pool", dims=(128, 64, 32),
+                              depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1)
+_IMAGE_ONLY: dict[str, Any] = dict(streams="image", fusion="self", pyramid=False)
+_SMALL_IR = IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32)
+# The ArcFace MobileFaceNet image stream (MS1M; the stand-in for IR-50), tapped at its stage-4 map (14x14x128 at
+# 112 px, 8x8 at 64 px, pooled to 7x7 tokens); its weights load with
+# model.pretrained.face_backbone=PATH/mobilefacenet.json (poster_fer.weights.face_backbones). The ``ir`` entry is
+# the recipes' inherited, unused IR config, kept so the shipped checkpoints' configs equal the registered ones.
+_MFN: dict[str, Any] = dict(_SMALL, resize_mode="bilinear", image_backbone="arcface_mobilefacenet",
+                            image_layer="stage4", ir=_SMALL_IR)
+
+register_model("poster_v1_s", "poster_v1", "small two-stream POSTER, 48 px IR image stream (configs/ferplus_default)",
+               backbone_size=48, ir=_SMALL_IR, **_SMALL)
+register_model("poster_v1_s_image", "poster_v1", "small image-only POSTER, 48 px IR image stream",
+               backbone_size=48, ir=_SMALL_IR, **_SMALL, **_IMAGE_ONLY)
+register_model("poster_v1_mfn", "poster_v1", "two-stream POSTER, ArcFace MobileFaceNet image stream at 112 px",
+               backbone_size=112, **_MFN)
+register_model("poster_v1_mfn_image", "poster_v1", "image-only POSTER, ArcFace MobileFaceNet image stream at 112 px",
+               backbone_size=112, **_MFN, **_IMAGE_ONLY)
+# At 64 px an epoch costs about a third of 112 px and the photo pipeline runs as fast as with the 48 px IR stream;
+# poster_v1_mfn64_image is the default model's architecture, poster_v1_mfn64 the paper's two-stream POSTER over
+# the same image stream (issue 23, configs/table4_mfn64.yaml).
+register_model("poster_v1_mfn64_image", "poster_v1",
+               "image-only POSTER, ArcFace MobileFaceNet image stream at 64 px (the default model's)",
+               backbone_size=64, **_MFN, **_IMAGE_ONLY)
+register_model("poster_v1_mfn64", "poster_v1",
+               "two-stream POSTER (cross-fusion, pyramid), ArcFace MobileFaceNet image stream at 64 px",
+               backbone_size=64, **_MFN)
+register_model("poster_v1_dlib", "poster_v1", "two-stream POSTER, dlib face-recognition ResNet image stream",
                num_classes=8, input_size=48, backbone_size=150, landmark_size=80, image_tokens="pool",
                resize_mode="bilinear", dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
                image_backbone="dlib_resnet", image_layer="level2")
+# Names from before architectures and weights were split (issue 22): each named an architecture and its FER+
+# weights at once. They keep building the architecture, with a DeprecationWarning; as weight names they map to
+# ``<architecture>.ferplus`` (poster_fer.weights.records).
+for _old, _new in (("poster_v1_ferplus_s", "poster_v1_s"), ("poster_v1_ferplus_s_image", "poster_v1_s_image"),
+                   ("poster_v1_ferplus_mfn", "poster_v1_mfn"), ("poster_v1_ferplus_mfn_image", "poster_v1_mfn_image"),
+                   ("poster_v1_ferplus_mfn64_image", "poster_v1_mfn64_image"),
+                   ("poster_v1_ferplus_dlib", "poster_v1_dlib")):
+    register_alias(_old, _new)
 register_model("poster_v1_tiny", "poster_v1", "a few-layer POSTER for tests", **_TINY)
 register_model("poster_v1_tiny_mfn", "poster_v1", "tiny POSTER with a (2-stage) ArcFace MobileFaceNet image stream",
                dims=(64, 32, 16), depth=1, heads=2, drop_path=0.0, input_size=48, backbone_size=64,

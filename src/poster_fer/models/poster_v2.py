@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import FERModel
 from .ir import IRBackbone, IRConfig
 from .layers import AttentionCore, ClassificationHead, DropPath, Mlp, SEBlock, ViTBlock, merge_heads
 from .mobilefacenet import MobileFaceNet
@@ -166,7 +167,7 @@ class PosterV2ViT(nn.Module):
         return self.se_block(self.norm(self.blocks(x))[:, 0])
 
 
-class PosterV2(nn.Module):
+class PosterV2(FERModel):
     """POSTER++. ``forward(x)`` -> logits; ``forward_features(x)`` -> the SE-gated class token."""
 
     def __init__(self, cfg: PosterV2Config) -> None:

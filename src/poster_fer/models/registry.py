@@ -1,13 +1,17 @@
-"""Model registry: variants are registered names that fill in a family's dataclass config.
+"""Model registry: architectures are registered names that fill in a family's dataclass config.
 
-``create_model(name, **overrides)`` builds a variant with any config field overridden; every model carries
-``model.cfg`` and ``model.model_name`` so checkpoints can store what rebuilds it.
+``create_model(name, **overrides)`` builds an architecture with any config field overridden; every model carries
+``model.cfg`` and ``model.model_name`` so checkpoints can store what rebuilds it. Names are architectures only;
+trained weights are named ``architecture.tag`` in :mod:`poster_fer.weights.records` (timm's convention), and a
+weight-set name given here builds its architecture. Names retired by that split stay as aliases that warn.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +21,8 @@ from torch import nn
 _FAMILIES: dict[str, tuple[type[nn.Module], type]] = {}
 # registered variant name -> (family name, default config overrides, one-line description)
 _VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {}
+# retired name -> current architecture name
+_ALIASES: dict[str, str] = {}
 
 
 def register_family(name: str, model_cls: type[nn.Module], config_cls: type) -> None:
@@ -31,9 +37,39 @@ def register_model(name: str, family: str, description: str = "", **defaults: An
     _VARIANTS[name] = (family, defaults, description)
 
 
+def register_alias(old: str, new: str) -> None:
+    """Keep a retired architecture name working: it builds ``new`` with a DeprecationWarning."""
+    if old in _VARIANTS or old in _ALIASES:
+        raise ValueError(f"model {old!r} is already registered")
+    _ALIASES[old] = new
+
+
+def resolve_alias(name: str, stacklevel: int = 3) -> str:
+    """The current architecture name of ``name`` (itself unless it is a retired alias, which warns)."""
+    if name in _ALIASES:
+        new = _ALIASES[name]
+        warnings.warn(f"model name {name!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=stacklevel)
+        return new
+    return name
+
+
+def aliases() -> dict[str, str]:
+    """Retired architecture names and what they now build."""
+    return dict(_ALIASES)
+
+
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered variant names, sorted; ``pattern`` filters by substring."""
-    return sorted(n for n in _VARIANTS if pattern is None or pattern in n)
+    """Registered architecture names, sorted; ``pattern`` filters them (shell wildcards, or a substring)."""
+    return sorted(n for n in _VARIANTS if name_matches(n, pattern))
+
+
+def name_matches(name: str, pattern: str | None) -> bool:
+    """``pattern`` with ``*``/``?``/``[`` is a shell wildcard (timm's ``list_models``); otherwise a substring."""
+    if not pattern:
+        return True
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
 
 
 def model_family(name: str) -> str:
@@ -46,10 +82,16 @@ def describe_model(name: str) -> str:
 
 
 def _lookup(name: str) -> tuple[str, dict[str, Any], str]:
+    name = architecture_of(name)
     try:
         return _VARIANTS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}") from None
+
+
+def architecture_of(name: str) -> str:
+    """The registered architecture a name builds: ``arch.tag`` -> ``arch``; a retired alias -> its new name."""
+    return resolve_alias(name.split(".", 1)[0], stacklevel=4)
 
 
 def build_config(family: str, values: dict[str, Any]) -> Any:
@@ -77,7 +119,9 @@ def json_ready(obj: Any) -> Any:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build the registered variant ``name``; keyword arguments override its config fields."""
+    """Build the registered architecture ``name`` (randomly initialised); keyword arguments override its config
+    fields. ``arch.tag`` builds ``arch``; loading a tag's weights is :func:`poster_fer.create_model`'s job."""
+    name = architecture_of(name)
     family, defaults, _ = _lookup(name)
     model_cls, _ = _FAMILIES[family]
     # A copy: registered defaults may hold mutable sub-configs (an IRConfig) that several variants share.
@@ -94,6 +138,7 @@ def build_from_config(name: str, family: str, config: dict[str, Any]) -> nn.Modu
         raise KeyError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
     model_cls, _ = _FAMILIES[family]
     model = model_cls(build_config(family, config))
-    model.model_name = name
+    # Checkpoints saved before the architecture/weights split name retired architectures: load them silently.
+    model.model_name = _ALIASES.get(name, name)
     model.family = family
     return model

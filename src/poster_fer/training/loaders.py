@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..data import DatasetError, DatasetSubset, FERDataset, build_dataset, build_transform
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data import DatasetError, DatasetSubset, FERDataset, MissingSplitError, build_dataset, build_transform
+from ..data.factory import dataset_options
 from ..distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
+from ..weights.preprocessing import Preprocessing
 from .augment import BatchAugment, BatchAugmentConfig
 
 SPLITS = ("train", "val", "test")
@@ -49,32 +51,54 @@ def subsample(ds: FERDataset, n: int | None, seed: int, split: str) -> FERDatase
     return DatasetSubset(ds, idx, split=f"{ds.report.split} ({n} sampled with seed {seed})")
 
 
-def load_splits(cfg: dict[str, Any], seed: int = 0) -> dict[str, FERDataset]:
+#: The share of a training set held out for validation when the dataset has no validation split and the recipe
+#: sets no ``data.val_fraction``. 0.2 rather than 0.1: fine-tuning sets are small (a few hundred images), and a
+#: validation split of 3-5 images per class would make the epoch choice noise. Seeded by ``data.val_seed`` (0).
+DEFAULT_VAL_FRACTION = 0.2
+
+
+def applicable_options(kind: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The dataset options a kind's reader accepts, and the names of those it does not (a recipe written for
+    FER+ sets ``label_mode``, which means nothing to a folder of images)."""
+    accepted = dataset_options(kind)
+    kept = {k: v for k, v in options.items() if k in accepted}
+    return kept, sorted(set(options) - set(kept))
+
+
+def load_splits(cfg: dict[str, Any], seed: int = 0, say: Any = None) -> dict[str, FERDataset]:
     """Datasets for train, val and (when the layout has one) test, without transforms.
 
-    A dataset without a validation split needs ``val_fraction``; the error says so.
+    A dataset without a validation split gets one held out from train: ``data.val_fraction``, else
+    :data:`DEFAULT_VAL_FRACTION` (stratified, seeded by ``data.val_seed``; a line says so). Options the
+    dataset kind does not take are dropped with a line naming them.
     """
+    say = say or (lambda _msg: None)
     kind = cfg["kind"]
     root = cfg["root"]
     if root is None:
         raise DatasetError(f"recipe names no data root for {kind!r}: pass --data PATH")
-    options = dict(cfg.get("options") or {})
-    train_options = {**options, **dict(cfg.get("train_options") or {})}
+    options, ignored = applicable_options(kind, dict(cfg.get("options") or {}))
+    train_options, ignored_train = applicable_options(kind, dict(cfg.get("train_options") or {}))
+    for key in sorted(set(ignored) | set(ignored_train)):
+        where = "data.options" if key in ignored else "data.train_options"
+        say(f"[data] {where}.{key} does not apply to data.kind={kind!r}: ignored")
+    train_options = {**options, **train_options}
     val_fraction = cfg.get("val_fraction")
     holdout = {"val_fraction": float(val_fraction), "val_seed": int(cfg.get("val_seed", 0))} if val_fraction else {}
     out: dict[str, FERDataset] = {}
     out["train"] = build_dataset(kind, root, "train", **holdout, **train_options)
     try:
         out["val"] = build_dataset(kind, root, "val", **holdout, **options)
-    except DatasetError as e:
-        if "has no 'val' split" in str(e):
-            raise DatasetError(f"{e}; set data.val_fraction (e.g. val_fraction=0.1) in the recipe") from None
-        raise
+    except MissingSplitError:
+        holdout = {"val_fraction": DEFAULT_VAL_FRACTION, "val_seed": int(cfg.get("val_seed", 0))}
+        say(f"[data] no validation split in {root}: holding out {DEFAULT_VAL_FRACTION:g} of train per class "
+            f"(seed {holdout['val_seed']}; set data.val_fraction to change it)")
+        out["train"] = build_dataset(kind, root, "train", **holdout, **train_options)
+        out["val"] = build_dataset(kind, root, "val", **holdout, **options)
     try:
         out["test"] = build_dataset(kind, root, "test", **options)
-    except DatasetError as e:
-        if "'test'" not in str(e):  # only a missing test split is optional
-            raise
+    except MissingSplitError:
+        say(f"[data] no test split in {root}: the run reports validation metrics only")
     limits = cfg.get("max_samples")
     for split in list(out):
         out[split] = subsample(out[split], _split_limit(limits, split), seed, split)
@@ -89,20 +113,16 @@ def load_splits(cfg: dict[str, Any], seed: int = 0) -> dict[str, FERDataset]:
 def preload_images(ds: FERDataset, size: int, grayscale: bool, channel_order: str = "RGB") -> torch.Tensor:
     """Every image as uint8 (N, C, size, size), C = 1 for grey data (expanded to 3 per batch), else 3.
 
-    Resizing uses PIL bilinear with antialiasing, as the eval transform does, so the saved model's
-    preprocessing (``resize_interpolation: bilinear``) reproduces the training input.
+    The pixels are :meth:`Preprocessing.pixels` (grey, then the bilinear resize), the step every other path
+    takes too, so the saved model's preprocessing reproduces the training input exactly.
     """
+    prep = Preprocessing(input_size=int(size), mean=IMAGENET_MEAN, std=IMAGENET_STD, grayscale=grayscale)
     n = len(ds)
     c = 1 if grayscale else 3
     out = np.empty((n, size, size, c), dtype=np.uint8)
     for i in range(n):
-        im = ds.get_image(i)
-        if grayscale:
-            im = im.convert("L")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im)
-        out[i] = arr[..., None] if arr.ndim == 2 else arr
+        arr = prep.pixels(ds.get_image(i))
+        out[i] = arr[..., :1] if grayscale else arr
     t = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
     if c == 3 and channel_order.upper() == "BGR":
         t = t.flip(1).contiguous()

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "resize_interpolation": "bilinear",
         "num_workers": 4,
     },
-    "model": {"name": "poster_v1", "config": {}, "pretrained": {}},
+    "model": {"name": "poster_v1", "init": None, "config": {}, "pretrained": {}},
     "loss": {"name": "lsce", "smoothing": 0.1},
     "optimizer": {"name": "adam", "lr": 4e-5, "weight_decay": 0.0},
     "schedule": {"name": "constant"},

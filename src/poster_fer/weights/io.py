@@ -11,21 +11,19 @@ Loading rebuilds the model from the record alone.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from ..models import build_from_config, config_to_dict
-from .official import default_classes
+from ..probabilities import validate_temperature
 from .preprocessing import Preprocessing
 from .safe_load import CheckpointError
 
@@ -35,85 +33,17 @@ META_FILE = "meta.json"
 _HEADER_KEY = "poster_fer_meta"
 
 
-def get_temperature(meta: Any) -> float:
-    """The calibration temperature a metadata record (or a model with ``.meta``) stores; 1.0 when it has none.
-
-    Every inference path divides logits by this before the softmax, so one stored number calibrates them all.
-    """
-    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
-    value = record.get("temperature")
-    return 1.0 if value is None else validate_temperature(value)
-
-
-def set_temperature(target: Any, temperature: float) -> dict[str, Any]:
-    """Store ``temperature`` in a metadata dict, or in a model's ``meta`` (created if missing); returns the dict.
-
-    The value is saved by :func:`save_model` and carried into ONNX exports.
-    """
-    value = validate_temperature(temperature)
-    if isinstance(target, dict):
-        meta = target
-    else:
-        meta = getattr(target, "meta", None)
-        if meta is None:
-            meta = {}
-            target.meta = meta
-    meta["temperature"] = value
-    return meta
-
-
-def get_logit_bias(meta: Any) -> list[float] | None:
-    """The per-class logit offsets a record stores (``meta["logit_bias"]``), or None.
-
-    Why: a model trained on FER+ inherits its class frequencies (neutral and happiness are 60% of the faces) and
-    leans towards them on balanced or posed data. Adding ``-tau * log(prior)`` to the logits (logit adjustment)
-    removes that lean; ``tau`` is chosen on validation data. Every inference path computes
-    ``softmax((logits + logit_bias) / temperature)``.
-    """
-    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
-    value = record.get("logit_bias")
-    if value is None:
-        return None
-    try:
-        bias = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise ValueError(f"logit_bias must be a list of numbers, got {value!r}") from None
-    if not all(math.isfinite(v) for v in bias):
-        raise ValueError(f"logit_bias must be finite, got {value!r}")
-    classes = record.get("classes")
-    if classes is not None and len(classes) != len(bias):
-        raise ValueError(f"logit_bias has {len(bias)} values for {len(classes)} classes")
-    return bias
-
-
-def calibrate_logits(logits: np.ndarray, temperature: float = 1.0,
-                     logit_bias: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
-    """``(logits + logit_bias) / temperature`` in float32: the deployed calibration, computed in one place for
-    the torch and ONNX backends and for evaluation, so their probabilities cannot drift apart."""
-    out = np.asarray(logits, dtype=np.float32)
-    if logit_bias is not None:
-        out = out + np.asarray(logit_bias, dtype=np.float32)
-    return out if temperature == 1.0 else out / np.float32(temperature)
-
-
-def validate_temperature(value: Any) -> float:
-    """``value`` as a float, refusing what cannot scale logits (zero, negative, NaN, inf, not a number)."""
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a positive number, got {value!r}") from None
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
-    return t
-
-
 def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
     """The record stored beside the weights: the model's ``meta`` (if any) updated with ``metadata``."""
     meta: dict[str, Any] = {}
     meta.update(getattr(model, "meta", {}) or {})
     meta.update({k: v for k, v in metadata.items() if v is not None})
     num_classes = int(model.cfg.num_classes)
-    classes = list(meta.get("classes") or default_classes(num_classes))
+    if not meta.get("classes"):
+        # Never guessed from the head's size: an 8-class model may be FER+ or AffectNet, in different orders.
+        raise ValueError(f"the {num_classes}-class model records no class names: pass classes=[...] (in output "
+                         "order) or save a model trained on a dataset")
+    classes = [str(c) for c in meta["classes"]]
     if len(classes) != num_classes:
         raise ValueError(f"{len(classes)} class names for a {num_classes}-class model")
     # one typed record, written in its stored form; missing fields take the defaults (ImageNet stats, RGB)
@@ -194,12 +124,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(header)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True) -> nn.Module:
-    """Rebuild and load a model saved by :func:`save_model` (eval mode, ``model.meta`` set)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True,
+               classes: Sequence[str] | None = None) -> nn.Module:
+    """Rebuild and load a model saved by :func:`save_model` (eval mode, ``model.meta`` and
+    ``model.pretrained_cfg`` set). ``classes`` names the outputs of a checkpoint that records none (it is refused
+    otherwise: class names are never guessed) and must agree with one that does."""
     weights = _weights_path(Path(path))
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{weights}: unknown format {meta.get('format')!r} (expected {FORMAT})")
+    if classes is not None:
+        if meta.get("classes") and [str(c) for c in meta["classes"]] != [str(c) for c in classes]:
+            raise CheckpointError(f"{weights}: classes={list(classes)} disagree with the recorded {meta['classes']}")
+        meta["classes"] = [str(c) for c in classes]
+    if not meta.get("classes"):
+        raise CheckpointError(f"{weights}: the checkpoint records no class names; pass classes=[...] in output order")
     try:
         model = build_from_config(meta["model"], meta["family"], meta["config"])
     except (KeyError, TypeError, ValueError) as e:
@@ -213,6 +152,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     if strict and (result.missing_keys or result.unexpected_keys):
         raise CheckpointError(f"{weights}: weights do not match the recorded config: missing "
                               f"{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}")
+    if len(meta["classes"]) != int(model.cfg.num_classes):
+        raise CheckpointError(f"{weights}: {len(meta['classes'])} class names for a {model.cfg.num_classes}-class "
+                              "model")
     model.to(device).eval()
     model.meta = meta
+    model.pretrained_cfg = _record_of(meta, weights)
     return model
+
+
+def _record_of(meta: dict[str, Any], weights: Path) -> Any:
+    """The weight record of a loaded checkpoint: the shipped record it names, else one made from its metadata."""
+    from .records import WeightsRecord, load_records
+
+    named = meta.get("weights")
+    records = load_records()
+    if named in records and records[named].architecture == meta.get("model"):
+        return records[named]
+    calibration = {k: meta[k] for k in ("logit_bias", "temperature") if meta.get(k) is not None}
+    prov = meta.get("provenance") or {}
+    return WeightsRecord.from_dict(f"{meta.get('model')}.local", {
+        "classes": list(meta["classes"]), "preprocessing": meta.get("preprocessing") or {}, "calibration": calibration,
+        "recipe": prov.get("recipe"), "command": prov.get("command"), "origin": str(weights)})

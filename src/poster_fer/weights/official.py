@@ -8,6 +8,7 @@ keys, unless ``strict=False`` asks for a report instead.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,10 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..constants import AFFECTNET8_CLASSES as AFFECTNET_CLASSES  # the official 8-class heads' order
-from ..constants import (
-    RAFDB_CLASSES,
-)
+from ..constants import AFFECTNET8_CLASSES as AFFECTNET_CLASSES  # noqa: F401  (re-exported)
+from ..constants import RAFDB_CLASSES  # noqa: F401  (re-exported)
 from ..models import create_model
 from .preprocessing import Preprocessing
 from .safe_load import CheckpointError, safe_torch_load
@@ -135,15 +134,6 @@ def unwrap_container(obj: Any, source: str = "checkpoint") -> tuple[dict[str, to
     raise CheckpointError(f"{source}: no state_dict found (keys: {sorted(obj)[:10]})")
 
 
-def default_classes(num_classes: int) -> list[str]:
-    """Class names of the official checkpoints: RAF-DB order for 7 classes, AffectNet order for 8."""
-    if num_classes == 7:
-        return list(RAFDB_CLASSES)
-    if num_classes == 8:
-        return list(AFFECTNET_CLASSES)
-    return [f"class_{i}" for i in range(num_classes)]
-
-
 def default_channel_order(model_name: str) -> str:
     """The official v1 RAF-DB pipeline reads images with OpenCV and never converts BGR to RGB."""
     return "BGR" if model_name == "poster_v1" else "RGB"
@@ -163,21 +153,37 @@ def load_official(
     strict: bool = True,
     classes: list[str] | None = None,
     channel_order: str | None = None,
+    weights: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load an official POSTER / POSTER++ checkpoint into a poster-fer model (eval mode).
 
     Accepts v1 ``{'iter','model_state_dict',...}``, V2 ``{'epoch','state_dict','recorder',...}`` and raw
-    state_dicts, with or without ``module.`` prefixes, without executing pickled code. The model gets a
-    ``meta`` dict (classes, preprocessing, provenance) that :func:`poster_fer.save_model` stores.
+    state_dicts, with or without ``module.`` prefixes, without executing pickled code. ``model`` is the
+    architecture, or a weights record's name (``poster_v1.rafdb_official``, see
+    ``poster_fer.list_models("*official*", pretrained=True)``), which is also what ``weights`` takes.
+
+    Class names are never guessed from the head's size: they come from ``classes``, else from the record
+    (``weights``, or the one official record of that architecture and head size; two candidates, e.g.
+    POSTER++ RAF-DB and AffectNet-7, are refused with both names). The model gets ``meta`` (classes,
+    preprocessing, provenance) for :func:`poster_fer.save_model` and ``pretrained_cfg`` (the record).
     """
+    from .records import find_official, get_weights
+
+    if "." in model:
+        weights, model = model, model.split(".", 1)[0]
     path = Path(path)
     state_dict, info = unwrap_container(safe_torch_load(path), str(path))
     state_dict = strip_prefix(state_dict)
     found = _head_classes(state_dict)
+    record = None
+    if weights is not None:
+        record = get_weights(weights)
+        if record.architecture != model:
+            raise CheckpointError(f"{path}: weights {record.name!r} are for {record.architecture!r}, not {model!r}")
     if num_classes is None:
-        num_classes = found or 7
-    elif found is not None and found != num_classes:
+        num_classes = found or (len(classes) if classes else record.num_classes if record else 7)
+    if found is not None and found != num_classes:
         raise CheckpointError(f"{path}: head has {found} classes but num_classes={num_classes} was asked")
     net = create_model(model, num_classes=num_classes, **overrides)
     try:
@@ -186,16 +192,27 @@ def load_official(
         raise CheckpointError(f"{path}: {e}") from None
     net.load_state_dict(converted, strict=False)
     net.eval()
-    classes = list(classes) if classes else default_classes(num_classes)
-    if len(classes) != num_classes:
-        raise CheckpointError(f"{len(classes)} class names given for a {num_classes}-class checkpoint")
+    if record is None and not classes:
+        candidates = find_official(model, num_classes)
+        if len(candidates) != 1:
+            named = ", ".join(r.name for r in candidates) or f"none for {model} with {num_classes} classes"
+            raise CheckpointError(f"{path}: which dataset's class order? official records: {named}; pass "
+                                  "weights=NAME (--model NAME) or classes=[...] in the head's order")
+        record = candidates[0]
+    names = list(classes) if classes else list(record.classes) if record else []
+    if len(names) != num_classes:
+        raise CheckpointError(f"{len(names)} class names given for a {num_classes}-class checkpoint")
+    prep = (Preprocessing.from_dict(record.preprocessing, net.cfg.input_size) if record
+            else Preprocessing.default(net.cfg.input_size, default_channel_order(model)))
+    if channel_order is not None:
+        prep = dataclasses.replace(prep, channel_order=str(channel_order).upper())
     net.meta = {
-        "classes": classes,
-        "preprocessing": Preprocessing.default(net.cfg.input_size,
-                                               channel_order or default_channel_order(model)).to_meta(),
+        "classes": names,
+        "preprocessing": prep.to_meta(),
         "provenance": {"source": "official", "file": path.name, "container": info,
-                       "conversion": report.summary()},
+                       "weights": record.name if record else None, "conversion": report.summary()},
     }
+    net.pretrained_cfg = record
     net.conversion_report = report
     return net
 

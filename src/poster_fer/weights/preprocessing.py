@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,8 @@ from PIL import Image
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..faces import CropGeometry, align_face, get_geometry
 
-__all__ = ["DEFAULT_GEOMETRY", "STORED_KEYS", "Preprocessing"]
+__all__ = ["DEFAULT_GEOMETRY", "STORED_KEYS", "ImageTransform", "Preprocessing", "create_transform",
+           "resolve_preprocessing"]
 
 #: The keys of the stored form, ``meta["preprocessing"]``.
 STORED_KEYS = ("input_size", "mean", "std", "channel_order", "grayscale", "resize_interpolation", "crop_geometry")
@@ -134,16 +136,32 @@ class Preprocessing:
             return np.repeat(grey[:, :, None], 3, axis=2)
         return crop
 
-    def to_input(self, crop: np.ndarray) -> np.ndarray:
-        """One prepared uint8 RGB crop -> float32 ``(3, S, S)``: resize, [0, 1], channel order, normalise."""
+    def pixels(self, crop: np.ndarray | Image.Image) -> np.ndarray:
+        """A face crop (uint8 RGB or grey array, or a PIL image) -> uint8 ``(S, S, 3)`` RGB at ``input_size``:
+        grey when the model wants it, then the resize. Training preloads these pixels; everything else
+        normalises them with :meth:`to_input`, so the two cannot differ."""
+        if isinstance(crop, Image.Image):
+            crop = np.asarray(crop.convert("RGB"))
+        elif crop.ndim == 2:
+            crop = np.repeat(crop[:, :, None], 3, axis=2)
+        crop = self.prepare_crop(np.ascontiguousarray(crop, dtype=np.uint8))
         s = self.input_size
         if crop.shape[:2] != (s, s):
             crop = np.asarray(Image.fromarray(crop).resize((s, s), _RESAMPLE[self.interpolation]))
-        x = crop.astype(np.float32) * np.float32(1 / 255)
+        return crop
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 ``(S, S, 3)`` RGB -> float32 ``(3, S, S)``: [0, 1], channel order, mean/std (the arithmetic of
+        the training loader's on-device normalisation, so both give the same floats)."""
+        x = pixels.astype(np.float32) / np.float32(255.0)
         if self.channel_order == "BGR":
             x = x[:, :, ::-1]
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def to_input(self, crop: np.ndarray | Image.Image) -> np.ndarray:
+        """One face crop -> float32 ``(3, S, S)``: :meth:`pixels` then :meth:`normalize`."""
+        return self.normalize(self.pixels(crop))
 
     def batch(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Prepared crops -> float32 ``(B, 3, S, S)``."""
@@ -158,3 +176,59 @@ def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
     if len(vals) != 3:
         raise ValueError(f"preprocessing.{name} needs 3 values, got {list(values)}")
     return vals  # type: ignore[return-value]
+
+
+class ImageTransform:
+    """``create_transform``'s callable: a face crop (PIL image, uint8 array, or an image file's path) -> the
+    float32 tensor ``(3, S, S)`` the model takes. Crops are used as they are (no detection or alignment)."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        self.preprocessing = preprocessing
+
+    def __call__(self, image: Any) -> Any:
+        import torch
+
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                image = im.convert("RGB")
+        return torch.from_numpy(self.preprocessing.to_input(image))
+
+    def __repr__(self) -> str:
+        p = self.preprocessing
+        return (f"ImageTransform(size={p.input_size}, grayscale={p.grayscale}, channel_order={p.channel_order}, "
+                f"interpolation={p.interpolation})")
+
+
+def create_transform(source: Any) -> ImageTransform:
+    """The input transform of a model, a weights name or record, a metadata record or its ``preprocessing``
+    part, or a :class:`Preprocessing` (timm's ``create_transform`` from a ``pretrained_cfg``).
+
+    It is the one preprocessing implementation: evaluation uses it, inference prepares crops through the same
+    :class:`Preprocessing` steps and training preloads :meth:`Preprocessing.pixels`.
+    """
+    return ImageTransform(resolve_preprocessing(source))
+
+
+def resolve_preprocessing(source: Any) -> Preprocessing:
+    """:func:`create_transform`'s argument as a :class:`Preprocessing`."""
+    if isinstance(source, Preprocessing):
+        return source
+    if isinstance(source, str):
+        from .records import get_weights
+
+        source = get_weights(source)
+    prep = getattr(source, "preprocessing", None)
+    if prep is not None and not callable(prep):  # a WeightsRecord
+        return Preprocessing.from_dict(prep)
+    meta = getattr(source, "meta", None)
+    cfg = getattr(source, "cfg", None)
+    if cfg is not None:  # a model: its metadata, else the defaults at its input size
+        if meta and meta.get("preprocessing"):
+            return Preprocessing.from_meta(meta, int(cfg.input_size))
+        record = getattr(source, "pretrained_cfg", None)
+        if record is not None:
+            return Preprocessing.from_dict(record.preprocessing, int(cfg.input_size))
+        return Preprocessing.default(int(cfg.input_size))
+    if isinstance(source, Mapping):
+        return Preprocessing.from_meta(source) if "preprocessing" in source else Preprocessing.from_dict(source)
+    raise TypeError(f"create_transform: cannot read a preprocessing record from {type(source).__name__}")

@@ -1,0 +1,106 @@
+"""Calibrated probabilities: the one place that turns logits and a weight set's calibration into probabilities.
+
+A weight set records two calibration values chosen on validation data (``meta["logit_bias"]``, per class, and
+``meta["temperature"]``); every path that reports probabilities (the plain model's
+:meth:`~poster_fer.models.base.FERModel.predict_proba`, the Recognizer's torch and ONNX backends, evaluation)
+computes ``softmax((logits + logit_bias) / temperature)`` through these functions, so they cannot drift apart.
+The module needs numpy only: the ONNX runtime path uses it without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["calibrate_logits", "calibrated_probabilities", "get_logit_bias", "get_temperature", "set_temperature",
+           "softmax", "validate_temperature"]
+
+
+def get_temperature(meta: Any) -> float:
+    """The calibration temperature a metadata record (or a model with ``.meta``) stores; 1.0 when it has none.
+
+    Every inference path divides logits by this before the softmax, so one stored number calibrates them all.
+    """
+    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
+    value = record.get("temperature")
+    return 1.0 if value is None else validate_temperature(value)
+
+
+def set_temperature(target: Any, temperature: float) -> dict[str, Any]:
+    """Store ``temperature`` in a metadata dict, or in a model's ``meta`` (created if missing); returns the dict.
+
+    The value is saved by :func:`save_model` and carried into ONNX exports.
+    """
+    value = validate_temperature(temperature)
+    if isinstance(target, dict):
+        meta = target
+    else:
+        meta = getattr(target, "meta", None)
+        if meta is None:
+            meta = {}
+            target.meta = meta
+    meta["temperature"] = value
+    return meta
+
+
+def get_logit_bias(meta: Any) -> list[float] | None:
+    """The per-class logit offsets a record stores (``meta["logit_bias"]``), or None.
+
+    Why: a model trained on FER+ inherits its class frequencies (neutral and happiness are 60% of the faces) and
+    leans towards them on balanced or posed data. Adding ``-tau * log(prior)`` to the logits (logit adjustment)
+    removes that lean; ``tau`` is chosen on validation data. Every inference path computes
+    ``softmax((logits + logit_bias) / temperature)``.
+    """
+    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
+    value = record.get("logit_bias")
+    if value is None:
+        return None
+    try:
+        bias = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"logit_bias must be a list of numbers, got {value!r}") from None
+    if not all(math.isfinite(v) for v in bias):
+        raise ValueError(f"logit_bias must be finite, got {value!r}")
+    classes = record.get("classes")
+    if classes is not None and len(classes) != len(bias):
+        raise ValueError(f"logit_bias has {len(bias)} values for {len(classes)} classes")
+    return bias
+
+
+def calibrate_logits(logits: np.ndarray, temperature: float = 1.0,
+                     logit_bias: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """``(logits + logit_bias) / temperature`` in float32: the deployed calibration, computed in one place for
+    the torch and ONNX backends and for evaluation, so their probabilities cannot drift apart."""
+    out = np.asarray(logits, dtype=np.float32)
+    if logit_bias is not None:
+        out = out + np.asarray(logit_bias, dtype=np.float32)
+    return out if temperature == 1.0 else out / np.float32(temperature)
+
+
+def validate_temperature(value: Any) -> float:
+    """``value`` as a float, refusing what cannot scale logits (zero, negative, NaN, inf, not a number)."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a positive number, got {value!r}") from None
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {value!r}")
+    return t
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float32, stable for large logits."""
+    z = np.asarray(logits, dtype=np.float32)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def calibrated_probabilities(logits: np.ndarray, meta: Any) -> np.ndarray:
+    """``softmax((logits + logit_bias) / temperature)`` with the calibration a record (or a model's ``meta``)
+    stores; raw softmax when it stores none."""
+    bias = get_logit_bias(meta)
+    return softmax(calibrate_logits(logits, get_temperature(meta), bias))

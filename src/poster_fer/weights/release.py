@@ -1,0 +1,103 @@
+"""Making a weight set ship: its record in ``records.json``, paths made portable, the folder named by the record.
+
+Used by ``benchmarks/default_model.py`` (a trained run -> a shipped model) and by the migration of the models
+shipped before weights had records. Shipping writes data only: a record and a saved-model folder named
+``architecture.tag``; it never registers an architecture or renames one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..models.stats import model_stats
+from .io import META_FILE, WEIGHTS_FILE, atomic_write, load_model, save_model
+from .records import RECORDS_FILE, WeightsRecord, load_records, pretrained_root, sha256_of
+
+__all__ = ["METRIC_KEYS", "portable", "record_for_folder", "ship_folder", "write_record"]
+
+#: The headline metrics a record keeps per split (the full report stays in the folder's meta.json).
+METRIC_KEYS = ("accuracy", "mean_class_accuracy", "macro_f1", "ece", "ece_calibrated", "nll", "num_samples")
+
+_ABS_PATH = re.compile(r"(?<![\w.~-])/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+
+def portable(value: Any, root: str | Path | None = None) -> Any:
+    """``value`` with every absolute path in its strings made portable: under ``root`` relative to it, anything
+    else reduced to ``PATH/<name>`` (a developer's folders mean nothing to a user and should not be published)."""
+    if isinstance(value, Mapping):
+        return {k: portable(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, root) for v in value]
+    if not isinstance(value, str):
+        return value
+    base = str(Path(root).resolve()) + "/" if root is not None else None
+
+    def fix(m: re.Match[str]) -> str:
+        path = m.group(0)
+        if base and (path + "/").startswith(base):
+            return path[len(base):] or "."
+        return "PATH/" + path.rstrip("/").rsplit("/", 1)[-1]
+
+    return _ABS_PATH.sub(fix, value)
+
+
+def _metrics_summary(metrics: Mapping[str, Any], splits: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split, described in splits.items():
+        m = metrics.get(split)
+        if m:
+            out[split] = {"split": described, **{k: m[k] for k in METRIC_KEYS if m.get(k) is not None}}
+    return out
+
+
+def record_for_folder(folder: str | Path, name: str, *, splits: Mapping[str, str], **fields: Any) -> dict[str, Any]:
+    """The stored form of a shipped folder's record, read from the folder itself (sha256, classes,
+    preprocessing, calibration, metrics, parameters, GFLOPs); ``fields`` add the rest (licence, recipe,
+    command, origin, description, aliases, default)."""
+    folder = Path(folder)
+    model = load_model(folder)
+    meta = model.meta
+    stats = model_stats(model)
+    calibration = {k: meta[k] for k in ("logit_bias", "temperature") if meta.get(k) is not None}
+    record = {
+        "architecture": name.split(".", 1)[0],
+        "file": f"{folder.name}/{WEIGHTS_FILE}",
+        "sha256": sha256_of(folder / WEIGHTS_FILE),
+        "classes": list(meta["classes"]),
+        "preprocessing": meta["preprocessing"],
+        "calibration": calibration,
+        "metrics": _metrics_summary(meta.get("metrics") or {}, splits),
+        "num_params": stats["params_total"],
+        "gflops": stats["gflops"],
+        **fields,
+    }
+    WeightsRecord.from_dict(name, record)  # refuse a malformed record before it is written
+    return record
+
+
+def write_record(name: str, record: Mapping[str, Any], root: str | Path | None = None) -> Path:
+    """Add or replace ``name`` in ``records.json`` (sorted, atomically)."""
+    path = Path(root or pretrained_root()) / RECORDS_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[name] = dict(record)
+    text = json.dumps(dict(sorted(data.items())), indent=1) + "\n"
+    atomic_write(path, lambda p: Path(p).write_text(text))
+    load_records.cache_clear()
+    return path
+
+
+def ship_folder(model: Any, name: str, repo: str | Path, **metadata: Any) -> Path:
+    """Save ``model`` as the package-data folder of weight set ``name`` (``pretrained/<name>/``), with its
+    metadata's paths made portable relative to ``repo`` and ``weights`` naming the record."""
+    out = pretrained_root() / name
+    meta = portable({**(getattr(model, "meta", None) or {}), **metadata}, repo)
+    model.meta = {**meta, "weights": name}
+    model.model_name = name.split(".", 1)[0]
+    save_model(model, out)
+    for leftover in (out / META_FILE, out / WEIGHTS_FILE):
+        assert leftover.is_file()
+    return out

@@ -1,0 +1,116 @@
+"""Fine-tuning shipped weights on your own folder or CSV, first time: the tiny end-to-end run from the command
+line, head replacement, the options that do not apply to a dataset kind, and compile's skip rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import poster_fer
+from poster_fer.cli import main
+from poster_fer.samples import sample_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _faces(root, classes=("happy", "sad", "pain"), per_class=8, split_dirs=()):
+    """A few KB of 48 px grey 'faces' in ``root/<class>/`` (or ``root/<split>/<class>/``)."""
+    rng = np.random.default_rng(0)
+    for part in split_dirs or ("",):
+        for k, name in enumerate(classes):
+            folder = root / part / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                px = np.clip(rng.normal(60 + 60 * k, 30, (48, 48)), 0, 255).astype(np.uint8)
+                Image.fromarray(px).save(folder / f"{i}.png")
+    return root
+
+
+def test_finetune_from_the_default_model_then_eval_and_predict(tmp_path, capsys):
+    """train --recipe finetune --init <default> on a folder without val/, eval the result, predict with it."""
+    data = _faces(tmp_path / "faces")
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "finetune", "--init", poster_fer.DEFAULT_MODEL, "--data", str(data),
+                 "--out", str(run), "train.epochs=1", "train.max_steps_per_epoch=2", "train.progress=false",
+                 "train.threads=1"]) == 0
+    out = capsys.readouterr().out
+    assert "holding out 0.2 of train per class" in out and "no test split" in out
+    assert "trained rows kept for happy, sad; new rows for pain" in out
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["metrics"]) == {"val"}
+    model = poster_fer.load_model(run / "best")
+    assert model.classes == ["happy", "pain", "sad"] and model.model_name == "poster_v1_mfn64_image"
+    assert model.meta["preprocessing"]["grayscale"] is True and "weights" not in model.meta
+    assert main(["eval", "--weights", str(run / "best"), "--data", str(data), "--dataset", "folder", "--split", "all",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_samples"] == 24
+    capsys.readouterr()
+    assert main(["predict", str(sample_path()), "--weights", str(run / "best"), "--no-progress"]) == 0
+    faces = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(faces) == 1 and faces[0]["label"] in ("happy", "pain", "sad")
+
+
+def test_finetune_on_a_csv_without_a_split_column(tmp_path, capsys):
+    root = _faces(tmp_path / "img", classes=("neutral", "surprise"), per_class=6)
+    manifest = tmp_path / "labels.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for p in sorted(root.rglob("*.png")):
+            w.writerow([str(p.relative_to(tmp_path)), p.parent.name])
+    assert main(["train", "--recipe", "finetune", "--data", str(manifest), "--out", str(tmp_path / "run"),
+                 "data.kind=csv", "train.epochs=1", "train.max_steps_per_epoch=1", "train.progress=false",
+                 "train.threads=1"]) == 0
+    assert poster_fer.load_model(tmp_path / "run" / "best").classes == ["neutral", "surprise"]
+
+
+def test_options_of_another_dataset_kind_are_named_and_ignored(tmp_path, capsys):
+    """A FER+ recipe's label_mode on a folder dataset: one line naming it, then the run goes on."""
+    data = _faces(tmp_path / "faces", split_dirs=("train", "val"))
+    assert main(["train", "--recipe", "tiny", "--data", str(data), "--out", str(tmp_path / "run"),
+                 "data.kind=folder", "data.max_samples=null", "data.train_options={label_mode: crossentropy}",
+                 "train.epochs=1", "train.max_steps_per_epoch=1", "train.progress=false"]) == 0
+    out = capsys.readouterr().out
+    assert "data.train_options.label_mode does not apply to data.kind='folder': ignored" in out
+    assert "holding out" not in out  # it has a val/ folder
+
+
+def test_reset_classifier_keeps_rows_by_name_and_the_rest_bit_identical():
+    model = poster_fer.create_model("poster_v1_tiny", num_classes=3, classes=["Happiness", "Anger", "Neutral"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    info = model.reset_classifier(classes=["neutral", "angry", "fear", "happy"])
+    assert info == {"kept": ["neutral", "angry", "happy"], "new": ["fear"]}
+    after = model.state_dict()
+    for k in before:
+        if not k.startswith("head."):
+            assert torch.equal(before[k], after[k]), k
+    w0, w1 = before["head.linear.weight"], after["head.linear.weight"]
+    assert torch.equal(w1[0], w0[2]) and torch.equal(w1[1], w0[1]) and torch.equal(w1[3], w0[0])
+    assert model.cfg.num_classes == 4 and model(torch.randn(1, 3, 112, 112)).shape == (1, 4)
+    with pytest.raises(ValueError, match="num_classes=2 but 4 class names"):
+        model.reset_classifier(2, classes=["a", "b", "c", "d"])
+
+
+def test_a_model_without_class_names_is_refused_not_guessed(tmp_path):
+    from poster_fer.weights.io import save_model
+
+    model = poster_fer.create_model("poster_v1_tiny", num_classes=8)
+    with pytest.raises(ValueError, match="records no class names"):
+        save_model(model, tmp_path / "m")
+    save_model(model, tmp_path / "m", classes=[f"c{i}" for i in range(8)])
+    assert poster_fer.load_model(tmp_path / "m").classes == [f"c{i}" for i in range(8)]
+
+
+def test_compile_is_skipped_where_it_cannot_repay_itself():
+    from poster_fer.training.trainer import _compile_not_worth
+
+    cpu = torch.device("cpu")
+    assert "budget cannot repay" in _compile_not_worth({"time_budget_min": 3}, cpu, 10_000)
+    assert "steps cannot repay" in _compile_not_worth({"time_budget_min": None}, cpu, 500)
+    assert _compile_not_worth({"time_budget_min": 110}, cpu, 10_000) is None
+    assert _compile_not_worth({"time_budget_min": 3}, torch.device("meta"), 10) is None
