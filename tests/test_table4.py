@@ -1,0 +1,67 @@
+"""Issue 23's POSTER over the default's image stream (poster_v1_mfn64): the landmark stream sees the augmented
+face (tokens computed live equal tokens computed separately from the same augmented batch; the cache's stored
+tokens would not), gradients reach every trainable parameter and none the frozen landmark network, and the
+Table-4 recipes name registered architectures with only streams / fusion / pyramid differing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import poster_fer
+from poster_fer.training.augment import BatchAugment, BatchAugmentConfig
+from poster_fer.training.recipe import load_recipe
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# the recipe's augmentation (configs/ferplus_default.yaml, inherited by table4_mfn64)
+AUGMENT = BatchAugmentConfig(flip=0.5, scale=(0.85, 1.2), rotate=15, translate=0.1, erasing_p=0.25,
+                             erasing_scale=(0.02, 0.15))
+
+
+def _model():
+    torch.manual_seed(0)
+    return poster_fer.create_model("poster_v1_mfn64", depth=1, classes=[f"c{i}" for i in range(8)])
+
+
+def test_live_landmark_tokens_follow_the_augmented_batch():
+    model = _model().eval()
+    x = torch.randn(6, 3, 48, 48)
+    aug, _ = BatchAugment(AUGMENT)(x, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        live = model(aug)
+        separate = model(aug, landmark_tokens=model.landmark_features(aug))
+        tokens_aug, tokens_stored = model.landmark_features(aug), model.landmark_features(x)
+    torch.testing.assert_close(live, separate, rtol=0, atol=0)
+    # what a cache of the stored faces would feed the landmark stream is far from what it sees augmented
+    assert float((tokens_aug - tokens_stored).norm() / tokens_aug.norm()) > 0.1
+
+
+def test_gradients_reach_every_trainable_parameter_and_never_the_landmark_network():
+    model = _model().train()
+    out = model(torch.randn(4, 3, 48, 48))
+    assert out.shape == (4, 8) and torch.isfinite(out).all()
+    out.logsumexp(-1).sum().backward()
+    for name, p in model.named_parameters():
+        if name.startswith("face_landback."):
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert p.requires_grad and p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_table4_recipes_differ_only_in_the_architecture():
+    rows = {"table4_mfn64": ("both", "cross", True), "table4_mfn64_image": ("image", "self", False),
+            "table4_mfn64_baseline": ("both", "self", False),
+            "table4_mfn64_baseline_pyramid": ("both", "self", True),
+            "table4_mfn64_crossfusion": ("both", "cross", False)}
+    recipes = {name: load_recipe(name) for name in rows}
+    for name, (streams, fusion, pyramid) in rows.items():
+        r = recipes[name]
+        cfg = r["model"]["config"]
+        assert (cfg["streams"], cfg["fusion"], cfg["pyramid"]) == (streams, fusion, pyramid), name
+        assert r["model"]["name"] in poster_fer.list_models() and r["train"]["epochs"] == 24
+        assert r["train"]["landmark_cache"] is False and r["train"]["epochs_from_budget"] is False
+        strip = {k: v for k, v in r.items() if k not in ("name", "description", "source", "model")}
+        base = {k: v for k, v in recipes["table4_mfn64"].items() if k not in ("name", "description", "source",
+                                                                               "model")}
+        assert strip == base, name
