@@ -220,8 +220,12 @@ def test_onnx_export_carries_metadata_and_agrees(tmp_path):
     torch_rec = Recognizer()
     onnx_rec = Recognizer.from_checkpoint(tmp_path / "default.onnx", backend="onnxruntime")
     a = torch_rec.predict(sample_path())[0].probabilities
-    b = onnx_rec.predict(sample_path())[0].probabilities
+    face = onnx_rec.predict(sample_path(), return_crops=True)[0]
+    b = face.probabilities
     assert max(abs(a[c] - b[c]) for c in a) < 1e-4
+    # the plain model's calibrated probabilities are the exported ones too
+    plain = model.predict_proba(torch.from_numpy(torch_rec.preprocessing.batch([face.crop])))[0]
+    assert max(abs(float(p) - b[c]) for p, c in zip(plain, model.classes, strict=True)) < 1e-4
 
 
 def test_default_model_labels_the_sample_portrait():
