@@ -201,17 +201,26 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str],
     return model
 
 
-def _open_init(init: str) -> nn.Module:
-    """The model ``model.init`` names: a saved model's path, else shipped weights (``arch.tag``)."""
-    from .. import create_model, load_model
+def _resolve_init(init: str) -> Any:
+    """What ``model.init`` names: a saved model's folder or file (a Path), else shipped weights' record."""
+    from ..weights.records import get_weights
 
-    if Path(init).expanduser().exists():
-        return load_model(Path(init).expanduser())
+    path = Path(init).expanduser()
+    if path.exists():
+        return path
     try:
-        return create_model(init, pretrained=True)
+        return get_weights(init)
     except KeyError as e:
         raise ValueError(f"model.init={init!r}: neither a saved model nor known weights ({e.args[0]}); "
                          "poster-fer info --list marks the names that have weights") from None
+
+
+def _open_init(init: str) -> nn.Module:
+    """The model ``model.init`` names, loaded."""
+    from .. import create_model, load_model
+
+    source = _resolve_init(init)
+    return load_model(source) if isinstance(source, Path) else create_model(source.name, pretrained=True)
 
 
 def init_model(init: str, classes: list[str], report: list[str]) -> nn.Module:
@@ -237,26 +246,19 @@ def init_preprocessing(recipe: dict[str, Any], say: Any) -> None:
     init = recipe["model"].get("init")
     if not init:
         return
+    from ..weights import read_metadata
     from ..weights.preprocessing import Preprocessing
 
-    if Path(str(init)).expanduser().exists():
-        from ..weights import read_metadata
-
-        prep = Preprocessing.from_meta(read_metadata(Path(str(init)).expanduser()))
-    else:
-        from ..weights.records import get_weights
-
-        try:
-            prep = Preprocessing.from_dict(get_weights(str(init)).preprocessing)
-        except KeyError as e:
-            raise ValueError(f"model.init={init!r}: neither a saved model nor known weights ({e.args[0]})") from None
+    source = _resolve_init(str(init))
+    prep = (Preprocessing.from_meta(read_metadata(source)) if isinstance(source, Path)
+            else Preprocessing.from_dict(source.preprocessing))
     d = recipe["data"]
     stored = prep.to_meta()
     for key in ("mean", "std", "channel_order", "grayscale", "resize_interpolation", "crop_geometry"):
         d[key] = stored[key]
     say(f"[data] preprocessing of {init}: {prep.input_size} px, {'grey' if prep.grayscale else 'colour'}, "
         f"{prep.channel_order}, crop geometry {prep.geometry.name}")
-    ignored = [k for k in ("name", "config", "pretrained") if recipe["model"].get(k) and k != "name"]
+    ignored = [k for k in ("config", "pretrained") if recipe["model"].get(k)]
     if ignored:
         say(f"[model] model.init given: model.{', model.'.join(ignored)} ignored (the initial weights fix the model)")
 

@@ -18,7 +18,6 @@ Names from before the split (``poster_v1_ferplus_mfn64_image``) resolve with a D
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import types
 import warnings
@@ -30,7 +29,7 @@ from typing import Any
 from ..models.registry import name_matches
 
 __all__ = ["RECORDS_FILE", "WeightsRecord", "find_official", "get_weights", "list_weights", "load_records",
-           "pretrained_root", "sha256_of"]
+           "pretrained_root"]
 
 RECORDS_FILE = "records.json"
 
@@ -129,6 +128,7 @@ class WeightsRecord:
 
     def verify(self) -> Path:
         """:meth:`path`, after checking the file's sha256 against the record (a damaged install fails here)."""
+        from .face_backbones import sha256_of
         from .safe_load import CheckpointError
 
         folder = self.path()
@@ -137,14 +137,6 @@ class WeightsRecord:
             raise CheckpointError(f"{pretrained_root() / str(self.file)}: sha256 {digest} differs from the record of "
                                   f"{self.name!r} ({self.sha256}); the installation is damaged, reinstall poster-fer")
         return folder
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)

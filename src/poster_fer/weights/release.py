@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..models.stats import model_stats
-from .io import META_FILE, WEIGHTS_FILE, atomic_write, load_model, save_model
-from .records import RECORDS_FILE, WeightsRecord, load_records, pretrained_root, sha256_of
+from .face_backbones import sha256_of
+from .io import WEIGHTS_FILE, atomic_write, load_model, save_model
+from .records import RECORDS_FILE, WeightsRecord, load_records, pretrained_root
 
 __all__ = ["METRIC_KEYS", "portable", "record_for_folder", "ship_folder", "write_record"]
 
@@ -97,7 +98,4 @@ def ship_folder(model: Any, name: str, repo: str | Path, **metadata: Any) -> Pat
     meta = portable({**(getattr(model, "meta", None) or {}), **metadata}, repo)
     model.meta = {**meta, "weights": name}
     model.model_name = name.split(".", 1)[0]
-    save_model(model, out)
-    for leftover in (out / META_FILE, out / WEIGHTS_FILE):
-        assert leftover.is_file()
-    return out
+    return save_model(model, out)
