@@ -15,8 +15,8 @@ import poster_fer
 
 SRC = Path(poster_fer.__file__).parent
 LIBRARY = {"assets", "classes", "constants", "data", "devices", "distributed", "evaluation", "export", "faces",
-           "fastpath", "hub", "inference", "models", "precision", "pretrained", "probabilities", "provenance",
-           "samples", "weights"}
+           "fastpath", "hub", "inference", "models", "options", "precision", "pretrained", "probabilities",
+           "provenance", "samples", "weights"}
 APPS = {"cli", "commands", "experiments", "serve", "training"}
 FACADE = "__init__"  # ``poster_fer/__init__.py``: re-exports the library
 

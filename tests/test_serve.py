@@ -644,8 +644,9 @@ def test_settings_are_validated():
 def test_cli_refuses_bad_setup(ckpt, tmp_path, capsys):
     assert main(["serve", "--weights", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert "missing" in capsys.readouterr().err
-    assert main(["serve", "--weights", ckpt, "--max-queue", "0"]) == 2
-    assert "max_queue" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a usage error, before any model loads
+        main(["serve", "--weights", ckpt, "--max-queue", "0"])
+    assert info.value.code == 2 and "--max-queue" in capsys.readouterr().err
 
 
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:

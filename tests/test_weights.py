@@ -217,5 +217,5 @@ def test_load_model_errors(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     meta["config"]["depth"] = 2
     (out / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="do not match"):
+    with pytest.raises(CheckpointError, match="do not fit"):
         load_model(out)

@@ -63,10 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except known as e:
         print(f"poster-fer {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk is full, a folder is not writable, ...: the file and the reason, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"poster-fer {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"poster-fer {args.command}: interrupted", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m poster_fer.cli`: run the imported module's main, so UserError is the class commands raise
+    from poster_fer.cli import main as _main
+
+    sys.exit(_main())

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..constants import OFFICIAL_SUFFIXES
 
-__all__ = ["add_weights_arguments", "command_line", "load_weights", "weights_path"]
+__all__ = ["add_weights_arguments", "command_line", "load_weights", "output_dir", "output_file", "weights_path"]
 
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,3 +90,29 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as e:
             raise UserError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
     return out
+
+
+def output_dir(path: str | Path, flag: str) -> Path:
+    """Create the folder an option names before any work starts, so a bad path fails in a second with one line
+    (a file in the way, no permission) rather than after the model has run."""
+    from ..cli import UserError
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{flag} {p}: exists and is not a folder") from None
+    except OSError as err:
+        raise UserError(f"{flag} {p}: cannot create this folder ({err.strerror or err})") from None
+    return p
+
+
+def output_file(path: str | Path, flag: str) -> Path:
+    """Check the file an option names can be written (not a folder; its folder created) before any work starts."""
+    from ..cli import UserError
+
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {p}: is a folder; give a file name")
+    output_dir(p.parent, flag)
+    return p

@@ -18,7 +18,9 @@ from typing import TextIO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..faces.io import DEFAULT_MAX_PIXELS
     from ..hub import DEFAULT_MODEL
+    from ..options import arg, check_detect_size, check_limit, count_arg, probability_arg
 
     p = sub.add_parser(
         "predict", help=f"detect faces in images/videos/webcam and predict their expressions (default model: "
@@ -43,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--batch-size", type=int, default=32, help="faces per forward pass (default 32)")
+    p.add_argument("--batch-size", type=count_arg("--batch-size"), default=32,
+                   help="faces per forward pass (default 32)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write annotated images/videos (box, label, probability bars) here")
     p.add_argument("--save-crops", action="store_true", help="also save each aligned crop under DIR/crops")
@@ -55,22 +58,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     det.add_argument("--detector-model", default=None, metavar="PATH",
                      help="YuNet .onnx file (default: the bundled one, no download; 'zoo': the OpenCV Zoo "
                      "file, downloaded once into the per-user cache)")
-    det.add_argument("--threshold", type=float, default=0.6, help="detector score threshold (default 0.6)")
+    det.add_argument("--threshold", type=probability_arg("--threshold"), default=0.6,
+                     help="detector score threshold (default 0.6)")
     det.add_argument("--no-detect", action="store_true",
                      help="inputs are already aligned face crops: classify each whole image")
-    det.add_argument("--max-faces", type=int, default=None, help="at most this many faces per image/frame")
-    det.add_argument("--detect-size", type=int, default=None, metavar="PX",
+    det.add_argument("--max-faces", type=count_arg("--max-faces"), default=None,
+                     help="at most this many faces per image/frame")
+    det.add_argument("--detect-size", type=arg(check_detect_size), default=1280, metavar="PX",
                      help="longest side the detector runs at (default 1280; 0 = full resolution)")
-    det.add_argument("--max-pixels", type=int, default=None, metavar="N",
+    det.add_argument("--max-pixels", type=arg(check_limit, "--max-pixels"), default=DEFAULT_MAX_PIXELS, metavar="N",
                      help="refuse images larger than N pixels (default 50,000,000; 0 = no limit)")
     det.add_argument("--require-face", action="store_true",
                      help="count images without a face as failures (exit status 1)")
     vid = p.add_argument_group("video")
-    vid.add_argument("--every", type=int, default=1, metavar="N", help="process every Nth frame (default 1)")
-    vid.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop each video after N frames")
-    vid.add_argument("--webcam", type=int, default=None, metavar="INDEX",
+    vid.add_argument("--every", type=count_arg("--every"), default=1, metavar="N",
+                     help="process every Nth frame (default 1)")
+    vid.add_argument("--max-frames", type=count_arg("--max-frames"), default=None, metavar="N",
+                     help="stop each video after N frames")
+    vid.add_argument("--webcam", type=count_arg("--webcam", minimum=0), default=None, metavar="INDEX",
                      help="read camera INDEX until Ctrl-C (or --max-frames)")
-    vid.add_argument("--ema", type=float, default=0.5, metavar="ALPHA",
+    vid.add_argument("--ema", type=probability_arg("--ema", high_open=False), default=0.5, metavar="ALPHA",
                      help="weight of the newest frame in the per-track moving average (1 = no smoothing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -78,40 +85,37 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
-    from ..faces import DEFAULT_MAX_PIXELS
     from ..inference import InferenceError, Recognizer, RecordWriter, collect_sources
     from ..inference.job import JobOptions, JobStats, run_job
+    from .common import output_dir, output_file
 
     if not args.paths and args.webcam is None:
         raise UserError("give at least one PATH or --webcam INDEX")
-    for name in ("batch_size", "every"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.save_crops and args.out is None:
         raise UserError("--save-crops needs --out DIR")
-    if not 0.0 < args.ema <= 1.0:
-        raise UserError("--ema must be in (0, 1]")
+    if args.out is not None:
+        output_dir(args.out, "--out")
+    if args.output is not None:
+        output_file(args.output, "--output")
     options = JobOptions(out=args.out, save_crops=args.save_crops, detect=not args.no_detect, every=args.every,
                          max_frames=args.max_frames, ema=args.ema, progress=False if args.no_progress else None)
     sources, skipped = collect_sources(args.paths, args.webcam)
     if not sources:
         raise UserError(f"no images or videos found in {', '.join(args.paths)}"
                         + (f" ({len(skipped)} other files skipped)" if skipped else ""))
-    detect_size = 1280 if args.detect_size is None else args.detect_size
     try:
         rec = Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=None if args.no_detect else args.detector,
             detector_model=args.detector_model, backend=args.backend or "torch", model=args.model,
             num_classes=args.num_classes, channel_order=args.channel_order, batch_size=args.batch_size,
-            max_faces=args.max_faces, detect_size=detect_size, score_threshold=args.threshold,
-            max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None))
+            max_faces=args.max_faces, detect_size=args.detect_size, score_threshold=args.threshold,
+            max_pixels=args.max_pixels)
     except (InferenceError, ValueError) as err:
         raise UserError(str(err)) from None
 
     stats = JobStats()
     out_stream: TextIO = sys.stdout
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         out_stream = open(args.output, "w", encoding="utf-8", newline="")
     try:
         run_job(rec, sources, RecordWriter(out_stream, args.format, rec.classes), options, stats)
@@ -119,9 +123,16 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError, ValueError):  # keep Python's exit-time flush from failing again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:
+        if out_stream is sys.stdout:
+            raise
+        raise UserError(f"--output {args.output}: cannot write the records ({err.strerror or err})") from None
     finally:
         if out_stream is not sys.stdout:
-            out_stream.close()
+            try:
+                out_stream.close()
+            except OSError as err:  # buffered records flushed at close: a full disk shows here
+                raise UserError(f"--output {args.output}: cannot write the records ({err.strerror or err})") from None
     report = stats.report(skipped, list_no_face=args.require_face)
     print("poster-fer predict: " + "\n".join(report), file=sys.stderr)
     failed = bool(stats.failures) or (args.require_face and bool(stats.no_face))

@@ -12,7 +12,9 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..faces.io import DEFAULT_MAX_PIXELS
     from ..hub import DEFAULT_MODEL
+    from ..options import arg, check_detect_size, count_arg, probability_arg
     from ..serve.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
 
     p = sub.add_parser(
@@ -30,12 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=count_arg("--threads"), default=None,
                    help="PyTorch intra-op threads for the model (default: PyTorch's default, one per core)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    net.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    net.add_argument("--port", type=count_arg("--port", minimum=0), default=8000,
+                     help="port (default 8000; 0 picks a free one)")
     net.add_argument("--api-key", default=None,
                      help=f"require this key on /v1/* (default: ${API_KEY_ENV} when set, else no key)")
     net.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -45,21 +48,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim = p.add_argument_group("limits and batching")
     lim.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
                      help="largest upload in MiB (default 10)")
-    lim.add_argument("--max-pixels", type=int, default=None, metavar="N",
+    lim.add_argument("--max-pixels", type=count_arg("--max-pixels"), default=DEFAULT_MAX_PIXELS, metavar="N",
                      help="largest image, width x height (default 50,000,000)")
-    lim.add_argument("--max-faces", type=int, default=64, help="most faces returned per image (default 64)")
-    lim.add_argument("--batch-size", type=int, default=32, help="most faces per forward pass (default 32)")
+    lim.add_argument("--max-faces", type=count_arg("--max-faces"), default=64,
+                     help="most faces returned per image (default 64)")
+    lim.add_argument("--batch-size", type=count_arg("--batch-size"), default=32,
+                     help="most faces per forward pass (default 32)")
     lim.add_argument("--max-wait-ms", type=float, default=10.0,
                      help="how long a batch waits for requests still being detected (default 10)")
-    lim.add_argument("--max-queue", type=int, default=32,
+    lim.add_argument("--max-queue", type=count_arg("--max-queue"), default=32,
                      help="requests in progress before new ones get 503 + Retry-After (default 32)")
-    lim.add_argument("--workers", type=int, default=1, help="threads decoding images and detecting faces (default 1)")
+    lim.add_argument("--workers", type=count_arg("--workers"), default=1,
+                     help="threads decoding images and detecting faces (default 1)")
     det = p.add_argument_group("faces")
     det.add_argument("--detector", choices=("yunet", "haar"), default="yunet", help="face detector (default yunet)")
     det.add_argument("--detector-model", default=None, metavar="PATH",
                      help="YuNet .onnx file (default: the bundled one, no download)")
-    det.add_argument("--threshold", type=float, default=0.6, help="detector score threshold (default 0.6)")
-    det.add_argument("--detect-size", type=int, default=1280, metavar="PX",
+    det.add_argument("--threshold", type=probability_arg("--threshold"), default=0.6,
+                     help="detector score threshold (default 0.6)")
+    det.add_argument("--detect-size", type=arg(check_detect_size), default=1280, metavar="PX",
                      help="longest side the detector runs at (default 1280; 0 = full resolution)")
     p.set_defaults(func=run)
 
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as err:
         raise UserError(f"the 'serve' extra is not installed ({err.name} is missing); install it with "
                         "pip install 'poster-fer[serve]'") from None
-    from ..faces import DEFAULT_MAX_PIXELS, build_detector
+    from ..faces import build_detector
     from ..inference import InferenceError, Recognizer
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
@@ -85,14 +92,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = ServeSettings(
             max_body_bytes=int(args.max_body_mb * 2**20), max_faces=args.max_faces, max_batch=args.batch_size,
-            max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
+            max_pixels=args.max_pixels,
             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, workers=args.workers, api_key=api_key,
             cors_origins=tuple(args.cors_origin))
     except ValueError as err:
         raise UserError(str(err)) from None
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         rec = Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
             backend=args.backend or "torch", model=args.model, num_classes=args.num_classes,
-            channel_order=args.channel_order, batch_size=args.batch_size, detect_size=args.detect_size or None,
+            channel_order=args.channel_order, batch_size=args.batch_size, detect_size=args.detect_size,
             score_threshold=args.threshold, max_pixels=settings.max_pixels)
         extra = [build_detector(args.detector, model_path=args.detector_model, score_threshold=args.threshold)
                  for _ in range(settings.workers - 1)]

@@ -45,6 +45,10 @@ ARCFACE_112_TEMPLATE: tuple[tuple[float, float], ...] = (
 )
 
 
+#: Largest crop side a geometry may ask for: every dataset's crops are at most a few hundred pixels.
+MAX_CROP_SIDE = 1024
+
+
 @dataclass(frozen=True)
 class CropGeometry:
     """Output size and the template positions (output pixels) of the 5 landmarks.
@@ -66,6 +70,14 @@ class CropGeometry:
             raise ValueError(f"a crop template needs 5 points, got {len(template)}")
         if not all(math.isfinite(v) for pt in template for v in pt):
             raise ValueError("crop template points must be finite")
+        if max(size) > MAX_CROP_SIDE:
+            raise ValueError(f"crop size {size[0]}x{size[1]} is over {MAX_CROP_SIDE} px a side (a model input is "
+                             "a face crop, not a photo)")
+        if not all(0 <= x <= size[0] and 0 <= y <= size[1] for x, y in template):
+            raise ValueError(f"crop template points must lie inside the {size[0]}x{size[1]} crop")
+        eyes = math.dist(template[0], template[1])
+        if eyes < 0.05 * size[0]:
+            raise ValueError(f"crop template eyes are {eyes:.2f} px apart in a {size[0]} px crop: not a face framing")
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "template", template)
 

@@ -302,6 +302,9 @@ def build_detector(
     Zoo's file from the per-user cache (downloaded on first use); see
     :func:`~poster_fer.faces.download.yunet_model_path`. The default never touches the network.
     """
+    from ..options import check_probability
+
+    score_threshold = check_probability("score_threshold", score_threshold)
     kind = kind.lower()
     if kind == "yunet":
         path = yunet_model_path(model_path, cache_dir, download=download)

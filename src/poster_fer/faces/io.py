@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "load_image", "to_rgb_array"]
+__all__ = ["DEFAULT_MAX_DECODED_BYTES", "DEFAULT_MAX_PIXELS", "ImageLoadError", "check_decoded_size",
+           "decoded_bytes", "load_image", "to_rgb_array"]
 
 log = logging.getLogger(__name__)
 
@@ -23,24 +25,56 @@ log = logging.getLogger(__name__)
 # image (150 MB as RGB) cannot exhaust memory. Pillow's own bomb guard only errors at about 179 MP.
 DEFAULT_MAX_PIXELS = 50_000_000
 
+#: 256 MiB: the most memory one decoded image may take (as Pillow holds it, or as a video frame), checked from the
+#: header before decoding. The pixel limit alone does not bound bytes (a 16-bit or alpha image holds more per
+#: pixel) and can be switched off; this budget stays. A 50-megapixel RGB photo (200 MB in Pillow) fits.
+DEFAULT_MAX_DECODED_BYTES = 256 * 2**20
+
+# Pillow's storage per pixel: one byte for 1-bit/grey/palette, two for 16-bit grey, four for every other mode
+# (multi-band 8-bit images are stored as 4 bytes a pixel; I and F are 32-bit).
+_ONE_BYTE = {"1", "L", "P"}
+_TWO_BYTES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# Pixels converted at a time, so alpha compositing and 16-bit scaling never hold a float copy of a whole image.
+_CHUNK_PIXELS = 1 << 20
+
 _WHITE = (255, 255, 255)
+
+
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """Bytes a ``mode`` image of ``width`` x ``height`` takes once decoded (Pillow's storage)."""
+    per = 1 if mode in _ONE_BYTE else 2 if mode in _TWO_BYTES else 4
+    return int(width) * int(height) * per
 
 
 class ImageLoadError(ValueError):
     """An image file could not be turned into an RGB array (unreadable, truncated, too large, unsupported)."""
 
 
+def check_decoded_size(name: str, mode: str, width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                       max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> None:
+    """Refuse (:class:`ImageLoadError` naming ``name``) an image whose header promises more pixels or bytes than
+    allowed, before anything is decoded."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageLoadError(f"{name}: image is {width}x{height} = {width * height} pixels, above the limit of "
+                             f"{max_pixels} pixels (raise max_pixels if the file is trusted)")
+    need = decoded_bytes(mode, width, height)
+    if max_bytes is not None and need > max_bytes:
+        raise ImageLoadError(f"{name}: a {width}x{height} {mode} image takes {need / 2**20:.0f} MiB decoded, above "
+                             f"the budget of {max_bytes / 2**20:.0f} MiB")
+
+
 def load_image(
     path: str | os.PathLike[str],
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = _WHITE,
+    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
 ) -> np.ndarray:
     """Read an image file as upright RGB uint8 ``(h, w, 3)``.
 
-    The pixel count is checked from the header before decoding, so an oversized file is refused without
-    allocating it. Transparent images are composited on ``background`` (white by default), because a
-    face on black looks unlike anything the model was trained on. ``max_pixels=None`` disables the check
-    (Pillow's decompression-bomb limit still applies).
+    The pixel count and the decoded size in bytes (``max_bytes``) are checked from the header before decoding,
+    so an oversized file is refused without allocating it. Transparent images are composited on ``background``
+    (white by default), because a face on black looks unlike anything the model was trained on.
+    ``max_pixels=None`` disables the pixel check (the byte budget and Pillow's bomb limit still apply).
     """
     p = Path(path)
     if not p.exists():
@@ -50,11 +84,7 @@ def load_image(
     try:
         with Image.open(p) as im:
             w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageLoadError(
-                    f"{p}: image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} pixels "
-                    "(raise max_pixels if the file is trusted)"
-                )
+            check_decoded_size(str(p), im.mode, w, h, max_pixels, max_bytes)
             im.load()
             return _pil_to_rgb(_upright(im, p), background)
     except ImageLoadError:
@@ -103,6 +133,8 @@ def to_rgb_array(
 def _upright(im: Image.Image, path: Path | None) -> Image.Image:
     """Apply the EXIF orientation; a malformed EXIF block only costs the rotation, not the image."""
     try:
+        if im.getexif().get(0x0112, 1) in (None, 1):  # upright already: Pillow would still copy the whole image
+            return im
         out = ImageOps.exif_transpose(im)
     except Exception as err:  # broken EXIF is common in the wild and not worth refusing the image for
         log.warning("%s: ignoring unreadable EXIF orientation (%s)", path or "image", err)
@@ -113,21 +145,35 @@ def _upright(im: Image.Image, path: Path | None) -> Image.Image:
 def _pil_to_rgb(im: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
     mode = im.mode
     if mode == "RGB":
-        return np.asarray(im, dtype=np.uint8).copy()
+        return _rows_to_rgb(im, lambda band: band)
     if mode in ("L", "1"):
         return np.repeat(np.asarray(im.convert("L"), dtype=np.uint8)[:, :, None], 3, axis=-1)
     if mode.startswith("I;16") or mode in ("I", "F"):
         return to_rgb_array(_wide_to_uint8(im), background)
     if (mode == "P" and "transparency" in im.info) or mode in ("PA", "LA", "La", "RGBA", "RGBa"):
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
-        return _composite(rgba[..., :3], rgba[..., 3], background)
+        rgba = im if mode == "RGBA" else im.convert("RGBA")
+        return _rows_to_rgb(rgba, lambda band: _composite(band[..., :3], band[..., 3], background))
     # P without transparency, CMYK, YCbCr, HSV, ...: Pillow knows the conversion (CMYK is the naive
     # formula; Adobe's inverted CMYK JPEGs are already un-inverted by Pillow's decoder).
     try:
         rgb = im.convert("RGB")
     except ValueError as err:
         raise ValueError(f"unsupported image mode {mode!r}") from err
-    return np.asarray(rgb, dtype=np.uint8).copy()
+    return _rows_to_rgb(rgb, lambda band: band)
+
+
+def _rows_to_rgb(im: Image.Image, convert: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``convert`` applied to bands of rows of ``im``, written into one RGB uint8 array.
+
+    Why bands: turning a whole Pillow image into an array first makes two more full copies (Pillow's packed
+    bytes, then the array); a band at a time keeps the extra memory to one band however large the photo."""
+    w, h = im.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rows = max(1, _CHUNK_PIXELS // max(1, w))
+    for y in range(0, h, rows):
+        band = np.asarray(im.crop((0, y, w, min(h, y + rows))), dtype=np.uint8)
+        out[y:y + band.shape[0]] = convert(band)
+    return out
 
 
 def _wide_to_uint8(im: Image.Image) -> np.ndarray:
@@ -140,7 +186,7 @@ def _wide_to_uint8(im: Image.Image) -> np.ndarray:
     """
     arr = np.asarray(im)
     if im.mode.startswith("I;16"):
-        return _scale_u16(arr.astype(np.float64))
+        return _scale_u16(arr)
     a = arr.astype(np.float64)
     if not np.isfinite(a).all():
         raise ValueError("image contains NaN or infinite values")
@@ -155,7 +201,15 @@ def _wide_to_uint8(im: Image.Image) -> np.ndarray:
 
 
 def _scale_u16(a: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+    """0..65535 to 0..255 as ``rint(a / 257)``, in integers and chunks (no float copy of the whole image).
+
+    ``(a + 128) // 257`` equals the rounded quotient exactly: 257 is odd, so no value sits on a tie."""
+    out = np.empty(a.shape, dtype=np.uint8)
+    flat_in, flat_out = a.reshape(-1), out.reshape(-1)
+    for i in range(0, flat_in.size, _CHUNK_PIXELS):
+        part = np.clip(flat_in[i:i + _CHUNK_PIXELS], 0, 65535).astype(np.uint32)
+        flat_out[i:i + _CHUNK_PIXELS] = (part + 128) // 257
+    return out
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -164,7 +218,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
     if arr.dtype == np.uint16:
-        return _scale_u16(arr.astype(np.float64))
+        return _scale_u16(arr)
     if np.issubdtype(arr.dtype, np.floating):
         a = arr.astype(np.float64)
         if not np.isfinite(a).all():
@@ -177,14 +231,18 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
         if lo >= 0 and hi <= 255:
             return arr.astype(np.uint8)
         if lo >= 0 and hi <= 65535:
-            return _scale_u16(arr.astype(np.float64))
+            return _scale_u16(arr)
         raise ValueError(f"integer image values {lo}..{hi} fit neither 8 nor 16 bits")
     raise ValueError(f"unsupported image dtype {arr.dtype}")
 
 
 def _composite(rgb: np.ndarray, alpha: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
     """Alpha-blend onto a flat colour; dropping alpha instead would expose arbitrary hidden RGB values."""
-    a = alpha.astype(np.float32)[..., None] / 255.0
+    out = np.empty(rgb.shape, dtype=np.uint8)
     bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
-    out = rgb.astype(np.float32) * a + bg * (1.0 - a)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    rows = max(1, _CHUNK_PIXELS // max(1, rgb.shape[1]))  # a float copy of a whole 49 MP image is 2 GB
+    for y in range(0, rgb.shape[0], rows):
+        a = alpha[y:y + rows].astype(np.float32)[..., None] / 255.0
+        blend = rgb[y:y + rows].astype(np.float32) * a + bg * (1.0 - a)
+        out[y:y + rows] = np.clip(np.rint(blend), 0, 255)
+    return out

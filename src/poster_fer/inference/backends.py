@@ -26,6 +26,7 @@ from ..models import set_fused_attention
 from ..precision import resolve_precision
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature
 from ..weights import load_model, load_official
+from ..weights.checks import check_metadata
 
 __all__ = ["Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "resolve_device"]
 
@@ -144,11 +145,17 @@ class OnnxBackend:
         self.path = Path(path)
         if not self.path.is_file():
             raise InferenceError(f"{self.path}: no such ONNX file")
-        self.session = OnnxRuntimeModel(str(self.path))
+        try:
+            self.session = OnnxRuntimeModel(str(self.path))
+        except Exception as err:  # ONNX Runtime raises its own types for a file that is not a model
+            text = str(err).splitlines()[0][:300]
+            raise InferenceError(text if str(self.path) in text else f"{self.path}: not a usable ONNX model ({text})") \
+                from None
         self.meta = dict(getattr(self.session, "meta", None) or {})
         if "classes" not in self.meta or "preprocessing" not in self.meta:
             raise InferenceError(f"{self.path}: the ONNX file carries no poster-fer metadata (classes, "
                                  "preprocessing); export it with `poster-fer export`")
+        check_metadata(self.meta, self.path, rebuild=False)
         self.temperature = _temperature(self.meta, self.path)
         self.logit_bias = _logit_bias(self.meta, self.path)
         self.device = device

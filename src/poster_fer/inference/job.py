@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..options import check_count, check_probability
 from .annotate import draw_predictions
 from .records import RecordWriter, error_record, face_record, no_face_record
 from .sources import Source, VideoError, VideoReader
@@ -42,10 +43,9 @@ class JobOptions:
     progress: bool | None = None  # None: a progress bar only when stderr is a terminal
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError("every must be at least 1")
-        if not 0.0 < self.ema <= 1.0:
-            raise ValueError("ema must be in (0, 1]")
+        self.every = check_count("every", self.every)
+        self.max_frames = check_count("max_frames", self.max_frames, optional=True)
+        self.ema = check_probability("ema", self.ema, high_open=False)
         if self.save_crops and self.out is None:
             raise ValueError("save_crops needs an output folder")
 

@@ -29,6 +29,7 @@ from ..faces import (
     to_rgb_array,
 )
 from ..hub import resolve_weights
+from ..options import check_count, check_detect_size, check_limit, check_probability
 from ..probabilities import softmax
 from ..weights.preprocessing import Preprocessing
 from .backends import Backend, InferenceError, TorchBackend, load_backend
@@ -141,8 +142,12 @@ class Recognizer:
         score_threshold: float = 0.6,
         device: str = "cpu",
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        # every numeric option checked before anything loads (one set of rules with the CLI and the server)
+        batch_size = check_count("batch_size", batch_size)
+        max_faces = check_count("max_faces", max_faces, optional=True)
+        detect_size = check_detect_size(detect_size)
+        max_pixels = check_limit("max_pixels", max_pixels)
+        score_threshold = check_probability("score_threshold", score_threshold)
         if backend is None or isinstance(backend, (str, os.PathLike)):
             backend = load_backend(resolve_weights(backend), device=device)
         self.backend = backend
@@ -162,7 +167,7 @@ class Recognizer:
         self.detector = detector
         self.batch_size = int(batch_size)
         self.max_faces = max_faces
-        self.detect_size = detect_size or None
+        self.detect_size = detect_size
         self.max_pixels = max_pixels
 
     # -- construction --------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..faces.io import DEFAULT_MAX_DECODED_BYTES, ImageLoadError, check_decoded_size
+
 __all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Source", "VideoError", "VideoReader", "collect_sources"]
 
 IMAGE_EXTENSIONS = frozenset({
@@ -98,7 +100,7 @@ class VideoReader:
     """
 
     def __init__(self, source: str | os.PathLike[str] | int, every: int = 1, max_frames: int | None = None,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         # FFmpeg prints its own decoder complaints straight to stderr; the per-file error below replaces them.
@@ -118,10 +120,11 @@ class VideoReader:
         self.frame_count = int(count) if count and 0 < count < 1e9 else None
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if max_pixels is not None and self.width * self.height > max_pixels:
+        try:  # the same pixel limit and byte budget as images, from the container's header
+            check_decoded_size(f"{self.name}: frames", "RGB", self.width, self.height, max_pixels, max_bytes)
+        except ImageLoadError as err:
             self.close()
-            raise VideoError(f"{self.name}: frames are {self.width}x{self.height} = {self.width * self.height} "
-                             f"pixels, above the limit of {max_pixels} pixels")
+            raise VideoError(str(err)) from None
         self.frames_read = 0
         self._stopped_by_limit = False
 

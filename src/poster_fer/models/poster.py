@@ -31,10 +31,17 @@ from .dlib_resnet import DLIB_MEAN_RGB, DLIB_SCALE, DlibResNet
 from .ir import IRBackbone, IRConfig
 from .layers import ClassificationHead, CrossAttention, DropPath, Mlp, SEBlock, ViTBlock, adaptive_avg_pool
 from .mobilefacenet import MobileFaceNet
-from .registry import register_alias, register_family, register_model
+from .registry import check_ranges, register_alias, register_family, register_model
 
 IMAGE_BACKBONES = ("ir", "arcface_mobilefacenet", "dlib_resnet")
 _DEFAULT_LAYER = {"arcface_mobilefacenet": "stage4", "dlib_resnet": "level2"}
+
+
+#: Sanity ranges of the config fields (far above any real network; see :func:`registry.check_ranges`).
+_LIMITS = {"num_classes": (1, 100_000), "input_size": (8, 1024), "backbone_size": (8, 1024),
+           "landmark_size": (8, 1024), "dims": (1, 8192), "depth": (1, 64), "heads": (1, 64),
+           "mlp_ratio": (0.01, 16), "drop_path": (0, 1), "input_mean": (-1e3, 1e3), "input_std": (1e-6, 1e3)}
+_IR_LIMITS = {"units": (0, 64), "widths": (1, 4096), "stem_width": (1, 4096)}
 
 
 @dataclass
@@ -108,6 +115,8 @@ class PosterConfig:
         return cls(**values, **({"ir": ir} if ir is not None else {}))
 
     def __post_init__(self) -> None:
+        check_ranges(self, _LIMITS)
+        check_ranges(self.ir, _IR_LIMITS)
         if self.streams not in ("both", "image", "landmark"):
             raise ValueError(f"streams must be 'both', 'image' or 'landmark', not {self.streams!r}")
         if self.fusion not in ("cross", "self"):
@@ -203,7 +212,7 @@ class PyramidFusion(nn.Module):
             self.downsample_m = nn.Conv1d(num_tokens, num_tokens, 2, 2)
         if levels > 2:
             self.downsample_s = nn.Conv1d(num_tokens, num_tokens, 4, 4)
-        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # cpu: also under a meta device
 
         def block(dim: int, rate: float) -> nn.Module:
             if cfg.fusion == "cross":

@@ -22,7 +22,7 @@ from .base import FERModel
 from .ir import IRBackbone, IRConfig
 from .layers import AttentionCore, ClassificationHead, DropPath, Mlp, SEBlock, ViTBlock, merge_heads
 from .mobilefacenet import MobileFaceNet
-from .registry import register_family, register_model
+from .registry import check_ranges, register_family, register_model
 
 
 def _v2_ir() -> IRConfig:
@@ -70,6 +70,11 @@ class PosterV2Config:
         return cls(**values, **({"ir": ir} if ir is not None else {}))
 
     def __post_init__(self) -> None:
+        check_ranges(self, {"num_classes": (1, 100_000), "input_size": (8, 1024), "backbone_size": (16, 1024),
+                            "heads": (1, 64), "ffn_mlp_ratio": (0.01, 16), "ffn_drop_path": (0, 1),
+                            "embed_dim": (1, 8192), "vit_depth": (0, 64), "vit_heads": (1, 64),
+                            "vit_mlp_ratio": (0.01, 16), "vit_drop_path": (0, 1)})
+        check_ranges(self.ir, {"units": (0, 64), "widths": (1, 4096), "stem_width": (1, 4096)})
         if tuple(self.ir.widths) != (64, 128, 256) or not self.ir.split_stages:
             raise ValueError("POSTER++ needs IR stage widths (64, 128, 256) with split stages: its queries are "
                              "MobileFaceNet maps of those widths")
@@ -156,7 +161,7 @@ class PosterV2ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, d))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        rates = torch.linspace(0, cfg.vit_drop_path, cfg.vit_depth).tolist()
+        rates = torch.linspace(0, cfg.vit_drop_path, cfg.vit_depth, device="cpu").tolist()  # cpu: also under meta
         self.blocks = nn.Sequential(*[ViTBlock(d, cfg.vit_heads, cfg.vit_mlp_ratio, r) for r in rates])
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.se_block = SEBlock(d)

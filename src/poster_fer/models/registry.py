@@ -25,6 +25,23 @@ _VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {}
 _ALIASES: dict[str, str] = {}
 
 
+def check_ranges(cfg: Any, limits: dict[str, tuple[float, float]]) -> None:
+    """Refuse config fields outside ``limits`` (field -> (low, high), inclusive; a tuple field is checked item by
+    item; None passes).
+
+    Why: a config also arrives from a checkpoint's metadata, and a width of 12,000 or a depth of 10**6 there
+    would allocate gigabytes (or loop for hours) before any weight is compared. The limits sit far above every
+    real network, so they only stop nonsense.
+    """
+    for name, (low, high) in limits.items():
+        value = getattr(cfg, name)
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+                raise ValueError(f"{name}={value!r} is outside {low:g}..{high:g}")
+
+
 def register_family(name: str, model_cls: type[nn.Module], config_cls: type) -> None:
     """Declare a model family (one file, one class, one dataclass config)."""
     _FAMILIES[name] = (model_cls, config_cls)
@@ -130,6 +147,13 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     model.model_name = name
     model.family = family
     return model
+
+
+def family_class(family: str) -> type[nn.Module]:
+    """The model class of a registered family (KeyError naming the known ones)."""
+    if family not in _FAMILIES:
+        raise KeyError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[family][0]
 
 
 def build_from_config(name: str, family: str, config: dict[str, Any]) -> nn.Module:

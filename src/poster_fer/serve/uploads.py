@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..faces import to_rgb_array
+from ..faces.io import DEFAULT_MAX_DECODED_BYTES, ImageLoadError, check_decoded_size, to_rgb_array
 from .errors import ApiError
 
 __all__ = [
@@ -217,8 +217,9 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
-    """Decode an upload to upright RGB; refuse unsupported formats (415), bombs (413) and broken files (400)."""
+def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> DecodedImage:
+    """Decode an upload to upright RGB; refuse unsupported formats (415), bombs (413: over ``max_pixels`` or
+    ``max_bytes`` decoded, from the header) and broken files (400)."""
     fmt = sniff_format(data)
     if fmt is None:
         raise ApiError(400, "not_an_image", f"the upload is not an image ({_describe(data)}); send {_SUPPORTED_TEXT}")
@@ -235,6 +236,10 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         if w * h > max_pixels:
             raise ApiError(413, "too_many_pixels", f"the image is {w}x{h} = {w * h} pixels, over the limit of "
                            f"{max_pixels} pixels")
+        try:
+            check_decoded_size("the image", im.mode, w, h, None, max_bytes)
+        except ImageLoadError as err:
+            raise ApiError(413, "too_many_bytes", str(err)) from None
         if w < 1 or h < 1:
             raise ApiError(400, "corrupt_image", f"the image has no pixels ({w}x{h})")
         try:

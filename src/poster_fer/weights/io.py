@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..models import build_from_config, config_to_dict
+from ..models.registry import build_config, family_class
 from ..probabilities import validate_temperature
+from .checks import check_metadata, check_weights_fit, header_shapes
 from .preprocessing import Preprocessing
 from .safe_load import CheckpointError
 
@@ -99,7 +101,29 @@ def _weights_path(path: Path) -> Path:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file (expected a poster-fer model directory or "
                               f"{WEIGHTS_FILE})")
+    kind = _foreign_kind(path)
+    if kind is not None:
+        raise CheckpointError(f"{path}: {kind}, not a poster-fer model (a directory or .safetensors file "
+                              "written by poster-fer)")
     return path
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """What a file given as a poster-fer model is instead, when its name or first bytes say so."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "an ONNX export (predict and serve run it: --weights FILE.onnx)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if head.startswith(b"PK\x03\x04") or head[:2] == b"\x80\x02" or suffix in (".pth", ".pt", ".tar", ".ckpt"):
+        return ("a PyTorch checkpoint (official POSTER weights load with --model NAME in predict/eval, or "
+                "`poster-fer convert` turns them into a poster-fer model)")
+    if len(head) < 9 or head[8:9] != b"{":  # safetensors: 8-byte header length, then the JSON header
+        return "not a safetensors file"
+    return None
 
 
 def weights_file(path: str | Path) -> Path:
@@ -107,32 +131,41 @@ def weights_file(path: str | Path) -> Path:
     return _weights_path(Path(path))
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata record of a saved model (directory or ``.safetensors`` file)."""
+def read_metadata(path: str | Path, check: bool = True) -> dict[str, Any]:
+    """The metadata record of a saved model (directory or ``.safetensors`` file), checked by
+    :func:`poster_fer.weights.checks.check_metadata` unless ``check`` is false (the raw record, for repair)."""
     weights = _weights_path(Path(path))
     side = weights.parent / META_FILE
+    where = side if side.is_file() else weights
     try:
         if side.is_file():
-            return json.loads(side.read_text())
-        with safe_open(str(weights), framework="pt") as f:
-            header = (f.metadata() or {}).get(_HEADER_KEY)
-    except (SafetensorError, json.JSONDecodeError, OSError) as e:
-        raise CheckpointError(f"{weights}: unreadable poster-fer metadata ({e})") from None
-    if header is None:
-        raise CheckpointError(f"{weights}: no poster-fer metadata (neither {META_FILE} nor an embedded record); "
-                              "official .pth checkpoints load with poster_fer.load_official")
-    return json.loads(header)
+            text = side.read_text(encoding="utf-8")
+        else:
+            with safe_open(str(weights), framework="pt") as f:
+                text = (f.metadata() or {}).get(_HEADER_KEY)
+            if text is None:
+                raise CheckpointError(f"{weights}: no poster-fer metadata (neither {META_FILE} nor an embedded "
+                                      "record); official .pth checkpoints load with poster_fer.load_official")
+        meta = json.loads(text)
+    except (SafetensorError, OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{where}: unreadable poster-fer metadata ({e})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where}: the metadata is not valid JSON ({e})") from None
+    return check_metadata(meta, where, FORMAT) if check else meta
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True,
                classes: Sequence[str] | None = None) -> nn.Module:
     """Rebuild and load a model saved by :func:`save_model` (eval mode, ``model.meta`` and
     ``model.pretrained_cfg`` set). ``classes`` names the outputs of a checkpoint that records none (it is refused
-    otherwise: class names are never guessed) and must agree with one that does."""
+    otherwise: class names are never guessed) and must agree with one that does.
+
+    The metadata is checked first, then the config against the file's tensor shapes on PyTorch's meta device
+    (:mod:`poster_fer.weights.checks`), so a bad checkpoint is one :class:`CheckpointError` naming the file and the
+    field, before a model is allocated. ``strict=False`` tolerates missing and unexpected tensors, never a shape
+    that differs."""
     weights = _weights_path(Path(path))
     meta = read_metadata(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{weights}: unknown format {meta.get('format')!r} (expected {FORMAT})")
     if classes is not None:
         if meta.get("classes") and [str(c) for c in meta["classes"]] != [str(c) for c in classes]:
             raise CheckpointError(f"{weights}: classes={list(classes)} disagree with the recorded {meta['classes']}")
@@ -140,21 +173,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     if not meta.get("classes"):
         raise CheckpointError(f"{weights}: the checkpoint records no class names; pass classes=[...] in output order")
     try:
-        model = build_from_config(meta["model"], meta["family"], meta["config"])
+        model_cls = family_class(meta["family"])
+        cfg = build_config(meta["family"], dict(meta["config"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{weights}: metadata does not describe a buildable model ({e})") from None
+        raise CheckpointError(f"{weights}: metadata field 'config': does not describe a buildable model "
+                              f"({e.args[0] if e.args else e})") from None
+    if len(meta["classes"]) != int(cfg.num_classes):
+        raise CheckpointError(f"{weights}: {len(meta['classes'])} class names for a {cfg.num_classes}-class model")
+    check_weights_fit(model_cls, cfg, header_shapes(weights), weights, strict=strict)
+    model = build_from_config(meta["model"], meta["family"], meta["config"])
     try:
         with safe_open(str(weights), framework="pt", device=str(device)) as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
-    result = model.load_state_dict(state, strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise CheckpointError(f"{weights}: weights do not match the recorded config: missing "
-                              f"{result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}")
-    if len(meta["classes"]) != int(model.cfg.num_classes):
-        raise CheckpointError(f"{weights}: {len(meta['classes'])} class names for a {model.cfg.num_classes}-class "
-                              "model")
+    model.load_state_dict(state, strict=False)  # shapes and names were checked above
     model.to(device).eval()
     model.meta = meta
     model.pretrained_cfg = _record_of(meta, weights)
