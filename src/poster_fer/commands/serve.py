@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     net.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                      help="allow browser pages from ORIGIN (e.g. https://app.example) to call the API; repeatable; "
                      "default: CORS off")
+    net.add_argument("--insecure-no-key", action="store_true",
+                     help="allow listening beyond this machine without an API key (refused otherwise)")
     net.add_argument("--access-log", action="store_true", help="log every request")
     lim = p.add_argument_group("limits and batching")
     lim.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
@@ -58,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="how long a batch waits for requests still being detected (default 10)")
     lim.add_argument("--max-queue", type=count_arg("--max-queue"), default=32,
                      help="requests in progress before new ones get 503 + Retry-After (default 32)")
+    lim.add_argument("--max-uploads-per-client", type=count_arg("--max-uploads-per-client"), default=16, metavar="N",
+                     help="uploads one client address may send at once (default 16; more get 429)")
+    lim.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                     help="seconds a client has to send its whole upload (default 30; then 408)")
+    lim.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                     help="seconds a connection has to send its request head (default 10; then it is closed)")
     lim.add_argument("--workers", type=count_arg("--workers"), default=1,
                      help="threads decoding images and detecting faces (default 1)")
     det = p.add_argument_group("faces")
@@ -89,11 +97,18 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
+    if not is_loopback(args.host) and not api_key and not args.insecure_no_key:
+        # Decided: refuse rather than warn. A model server open to a network without a key is rarely what was
+        # meant, and a warning scrolls away; the explicit flag keeps the rare deliberate case possible.
+        raise UserError(f"--host {args.host} accepts connections from other machines: set an API key (--api-key or "
+                        f"${API_KEY_ENV}), or pass --insecure-no-key to serve without one")
     try:
         settings = ServeSettings(
             max_body_bytes=int(args.max_body_mb * 2**20), max_faces=args.max_faces, max_batch=args.batch_size,
             max_pixels=args.max_pixels,
             max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, workers=args.workers, api_key=api_key,
+            max_uploads_per_client=args.max_uploads_per_client, body_timeout_s=args.body_timeout,
+            header_timeout_s=args.header_timeout,
             cors_origins=tuple(args.cors_origin))
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -123,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     if not is_loopback(args.host) and not api_key:
-        print(f"poster-fer serve: warning: listening on {args.host} without an API key: anyone who can reach this "
-              f"machine can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
+        print(f"poster-fer serve: warning: listening on {args.host} without an API key (--insecure-no-key): "
+              "anyone who can reach this machine can use the model", file=sys.stderr)
     print(f"poster-fer serve: {rec.meta.get('model')} ({len(rec.classes)} classes, {rec.device}) on "
           f"http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)", flush=True)
-    run_server(app, sock, access_log=args.access_log)
+    run_server(app, sock, access_log=args.access_log, header_timeout_s=settings.header_timeout_s)
     print("poster-fer serve: stopped", file=sys.stderr, flush=True)
     return 0

@@ -1,15 +1,18 @@
 """The ASGI app: ``create_app(recognizer, settings)`` -> FastAPI with the API, the page, docs and metrics.
 
-Request path of ``POST /v1/predict``: admission (503 when ``max_queue`` requests are already in) -> the body,
-read into memory with a running size check -> decode + detect + align on a worker thread (never on the event
-loop) -> the crops join the micro-batch queue (:mod:`poster_fer.serve.batching`) -> one forward pass for
-every request in the batch -> JSON. Every refusal is an :class:`~poster_fer.serve.errors.ApiError` rendered as
-``{"error": {"kind", "message"}}``.
+Request path of ``POST /v1/predict``: an upload place (429 when this client already sends
+``max_uploads_per_client`` bodies, 503 past ``max_uploads`` in all) -> the body, read into memory with a
+running size check and a deadline -> admission (503 when ``max_queue`` requests are already in: only complete
+uploads queue, so stalled senders cannot starve the others) -> decode + detect + align on a worker thread
+(never on the event loop) -> the crops join the micro-batch queue (:mod:`poster_fer.serve.batching`) -> one
+forward pass for every request in the batch -> JSON. Every refusal is an
+:class:`~poster_fer.serve.errors.ApiError` rendered as ``{"error": {"kind", "message"}}``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import hashlib
@@ -18,7 +21,7 @@ import logging
 import math
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -169,6 +172,8 @@ class _Service:
                                     max_wait_s=settings.max_wait_ms / 1000.0, on_batch=self.metrics.batch)
         self.executor: ThreadPoolExecutor | None = None
         self.inflight = 0
+        self.uploads = 0  # bodies being received, and by client address
+        self.uploads_by_client: dict[str, int] = {}
         self._latency_ema: float | None = None
 
     def start(self) -> None:
@@ -186,6 +191,28 @@ class _Service:
         """Seconds a refused client should wait: about one request's time, 1 to 30."""
         ema = self._latency_ema or 1.0
         return int(min(30, max(1, math.ceil(ema))))
+
+    @contextlib.contextmanager
+    def upload_place(self, client: str) -> Iterator[None]:
+        """Hold one of the upload places while a body arrives (refusing the request when there is none)."""
+        s = self.settings
+        if self.uploads_by_client.get(client, 0) >= s.max_uploads_per_client:
+            raise ApiError(429, "too_many_uploads", f"this client is already sending {s.max_uploads_per_client} "
+                           "uploads; wait for them to finish", headers={"Retry-After": str(self.retry_after())})
+        if self.uploads >= s.max_uploads:
+            raise ApiError(503, "busy", f"the server is receiving {self.uploads} uploads; retry shortly",
+                           headers={"Retry-After": str(self.retry_after())})
+        self.uploads += 1
+        self.uploads_by_client[client] = self.uploads_by_client.get(client, 0) + 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
+            left = self.uploads_by_client[client] - 1
+            if left:
+                self.uploads_by_client[client] = left
+            else:
+                del self.uploads_by_client[client]
 
     def note_latency(self, seconds: float) -> None:
         self._latency_ema = seconds if self._latency_ema is None else 0.9 * self._latency_ema + 0.1 * seconds
@@ -216,7 +243,11 @@ class _Service:
             log.warning("face pipeline failed on a %dx%d %s image: %s", w, h, img.format, err)
             raise ApiError(422, "unprocessable_image", f"the image decoded but faces could not be processed "
                            f"({type(err).__name__}: {str(err)[:200]})") from None
-        return _Prepared(w, h, img.format, faces, crops, t1 - t0, time.perf_counter() - t1)
+        fmt, large = img.format, rgb.nbytes > _TRIM_BYTES
+        del img, rgb
+        if large:
+            _return_memory()
+        return _Prepared(w, h, fmt, faces, crops, t1 - t0, time.perf_counter() - t1)
 
     def result(self, face: Face | None, probs: np.ndarray, width: int, height: int) -> dict[str, Any]:
         classes = self.rec.classes
@@ -243,7 +274,9 @@ class _Service:
             "temperature": meta.get("temperature"),
             "logit_bias": meta.get("logit_bias"),
             "metrics": meta.get("metrics"),
-            "provenance": meta.get("provenance"),
+            "weights": meta.get("weights"),
+            "licence": meta.get("licence"),
+            "provenance": _public_provenance(meta.get("provenance")),
             "device": str(self.rec.device),
             "backend": type(self.rec.backend).__name__,
             "detector": getattr(self.rec.detector, "name", None),
@@ -254,6 +287,44 @@ class _Service:
             "version": __version__,
         }
         return _jsonable(record)
+
+
+#: What ``/v1/model`` tells any client about how the weights were made: never the training machine's paths,
+#: platform or command line (which can name folders and users).
+_PUBLIC_PROVENANCE = ("recipe", "git_revision", "epochs_run", "model_card", "storage")
+
+
+def _public_provenance(prov: Any) -> dict[str, Any] | None:
+    if not isinstance(prov, dict):
+        return None
+    return {k: prov[k] for k in _PUBLIC_PROVENANCE if k in prov and not _looks_like_path(prov[k])}
+
+
+def _looks_like_path(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith(("/", "~", "\\")) or value[1:3] in (":\\", ":/"))
+
+
+#: After an image this large (decoded bytes) the freed memory is handed back to the system (see below).
+_TRIM_BYTES = 32 * 2**20
+
+
+def _return_memory() -> None:
+    """Ask glibc to give freed heap memory back to the system. Without it, one 49-megapixel upload left the
+    server's resident memory hundreds of megabytes higher for good (worker-thread arenas keep what they held).
+    A no-op where the C library is not glibc."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -394,11 +465,11 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
     app.add_middleware(_Observe, metrics=metrics)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"})
 
-    @app.get("/healthz", summary="Liveness: 200 while the model thread runs")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: 200 while the model thread runs")
     async def healthz() -> JSONResponse:
         alive = service.batcher.running or service.executor is None  # not started yet is not unhealthy
         body = {"status": "ok" if alive else "unavailable", "model": service.model_name,
@@ -422,6 +493,19 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
              openapi_extra=_predict_openapi(settings))
     async def predict(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
+        can_detect = recognizer.detector is not None
+        query = request.query_params.multi_items()
+        options_from(query, (), settings.max_faces, can_detect)  # refuse bad options before reading the body
+        client = request.client.host if request.client else "unknown"
+        with service.upload_place(client):
+            try:
+                body = await read_body(request.stream(), request.headers.get("content-length"),
+                                       settings.max_body_bytes, settings.body_timeout_s)
+            except ClientDisconnect:
+                raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
+        upload = parse_body(body, request.headers.get("content-type"))
+        del body
+        max_faces, detect = options_from(query, upload.fields.items(), settings.max_faces, can_detect)
         if service.inflight >= settings.max_queue:
             raise ApiError(503, "queue_full", f"the server is busy ({service.inflight} requests in progress); retry "
                            "shortly", headers={"Retry-After": str(service.retry_after())})
@@ -429,17 +513,6 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
         announced = False
         try:
             service.start()  # no-op once running (the lifespan starts it; embedding without lifespan still works)
-            can_detect = recognizer.detector is not None
-            query = request.query_params.multi_items()
-            options_from(query, (), settings.max_faces, can_detect)  # refuse bad options before reading the body
-            try:
-                body = await read_body(request.stream(), request.headers.get("content-length"),
-                                       settings.max_body_bytes, settings.body_timeout_s)
-            except ClientDisconnect:
-                raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
-            upload = parse_body(body, request.headers.get("content-type"))
-            del body
-            max_faces, detect = options_from(query, upload.fields.items(), settings.max_faces, can_detect)
             service.batcher.expect()
             announced = True
             loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ import signal
 import socket
 from typing import Any
 
-__all__ = ["is_loopback", "listen", "run"]
+__all__ = ["build_server", "is_loopback", "listen", "run"]
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -46,13 +46,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def run(app: Any, sock: socket.socket, access_log: bool = False) -> None:
-    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM, then return normally (the socket is closed)."""
+def build_server(app: Any, access_log: bool = False, header_timeout_s: float = 10.0) -> Any:
+    """The uvicorn server :func:`run` uses: connections must send a complete request head within
+    ``header_timeout_s`` (:mod:`poster_fer.serve.protocol`); idle keep-alive connections close after 5 s."""
     import uvicorn
 
+    from .protocol import guarded_protocol
+
     config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
-                            lifespan="on", server_header=False, timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
+                            lifespan="on", server_header=False, timeout_graceful_shutdown=10,
+                            http=guarded_protocol(header_timeout_s) or "auto", timeout_keep_alive=5)
+    return uvicorn.Server(config)
+
+
+def run(app: Any, sock: socket.socket, access_log: bool = False, header_timeout_s: float = 10.0) -> None:
+    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM, then return normally (the socket is closed)."""
+    server = build_server(app, access_log, header_timeout_s)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it found;
     # no-op handlers make that a normal exit (status 0) instead of KeyboardInterrupt or death by SIGTERM.
     previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -35,8 +35,13 @@ class ServeSettings:
         workers: threads that decode images and detect faces (each with its own detector).
         api_key: when set, every ``/v1/*`` call must send it (``Authorization: Bearer`` or ``X-API-Key``).
         cors_origins: origins allowed to call the API from other web pages; empty: CORS off.
-        body_timeout_s: a client must deliver its whole body within this time (408 otherwise), so slow
-            senders cannot hold queue places forever.
+        body_timeout_s: a client must deliver its whole body within this time (408 otherwise).
+        max_uploads: bodies being received at once, over all clients (503 beyond). Bodies are read before a
+            request takes a place in the queue, so slow or stalled senders hold only upload places.
+        max_uploads_per_client: bodies being received at once from one client address (429 beyond), so one
+            client that stalls its uploads cannot take every upload place.
+        header_timeout_s: a connection must send a complete request head within this time of connecting (or of
+            its previous response), else it is closed (:mod:`poster_fer.serve.protocol`).
     """
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -49,16 +54,21 @@ class ServeSettings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = field(default=())
     body_timeout_s: float = 30.0
+    max_uploads: int = 64
+    max_uploads_per_client: int = 16
+    header_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_pixels", "max_faces", "max_batch", "max_queue", "workers"):
+        for name in ("max_body_bytes", "max_pixels", "max_faces", "max_batch", "max_queue", "workers",
+                     "max_uploads", "max_uploads_per_client"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= float(self.max_wait_ms) <= 10_000:
             raise ValueError(f"max_wait_ms must be between 0 and 10000, got {self.max_wait_ms!r}")
-        if not 0 < float(self.body_timeout_s) <= 3600:
-            raise ValueError(f"body_timeout_s must be in (0, 3600], got {self.body_timeout_s!r}")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not 0 < float(getattr(self, name)) <= 3600:
+                raise ValueError(f"{name} must be in (0, 3600], got {getattr(self, name)!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("api_key is empty; give a real key or None")
         object.__setattr__(self, "cors_origins", tuple(str(o) for o in self.cors_origins))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ _SUPPORTED_TEXT = "JPEG, PNG, WebP or BMP"
 FILE_FIELD = "file"
 MAX_PARTS = 8
 MAX_FIELD_BYTES = 1024
+MAX_BOUNDARY = 70
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ def _parse_multipart(body: bytes, boundary: str | None) -> Upload:
 
     if not boundary:
         raise ApiError(400, "bad_multipart", "multipart/form-data without a boundary parameter")
+    if len(boundary) > MAX_BOUNDARY or not boundary.isascii():  # RFC 2046: 1 to 70 ASCII characters
+        raise ApiError(400, "bad_multipart", f"the multipart boundary must be 1 to {MAX_BOUNDARY} ASCII characters "
+                       f"(got {len(boundary)})")
     if not body:
         raise ApiError(400, "empty_body", "the request body is empty; send the image in a form field named "
                        f"'{FILE_FIELD}'")
@@ -160,8 +165,11 @@ def _parse_multipart(body: bytes, boundary: str | None) -> Upload:
     image: bytes | None = None
     fields: dict[str, str] = {}
     names: list[str] = []
-    for part in parts:
+    for number, part in enumerate(parts, 1):
         disposition = part["headers"].get("content-disposition")
+        if not disposition:
+            raise ApiError(400, "bad_multipart", f"form part {number} has no Content-Disposition header, so it has "
+                           f"no field name; send the image as {FILE_FIELD}=@photo.jpg")
         _, opts = parse_options_header(disposition)
         name = opts.get(b"name", b"").decode("utf-8", "replace")
         names.append(name)
@@ -254,6 +262,7 @@ def decode_image(data: bytes, max_pixels: int, max_bytes: int | None = DEFAULT_M
 
 def _reason(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)  # Pillow's reprs name memory addresses: nothing for a client
     return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
 
 

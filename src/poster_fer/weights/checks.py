@@ -68,7 +68,7 @@ def check_metadata(meta: Any, source: str | Path, expected_format: str | None = 
     size = config.get("input_size")
     try:
         prep = Preprocessing.from_dict(prep_raw or {}, size if isinstance(size, int) else None)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError, KeyError) as err:  # OverflowError: int(inf) (found by fuzzing)
         raise _fail(source, "preprocessing", str(err)) from None
     if isinstance(size, int) and prep.input_size != size:
         raise _fail(source, "preprocessing.input_size", f"{prep.input_size} px, but the model (config.input_size) "

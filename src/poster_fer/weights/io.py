@@ -175,7 +175,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     try:
         model_cls = family_class(meta["family"])
         cfg = build_config(meta["family"], dict(meta["config"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{weights}: metadata field 'config': does not describe a buildable model "
                               f"({e.args[0] if e.args else e})") from None
     if len(meta["classes"]) != int(cfg.num_classes):
