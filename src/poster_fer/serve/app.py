@@ -192,16 +192,20 @@ class _Service:
         ema = self._latency_ema or 1.0
         return int(min(30, max(1, math.ceil(ema))))
 
-    @contextlib.contextmanager
-    def upload_place(self, client: str) -> Iterator[None]:
-        """Hold one of the upload places while a body arrives (refusing the request when there is none)."""
+    def upload_refusal(self, client: str) -> ApiError | None:
+        """Why ``client`` may not start another upload now (None: it may)."""
         s = self.settings
         if self.uploads_by_client.get(client, 0) >= s.max_uploads_per_client:
-            raise ApiError(429, "too_many_uploads", f"this client is already sending {s.max_uploads_per_client} "
-                           "uploads; wait for them to finish", headers={"Retry-After": str(self.retry_after())})
+            return ApiError(429, "too_many_uploads", f"this client is already sending {s.max_uploads_per_client} "
+                            "uploads; wait for them to finish", headers={"Retry-After": str(self.retry_after())})
         if self.uploads >= s.max_uploads:
-            raise ApiError(503, "busy", f"the server is receiving {self.uploads} uploads; retry shortly",
-                           headers={"Retry-After": str(self.retry_after())})
+            return ApiError(503, "busy", f"the server is receiving {self.uploads} uploads; retry shortly",
+                            headers={"Retry-After": str(self.retry_after())})
+        return None
+
+    @contextlib.contextmanager
+    def upload_place(self, client: str) -> Iterator[None]:
+        """Hold one of the upload places while a body arrives (call :meth:`upload_refusal` first)."""
         self.uploads += 1
         self.uploads_by_client[client] = self.uploads_by_client.get(client, 0) + 1
         try:
@@ -303,6 +307,9 @@ def _public_provenance(prov: Any) -> dict[str, Any] | None:
 def _looks_like_path(value: Any) -> bool:
     return isinstance(value, str) and (value.startswith(("/", "~", "\\")) or value[1:3] in (":\\", ":/"))
 
+
+#: How long an over-cap client waits for its 429 (see the predict handler).
+_REFUSAL_DELAY_S = 1.0
 
 #: After an image this large (decoded bytes) the freed memory is handed back to the system (see below).
 _TRIM_BYTES = 32 * 2**20
@@ -497,6 +504,13 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
         query = request.query_params.multi_items()
         options_from(query, (), settings.max_faces, can_detect)  # refuse bad options before reading the body
         client = request.client.host if request.client else "unknown"
+        refusal = service.upload_refusal(client)
+        if refusal is not None:
+            if refusal.status == 429:
+                # answered slowly: a client over its cap that reconnects at once would otherwise spin the server
+                # answering 429s; a second's wait costs an idle coroutine and caps that loop at 1/s per connection
+                await asyncio.sleep(_REFUSAL_DELAY_S)
+            raise refusal
         with service.upload_place(client):
             try:
                 body = await read_body(request.stream(), request.headers.get("content-length"),
