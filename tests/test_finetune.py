@@ -114,3 +114,51 @@ def test_compile_is_skipped_where_it_cannot_repay_itself():
     assert "steps cannot repay" in _compile_not_worth({"time_budget_min": None}, cpu, 500)
     assert _compile_not_worth({"time_budget_min": 110}, cpu, 10_000) is None
     assert _compile_not_worth({"time_budget_min": 3}, torch.device("meta"), 10) is None
+
+
+def test_freeze_epochs_train_only_the_head_first_then_everything(tmp_path, capsys):
+    """train.freeze_epochs=1: epoch 1 moves the head and nothing else, epoch 2 moves the backbone too."""
+    data = _faces(tmp_path / "faces", split_dirs=("train", "val"))
+    start = {n: p.detach().clone() for n, p in poster_fer.create_model(
+        poster_fer.DEFAULT_MODEL, pretrained=True).named_parameters()}
+
+    def changed(run):
+        got = dict(poster_fer.load_model(run / "best").named_parameters())
+        return {n.split(".")[0] for n, p in got.items() if n in start and p.shape == start[n].shape
+                and not torch.equal(p.detach(), start[n])}
+
+    common = ["train.max_steps_per_epoch=2", "train.progress=false", "train.threads=1", "train.freeze_epochs=1",
+              "train.epochs_from_budget=false"]
+
+    def train(run, epochs):
+        return main(["train", "--recipe", "finetune", "--data", str(data), "--out", str(run), *common,
+                     f"train.epochs={epochs}"])
+
+    one = tmp_path / "one"
+    assert train(one, 1) == 0
+    out = capsys.readouterr().out
+    assert "parameters frozen, training only head (train.freeze_epochs=1)" in out
+    assert changed(one) == set()  # happy and sad rows are carried over, pain is new: compared by shape only
+    head = poster_fer.load_model(one / "best").get_classifier().weight  # rows: happy, pain, sad
+    assert not torch.equal(head[[0, 2]], start["head.linear.weight"][[1, 3]])  # the carried-over rows moved
+    two = tmp_path / "two"
+    assert train(two, 2) == 0
+    assert "epoch 2: every trainable parameter trains" in capsys.readouterr().out
+    assert "face_back" in changed(two)
+
+
+def test_freezer_never_unfreezes_what_the_optimiser_does_not_own():
+    """The landmark network (frozen for good) stays frozen through freeze and unfreeze; bad prefixes are named."""
+    from poster_fer.training.optim import Freezer, build_optimizer
+
+    model = poster_fer.create_model("poster_v1_s", num_classes=3)
+    frozen_for_good = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen_for_good
+    opt = build_optimizer(model, {"name": "adamw", "lr": 1e-3})
+    f = Freezer(model, opt, 2, ["head"])
+    assert f.set_epoch(1) > 0
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.linear.weight", "head.linear.bias"}
+    assert f.set_epoch(3) == 0
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen_for_good
+    with pytest.raises(ValueError, match=r"no trainable parameter under \['hed'\]"):
+        Freezer(model, opt, 1, ["hed"])

@@ -166,6 +166,8 @@ def test_epoch_plan_uses_the_steady_second_half_rate():
     assert budget.plan_epochs(no_tail, 310.0, 40) == 4
     assert budget.plan_epochs(slow_start, 310.0, 5) == 5  # capped by train.epochs
     assert TimeBudget(None).plan_epochs(slow_start, 310.0, 40) == 40  # no budget: the recipe's epochs
+    # planned after epoch 3 (the first unfrozen one with train.freeze_epochs=2): 3 done + 6 more
+    assert budget.plan_epochs(slow_start, 310.0, 40, done=3) == 9
 
 
 def test_budget_stops_before_an_epoch_that_cannot_finish():

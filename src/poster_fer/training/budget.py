@@ -65,8 +65,9 @@ class TimeBudget:
         if self.seconds is not None:
             self.reserve = val_seconds * (n_test / max(1, n_val)) * 1.3 + 10.0
 
-    def plan_epochs(self, stats: dict[str, Any], epoch_s: float, max_epochs: int) -> int:
-        """How many epochs fit the budget, from epoch 1's time at its steady rate (at most ``max_epochs``).
+    def plan_epochs(self, stats: dict[str, Any], epoch_s: float, max_epochs: int, done: int = 1) -> int:
+        """How many epochs fit the budget, from the time of epoch ``done`` (the first, or the first after the
+        frozen ones: see ``train.freeze_epochs``) at its steady rate (at most ``max_epochs``).
 
         The rate is that of the epoch's second half when there is one (warm-up, recompilation and allocator
         growth need not end with the first step); else the epoch with its first step replaced by an average one.
@@ -83,4 +84,4 @@ class TimeBudget:
         epoch_s = float(epoch_s) - float(stats["seconds"]) + train_s
         left = self.seconds - self.reserve - self.elapsed()
         more = int(max(0.0, left) / (epoch_s * 1.03))
-        return max(1, min(max_epochs, 1 + more))
+        return max(done, min(max_epochs, done + more))

@@ -164,6 +164,51 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
     return cls(groups, **kwargs)
 
 
+class Freezer:
+    """Trains only some of the optimiser's parameters for the first epochs (``train.freeze_epochs``).
+
+    Why: fine-tuning a pretrained network on a few hundred images is commonly done in two phases, a new head
+    trained on frozen features first (a gradient into the backbone from a random head is noise), then everything.
+    The alternative is layer-wise learning rates from the start (the ``finetune`` recipe's ``lr_mult``);
+    docs/training.md records which one won here. Frozen parameters get ``requires_grad = False``, so their
+    backward pass is not computed at all (faster epochs on a CPU) and the optimiser, which skips parameters
+    without gradients, neither moves them nor decays them. The optimiser's own parameter list is the source of
+    truth for what is trainable, so a network frozen for good (the landmark stream) is never switched on. Batch
+    norm statistics of frozen layers still follow the new data (the layers stay in training mode).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
+                 train: list[str] | tuple[str, ...] = ("head",)) -> None:
+        self.epochs = int(epochs)
+        if self.epochs < 0:
+            raise ValueError(f"train.freeze_epochs must be >= 0, got {epochs}")
+        keep = [str(k) for k in train]
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        named = [(n, p) for n, p in model.named_parameters() if id(p) in owned]
+        self.params = [p for _, p in named]
+        self.frozen = [p for n, p in named if not any(n == k or n.startswith(k + ".") for k in keep)]
+        if self.epochs:
+            unmatched = [k for k in keep if not any(n == k or n.startswith(k + ".") for n, _ in named)]
+            if unmatched:
+                raise ValueError(f"train.freeze_except: no trainable parameter under {unmatched}")
+            if len(self.frozen) == len(self.params):
+                raise ValueError("train.freeze_except names nothing trainable: every parameter would be frozen")
+
+    def frozen_in(self, epoch: int) -> bool:
+        return epoch <= self.epochs
+
+    def set_epoch(self, epoch: int) -> int:
+        """Freeze or unfreeze for ``epoch`` (1-based); returns how many parameter values are frozen now."""
+        frozen = self.frozen_in(epoch)
+        for p in self.params:
+            p.requires_grad_(True)
+        if frozen:
+            for p in self.frozen:
+                p.requires_grad_(False)
+                p.grad = None
+        return sum(p.numel() for p in self.frozen) if frozen else 0
+
+
 class StepSchedule:
     """Sets every group's ``lr`` to ``base_lr * factor(step)``, stepped once per optimiser step.
 

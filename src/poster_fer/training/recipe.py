@@ -78,6 +78,8 @@ DEFAULTS: dict[str, Any] = {
         "tensorboard": False,
         "max_steps_per_epoch": None,
         "stop_after_epoch": None,
+        "freeze_epochs": 0,
+        "freeze_except": ["head"],
         "deterministic": False,
     },
 }

@@ -47,7 +47,7 @@ from .engine import ModelEma, NonFiniteLossError, train_one_epoch
 from .landmark_cache import LandmarkCache, load_or_build
 from .loaders import TrainingData, build_training_data, load_splits
 from .losses import build_loss
-from .optim import build_optimizer, build_schedule
+from .optim import Freezer, build_optimizer, build_schedule
 from .recipe import load_recipe
 from .state import TrainState
 
@@ -398,6 +398,10 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
 
     criterion = build_loss(recipe["loss"])
     optimizer = build_optimizer(model, recipe["optimizer"])
+    freezer = Freezer(model, optimizer, int(tr.get("freeze_epochs") or 0), list(tr.get("freeze_except") or ["head"]))
+    if freezer.epochs and env.distributed:
+        raise ValueError("train.freeze_epochs is not supported with DDP (its gradient buckets are fixed when it "
+                         "wraps the model); train on one process or use optimizer.lr_mult instead")
     steps_per_epoch = len(data.loaders["train"])
     if tr.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(tr["max_steps_per_epoch"]))
@@ -454,6 +458,11 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         loader = data.loaders["train"]
         if getattr(loader, "generator", None) is not None:
             loader.generator.manual_seed(es)
+        frozen = freezer.set_epoch(epoch)
+        if freezer.epochs and (epoch == start_epoch or epoch in (1, freezer.epochs + 1)):
+            say(f"[train] epoch {epoch}: " + (f"{frozen:,} parameters frozen, training only "
+                f"{', '.join(tr.get('freeze_except') or ['head'])} (train.freeze_epochs={freezer.epochs})"
+                if frozen else "every trainable parameter trains"))
         deadline = budget.deadline()
         try:
             stats = train_one_epoch(
@@ -495,8 +504,10 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         if main:
             if improved:
                 _save_best(run, eval_model, epoch, vm)
-            if epoch == 1 and tr.get("epochs_from_budget") and budget.limited and start_epoch == 1:
-                ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], epochs)
+            # planned from the first epoch that trains everything: frozen epochs are faster than the rest
+            plan_at = freezer.epochs + 1
+            if epoch == plan_at and tr.get("epochs_from_budget") and budget.limited and start_epoch <= plan_at:
+                ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], epochs, done=epoch)
         ts.planned_epochs = int(broadcast_object(ts.planned_epochs, env))
         replanned = ts.planned_epochs != schedule.total_steps // steps_per_epoch
         if replanned:
@@ -516,7 +527,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         if replanned:
             minutes = (budget.seconds or 0.0) / 60
             say(f"[budget] {ts.planned_epochs} epochs fit the {minutes:g}-minute budget (the schedule now ends "
-                f"there; epoch 1 took {row['epoch_s']:.0f}s)")
+                f"there; epoch {epoch} took {row['epoch_s']:.0f}s)")
             log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": minutes})
         barrier(env)
         if stats["stopped"]:
@@ -528,6 +539,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             return FitResult(run_dir, {}, ts.history)
         epoch += 1
 
+    freezer.set_epoch(freezer.epochs + 1)  # the returned model is whole again, whatever the schedule did
     if stopped:
         say(f"[train] {stopped}")
         log({"type": "stopped", "reason": stopped})
