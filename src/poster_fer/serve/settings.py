@@ -30,8 +30,9 @@ class ServeSettings:
         max_faces: most faces returned per image, and the largest value the ``max_faces`` option accepts.
         max_batch: most faces per forward pass of the model.
         max_wait_ms: how long a batch waits for requests that are still being decoded or detected.
-        max_queue: most requests in the service at once (reading, detecting, waiting, classifying); the next
-            one gets 503 with ``Retry-After`` instead of piling up.
+        max_queue: most requests in the service at once once their bodies have arrived (decoding, detecting,
+            waiting, classifying); the next one gets 503 with ``Retry-After`` instead of piling up. Bodies are
+            read before, in an upload place (``max_uploads_per_client`` per address, ``max_uploads`` in all).
         workers: threads that decode images and detect faces (each with its own detector).
         api_key: when set, every ``/v1/*`` call must send it (``Authorization: Bearer`` or ``X-API-Key``).
         cors_origins: origins allowed to call the API from other web pages; empty: CORS off.
