@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -93,3 +94,17 @@ def test_convert_errors(tmp_path, capsys):
     assert "which dataset's class order" in capsys.readouterr().err  # no record for a tiny head: never guessed
     assert main(["convert", str(path), str(tmp_path / "o"), "--model", "poster_v1_tiny", "--non-strict",
                  "--classes", *_CLASS_NAMES[7]]) == 0
+
+
+def test_every_command_with_a_device_defaults_to_auto():
+    """One rule in every command: --device auto (the GPU when PyTorch sees one), never a silent CPU default."""
+    from poster_fer.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    with_device = {}
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if "--device" in action.option_strings:
+                with_device[name] = action.default
+    assert {"predict", "serve", "eval", "explain"} <= set(with_device)
+    assert set(with_device.values()) == {"auto"}, with_device

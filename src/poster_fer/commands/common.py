@@ -9,7 +9,14 @@ from typing import Any
 
 from ..constants import OFFICIAL_SUFFIXES
 
-__all__ = ["add_weights_arguments", "command_line", "load_weights", "output_dir", "output_file", "weights_path"]
+__all__ = ["add_device_argument", "add_weights_arguments", "command_line", "load_weights", "output_dir", "output_file",
+           "weights_path"]
+
+
+def add_device_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device``, the same default and words in every command: auto, the GPU when PyTorch sees one."""
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (default auto: the GPU when PyTorch sees one, else the CPU)")
 
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import add_weights_arguments, command_line, load_weights
+from .common import add_device_argument, add_weights_arguments, command_line, load_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--geometry", help="crop geometry name when the checkpoint records none (default: rafdb)")
     p.add_argument("--all-faces", action="store_true", help="explain every detected face, not just the largest")
     p.add_argument("--class", dest="target", metavar="NAME", help="explain this class instead of the prediction")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             shown = np.asarray(Image.fromarray(face.crop).resize((size, size), Image.BILINEAR))
             figure = explain_figure(shown, maps, 0, classes, out / f"{stem}_explain.png", title=f"{name}: {stem}")
             probs = maps["probs"][0]
-            record = face.to_dict()
+            record = face.to_record()  # the documented record keys ("scores")
             record.update({
                 "image": str(pred.key), "figure": str(figure), "target": classes[int(maps["target"][0])],
                 "maps": {s: None if maps[s] is None else {"method": maps[f"{s}_method"],

@@ -3,8 +3,8 @@
 Each input is handled on its own: a file that cannot be read, a truncated video or an image without a face
 is reported (as a record with ``status`` "error" / "no_face" and in the summary on stderr) and the run goes
 on. Exit status: 0 when every input was processed, 1 when any failed, 2 for a problem with the command itself
-(bad weights, missing detector model, nothing to process). The work itself is the library's
-:func:`poster_fer.inference.job.run_job`; this module only turns arguments into its options.
+(bad weights, missing detector model, nothing to process, a ``--webcam`` that cannot be opened). The work itself
+is the library's :func:`poster_fer.inference.job.run_job`; this module only turns arguments into its options.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..faces.io import DEFAULT_MAX_PIXELS
     from ..hub import DEFAULT_MODEL
     from ..options import arg, check_detect_size, check_limit, count_arg, probability_arg
+    from .common import add_device_argument
 
     p = sub.add_parser(
         "predict", help=f"detect faces in images/videos/webcam and predict their expressions (default model: "
@@ -44,14 +45,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="official .pth: channel order its weights expect (default: BGR for poster_v1, else RGB)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    add_device_argument(p)
     p.add_argument("--batch-size", type=count_arg("--batch-size"), default=32,
                    help="faces per forward pass (default 32)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write annotated images/videos (box, label, probability bars) here")
+    p.add_argument("--draw", choices=("auto", "label", "bars", "none"), default="auto",
+                   help="what --out draws per face: label (box + caption), bars (also a probability panel where "
+                   "it covers no other face), none (boxes only), auto (default: bars up to 4 faces, else label)")
     p.add_argument("--save-crops", action="store_true", help="also save each aligned crop under DIR/crops")
-    p.add_argument("--output", type=Path, default=None, metavar="FILE", help="records to FILE instead of stdout")
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="record format (default jsonl)")
+    p.add_argument("--output", type=Path, default=None, metavar="FILE",
+                   help="records to FILE instead of stdout, in the format its extension names: .jsonl (JSON lines), "
+                   ".json (one JSON array) or .csv")
+    p.add_argument("--format", choices=("jsonl", "json", "csv"), default=None,
+                   help="record format: jsonl (default on stdout), json or csv; with --output it must agree with the "
+                   "file's extension, and is needed only for other extensions")
     det = p.add_argument_group("faces")
     det.add_argument("--detector", choices=("yunet", "haar"), default="yunet",
                      help="yunet (default; boxes + 5 landmarks) or haar (weaker fallback, no download)")
@@ -87,18 +95,25 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..inference import InferenceError, Recognizer, RecordWriter, collect_sources
     from ..inference.job import JobOptions, JobStats, run_job
+    from ..inference.sources import CameraError, camera_problem
     from .common import output_dir, output_file
 
     if not args.paths and args.webcam is None:
         raise UserError("give at least one PATH or --webcam INDEX")
+    if args.webcam is not None:  # no camera: say why now, before seconds of model loading
+        problem = camera_problem(args.webcam)
+        if problem:
+            raise UserError(problem)
     if args.save_crops and args.out is None:
         raise UserError("--save-crops needs --out DIR")
     if args.out is not None:
         output_dir(args.out, "--out")
     if args.output is not None:
         output_file(args.output, "--output")
+    fmt = record_format(args.output, args.format)
     options = JobOptions(out=args.out, save_crops=args.save_crops, detect=not args.no_detect, every=args.every,
-                         max_frames=args.max_frames, ema=args.ema, progress=False if args.no_progress else None)
+                         max_frames=args.max_frames, ema=args.ema, progress=False if args.no_progress else None,
+                         draw=args.draw)
     sources, skipped = collect_sources(args.paths, args.webcam)
     if not sources:
         raise UserError(f"no images or videos found in {', '.join(args.paths)}"
@@ -118,11 +133,18 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         out_stream = open(args.output, "w", encoding="utf-8", newline="")
     try:
-        run_job(rec, sources, RecordWriter(out_stream, args.format, rec.classes), options, stats)
+        writer = RecordWriter(out_stream, fmt, rec.classes)  # in the try: the CSV header can meet a closed pipe
+        try:
+            run_job(rec, sources, writer, options, stats)
+        finally:  # also after Ctrl-C: a .json file still ends its array
+            with contextlib.suppress(BrokenPipeError):
+                writer.close()
     except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
         with contextlib.suppress(OSError, ValueError):  # keep Python's exit-time flush from failing again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except CameraError as err:  # a camera that looked present but did not open (busy, not a capture node)
+        raise UserError(str(err)) from None
     except OSError as err:
         if out_stream is sys.stdout:
             raise
@@ -137,3 +159,24 @@ def run(args: argparse.Namespace) -> int:
     print("poster-fer predict: " + "\n".join(report), file=sys.stderr)
     failed = bool(stats.failures) or (args.require_face and bool(stats.no_face))
     return 1 if failed else 0
+
+
+def record_format(output: Path | None, fmt: str | None) -> str:
+    """The record format: ``--output``'s extension decides (.jsonl, .json, .csv); ``--format`` may repeat it,
+    or name the format of a file whose extension says nothing, but never contradict it (a results.csv full of
+    JSON lines is worse than an error). Without ``--output``: ``--format``, else JSON lines."""
+    from ..cli import UserError
+    from ..inference.records import EXTENSION_FORMATS, format_for_path
+
+    if output is None:
+        return fmt or "jsonl"
+    by_name = format_for_path(output)
+    accepted = ", ".join(EXTENSION_FORMATS)
+    if by_name is None and fmt is None:
+        ext = f"extension {output.suffix!r}" if output.suffix else "no extension"
+        raise UserError(f"--output {output}: {ext} does not say which record format to write; name the file with "
+                        f"one of {accepted}, or give --format jsonl|json|csv")
+    if by_name is not None and fmt is not None and fmt != by_name:
+        raise UserError(f"--output {output} names a .{output.suffix.lower().lstrip('.')} file but --format is "
+                        f"{fmt}; drop --format (the extension decides) or name the file *.{fmt}")
+    return by_name if by_name is not None else str(fmt)

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..hub import DEFAULT_MODEL
     from ..options import arg, check_detect_size, count_arg, probability_arg
     from ..serve.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
+    from .common import add_device_argument
 
     p = sub.add_parser(
         "serve", help=f"HTTP API + web page (photo or webcam) for a model (default: {DEFAULT_MODEL})",
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None, help="official .pth: channel order")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
                    help="default: onnxruntime for .onnx files, torch otherwise")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    add_device_argument(p)
     p.add_argument("--threads", type=count_arg("--threads"), default=None,
                    help="PyTorch intra-op threads for the model (default: PyTorch's default, one per core)")
     net = p.add_argument_group("network")

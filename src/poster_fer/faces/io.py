@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["DEFAULT_MAX_DECODED_BYTES", "DEFAULT_MAX_PIXELS", "ImageLoadError", "check_decoded_size",
-           "decoded_bytes", "load_image", "to_rgb_array"]
+__all__ = ["CHANNEL_ORDERS", "DEFAULT_MAX_DECODED_BYTES", "DEFAULT_MAX_PIXELS", "ImageLoadError", "check_channels",
+           "check_decoded_size", "decoded_bytes", "load_image", "to_rgb_array"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,23 @@ def check_decoded_size(name: str, mode: str, width: int, height: int, max_pixels
                              f"the budget of {max_bytes / 2**20:.0f} MiB")
 
 
+#: Channel orders a numpy array input may be in: ``"rgb"`` (Pillow, matplotlib, imageio) or ``"bgr"`` (OpenCV).
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def check_channels(channels: str) -> str:
+    """``channels`` in lower case, or ValueError naming the option.
+
+    Why an option and not a guess: an OpenCV frame and an RGB photo have the same shape and dtype, and no
+    statistic of the pixels tells them apart reliably, so the caller says which one it has.
+    """
+    value = channels.lower() if isinstance(channels, str) else channels
+    if value not in CHANNEL_ORDERS:
+        raise ValueError(f"channels must be 'rgb' or 'bgr' (the channel order of numpy array images; OpenCV's "
+                         f"cv2.imread and VideoCapture give 'bgr'), got {channels!r}")
+    return value
+
+
 def load_image(
     path: str | os.PathLike[str],
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -101,15 +118,19 @@ def to_rgb_array(
     image: Image.Image | np.ndarray,
     background: tuple[int, int, int] = _WHITE,
     apply_exif: bool = True,
+    channels: str = "rgb",
 ) -> np.ndarray:
     """Normalise an in-memory image (PIL image or array) to RGB uint8 ``(h, w, 3)`` for the Python API.
 
-    Arrays are taken as RGB(A) in channel-last layout: grey ``(h, w)`` or ``(h, w, 1)``, RGB ``(h, w, 3)``
-    or RGBA ``(h, w, 4)``. OpenCV's BGR arrays must be flipped by the caller (``bgr[..., ::-1]``); the
-    channel order cannot be guessed. uint8 is used as is, uint16 is scaled by 1/257, floats are read as
-    ``[0, 1]`` when their maximum is at most 1 and as ``[0, 255]`` otherwise. PIL images get their EXIF
-    orientation applied unless ``apply_exif`` is false.
+    Arrays are read in channel-last layout: grey ``(h, w)`` or ``(h, w, 1)``, colour ``(h, w, 3)`` or with
+    alpha ``(h, w, 4)``. Their channel order is ``channels``: ``"rgb"`` (the default: RGB / RGBA) or ``"bgr"``
+    for OpenCV arrays (BGR / BGRA, as ``cv2.imread`` and ``cv2.VideoCapture`` give them); the order cannot be
+    detected from the pixels, so an OpenCV array passed with the default gets red and blue swapped. Grey arrays
+    and PIL images (which know their mode) ignore ``channels``; a value other than these two raises ValueError.
+    uint8 is used as is, uint16 is scaled by 1/257, floats are read as ``[0, 1]`` when their maximum is at most 1
+    and as ``[0, 255]`` otherwise. PIL images get their EXIF orientation applied unless ``apply_exif`` is false.
     """
+    bgr = check_channels(channels) == "bgr"
     if isinstance(image, Image.Image):
         im = _upright(image, None) if apply_exif else image
         return _pil_to_rgb(im, background)
@@ -123,6 +144,10 @@ def to_rgb_array(
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"expected an image array of shape (h, w), (h, w, 1|3|4); got {image.shape}")
     arr8 = _to_uint8(arr)
+    if bgr and arr8.shape[-1] == 3:
+        arr8 = arr8[..., ::-1]
+    elif bgr and arr8.shape[-1] == 4:  # BGRA -> RGBA: alpha stays last
+        arr8 = arr8[..., [2, 1, 0, 3]]
     if arr8.shape[-1] == 1:
         arr8 = np.repeat(arr8, 3, axis=-1)
     elif arr8.shape[-1] == 4:

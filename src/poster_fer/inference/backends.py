@@ -85,7 +85,7 @@ class TorchBackend:
     through the exact fast paths of :mod:`poster_fer.fastpath` (``self.net``; ``self.model`` is the original).
     """
 
-    def __init__(self, model: Any, device: str = "cpu", autocast: str | None = None,
+    def __init__(self, model: Any, device: str = "auto", autocast: str | None = None,
                  fused_attention: bool = True, fast: bool = True) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -134,7 +134,7 @@ class OnnxBackend:
     :class:`TorchBackend` does for the checkpoint it was exported from.
     """
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "cpu") -> None:
+    def __init__(self, path: str | os.PathLike[str], device: str = "auto") -> None:
         try:
             from ..export import OnnxRuntimeModel
         except ImportError as err:
@@ -168,7 +168,7 @@ class OnnxBackend:
 def load_backend(
     path: str | os.PathLike[str],
     backend: str = "torch",
-    device: str = "cpu",
+    device: str = "auto",
     model: str | None = None,
     num_classes: int | None = None,
     classes: list[str] | None = None,

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..options import check_count, check_probability
-from .annotate import draw_predictions
+from .annotate import check_draw, draw_predictions
 from .records import RecordWriter, error_record, face_record, no_face_record
-from .sources import Source, VideoError, VideoReader
+from .sources import CameraError, Source, VideoError, VideoReader
+from .summary import VideoTimeline, summary_line
 from .tracking import IoUTracker
+from .video_out import AnnotatedVideo
 
 __all__ = ["JobOptions", "JobStats", "run_job"]
 
@@ -41,11 +43,13 @@ class JobOptions:
     max_frames: int | None = None  # videos: stop after this many frames
     ema: float = 0.5  # videos: weight of the newest frame in each track's moving average
     progress: bool | None = None  # None: a progress bar only when stderr is a terminal
+    draw: str = "auto"  # annotated copies: auto, label, bars or none (see inference.annotate.DRAW_MODES)
 
     def __post_init__(self) -> None:
         self.every = check_count("every", self.every)
         self.max_frames = check_count("max_frames", self.max_frames, optional=True)
         self.ema = check_probability("ema", self.ema, high_open=False)
+        self.draw = check_draw(self.draw)
         if self.save_crops and self.out is None:
             raise ValueError("save_crops needs an output folder")
 
@@ -56,20 +60,23 @@ class JobStats:
 
     images: int = 0
     videos: int = 0
+    cameras: int = 0  # webcams read (counted once opened; one that cannot be opened raises CameraError)
     frames: int = 0
     faces: int = 0
     dropped: int = 0  # detections thrown out as impossible faces (non-finite, empty or off-image boxes)
     no_face: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # per video, inference.summary's dictionary
 
     def fail(self, name: str, reason: str) -> None:
         self.failures.append((name, reason))
 
     def report(self, skipped: list[Path] | None = None, list_no_face: bool = False) -> list[str]:
         """The summary a person reads after the run: one count line, then what failed (and was skipped)."""
-        parts = [_plural(self.images, "image")] if self.images or not self.videos else []
-        if self.videos:
-            parts.append(f"{_plural(self.videos, 'video')} ({self.frames} frames)")
+        streams = [_plural(n, word) for n, word in ((self.videos, "video"), (self.cameras, "camera")) if n]
+        parts = [_plural(self.images, "image")] if self.images or not streams else []
+        if streams:
+            parts.append(f"{', '.join(streams)} ({self.frames} frames)")
         line = f"processed {', '.join(parts)}; {_plural(self.faces, 'face')}"
         if self.no_face:
             line += f"; {_plural(len(self.no_face), 'input')} without a face"
@@ -86,6 +93,7 @@ class JobStats:
             eg = ", ".join(str(p) for p in skipped[:3])
             lines.append(f"  skipped {_plural(len(skipped), 'file')} in directories that are neither images nor "
                          f"videos (e.g. {eg})")
+        lines += [f"  {summary_line(s)}" for s in self.summaries]  # what each video amounts to, last
         return lines
 
 
@@ -93,7 +101,9 @@ def run_job(rec: Any, sources: list[Source], writer: RecordWriter, options: JobO
             stats: JobStats | None = None) -> JobStats:
     """Label every source with ``rec`` (a :class:`~poster_fer.inference.Recognizer`), writing one record per face
     (or per faceless / failed input) to ``writer``. Consecutive images are batched together; each video runs
-    with its own tracker. ``stats`` may be passed in so a caller that is interrupted still holds the counts."""
+    with its own tracker. ``stats`` may be passed in so a caller that is interrupted still holds the counts.
+    A webcam that cannot be opened raises :class:`~poster_fer.inference.sources.CameraError` (a setup problem,
+    not a failed input: ``poster-fer predict`` exits 2 on it)."""
     job = _Job(rec, writer, options or JobOptions(), stats or JobStats())
     for kind, group in itertools.groupby(sources, key=lambda s: s.kind):
         if kind == "image":
@@ -188,25 +198,42 @@ class _Job:
                     suffix = rel.suffix.lower() if rel.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
                     try:
                         self._save_rgb(self._not_the_input(self.out / rel.with_suffix(suffix), src),
-                                       draw_predictions(pred.image, pred.faces, self.rec.classes))
+                                       draw_predictions(pred.image, pred.faces, self.rec.classes,
+                                                        draw=self.opt.draw))
                     except OSError as err:
                         self.stats.fail(src.name, f"annotated image not written ({err})")
 
+    def _count_stream(self, src: Source) -> None:
+        if src.kind == "webcam":
+            self.stats.cameras += 1
+        else:
+            self.stats.videos += 1
+
     def video(self, src: Source) -> None:
         opt = self.opt
-        self.stats.videos += 1
         try:
             reader = VideoReader(src.index if src.kind == "webcam" else src.path, every=opt.every,
                                  max_frames=opt.max_frames, max_pixels=self.rec.max_pixels)
+        except CameraError:  # no camera: the command cannot do what was asked, so no record and no count
+            raise
         except VideoError as err:
+            self._count_stream(src)
             self.stats.fail(src.name, str(err))
             self.writer.write(error_record(src.name, str(err)))
             return
+        self._count_stream(src)
         tracker = IoUTracker(alpha=opt.ema, max_age=max(10, 3 * opt.every))
         sink = None
-        if self.out is not None:
-            sink = _VideoSink(self._not_the_input(self.out / src.rel.with_suffix(".mp4"), src), reader.fps,
-                              opt.every)
+        if self.out is not None:  # H.264 with the source's sound where PyAV is installed (inference.video_out)
+            sink = AnnotatedVideo(self._not_the_input(self.out / src.rel.with_suffix(".mp4"), src), reader.fps,
+                                  opt.every, audio_from=src.path)
+        timeline = VideoTimeline(src.name, self.rec.classes, fps=reader.fps, every=opt.every,
+                                 table=None if sink is None else sink.path.with_suffix(".frames.csv"))
+
+        def write(record: dict[str, Any]) -> None:  # this video's records also feed its summary and table
+            self.writer.write(record)
+            timeline.add(record)
+
         fps = reader.fps
         frames_seen = 0
         bar = self._progress(reader.expected_frames, "frame", Path(src.name).name)
@@ -220,29 +247,30 @@ class _Job:
                     if pred.error is not None:  # a frame the pipeline rejected: report it, keep going
                         reason = _reason(pred.error, src.name)
                         self.stats.fail(f"{src.name} frame {idx}", reason)
-                        self.writer.write(error_record(src.name, reason, frame=idx, time=t))
+                        write(error_record(src.name, reason, frame=idx, time=t))
                         continue
                     self.stats.dropped += pred.dropped
                     smoothed = tracker.update(idx, [f.box for f in pred.faces],
                                               [list(f.probabilities.values()) for f in pred.faces])
                     if not pred.faces:
-                        self.writer.write(no_face_record(src.name, frame=idx, time=t, dropped=pred.dropped))
+                        write(no_face_record(src.name, frame=idx, time=t, dropped=pred.dropped))
                     for i, (face, (tid, probs)) in enumerate(zip(pred.faces, smoothed, strict=True)):
                         scores = dict(zip(self.rec.classes, (float(p) for p in probs), strict=True))
                         crop = self._save_crop(face, src.rel, f"f{idx:06d}_t{tid}")
-                        self.writer.write(face_record(src.name, i, face, frame=idx, time=t, track=tid,
-                                                      scores=scores, crop=crop))
+                        write(face_record(src.name, i, face, frame=idx, time=t, track=tid, scores=scores,
+                                          crop=crop))
                         self.stats.faces += 1
                         face.probabilities, face.label = scores, max(scores, key=scores.__getitem__)
                     if sink is not None:
                         sink.write(draw_predictions(pred.image, pred.faces, self.rec.classes,
-                                                    [tid for tid, _ in smoothed]))
+                                                    [tid for tid, _ in smoothed], draw=opt.draw))
         except KeyboardInterrupt:  # Ctrl-C ends a webcam session normally; anywhere else it stops the run
             if src.kind != "webcam":
                 raise
         finally:
             if sink is not None:
                 sink.close()
+            timeline.close()
         self.stats.frames += frames_seen
         if sink is not None and sink.error:
             self.stats.fail(src.name, sink.error)
@@ -254,36 +282,20 @@ class _Job:
             reason = (f"{src.name}: video ended early: decoding stopped after {reader.frames_read} of the "
                       f"{reader.frame_count} frames its header announces (truncated or damaged file)")
             self.stats.fail(src.name, reason)
-            self.writer.write(error_record(src.name, reason, frame=reader.frames_read))
+            write(error_record(src.name, reason, frame=reader.frames_read))
         elif frames_seen and not tracker.total_tracks:
             self.stats.no_face.append(src.name)
+        if frames_seen:
+            self._summarize(src, timeline, sink)
 
-
-class _VideoSink:
-    """Annotated video writer, opened on the first frame (mp4v in .mp4, falling back to MJPG in .avi)."""
-
-    def __init__(self, path: Path, fps: float | None, every: int) -> None:
-        self.path, self.fps = path, (fps or 25.0) / every
-        self._writer: Any = None
-        self.error: str | None = None
-
-    def write(self, rgb: Any) -> None:
-        import cv2
-
-        if self.error:
-            return
-        if self._writer is None:
-            h, w = rgb.shape[:2]
-            for fourcc, path in (("mp4v", self.path), ("MJPG", self.path.with_suffix(".avi"))):
-                writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
-                if writer.isOpened():
-                    self._writer, self.path = writer, path
-                    break
-            else:
-                self.error = f"cannot open a video writer for {self.path} (no mp4v or MJPG encoder)"
-                return
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
+    def _summarize(self, src: Source, timeline: VideoTimeline, sink: AnnotatedVideo | None) -> None:
+        """Keep the video's summary for the report; with ``--out`` write it and its timeline beside the video."""
+        summary = timeline.summary()
+        self.stats.summaries.append(summary)
+        if timeline.error:
+            self.stats.fail(src.name, timeline.error)
+        if sink is not None:
+            try:
+                timeline.save(sink.path, summary)
+            except OSError as err:
+                self.stats.fail(src.name, f"summary not written ({err.strerror or err})")

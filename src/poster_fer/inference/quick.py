@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ..faces.io import check_channels
 from .recognizer import FaceResult, ImageLike, Recognizer
 
 _lock = threading.Lock()
@@ -26,10 +27,14 @@ def default_recognizer() -> Recognizer:
         return _default
 
 
-def predict(images: ImageLike | Sequence[ImageLike], **kwargs: Any) -> list[FaceResult] | list[list[FaceResult]]:
-    """Label every face in a photo (path, PIL image or RGB array) or a list of them with the default model.
+def predict(images: ImageLike | Sequence[ImageLike], *, channels: str = "rgb",
+            **kwargs: Any) -> list[FaceResult] | list[list[FaceResult]]:
+    """Label every face in a photo (path, PIL image or numpy array) or a list of them with the default model.
 
-    Keyword arguments go to :meth:`Recognizer.predict` (``detect=False`` for an image that is already a face
-    crop, ``return_crops=True``). For other checkpoints, devices or detectors build a :class:`Recognizer`.
+    Numpy arrays are read as RGB(A) unless ``channels="bgr"``: pass that for OpenCV arrays (``cv2.imread``,
+    ``VideoCapture`` frames), whose order cannot be detected from the pixels. Paths and PIL images ignore it.
+    Other keyword arguments go to :meth:`Recognizer.predict` (``detect=False`` for an image that is already a
+    face crop, ``return_crops=True``). For other checkpoints, devices or detectors build a :class:`Recognizer`.
     """
-    return default_recognizer().predict(images, **kwargs)
+    check_channels(channels)  # before the first call builds the model
+    return default_recognizer().predict(images, channels=channels, **kwargs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from ..faces import (
     load_image,
     to_rgb_array,
 )
+from ..faces.io import check_channels
 from ..hub import resolve_weights
 from ..options import check_count, check_detect_size, check_limit, check_probability
 from ..probabilities import softmax
@@ -52,7 +54,11 @@ MIN_DETECT_SIZE = 320
 _INPUT_ERRORS = (ValueError, TypeError, OSError, cv2.error)
 
 
-@dataclass(eq=False)
+#: Probabilities a short repr lists (the most likely first).
+REPR_TOP = 3
+
+
+@dataclass(eq=False, repr=False)
 class FaceResult:
     """One face: where it is, what the detector thought, and the class probabilities.
 
@@ -60,6 +66,12 @@ class FaceResult:
     :data:`poster_fer.faces.LANDMARK_NAMES`). For inputs given as ready crops (``detect=False``) the box is the
     whole image and ``landmarks``/``score`` are None. ``crop`` is the aligned crop as the model saw it
     (before the resize to ``input_size``), kept only when asked for.
+
+    ``label``, ``confidence`` and ``probabilities`` (``{class: p}`` in the model's class order) are the canonical
+    names. For people coming from fer/deepface there are read-only conveniences over them: :attr:`top_emotion`
+    (``(label, probability)``, fer's ``top_emotion``), :attr:`emotions` (the same dict as ``probabilities``,
+    fer's ``"emotions"`` key) and :meth:`top` (the k most likely classes). Class names are the model's own (the
+    default model's FER+ names: ``happiness``, not fer's ``happy``). The repr is one short line, rounded.
     """
 
     box: tuple[float, float, float, float]
@@ -75,8 +87,38 @@ class FaceResult:
         """Probability of the predicted label."""
         return self.probabilities[self.label]
 
+    @property
+    def top_emotion(self) -> tuple[str, float]:
+        """``(label, probability)`` of the predicted class, as fer's ``top_emotion`` returns it."""
+        return self.label, float(self.confidence)
+
+    @property
+    def emotions(self) -> dict[str, float]:
+        """Alias of :attr:`probabilities` (the same dict), under the name fer's results use."""
+        return self.probabilities
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most likely classes as ``(class, probability)``, most likely first."""
+        ranked = sorted(self.probabilities.items(), key=lambda kv: kv[1], reverse=True)
+        return [(c, float(p)) for c, p in ranked[:max(0, int(k))]]
+
     def to_dict(self, decimals: int = 4) -> dict[str, Any]:
-        """JSON-ready record (no crop): box, landmarks, detector score, label, per-class probabilities."""
+        """JSON-ready dict (no crop) named like the attributes: box, landmarks, landmarks_estimated, score, label,
+        confidence, probabilities.
+
+        Why two methods: the records of ``poster-fer predict`` (JSON lines / CSV), the HTTP API and
+        ``poster-fer explain`` document this dict's probabilities under the key ``scores``, and scripts parse
+        them; renaming that wire key would break them without a gain. So the wire schema keeps ``scores``
+        (:meth:`to_record`), while this dict, which Python code reads next to the attributes, uses the
+        attribute's name ``probabilities``.
+        """
+        d = self.to_record(decimals)
+        d["probabilities"] = d.pop("scores")
+        return d
+
+    def to_record(self, decimals: int = 4) -> dict[str, Any]:
+        """The documented wire form (the face keys of the prediction records and of the HTTP API): as
+        :meth:`to_dict`, with the probabilities under ``scores``. Kept stable; see :meth:`to_dict` for why."""
         return {
             "box": [round(float(v), 2) for v in self.box],
             "landmarks": None if self.landmarks is None else [[round(float(x), 2), round(float(y), 2)]
@@ -84,18 +126,27 @@ class FaceResult:
             "landmarks_estimated": self.landmarks_estimated,
             "score": None if self.score is None else round(float(self.score), 4),
             "label": self.label,
-            "confidence": round(self.confidence, decimals),
+            "confidence": round(float(self.confidence), decimals),
             "scores": {k: round(float(v), decimals) for k, v in self.probabilities.items()},
         }
 
+    def __repr__(self) -> str:
+        """One line a person can read: box to 0.1 px, probabilities to 3 digits, the top few classes only."""
+        box = ", ".join(f"{float(v):.1f}" for v in self.box)
+        top = ", ".join(f"{c!r}: {p:.3f}" for c, p in self.top(REPR_TOP))
+        more = ", ..." if len(self.probabilities) > REPR_TOP else ""
+        return (f"FaceResult(label={self.label!r}, confidence={float(self.confidence):.3f}, box=({box}), "
+                f"top={{{top}{more}}})")
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, repr=False)
 class ImagePrediction:
     """What :meth:`Recognizer.iter_predict` yields per input: its key, its faces, or the error it raised.
 
     ``image`` is the RGB uint8 array that was analysed (for drawing); None when the input failed to load.
     ``dropped`` counts the detections thrown out as impossible faces (non-finite, empty or off-image boxes, see
     :func:`poster_fer.faces.drop_invalid_faces`), so a detector's garbage is reported rather than classified.
+    The repr is one short line (key, image size, each face's label and confidence), never the pixels.
     """
 
     key: Any
@@ -107,6 +158,16 @@ class ImagePrediction:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def __repr__(self) -> str:
+        key = reprlib.repr(getattr(self.key, "name", self.key))  # a job's Source by its name; long keys cut
+        if self.error is not None:
+            return f"ImagePrediction(key={key}, error={type(self.error).__name__}({reprlib.repr(str(self.error))}))"
+        size = "" if self.image is None else f", image={self.image.shape[1]}x{self.image.shape[0]}"
+        shown = ", ".join(f"{f.label} {float(f.confidence):.3f}" for f in self.faces[:REPR_TOP])
+        more = f", ... {len(self.faces) - REPR_TOP} more" if len(self.faces) > REPR_TOP else ""
+        dropped = f", dropped={self.dropped}" if self.dropped else ""
+        return f"ImagePrediction(key={key}{size}, faces={len(self.faces)} [{shown}{more}]{dropped})"
 
 
 class Recognizer:
@@ -140,7 +201,7 @@ class Recognizer:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         detector_model: str | os.PathLike[str] | None = None,
         score_threshold: float = 0.6,
-        device: str = "cpu",
+        device: str = "auto",
     ) -> None:
         # every numeric option checked before anything loads (one set of rules with the CLI and the server)
         batch_size = check_count("batch_size", batch_size)
@@ -176,7 +237,7 @@ class Recognizer:
     def from_checkpoint(
         cls,
         path: str | os.PathLike[str] | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         detector: FaceDetector | str | None = "yunet",
         detector_model: str | os.PathLike[str] | None = None,
         backend: str = "torch",
@@ -203,7 +264,7 @@ class Recognizer:
         return cls(be, detector=detector, detector_model=detector_model, **kwargs)
 
     @classmethod
-    def from_model(cls, model: Any, device: str = "cpu", autocast: str | None = None, **kwargs: Any) -> Recognizer:
+    def from_model(cls, model: Any, device: str = "auto", autocast: str | None = None, **kwargs: Any) -> Recognizer:
         """Wrap an in-memory poster-fer model (its ``meta`` supplies classes and preprocessing)."""
         return cls(TorchBackend(model, device=device, autocast=autocast), **kwargs)
 
@@ -213,19 +274,25 @@ class Recognizer:
 
     # -- steps ---------------------------------------------------------------------------------------------
 
-    def load(self, x: ImageLike) -> np.ndarray:
-        """Any accepted input -> upright RGB uint8 ``(h, w, 3)``."""
-        if isinstance(x, (str, os.PathLike)):
-            return load_image(x, max_pixels=self.max_pixels)
-        return to_rgb_array(x)
+    def load(self, x: ImageLike, channels: str = "rgb") -> np.ndarray:
+        """Any accepted input -> upright RGB uint8 ``(h, w, 3)``.
 
-    def detect(self, image: ImageLike) -> list[Face]:
+        ``channels`` is the channel order of a numpy array: ``"rgb"`` (default) or ``"bgr"`` (OpenCV); it cannot
+        be detected from the pixels. Paths and PIL images ignore it (see :func:`poster_fer.faces.to_rgb_array`).
+        """
+        if isinstance(x, (str, os.PathLike)):
+            check_channels(channels)
+            return load_image(x, max_pixels=self.max_pixels)
+        return to_rgb_array(x, channels=channels)
+
+    def detect(self, image: ImageLike, channels: str = "rgb") -> list[Face]:
         """Faces in ``image`` (full-resolution coordinates), best first, at most ``max_faces``.
 
-        Detections that cannot be faces are left out (see :func:`poster_fer.faces.drop_invalid_faces`);
-        :meth:`iter_predict` reports how many in :attr:`ImagePrediction.dropped`.
+        A numpy array is read as RGB unless ``channels="bgr"`` (OpenCV arrays). Detections that cannot be faces
+        are left out (see :func:`poster_fer.faces.drop_invalid_faces`); :meth:`iter_predict` reports how many in
+        :attr:`ImagePrediction.dropped`.
         """
-        return self._detect(self.load(image))[0]
+        return self._detect(self.load(image, channels))[0]
 
     def _detect(self, rgb: np.ndarray) -> tuple[list[Face], int]:
         """:meth:`detect` on a loaded image, plus the number of invalid detections dropped."""
@@ -267,38 +334,47 @@ class Recognizer:
     # -- prediction ----------------------------------------------------------------------------------------
 
     def predict(
-        self, x: ImageLike | Sequence[ImageLike], detect: bool = True, return_crops: bool = False
+        self, x: ImageLike | Sequence[ImageLike], detect: bool = True, return_crops: bool = False,
+        channels: str = "rgb",
     ) -> list[FaceResult] | list[list[FaceResult]]:
         """Faces and labels for one image, or for each image of a list (or of a 4-D ``(N, h, w, c)`` array).
 
         One input gives ``list[FaceResult]``; a list gives one such list per image. An image with no face gives
-        an empty list. ``detect=False`` takes each input as an already-aligned face crop. Input errors raise
+        an empty list. ``detect=False`` takes each input as an already-aligned face crop. Numpy arrays are read
+        as RGB(A) by default; pass ``channels="bgr"`` for OpenCV arrays (``cv2.imread``, video frames), since
+        the order cannot be told from the pixels. Paths and PIL images ignore ``channels``. Input errors raise
         (:class:`~poster_fer.faces.ImageLoadError` for files); use :meth:`iter_predict` to collect them instead.
         """
+        check_channels(channels)  # a bad value is the caller's mistake, not one image's: raise it once, here
         batch = isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim == 4)
         items = list(x) if batch else [x]  # type: ignore[arg-type]
         out: list[list[FaceResult]] = []
-        for pred in self.iter_predict(enumerate(items), detect=detect, return_crops=return_crops):
+        for pred in self.iter_predict(enumerate(items), detect=detect, return_crops=return_crops, channels=channels):
             if pred.error is not None:
                 raise pred.error
             out.append(pred.faces)
         return out if batch else out[0]
 
-    def predict_crops(self, crops: Sequence[ImageLike], return_crops: bool = False) -> list[FaceResult]:
-        """One result per already-aligned face crop (the detector is skipped)."""
-        return [faces[0] for faces in self.predict(list(crops), detect=False, return_crops=return_crops)]
+    def predict_crops(self, crops: Sequence[ImageLike], return_crops: bool = False,
+                      channels: str = "rgb") -> list[FaceResult]:
+        """One result per already-aligned face crop (the detector is skipped); arrays are RGB unless
+        ``channels="bgr"``."""
+        return [faces[0] for faces in self.predict(list(crops), detect=False, return_crops=return_crops,
+                                                   channels=channels)]
 
     def iter_predict(
         self, items: Iterable[tuple[Any, ImageLike | BaseException]], detect: bool = True,
-        return_crops: bool = False,
+        return_crops: bool = False, channels: str = "rgb",
     ) -> Iterator[ImagePrediction]:
         """Stream ``(key, image)`` pairs through the pipeline, batching faces across images; yields in order.
 
         Images are loaded and detected one by one; once ``batch_size`` faces are waiting they are classified
         together and the finished images are yielded. An input that fails (unreadable file, bad array) is
         yielded with ``error`` set and the stream goes on; a caller may also pass an exception in place of an
-        image to have it reported in sequence.
+        image to have it reported in sequence. Numpy arrays are read as RGB(A) unless ``channels="bgr"``
+        (OpenCV arrays); a bad ``channels`` value raises ValueError on the first ``next()``.
         """
+        channels = check_channels(channels)
         pending: list[tuple[ImagePrediction, list[Face | None], list[np.ndarray]]] = []
         waiting = 0
         for key, x in items:
@@ -307,7 +383,7 @@ class Recognizer:
                 continue
             dropped = 0
             try:
-                rgb = self.load(x)
+                rgb = self.load(x, channels)
                 if detect:
                     found, dropped = self._detect(rgb)
                     faces: list[Face | None] = list(found)

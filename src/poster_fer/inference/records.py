@@ -1,4 +1,4 @@
-"""Prediction records (one per face, or per input/frame without a face) and their JSON-lines / CSV writers.
+"""Prediction records (one per face, or per input/frame without a face) and their JSON-lines / JSON / CSV writers.
 
 Every record has the same keys whatever happened, so downstream tools can rely on the schema:
 
@@ -22,24 +22,42 @@ Every record has the same keys whatever happened, so downstream tools can rely o
 ======================  =====================================================================================
 
 CSV has the same information flattened: ``x, y, w, h``, ``<landmark>_x/_y`` and one ``p_<class>`` column per
-class; ``raw_scores`` is left out.
+class; ``raw_scores`` is left out. JSON (``"json"``) is one array of the same objects as JSON lines, one per line
+between ``[`` and ``]``: an array rather than an object so that ``json.load`` and ``pandas.read_json`` give the
+records as they are, and the same records as the ``.jsonl`` form.
+
+A file's format follows its extension (:data:`EXTENSION_FORMATS`, :func:`format_for_path`): ``poster-fer predict
+--output`` refuses an extension it does not know, and a ``--format`` that contradicts the extension, rather than
+write JSON lines into ``results.csv``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
 from typing import Any, TextIO
 
 from ..faces import LANDMARK_NAMES
 from .recognizer import FaceResult
 
-__all__ = ["RECORD_KEYS", "RecordWriter", "csv_columns", "error_record", "face_record", "no_face_record"]
+__all__ = ["EXTENSION_FORMATS", "FORMATS", "RECORD_KEYS", "RecordWriter", "csv_columns", "error_record",
+           "face_record", "format_for_path", "no_face_record"]
 
 RECORD_KEYS = ("source", "frame", "time", "face", "track", "status", "error", "box", "landmarks",
                "landmarks_estimated", "score", "label", "confidence", "scores", "raw_scores", "crop")
 LANDMARK_COLUMNS = tuple(f"{n}_{axis}" for n in LANDMARK_NAMES for axis in ("x", "y"))
+FORMATS = ("jsonl", "json", "csv")
+#: File extension (lower case) -> record format.
+EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
+
+
+def format_for_path(path: str | os.PathLike[str]) -> str | None:
+    """The record format a file name asks for by its extension (``results.CSV`` -> ``"csv"``), None when unknown."""
+    return EXTENSION_FORMATS.get(Path(path).suffix.lower())
 
 
 def _base(source: str, frame: int | None, time: float | None, status: str, error: str | None) -> dict[str, Any]:
@@ -54,7 +72,7 @@ def face_record(source: str, face_index: int, result: FaceResult, frame: int | N
                 scores: Mapping[str, float] | None = None, crop: str | None = None) -> dict[str, Any]:
     """Record for one face; ``scores`` (smoothed probabilities) replaces the face's own when given."""
     rec = _base(source, frame, time, "ok", None)
-    d = result.to_dict()
+    d = result.to_record()  # the wire form: probabilities under "scores"
     if scores is not None:
         raw = d["scores"]
         label = max(scores, key=scores.__getitem__)
@@ -91,25 +109,55 @@ def csv_columns(classes: Sequence[str]) -> list[str]:
 
 
 class RecordWriter:
-    """Write records as JSON lines or CSV to a text stream, flushing per record so pipes see them at once."""
+    """Write records as JSON lines, one JSON array or CSV to a text stream.
 
-    def __init__(self, stream: TextIO, fmt: str, classes: Sequence[str]) -> None:
-        if fmt not in ("jsonl", "csv"):
-            raise ValueError(f"format must be 'jsonl' or 'csv', not {fmt!r}")
-        self.stream, self.fmt, self.classes = stream, fmt, list(classes)
+    Each record is flushed as it is written (``flush=True``) so pipes and ``tail -f`` see it at once. Call
+    :meth:`close` (or use the writer as a context manager) when done: for ``"json"`` it writes the closing
+    ``]``; the stream itself stays open (it is the caller's). After an interruption, closing still leaves a
+    valid JSON array of the records written so far.
+    """
+
+    def __init__(self, stream: TextIO, fmt: str, classes: Sequence[str], flush: bool = True) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {fmt!r}")
+        self.stream, self.fmt, self.classes, self.flush = stream, fmt, list(classes), flush
         self.count = 0
+        self.closed = False
         self._csv: csv.DictWriter | None = None
         if fmt == "csv":
             self._csv = csv.DictWriter(stream, fieldnames=csv_columns(self.classes), lineterminator="\n")
             self._csv.writeheader()
+        elif fmt == "json":
+            stream.write("[")
 
     def write(self, record: Mapping[str, Any]) -> None:
+        if self.closed:
+            raise ValueError("write to a closed RecordWriter")
         if self._csv is not None:
             self._csv.writerow(self._flatten(record))
+        elif self.fmt == "json":
+            self.stream.write(("\n" if self.count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
         else:
             self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.stream.flush()
+        if self.flush:
+            self.stream.flush()
         self.count += 1
+
+    def close(self) -> None:
+        """Finish the output (the JSON array's ``]``) and flush; the stream is left open. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.fmt == "json":
+            self.stream.write("\n]\n")
+        self.stream.flush()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
     def _flatten(self, rec: Mapping[str, Any]) -> dict[str, Any]:
         row = {k: rec.get(k) for k in ("source", "frame", "time", "face", "track", "status", "error",

@@ -8,7 +8,10 @@ early, so truncated uploads do not pass as short clips.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,8 @@ import numpy as np
 
 from ..faces.io import DEFAULT_MAX_DECODED_BYTES, ImageLoadError, check_decoded_size
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Source", "VideoError", "VideoReader", "collect_sources"]
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "CameraError", "Source", "VideoError", "VideoReader",
+           "camera_problem", "collect_sources"]
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
@@ -32,6 +36,78 @@ VIDEO_EXTENSIONS = frozenset({
 
 class VideoError(ValueError):
     """A video (or webcam) cannot be opened or read; the message names it and the problem."""
+
+
+class CameraError(VideoError):
+    """A camera cannot be opened. A setup problem rather than a bad input: the message says what to check."""
+
+
+#: Where Linux (V4L2) puts cameras; OpenCV's camera index N is ``/dev/videoN``.
+VIDEO_DEVICE_DIR = Path("/dev")
+
+
+def _video_devices(root: Path) -> list[int]:
+    """Indices of the ``video<N>`` device nodes under ``root``, sorted."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"video(\d+)", n)))
+
+
+def camera_problem(index: int, root: Path | None = None) -> str | None:
+    """Why camera ``index`` cannot work, when that shows without opening it; None when it may.
+
+    On Linux the device nodes tell the three usual causes apart: no camera at all (none attached, or a
+    container started without ``--device``), another index, or missing permissions. Elsewhere (macOS, Windows)
+    there is nothing to look at before opening, so None. ``root`` replaces ``/dev`` (tests).
+    """
+    if root is None:
+        if not sys.platform.startswith("linux"):
+            return None
+        root = VIDEO_DEVICE_DIR
+    name = f"webcam:{index}"
+    found = _video_devices(root)
+    if not found:
+        return (f"{name}: no camera found: there are no video devices ({root / 'video*'}) on this machine (none "
+                f"attached, or a container or VM started without access to one, e.g. docker run --device "
+                f"/dev/video0)")
+    device = root / f"video{index}"
+    if index not in found:
+        listed = ", ".join(map(str, found))
+        return (f"{name}: no camera {index}: {device} does not exist; video devices here: {listed} "
+                f"(try --webcam {found[0]})")
+    if not os.access(device, os.R_OK | os.W_OK):
+        return (f"{name}: permission denied on {device}: add your user to its group (usually 'video': "
+                f"sudo usermod -aG video $USER, then log in again)")
+    return None
+
+
+def _camera_hint(index: int) -> str:
+    """What to check when a camera that seemed present does not open."""
+    if sys.platform.startswith("linux"):
+        return (f"/dev/video{index} exists but did not open: another program may be using it, or it is not a "
+                f"capture device (many cameras add a metadata-only node: try the next or previous index)")
+    if sys.platform == "darwin":
+        return ("no camera at that index, or camera access is not allowed for this terminal (System Settings > "
+                "Privacy & Security > Camera)")
+    return "no camera at that index, another program is using it, or camera access is turned off in the settings"
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log lines (``[ WARN:0] ... can't open camera by index``) for the block: the
+    :class:`CameraError` raised afterwards says the same once, with what to do."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:  # an OpenCV build without the logging module: nothing to silence with
+        yield
+        return
+    previous = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(previous)
 
 
 @dataclass
@@ -94,6 +170,9 @@ def _walk(root: Path) -> Iterator[Path]:
 class VideoReader:
     """Frames of a video file or webcam as RGB uint8 arrays, every ``every``-th one, with their indices.
 
+    A camera (``source`` an int) that cannot be opened raises :class:`CameraError` saying why when it can tell
+    (:func:`camera_problem`); OpenCV's own warnings are silenced while it tries.
+
     ``frame_count`` is what the container announces (None for webcams and streams that do not say);
     after iterating, ``frames_read`` is how many frames were decoded and :attr:`ended_early` whether that
     fell short of the announcement.
@@ -110,11 +189,20 @@ class VideoReader:
             raise VideoError(f"{self.name}: no such file")
         self.every = int(every)
         self.max_frames = max_frames
-        self._cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
-        if not self._cap.isOpened():
-            what = "cannot open the camera" if isinstance(source, int) else \
-                "cannot open it as a video (unsupported format, damaged or truncated file)"
-            raise VideoError(f"{self.name}: {what}")
+        if isinstance(source, int):
+            problem = camera_problem(source)
+            if problem:
+                raise CameraError(problem)
+            with _quiet_opencv():
+                self._cap = cv2.VideoCapture(source)
+                opened = self._cap.isOpened()
+            if not opened:
+                raise CameraError(f"{self.name}: cannot open the camera ({_camera_hint(source)})")
+        else:
+            self._cap = cv2.VideoCapture(str(source))
+            if not self._cap.isOpened():
+                raise VideoError(f"{self.name}: cannot open it as a video (unsupported format, damaged or truncated "
+                                 f"file)")
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(count) if count and 0 < count < 1e9 else None

@@ -102,10 +102,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "empty body, not an image, corrupt image, bad form field"},
     401: {"model": ErrorOut, "description": "missing or wrong API key"},
     408: {"model": ErrorOut, "description": "the body arrived too slowly"},
-    413: {"model": ErrorOut, "description": "body over the size limit, or image over the pixel limit"},
+    413: {"model": ErrorOut, "description": "body over the size limit, image over the pixel or decoded-bytes limit"},
     415: {"model": ErrorOut, "description": "not a JPEG, PNG, WebP or BMP image"},
     422: {"model": ErrorOut, "description": "unknown or out-of-range option"},
-    503: {"model": ErrorOut, "description": "the queue is full; retry after the Retry-After seconds"},
+    429: {"model": ErrorOut, "description": "this client address already has its limit of uploads in progress; "
+                                            "retry after the Retry-After seconds"},
+    503: {"model": ErrorOut, "description": "the queue is full, or the server is receiving its limit of uploads; "
+                                            "retry after the Retry-After seconds"},
 }
 
 def _predict_openapi(settings: ServeSettings) -> dict[str, Any]:
@@ -263,7 +266,7 @@ class _Service:
         else:
             out = FaceResult(box=face.box, landmarks=face.landmarks, score=face.score, label=label, probabilities=p,
                              landmarks_estimated=face.landmarks_estimated)
-        return out.to_dict()
+        return out.to_record()  # the documented wire keys ("scores"), see FaceResult.to_dict
 
     @functools.cached_property
     def model_record(self) -> dict[str, Any]:
