@@ -12,22 +12,74 @@ official checkpoints, save and load our format, and label faces in photos::
     table = poster_fer.to_frame(faces)                 # pandas DataFrame, one row per face (needs pandas)
 """
 
-from .hub import DEFAULT_MODEL, create_model, list_models, list_pretrained, pretrained_path
-from .inference import Recognizer, predict
-from .inference.frames import to_frame
-from .weights import (
-    CheckpointError,
-    WeightsRecord,
-    create_transform,
-    get_weights,
-    load_model,
-    load_official,
-    read_metadata,
-    save_model,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Lazy exports (PEP 562): each public name -> the module (relative to this package) that defines it, imported on
+# first access. Why: importing torch and OpenCV took ~1.4 s, and every ``import poster_fer`` (so every
+# ``poster-fer --help``) paid it whatever was used. The TYPE_CHECKING imports below name the same objects for type
+# checkers and for the import-direction test; tests/test_lazy_imports.py keeps the two lists equal.
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_MODEL": "constants",
+    "create_model": "hub",
+    "list_models": "hub",
+    "list_pretrained": "hub",
+    "pretrained_path": "hub",
+    "Recognizer": "inference",
+    "predict": "inference",
+    "to_frame": "inference.frames",
+    "CheckpointError": "weights",
+    "WeightsRecord": "weights",
+    "create_transform": "weights",
+    "get_weights": "weights",
+    "load_model": "weights",
+    "load_official": "weights",
+    "read_metadata": "weights",
+    "save_model": "weights",
+}
+
+if TYPE_CHECKING:
+    from .constants import DEFAULT_MODEL
+    from .hub import create_model, list_models, list_pretrained, pretrained_path
+    from .inference import Recognizer, predict
+    from .inference.frames import to_frame
+    from .weights import (
+        CheckpointError,
+        WeightsRecord,
+        create_transform,
+        get_weights,
+        load_model,
+        load_official,
+        read_metadata,
+        save_model,
+    )
 
 __all__ = ["DEFAULT_MODEL", "CheckpointError", "Recognizer", "WeightsRecord", "create_model", "create_transform",
            "get_weights", "list_models", "list_pretrained", "load_model", "load_official", "predict",
            "pretrained_path", "read_metadata", "save_model", "to_frame", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use and keep the value here, so later lookups cost nothing.
+    Submodules (``poster_fer.models``, ...) load on attribute access too, as they did when this file imported
+    them eagerly."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -22,3 +22,17 @@ FERPLUS_CLASSES: list[str] = ["neutral", "happiness", "surprise", "sadness", "an
 
 #: File suffixes read as the authors' checkpoints (pickles, opened without code execution) rather than our format.
 OFFICIAL_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".tar", ".ckpt", ".pkl", ".bin")
+
+#: The weights ``poster-fer predict``, :class:`poster_fer.Recognizer` and :func:`poster_fer.predict` use when
+#: given none: the image-only POSTER over the face-recognition MobileFaceNet at 64 px
+#: (configs/ferplus_mfn64_long.yaml), chosen on FER+ validation (88.72% against the previous default's 87.40%) by
+#: the rule its recipe set before the run, and as fast on photos as the previous default (docs/model-card.md).
+#: Defined here rather than in :mod:`poster_fer.hub` (which re-exports it) so the command line's help can name it
+#: without importing torch.
+DEFAULT_MODEL = "poster_v1_mfn64_image.ferplus"
+
+#: 50 megapixels: the default largest image (width x height) accepted, larger than any camera photo a user is
+#: likely to feed in, small enough that one decoded image (150 MB as RGB) cannot exhaust memory. Pillow's own bomb
+#: guard only errors at about 179 MP. Used by :mod:`poster_fer.faces.io` (which re-exports it) and as the default
+#: of ``--max-pixels``, whose help must not import numpy, Pillow or OpenCV.
+DEFAULT_MAX_PIXELS = 50_000_000

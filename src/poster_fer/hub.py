@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from .constants import DEFAULT_MODEL
 from .models import create_model as _create_registered
 from .models import list_models as _list_architectures
 from .weights import load_model
@@ -25,11 +26,8 @@ __all__ = ["DEFAULT_MODEL", "create_model", "list_models", "list_pretrained", "p
 
 log = logging.getLogger("poster_fer")
 
-#: The weights ``poster-fer predict``, :class:`poster_fer.Recognizer` and :func:`poster_fer.predict` use when
-#: given none: the image-only POSTER over the face-recognition MobileFaceNet at 64 px
-#: (configs/ferplus_mfn64_long.yaml), chosen on FER+ validation (88.72% against the previous default's 87.40%) by
-#: the rule its recipe set before the run, and as fast on photos as the previous default (docs/model-card.md).
-DEFAULT_MODEL = "poster_v1_mfn64_image.ferplus"
+# DEFAULT_MODEL (the weights used when none are given) is defined in :mod:`poster_fer.constants`, which imports
+# nothing heavy, so ``poster-fer --help`` can show it without loading torch; it stays importable from here.
 
 def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:
     """Registered architectures; with ``pretrained=True`` the weight sets instead (``architecture.tag``, the

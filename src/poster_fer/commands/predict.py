@@ -18,8 +18,7 @@ from typing import TextIO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..faces.io import DEFAULT_MAX_PIXELS
-    from ..hub import DEFAULT_MODEL
+    from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
     from ..options import arg, check_detect_size, check_limit, count_arg, probability_arg
     from .common import add_device_argument
 

@@ -12,8 +12,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..faces.io import DEFAULT_MAX_PIXELS
-    from ..hub import DEFAULT_MODEL
+    from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
     from ..options import arg, check_detect_size, count_arg, probability_arg
     from ..serve.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
     from .common import add_device_argument

@@ -16,14 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..constants import DEFAULT_MAX_PIXELS  # defined there so the command line's help needs no numpy / Pillow
+
 __all__ = ["CHANNEL_ORDERS", "DEFAULT_MAX_DECODED_BYTES", "DEFAULT_MAX_PIXELS", "ImageLoadError", "check_channels",
            "check_decoded_size", "decoded_bytes", "load_image", "to_rgb_array"]
 
 log = logging.getLogger(__name__)
-
-# 50 megapixels: larger than any camera photo a user is likely to feed in, small enough that one decoded
-# image (150 MB as RGB) cannot exhaust memory. Pillow's own bomb guard only errors at about 179 MP.
-DEFAULT_MAX_PIXELS = 50_000_000
 
 #: 256 MiB: the most memory one decoded image may take (as Pillow holds it, or as a video frame), checked from the
 #: header before decoding. The pixel limit alone does not bound bytes (a 16-bit or alpha image holds more per

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..faces import DEFAULT_MAX_PIXELS
+from ..constants import DEFAULT_MAX_PIXELS  # not from faces, which imports OpenCV: settings feed --help
 
 __all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "ServeSettings"]
 
