@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def browser_paths() -> tuple[str, str]:
+    """Paths of Chromium and its WebDriver for the browser tests; skip when absent, or fail when CI requires them
+    (.ci/run installs Debian's chromium and chromium-driver)."""
+    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing = "the selenium package (pip install -e '.[dev]')"
+    else:
+        missing = None if chromium and driver else "chromium and chromium-driver (apt-get install chromium " \
+            "chromium-driver)"
+    if missing:
+        if _require():
+            pytest.fail(f"browser tests need {missing}")
+        pytest.skip(f"browser tests need {missing}")
+    return chromium, driver

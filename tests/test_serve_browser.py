@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import re
-import shutil
 import signal
 
 import httpx
@@ -23,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import _require
+from conftest import _require, browser_paths
 from poster_fer import create_model, save_model
 from poster_fer.faces import get_geometry
 from poster_fer.inference.records import RECORD_KEYS, csv_columns
@@ -38,22 +37,6 @@ _CLASS_NAMES[8] = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "An
 pytestmark = pytest.mark.slow
 
 
-def _browser() -> tuple[str, str]:
-    """Paths of Chromium and its WebDriver, or skip (fail in CI)."""
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing = "the selenium package (pip install -e '.[dev]')"
-    else:
-        missing = None if chromium and driver else "chromium and chromium-driver (apt-get install chromium " \
-            "chromium-driver)"
-    if missing:
-        if _require():
-            pytest.fail(f"browser tests need {missing}")
-        pytest.skip(f"browser tests need {missing}")
-    return chromium, driver
 
 
 def write_y4m(path, rgb: np.ndarray, frames: int = 5, fps: int = 10) -> None:
@@ -85,7 +68,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium, chromedriver = _browser()
+    chromium, chromedriver = browser_paths()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

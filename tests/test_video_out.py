@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import struct
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import _require
+from conftest import _require, browser_paths
 from poster_fer import create_model, save_model
 from poster_fer.cli import main
 from poster_fer.faces import get_geometry
@@ -409,27 +408,11 @@ def _has_matplotlib() -> bool:
 # playback in a browser
 
 
-def _browser() -> tuple[str, str]:
-    """Paths of Chromium and its WebDriver, or skip (fail in CI), as tests/test_serve_browser.py does."""
-    chromium = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing = "the selenium package (pip install -e '.[dev]')"
-    else:
-        missing = None if chromium and driver else "chromium and chromium-driver (apt-get install chromium " \
-            "chromium-driver)"
-    if missing:
-        if _require():
-            pytest.fail(f"browser tests need {missing}")
-        pytest.skip(f"browser tests need {missing}")
-    return chromium, driver
 
 
 @pytest.mark.slow
 def test_chromium_plays_the_annotated_video_with_sound(tmp_path, monkeypatch):
-    chromium, chromedriver = _browser()
+    chromium, chromedriver = browser_paths()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
