@@ -200,6 +200,18 @@ def batching(before: dict[str, float], after: dict[str, float]) -> dict[str, Any
             "forward_s_per_face": round(d["forward_seconds_sum"] / max(1.0, d["batch_faces_sum"]), 5)}
 
 
+def run_provenance(weights: str | None, server_args: list[str], load_before: Any) -> dict[str, Any]:
+    """What a serve benchmark's record says about how and where it ran (shared with bench_serve_attack.py)."""
+    from poster_fer.constants import DEFAULT_MODEL
+
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "server_command": f"poster-fer serve --port 0 {' '.join(server_args)}".strip(),
+            "model": weights or f"{DEFAULT_MODEL} (the shipped default)", "git": git_state(),
+            "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+                        "python": sys.version.split()[0], "load_average_before": load_before,
+                        "load_average_after": load_average()}}
+
+
 def jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
@@ -285,13 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "targets_met": met,
         "benchmark": "poster-fer serve under load: concurrent keep-alive clients on loopback posting JPEGs to "
                      "/v1/predict (detect + align + micro-batched classify)",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "server_command": f"poster-fer serve --port 0 {' '.join(server_args)}".strip(),
-        "model": args.weights or "default (poster_v1_ferplus_s, shipped)",
-        "git": git_state(),
-        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
-                    "python": sys.version.split()[0],
-                    "load_average_before": load_before, "load_average_after": load_average()},
+        **run_provenance(args.weights, server_args, load_before),
         "inputs": {"portrait": {"source": str(image_path), "shape": list(portrait_rgb.shape),
                                 "jpeg_bytes": len(inputs["portrait"][0]), "faces": 1},
                    "group16": {"source": "bench_photo_pipeline.group_image(portrait)", "shape": [1024, 1024, 3],

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,11 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import jpeg, run_level, start_server, stop_server  # noqa: E402
+from bench_serve import jpeg, run_level, run_provenance, start_server, stop_server  # noqa: E402
 
 from poster_fer.assets import shared_path  # noqa: E402
 from poster_fer.faces import load_image  # noqa: E402
-from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average  # noqa: E402
+from poster_fer.provenance import load_average  # noqa: E402
 from poster_fer.samples import sample_path  # noqa: E402
 
 TARGETS = {"attack_throughput_ratio": 0.8, "attack_p99_s": 1.5, "attack_errors": 0, "peak_rss_mb": 1536.0,
@@ -208,13 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **summary, "targets": TARGETS, "targets_met": met,
         "benchmark": "poster-fer serve with 16 well-behaved clients, with and without 32 stalled uploads and 200 "
                      "idle connections held beside them; server memory over 2,000 requests incl. a 49 MP 16-bit PNG",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "server_command": f"poster-fer serve --port 0 {' '.join(server_args)}".strip(),
-        "model": args.weights or "the shipped default model",
-        "git": git_state(),
-        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
-                    "python": sys.version.split()[0], "load_average_before": load_before,
-                    "load_average_after": load_average()},
+        **run_provenance(args.weights, server_args, load_before),
         "levels": levels, "big_png": big_result, "soak": {k: soak[k] for k in ("requests", "errors", "requests_per_s")},
         "rss_mb": {"baseline": rss_base, "hwm_at_baseline": hwm_base, "peak": hwm, "after": rss_after},
         "server_exit_status": code, "wall_time_s": round(time.time() - t_start, 1),

@@ -182,7 +182,7 @@ class Freezer:
         self.epochs = int(epochs)
         if self.epochs < 0:
             raise ValueError(f"train.freeze_epochs must be >= 0, got {epochs}")
-        keep = [str(k) for k in train]
+        self.keep = keep = [str(k) for k in train]
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         named = [(n, p) for n, p in model.named_parameters() if id(p) in owned]
         self.params = [p for _, p in named]

@@ -461,7 +461,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         frozen = freezer.set_epoch(epoch)
         if freezer.epochs and (epoch == start_epoch or epoch in (1, freezer.epochs + 1)):
             say(f"[train] epoch {epoch}: " + (f"{frozen:,} parameters frozen, training only "
-                f"{', '.join(tr.get('freeze_except') or ['head'])} (train.freeze_epochs={freezer.epochs})"
+                f"{', '.join(freezer.keep)} (train.freeze_epochs={freezer.epochs})"
                 if frozen else "every trainable parameter trains"))
         deadline = budget.deadline()
         try:
