@@ -15,7 +15,7 @@ Why a script and not a training option: shipping is a separate, auditable step. 
    per-class table, reliability diagram) of the shipped model next to the results;
 4. writes ``benchmarks/results/default_model.json`` (the training run's record plus these numbers), saves the
    model into ``src/poster_fer/pretrained/<architecture>.<tag>`` (paths made portable) and writes its record
-   into ``src/poster_fer/pretrained/records.json`` (:mod:`poster_fer.weights.release`): shipping adds data,
+   into ``src/poster_fer/pretrained/records.json`` (:mod:`poster_fer_train.release`): shipping adds data,
    never an architecture name.
 
     python benchmarks/default_model.py --run runs/ferplus_mfn64_long --name poster_v1_mfn64_image.ferplus \
@@ -44,8 +44,8 @@ from poster_fer.evaluation.evaluate import eval_transform
 from poster_fer.hub import DEFAULT_MODEL, pretrained_root
 from poster_fer.models import config_to_dict, create_model
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
-from poster_fer.training.loaders import subsample
-from poster_fer.weights.release import portable, record_for_folder, ship_folder, write_record
+from poster_fer_train.loaders import subsample
+from poster_fer_train.release import portable, record_for_folder, ship_folder, write_record
 
 REPO = Path(__file__).resolve().parents[1]
 SPLITS = {"val": "FER+ PublicTest (faces with a majority label), the validation split every choice was made on",

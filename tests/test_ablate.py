@@ -8,14 +8,14 @@ import pytest
 import yaml
 
 from poster_fer.cli import main
-from poster_fer.experiments.ablation import (
+from poster_fer.models import create_model
+from poster_fer_train.ablation import (
     VARIANTS,
     parse_variants,
     render_ablation_markdown,
     run_ablation,
     variant_recipe,
 )
-from poster_fer.models import create_model
 
 # The tiny recipe on a 32-row FER2013-layout csv (16 train, 8 val, 8 test), batch 8.
 SMALL = ["data.kind=fer2013", "data.max_samples=null", "train.batch_size=8", "train.progress=false"]

@@ -1,5 +1,6 @@
 """Import direction: the library (models, weights, data, faces, evaluation, inference, ...) never imports the apps
-(training, experiments, serving, commands, CLI), and the package's top-level parts form no import cycle.
+(serving, commands, CLI; and never the training app, the separate package ``poster_fer_train``), and the package's
+top-level parts form no import cycle.
 
 Every import is read from the source, including those inside functions, so a lazy import cannot hide a
 dependency that points the wrong way.
@@ -14,10 +15,11 @@ from pathlib import Path
 import poster_fer
 
 SRC = Path(poster_fer.__file__).parent
-LIBRARY = {"assets", "classes", "constants", "data", "devices", "distributed", "evaluation", "export", "faces",
-           "fastpath", "hub", "inference", "models", "options", "precision", "pretrained", "probabilities",
-           "provenance", "samples", "weights"}
-APPS = {"cli", "commands", "experiments", "serve", "training"}
+LIBRARY = {"_lazy", "assets", "checksums", "classes", "constants", "data", "devices", "distributed", "errors",
+           "evaluation", "export", "faces", "fastpath", "hub", "inference", "jsonable", "models", "naming", "options",
+           "precision", "pretrained", "probabilities", "provenance", "samples", "weights"}
+APPS = {"cli", "commands", "serve"}
+TRAIN_APP = "poster_fer_train"
 FACADE = "__init__"  # ``poster_fer/__init__.py``: re-exports the library
 
 
@@ -66,6 +68,19 @@ def test_library_never_imports_apps_or_the_facade():
     bad = sorted(f"{where}: {part} -> {target}" for part, es in import_edges().items() if part in LIBRARY
                  for target, where in es if target in APPS or target == FACADE)
     assert not bad, "library code importing an app (or the package facade, which imports it back):\n" + "\n".join(bad)
+
+
+def test_no_poster_fer_module_imports_the_training_app():
+    """The training app is a second package; the library and its CLI reach it only by name (cli.COMMANDS)."""
+    bad = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{path.relative_to(SRC)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == TRAIN_APP]
+    assert not bad, "poster_fer importing poster_fer_train:\n" + "\n".join(bad)
+    train = SRC.parent / TRAIN_APP
+    assert (train / "__init__.py").is_file() and not (SRC / "training").exists() and not (SRC / "experiments").exists()
 
 
 def test_facade_reexports_only_the_library():

@@ -178,7 +178,7 @@ def test_one_preprocessing_and_calibrated_probabilities_agree_across_paths():
     from PIL import Image
 
     from poster_fer.evaluation.evaluate import eval_transform
-    from poster_fer.training.loaders import BatchPreparer, preload_images
+    from poster_fer_train.loaders import BatchPreparer, preload_images
 
     model = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)
     face = Image.open(sample_path()).convert("RGB").crop((180, 60, 440, 320)).resize((60, 60))

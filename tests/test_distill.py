@@ -13,10 +13,10 @@ import yaml
 from poster_fer.cli import main
 from poster_fer.data import build_dataset
 from poster_fer.evaluation.evaluate import eval_transform
-from poster_fer.training.distill import DistillConfig, TeacherTargets, teacher_logits
-from poster_fer.training.loaders import BatchPreparer
 from poster_fer.weights.io import load_model
 from poster_fer.weights.preprocessing import Preprocessing
+from poster_fer_train.distill import DistillConfig, TeacherTargets, teacher_logits
+from poster_fer_train.loaders import BatchPreparer
 from test_training import _synthetic_folder, _synthetic_recipe
 
 
@@ -114,7 +114,7 @@ def test_distill_needs_the_preload_pipeline(tmp_path, synthetic, capsys):
 
 
 def test_teacher_logits_on_disk_are_reused_and_keyed_by_their_inputs(tmp_path, synthetic, teacher_dir, monkeypatch):
-    import poster_fer.training.distill as distill
+    import poster_fer_train.distill as distill
 
     train = build_dataset("folder", str(synthetic), "train")
     calls = []

@@ -107,7 +107,7 @@ def test_a_model_without_class_names_is_refused_not_guessed(tmp_path):
 
 
 def test_compile_is_skipped_where_it_cannot_repay_itself():
-    from poster_fer.training.trainer import _compile_not_worth
+    from poster_fer_train.trainer import _compile_not_worth
 
     cpu = torch.device("cpu")
     assert "budget cannot repay" in _compile_not_worth({"time_budget_min": 3}, cpu, 10_000)
@@ -149,7 +149,7 @@ def test_freeze_epochs_train_only_the_head_first_then_everything(tmp_path, capsy
 
 def test_freezer_never_unfreezes_what_the_optimiser_does_not_own():
     """The landmark network (frozen for good) stays frozen through freeze and unfreeze; bad prefixes are named."""
-    from poster_fer.training.optim import Freezer, build_optimizer
+    from poster_fer_train.optim import Freezer, build_optimizer
 
     model = poster_fer.create_model("poster_v1_s", num_classes=3)
     frozen_for_good = {n for n, p in model.named_parameters() if not p.requires_grad}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import poster_fer
-from poster_fer.cli import build_parser
+from poster_fer.cli import COMMANDS, build_parser
 
 HEAVY = ("torch", "cv2", "onnxruntime", "matplotlib", "fastapi")
 REPORT = f"import json, sys; print('HEAVY=' + json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
@@ -109,7 +109,7 @@ def test_help_loads_no_heavy_module(command):
 def test_each_command_registers_without_heavy_modules(command):
     """One command's ``register`` alone, so a failure names the command whose parser pulls in a heavy module."""
     code = ("import argparse, importlib\n"
-            f"module = importlib.import_module('poster_fer.commands.{command}')\n"
+            f"module = importlib.import_module({COMMANDS[command]!r})\n"
             "module.register(argparse.ArgumentParser().add_subparsers())\n"
             f"{REPORT}")
     assert heavy_loaded(run_python(code).stdout) == []

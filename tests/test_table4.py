@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import poster_fer
-from poster_fer.training.augment import BatchAugment, BatchAugmentConfig
-from poster_fer.training.recipe import load_recipe
+from poster_fer_train.augment import BatchAugment, BatchAugmentConfig
+from poster_fer_train.recipe import load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,7 @@ from PIL import Image
 from conftest import need_shared
 from poster_fer.cli import main
 from poster_fer.distributed import DistEnv, DistributedWeightedSampler, ShardSampler
-from poster_fer.training import (
+from poster_fer_train import (
     SAM,
     BatchAugment,
     BatchAugmentConfig,
@@ -68,7 +68,7 @@ def test_soft_target_ce_and_one_hot_equivalence():
 
 def test_smoothed_ce_soft_targets_and_class_last_dimension():
     """Smoothing spreads s/C over every class for soft targets too; classes are on the last dimension."""
-    from poster_fer.training import smoothed_cross_entropy
+    from poster_fer_train import smoothed_cross_entropy
 
     torch.manual_seed(0)
     logits, soft, s = torch.randn(6, 5), torch.softmax(torch.randn(6, 5), -1), 0.1
@@ -153,7 +153,7 @@ def test_fused_optimizer_takes_the_same_steps(name):
 
 
 def test_epoch_plan_uses_the_steady_second_half_rate():
-    from poster_fer.training.budget import TimeBudget
+    from poster_fer_train.budget import TimeBudget
 
     # epoch 1: 100 steps in 300 s, of which the first took 100 s (compile) and the second half only 50 s;
     # the run is 310 s old (10 s of validation) with a 1000 s budget
@@ -171,7 +171,7 @@ def test_epoch_plan_uses_the_steady_second_half_rate():
 
 
 def test_budget_stops_before_an_epoch_that_cannot_finish():
-    from poster_fer.training.budget import TimeBudget
+    from poster_fer_train.budget import TimeBudget
 
     budget = TimeBudget(1000.0, elapsed_before=700.0)
     assert budget.stop_before(2) is None  # no epoch timed yet: nothing to go on
@@ -187,7 +187,7 @@ def test_budget_stops_before_an_epoch_that_cannot_finish():
 
 
 def test_train_one_epoch_records_its_second_half():
-    from poster_fer.training import StepState, train_one_epoch
+    from poster_fer_train import StepState, train_one_epoch
 
     model, x, y = _toy()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -291,7 +291,7 @@ def test_recipes_load_and_overrides_apply():
     aff = load_recipe("affectnet8_official")
     assert aff["train"]["class_balanced"] and aff["model"]["name"] == "poster_v1_affectnet"
     assert aff["optimizer"]["lr"] == 2e-6
-    from poster_fer.training import RecipeError
+    from poster_fer_train import RecipeError
 
     with pytest.raises(RecipeError, match="unknown key"):
         load_recipe("tiny", {"train.epoch": 2})
@@ -303,7 +303,7 @@ def test_every_shipped_recipe_loads(name):
     fails here rather than minutes into someone's run."""
     from poster_fer.hub import list_pretrained
     from poster_fer.models import list_models
-    from poster_fer.training.distill import DistillConfig
+    from poster_fer_train.distill import DistillConfig
 
     r = load_recipe(name)
     assert r["model"]["name"] in list_models()
@@ -362,7 +362,7 @@ def _run(*argv: str) -> int:
 
 
 def test_cli_train_names_the_setting_for_a_missing_file_before_loading_data(tmp_path, capsys, monkeypatch):
-    import poster_fer.training.trainer as trainer
+    import poster_fer_train.trainer as trainer
 
     def no_data(*a, **k):  # the check must come first: loading FER+ takes seconds to minutes
         raise AssertionError("data loaded before the inputs were checked")
@@ -429,7 +429,7 @@ def test_resume_continues_exactly(tmp_path, synthetic):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic, monkeypatch, capsys):
-    import poster_fer.training.trainer as trainer
+    import poster_fer_train.trainer as trainer
 
     real = trainer.build_loss
 
@@ -487,7 +487,7 @@ def test_landmark_cache_matches_live_features_and_trains(tmp_path, synthetic):
 
 def test_landmark_cache_on_disk_is_reused_and_keyed_by_its_inputs(tmp_path):
     from poster_fer import create_model
-    from poster_fer.training.landmark_cache import load_or_build
+    from poster_fer_train.landmark_cache import load_or_build
 
     model = create_model("poster_v1_tiny", input_size=32, backbone_size=32, landmark_size=32, image_tokens="pool")
     images = torch.randint(0, 255, (6, 1, 32, 32), dtype=torch.uint8)
@@ -582,7 +582,7 @@ def _init_state(recipe: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
 def test_run_log_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
     import types
 
-    from poster_fer.training.trainer import RunLog
+    from poster_fer_train.trainer import RunLog
 
     calls = []
 
@@ -605,7 +605,7 @@ def test_run_log_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
 
 
 def test_run_log_without_tensorboard_says_so_and_keeps_the_json_log(tmp_path, monkeypatch, capsys):
-    from poster_fer.training.trainer import RunLog
+    from poster_fer_train.trainer import RunLog
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     log = RunLog(tmp_path, tensorboard=True)
@@ -615,7 +615,7 @@ def test_run_log_without_tensorboard_says_so_and_keeps_the_json_log(tmp_path, mo
 
 
 def test_compile_without_a_cpp_compiler_trains_eagerly_and_says_so(tmp_path, synthetic, monkeypatch, capsys):
-    from poster_fer.training import trainer
+    from poster_fer_train import trainer
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
@@ -645,7 +645,7 @@ def test_train_with_a_face_backbone_file_and_lr_mult(tmp_path, synthetic):
     assert "face_backbone" in pre and "loaded 48 tensors" in pre and "-2m" in pre
 
     from poster_fer import create_model
-    from poster_fer.training.optim import build_optimizer
+    from poster_fer_train.optim import build_optimizer
 
     model = create_model("poster_v1_tiny_mfn")
     opt = build_optimizer(model, {"name": "adamw", "lr": 1e-3, "lr_mult": {"face_back": 0.25}})
@@ -676,9 +676,9 @@ def test_results_json_test_metrics_equal_poster_fer_eval_on_best(tmp_path, synth
 
 def test_train_state_round_trips_everything_it_saves():
     """TrainState.state_dict -> load_state_dict restores weights, optimiser moments, schedule and bookkeeping."""
-    from poster_fer.training import build_schedule
-    from poster_fer.training.engine import ModelEma
-    from poster_fer.training.state import TrainState
+    from poster_fer_train import build_schedule
+    from poster_fer_train.engine import ModelEma
+    from poster_fer_train.state import TrainState
 
     def make() -> TrainState:
         torch.manual_seed(0)

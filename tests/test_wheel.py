@@ -77,8 +77,8 @@ def test_wheel_carries_model_detector_and_sample(wheel):
                                                                    "poster_v1_mfn_image.ferplus",
                                                                    "poster_v1_mfn64_image.ferplus")
                   for f in ("model.safetensors", "meta.json")),
-                "poster_fer/samples/grace_hopper.jpg", "poster_fer/configs/ferplus_cpu.yaml",
-                "poster_fer/configs/ferplus_default.yaml"):
+                "poster_fer/samples/grace_hopper.jpg", "poster_fer_train/configs/ferplus_cpu.yaml",
+                "poster_fer_train/configs/ferplus_default.yaml"):
         assert rel in names, f"{rel} missing from {wheel.name}"
     size = sum(i.file_size for i in zipfile.ZipFile(wheel).infolist())
     assert size < 40e6, f"wheel content {size / 1e6:.1f} MB"

@@ -14,13 +14,14 @@ official checkpoints, save and load our format, and label faces in photos::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# Lazy exports (PEP 562): each public name -> the module (relative to this package) that defines it, imported on
-# first access. Why: importing torch and OpenCV took ~1.4 s, and every ``import poster_fer`` (so every
+# Lazy exports (PEP 562, poster_fer._lazy): each public name -> the module (relative to this package) that defines
+# it, imported on first access. Why: importing torch and OpenCV took ~1.4 s, and every ``import poster_fer`` (so every
 # ``poster-fer --help``) paid it whatever was used. The TYPE_CHECKING imports below name the same objects for type
 # checkers and for the import-direction test; tests/test_lazy_imports.py keeps the two lists equal.
 _EXPORTS: dict[str, str] = {
@@ -63,23 +64,4 @@ __all__ = ["DEFAULT_MODEL", "CheckpointError", "Recognizer", "WeightsRecord", "c
            "pretrained_path", "read_metadata", "save_model", "to_frame", "__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use and keep the value here, so later lookups cost nothing.
-    Submodules (``poster_fer.models``, ...) load on attribute access too, as they did when this file imported
-    them eagerly."""
-    module = _EXPORTS.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
-        globals()[name] = value
-        return value
-    if not name.startswith("_"):
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, __all__)

@@ -1,4 +1,5 @@
-"""The ``poster-fer`` command: one subcommand per module in :mod:`poster_fer.commands`.
+"""The ``poster-fer`` command: one subcommand per module in :mod:`poster_fer.commands` (and the training app's
+:mod:`poster_fer_train.commands`).
 
 Each command module defines ``register(subparsers)`` (adding its parser with ``func`` set) and does its heavy
 imports inside the function it runs, so ``poster-fer --help`` stays fast. Errors a user can act on
@@ -14,8 +15,16 @@ from collections.abc import Sequence
 
 from . import __version__
 
-# Subcommands in the order --help lists them; a module missing here simply is not offered.
-COMMANDS = ("info", "convert", "train", "eval", "explain", "ablate", "predict", "serve", "export")
+# Subcommands in the order --help lists them, each the module that registers it: the library's own, and the
+# training app's (poster_fer_train, a second package of the same project), named as strings so the library never
+# imports the app. A module missing here simply is not offered.
+COMMANDS: dict[str, str] = {
+    "info": "poster_fer.commands.info", "convert": "poster_fer.commands.convert",
+    "train": "poster_fer_train.commands.train", "eval": "poster_fer.commands.eval",
+    "explain": "poster_fer.commands.explain", "ablate": "poster_fer_train.commands.ablate",
+    "predict": "poster_fer.commands.predict", "serve": "poster_fer.commands.serve",
+    "export": "poster_fer.commands.export",
+}
 
 
 class UserError(Exception):
@@ -27,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "recognition: models, official checkpoints, training, evaluation, inference.")
     parser.add_argument("--version", action="version", version=f"poster-fer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for path in COMMANDS.values():
         try:
-            module = importlib.import_module(f"poster_fer.commands.{name}")
+            module = importlib.import_module(path)
         except ModuleNotFoundError as e:
-            if e.name == f"poster_fer.commands.{name}":
+            if e.name is not None and path.startswith(e.name):
                 continue
             raise
         module.register(sub)
@@ -39,16 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is enough for the user (each names the file and the problem)."""
-    from .weights.safe_load import CheckpointError
+    """Exception types whose message is enough for the user (each names the file and the problem); from the
+    torch-free :mod:`poster_fer.errors`, so reporting them needs no PyTorch."""
+    from .errors import USER_ERRORS
 
-    found: list[type[BaseException]] = [UserError, CheckpointError, FileNotFoundError]
-    for module, name in (("poster_fer.data", "DatasetError"), ("poster_fer.faces", "ImageLoadError"),
-                         ("poster_fer.faces", "DetectorError")):
-        cls = getattr(importlib.import_module(module), name, None)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            found.append(cls)
-    return tuple(found)
+    return (UserError, *USER_ERRORS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,8 @@ FERPLUS_CLASSES: list[str] = ["neutral", "happiness", "surprise", "sadness", "an
 
 #: File suffixes read as the authors' checkpoints (pickles, opened without code execution) rather than our format.
 OFFICIAL_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".tar", ".ckpt", ".pkl", ".bin")
+#: The architecture an official checkpoint is read as when none is named (the authors' RAF-DB POSTER).
+OFFICIAL_DEFAULT_MODEL = "poster_v1"
 
 #: The weights ``poster-fer predict``, :class:`poster_fer.Recognizer` and :func:`poster_fer.predict` use when
 #: given none: the image-only POSTER over the face-recognition MobileFaceNet at 64 px
@@ -36,3 +38,11 @@ DEFAULT_MODEL = "poster_v1_mfn64_image.ferplus"
 #: guard only errors at about 179 MP. Used by :mod:`poster_fer.faces.io` (which re-exports it) and as the default
 #: of ``--max-pixels``, whose help must not import numpy, Pillow or OpenCV.
 DEFAULT_MAX_PIXELS = 50_000_000
+
+#: The ONNX file a saved-model folder carries for the torch-free runtime, beside its weights (every shipped model
+#: has one; ``poster-fer export --storage float16 --out FOLDER/model.onnx`` writes one for your own).
+ONNX_FILE = "model.onnx"
+
+#: The inference backends ``backend=`` / ``--backend`` accept ("onnx" and "ort" are read as "onnxruntime"): "auto"
+#: is PyTorch when installed, else ONNX Runtime (poster_fer.inference.backends).
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")

@@ -82,15 +82,6 @@ def all_reduce_sum(values: Sequence[float], env: DistEnv, device: torch.device |
     return t.cpu().tolist()
 
 
-def all_reduce_max(value: float, env: DistEnv) -> float:
-    """The largest value over ranks (a deadline decision every rank must share, or a non-finite flag)."""
-    if not env.distributed:
-        return float(value)
-    obj: list[Any] = [None] * env.world_size
-    dist.all_gather_object(obj, float(value))
-    return max(obj)
-
-
 def gather_arrays(arrays: dict[str, np.ndarray], env: DistEnv) -> dict[str, np.ndarray]:
     """Concatenate each named array over ranks (rank order); arrays may differ in length per rank."""
     if not env.distributed:

@@ -41,7 +41,6 @@ unless ``inplace=True``, so the original stays available for comparison.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import warnings
 from typing import Any
@@ -52,12 +51,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .models import set_fused_attention
-from .precision import resolve_precision
+from .precision import autocast, resolve_precision
 
-__all__ = ["EXACT_PATHS", "InferenceModel", "PointwiseConv1d", "Subsample", "autocast_context", "fold_batchnorm",
+__all__ = ["InferenceModel", "PointwiseConv1d", "Subsample", "fold_batchnorm",
            "optimize_for_inference", "resize_once", "simplify_trivial_layers", "to_channels_last"]
 
-EXACT_PATHS = ("fused_attention", "fold_bn", "simplify", "resize_once", "channels_last")
 #: Precisions the fast paths accept (dtypes come from :func:`poster_fer.precision.resolve_precision`).
 _PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -191,16 +189,6 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def autocast_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision`` ("fp32" -> no-op) on ``device``'s type."""
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
-    dtype = resolve_precision(precision, device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
-
-
 def resize_once(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The input both backbones see, resized once (the model's own resize then finds nothing to do).
 
@@ -276,7 +264,7 @@ class InferenceModel(nn.Module):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.cast:  # the weights are already in the low-precision dtype: nothing to autocast
             return self.model(self.prepare(x)).float()
-        with autocast_context(self.precision, x.device):
+        with autocast(x.device, resolve_precision(self.precision, x.device))():
             return self.model(self.prepare(x)).float()
 
     def _replay(self, fn: Any, x: torch.Tensor) -> torch.Tensor:

@@ -11,18 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from .constants import DEFAULT_MODEL
-from .models import create_model as _create_registered
-from .models import list_models as _list_architectures
-from .weights import load_model
+from .constants import DEFAULT_MODEL, OFFICIAL_SUFFIXES
 from .weights.records import get_weights, list_weights, pretrained_root
 
-__all__ = ["DEFAULT_MODEL", "create_model", "list_models", "list_pretrained", "pretrained_path", "pretrained_root",
-           "resolve_weights"]
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["DEFAULT_MODEL", "create_model", "is_official_checkpoint", "list_models", "list_pretrained",
+           "pretrained_path", "pretrained_root", "resolve_weights"]
 
 log = logging.getLogger("poster_fer")
 
@@ -33,7 +31,11 @@ def list_models(pattern: str | None = None, pretrained: bool = False) -> list[st
     """Registered architectures; with ``pretrained=True`` the weight sets instead (``architecture.tag``, the
     shipped ones and the records of downloadable official checkpoints). ``pattern``: shell wildcards
     (``"*mfn*"``) or a substring."""
-    return list_weights(pattern) if pretrained else _list_architectures(pattern)
+    if pretrained:
+        return list_weights(pattern)
+    from .models import list_models as list_architectures
+
+    return list_architectures(pattern)
 
 
 def list_pretrained() -> list[str]:
@@ -62,6 +64,19 @@ def resolve_weights(weights: str | Path | None) -> Path:
     return Path(weights).expanduser()
 
 
+def is_official_checkpoint(path: str | Path, model: str | None = None) -> bool:
+    """The one rule every ``--weights`` follows: a file with an official suffix (``.pth``, ``.pt``, ``.tar``, ...)
+    is the authors' format, read as architecture ``model`` (default ``poster_v1``); anything else is ours (a
+    folder, ``.safetensors``, ``.onnx``), which records its own architecture, so naming one is refused."""
+    p = Path(path)
+    official = p.is_file() and p.suffix.lower() in OFFICIAL_SUFFIXES
+    if model is not None and not official:
+        raise ValueError(f"{p}: --model names the architecture of an official checkpoint "
+                         f"({', '.join(OFFICIAL_SUFFIXES)}); this is a poster-fer model, which records its own: "
+                         "drop --model")
+    return official
+
+
 def create_model(name: str, pretrained: bool = False, num_classes: int | None = None,
                  classes: Sequence[str] | None = None, **overrides: Any) -> nn.Module:
     """Build architecture ``name`` (``arch`` or ``arch.tag``); ``pretrained=True`` loads weights (the tag's, or
@@ -74,11 +89,14 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     (the weights' record) and ``model.meta`` set; without ``pretrained`` it is randomly initialised and its
     ``pretrained_cfg`` is None.
     """
+    from .models import create_model as create_registered
+    from .weights import load_model
+
     if not pretrained:
         if classes is not None:
             num_classes = len(classes) if num_classes is None else num_classes
         kwargs = {**overrides, **({"num_classes": int(num_classes)} if num_classes is not None else {})}
-        model = _create_registered(name, **kwargs)
+        model = create_registered(name, **kwargs)
         if classes is not None:
             model.meta["classes"] = [str(c) for c in classes]
         return model

@@ -91,12 +91,13 @@ def validate_temperature(value: Any) -> float:
     return t
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row softmax in float32, stable for large logits."""
-    z = np.asarray(logits, dtype=np.float32)
+def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Row softmax over the last axis, stable for large logits: the project's one softmax (inference in float32;
+    temperature fitting asks for float64)."""
+    z = np.asarray(logits, dtype=dtype)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(dtype)
 
 
 def calibrated_probabilities(logits: np.ndarray, meta: Any) -> np.ndarray:

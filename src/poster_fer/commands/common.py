@@ -7,9 +7,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..constants import OFFICIAL_SUFFIXES
-
-__all__ = ["add_device_argument", "add_weights_arguments", "command_line", "load_weights", "output_dir", "output_file",
+__all__ = ["add_backend_argument", "add_device_argument", "add_weights_arguments", "command_line", "load_weights",
+           "output_dir", "output_file",
            "weights_path"]
 
 
@@ -19,14 +18,30 @@ def add_device_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) ->
                    help="cpu, cuda, cuda:N or auto (default auto: the GPU when PyTorch sees one, else the CPU)")
 
 
-def add_weights_arguments(p: argparse.ArgumentParser) -> None:
-    """``--weights`` plus what an official .pth needs (shared with ``explain``)."""
+def add_backend_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--backend`` for the commands that label faces (predict, serve): the same choices and default."""
+    from ..constants import BACKENDS  # imports nothing: --help stays light
+
+    p.add_argument("--backend", choices=(*BACKENDS, "onnx"), default="auto",
+                   help="auto (default): PyTorch when installed, else ONNX Runtime with the model's model.onnx; "
+                   ".onnx files always run in ONNX Runtime")
+
+
+def add_weights_arguments(p: argparse.ArgumentParser, onnx: bool = False) -> None:
+    """``--weights`` plus what an official .pth needs, declared once for every command (``onnx``: the command
+    also runs ``.onnx`` files). The rule that reads them is :func:`poster_fer.hub.is_official_checkpoint`."""
+    from ..constants import DEFAULT_MODEL, OFFICIAL_DEFAULT_MODEL
+
     p.add_argument("--weights", default=None, metavar="CKPT",
-                   help="poster-fer model directory / .safetensors, or an official .pth (then give --model); "
-                        "default: the shipped default model")
-    p.add_argument("--model", help="registered model name for an official checkpoint (poster_v1, poster_v2, ...)")
-    p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: from its head)")
-    p.add_argument("--channel-order", choices=("RGB", "BGR"),
+                   help="a shipped model's name (e.g. poster_v1_mfn_image.ferplus; `poster-fer info --list`), a "
+                   "poster-fer model folder / .safetensors" + (", a .onnx file" if onnx else "") + ", or an official "
+                   f".pth checkpoint (see --model); default: the shipped {DEFAULT_MODEL}")
+    p.add_argument("--model", default=None,
+                   help=f"architecture of an official .pth checkpoint (poster_v1, poster_v2, ...; default "
+                   f"{OFFICIAL_DEFAULT_MODEL}); poster-fer models record their own")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of an official checkpoint (default: from its head)")
+    p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None,
                    help="input channel order of an official checkpoint (default: what its code used)")
 
 
@@ -44,18 +59,21 @@ def weights_path(args: argparse.Namespace) -> Path:
 
 
 def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
-    """Our format by default; an official checkpoint (by suffix, or whenever --model is given) via load_official."""
+    """Our format, or an official checkpoint via load_official, by :func:`poster_fer.hub.is_official_checkpoint`."""
     from ..cli import UserError
+    from ..constants import OFFICIAL_DEFAULT_MODEL
+    from ..hub import is_official_checkpoint
     from ..weights import load_model, load_official
 
     path = weights_path(args)
-    official = args.model is not None or (path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES)
+    try:
+        official = is_official_checkpoint(path, args.model)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if not official:
         return load_model(path, device=device)
-    if args.model is None:
-        raise UserError(f"{path}: an official checkpoint needs --model (e.g. poster_v1 or poster_v2)")
     try:
-        model = load_official(path, model=args.model, num_classes=args.num_classes,
+        model = load_official(path, model=args.model or OFFICIAL_DEFAULT_MODEL, num_classes=args.num_classes,
                               channel_order=args.channel_order)
     except KeyError as e:
         raise UserError(str(e).strip("'\"")) from None

@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..constants import OFFICIAL_SUFFIXES
-from .common import weights_path
+from .common import add_weights_arguments, load_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Export a poster-fer model (or an official checkpoint) to ONNX with a dynamic "
                        "batch axis and the model's metadata (classes, preprocessing) embedded; the file is run in "
                        "ONNX Runtime against PyTorch before it is kept, and rejected above --tolerance.")
-    p.add_argument("--weights", default=None, help="poster-fer model directory/.safetensors, or an official "
-                   ".pth checkpoint (then see --model, --num-classes); default: the shipped default model")
+    add_weights_arguments(p)
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
     p.add_argument("--out", required=True, help="output file (.onnx)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
@@ -25,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted relative error (default 1e-4)")
     p.add_argument("--no-optimize", action="store_true",
                    help="export the eager graph instead of the exact fast paths (BN folding etc.)")
-    p.add_argument("--model", help="registered variant of an official checkpoint (default: poster_v1)")
-    p.add_argument("--num-classes", type=int, help="classes of an official checkpoint (default: from its head)")
+    p.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                   help="float16: store each weight that float16 holds exactly as float16, with a cast in the graph "
+                   "(about half the size for a model saved in float16; outputs unchanged); default float32")
     p.add_argument("--json", action="store_true", help="print the export report as JSON")
     p.set_defaults(func=run)
 
@@ -34,24 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
 
-    weights = weights_path(args)
     try:
         from ..export import DEFAULT_OPSET, ExportError, export_onnx
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise UserError(f"ONNX export needs onnx and onnxruntime ({err}); pip install 'poster-fer[onnx]'") from None
-    from .. import load_model, load_official
-
-    if weights.is_file() and weights.suffix.lower() in OFFICIAL_SUFFIXES:
-        model = load_official(weights, model=args.model or "poster_v1", num_classes=args.num_classes)
-    else:
-        model = load_model(weights)
+    model = load_weights(args)
+    weights = args.weights
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"{out}: the output file should end in .onnx")
     try:
         report = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET,
                              check_batch_sizes=(3,) if args.batch_size_check else (),
-                             tolerance=args.tolerance, optimize=not args.no_optimize,
+                             tolerance=args.tolerance, optimize=not args.no_optimize, storage=args.storage,
                              metadata={"provenance": {**(getattr(model, "meta", {}) or {}).get("provenance", {}),
                                                       "exported_from": str(weights)}})
     except ExportError as err:

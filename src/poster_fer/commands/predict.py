@@ -20,7 +20,7 @@ from typing import TextIO
 def register(sub: argparse._SubParsersAction) -> None:
     from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
     from ..options import arg, check_detect_size, check_limit, count_arg, probability_arg
-    from .common import add_device_argument
+    from .common import add_backend_argument, add_device_argument, add_weights_arguments
 
     p = sub.add_parser(
         "predict", help=f"detect faces in images/videos/webcam and predict their expressions (default model: "
@@ -34,16 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "without a face or that fail get a record with status 'no_face' / 'error'. Exit status 0: all inputs "
         "processed; 1: some failed; 2: usage or setup error.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="image or video files, or directories (recursive)")
-    p.add_argument("--weights", default=None, metavar="CKPT",
-                   help=f"poster-fer model directory / .safetensors, a shipped model's name (e.g. "
-                   f"poster_v1_ferplus_mfn_image), official .pth (with --model), or .onnx "
-                   f"(default: the shipped {DEFAULT_MODEL})")
-    p.add_argument("--model", default=None, help="registered variant of an official .pth (default poster_v1)")
-    p.add_argument("--num-classes", type=int, default=None, help="official .pth: classes in its head")
-    p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None,
-                   help="official .pth: channel order its weights expect (default: BGR for poster_v1, else RGB)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
-                   help="default: onnxruntime for .onnx files, torch otherwise")
+    add_weights_arguments(p, onnx=True)
+    add_backend_argument(p)
     add_device_argument(p)
     p.add_argument("--batch-size", type=count_arg("--batch-size"), default=32,
                    help="faces per forward pass (default 32)")
@@ -120,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rec = Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=None if args.no_detect else args.detector,
-            detector_model=args.detector_model, backend=args.backend or "torch", model=args.model,
+            detector_model=args.detector_model, backend=args.backend, model=args.model,
             num_classes=args.num_classes, channel_order=args.channel_order, batch_size=args.batch_size,
             max_faces=args.max_faces, detect_size=args.detect_size, score_threshold=args.threshold,
             max_pixels=args.max_pixels)

@@ -15,22 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
     from ..options import arg, check_detect_size, count_arg, probability_arg
     from ..serve.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
-    from .common import add_device_argument
+    from .common import add_backend_argument, add_device_argument, add_weights_arguments
 
     p = sub.add_parser(
         "serve", help=f"HTTP API + web page (photo or webcam) for a model (default: {DEFAULT_MODEL})",
         description="Serve a model over HTTP: POST /v1/predict (image in, faces and labels out), GET /v1/model, "
         "/healthz, /metrics (Prometheus), the API docs at /docs and a web page at / that labels photos and the "
         "webcam. Needs the 'serve' extra (pip install 'poster-fer[serve]').")
-    p.add_argument("--weights", default=None, metavar="CKPT",
-                   help=f"poster-fer model directory / .safetensors, a shipped model's name (e.g. "
-                   f"poster_v1_ferplus_mfn_image), official .pth (with --model), or .onnx "
-                   f"(default: the shipped {DEFAULT_MODEL})")
-    p.add_argument("--model", default=None, help="registered variant of an official .pth (default poster_v1)")
-    p.add_argument("--num-classes", type=int, default=None, help="official .pth: classes in its head")
-    p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None, help="official .pth: channel order")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
-                   help="default: onnxruntime for .onnx files, torch otherwise")
+    add_weights_arguments(p, onnx=True)
+    add_backend_argument(p)
     add_device_argument(p)
     p.add_argument("--threads", type=count_arg("--threads"), default=None,
                    help="PyTorch intra-op threads for the model (default: PyTorch's default, one per core)")
@@ -93,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                         "pip install 'poster-fer[serve]'") from None
     from ..faces import build_detector
     from ..inference import InferenceError, Recognizer
+    from ..inference.backends import torch_available
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     if not 0 <= args.port <= 65535:
@@ -112,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             cors_origins=tuple(args.cors_origin))
     except ValueError as err:
         raise UserError(str(err)) from None
-    if args.threads is not None:
+    if args.threads is not None and torch_available():  # ONNX Runtime sizes its own pool (one thread per core)
         import torch
 
         torch.set_num_threads(args.threads)
@@ -123,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rec = Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
-            backend=args.backend or "torch", model=args.model, num_classes=args.num_classes,
+            backend=args.backend, model=args.model, num_classes=args.num_classes,
             channel_order=args.channel_order, batch_size=args.batch_size, detect_size=args.detect_size,
             score_threshold=args.threshold, max_pixels=settings.max_pixels)
         extra = [build_detector(args.detector, model_path=args.detector_model, score_threshold=args.threshold)

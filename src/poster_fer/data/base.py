@@ -141,11 +141,6 @@ class FERDataset(Dataset):
         self.transform = transform
 
     @property
-    def class_to_idx(self) -> dict[str, int]:
-        """Class name to index, as torchvision datasets expose it."""
-        return {name: i for i, name in enumerate(self.classes)}
-
-    @property
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)

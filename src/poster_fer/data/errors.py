@@ -13,30 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..errors import DatasetError
+
 OnError = Literal["raise", "skip"]
 
 #: How many individual skip messages a report keeps (the counts are always complete).
 MAX_MESSAGES = 50
-
-
-class DatasetError(ValueError):
-    """A dataset file disagrees with its documented layout; the message starts with ``file:line``."""
-
-    def __init__(
-        self,
-        message: str,
-        path: str | Path | None = None,
-        line: int | None = None,
-        reason: str | None = None,
-    ) -> None:
-        self.path = None if path is None else Path(path)
-        self.line = line
-        self.reason = reason
-        self.detail = message
-        where = ""
-        if self.path is not None:
-            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
-        super().__init__(where + message)
 
 
 class MissingSplitError(DatasetError):
@@ -67,11 +49,6 @@ class LoadReport:
     def num_skipped(self) -> int:
         """Broken rows skipped under ``on_error="skip"``."""
         return sum(self.skipped.values())
-
-    @property
-    def num_dropped(self) -> int:
-        """Rows excluded by the dataset's own definition (e.g. FER+ unknown, AffectNet 8..10)."""
-        return sum(self.dropped.values())
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy, for logs and run records."""

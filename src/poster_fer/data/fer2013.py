@@ -189,12 +189,6 @@ def load_fer2013_table(path: str | os.PathLike[str]) -> Fer2013Table:
     return _cached_fer2013(str(p), st.st_mtime_ns, st.st_size)
 
 
-def clear_fer2013_cache() -> None:
-    """Forget parsed FER2013 / FER+ files (frees memory)."""
-    _cached_fer2013.cache_clear()
-    _cached_ferplus.cache_clear()
-
-
 def _split_rows(table: Fer2013Table, split: str, issues: IssueLog) -> np.ndarray:
     """Rows of the split; broken rows of this split (or of unknown split) go through ``issues``."""
     codes = _SPLIT_USAGE[split]

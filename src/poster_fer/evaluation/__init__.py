@@ -1,6 +1,6 @@
 """poster_fer.evaluation: metrics, report files and figures for evaluation runs, the evaluation loop,
 confidence calibration (one softmax temperature, ECE, reliability diagrams) and relevance maps (the paper's
-Fig. 7). The Table-4 ablation runner, which trains, is an app: :mod:`poster_fer.experiments`.
+Fig. 7). The Table-4 ablation runner, which trains, is an app: :mod:`poster_fer_train.ablation`.
 
 The metrics need only numpy; the figures import matplotlib / scikit-learn lazily (the ``analysis`` extra).
 """

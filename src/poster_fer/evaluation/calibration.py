@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..probabilities import set_temperature, validate_temperature
+from ..probabilities import set_temperature, softmax, validate_temperature
 
 __all__ = [
     "DEFAULT_BINS",
@@ -91,9 +91,7 @@ def softmax_with_temperature(logits: Any, temperature: float = 1.0) -> np.ndarra
     z = _to_numpy(logits) / validate_temperature(temperature)
     if z.ndim != 2:
         raise ValueError(f"logits must be 2-D (N, C), got shape {z.shape}")
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return softmax(z, dtype=np.float64)
 
 
 def _nll_slope(z: np.ndarray, t: np.ndarray, beta: float) -> float:

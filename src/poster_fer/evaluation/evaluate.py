@@ -25,11 +25,11 @@ from ..data import DatasetSubset
 from ..devices import resolve_device
 from ..precision import autocast as precision_autocast
 from ..precision import resolve_precision
-from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, validate_temperature
+from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, softmax, validate_temperature
 from ..provenance import git_revision
 from ..weights.preprocessing import Preprocessing, create_transform
 from .calibration import DEFAULT_BINS, expected_calibration_error, fit_temperature, reliability_bins
-from .loop import predict_split, softmax_np
+from .loop import predict_split
 from .metrics import compute_metrics, negative_log_likelihood
 from .report import write_eval_outputs
 
@@ -195,7 +195,7 @@ def run_evaluation(
         tta_flip=tta == "flip", progress=progress, desc=desc)
     views = [out.logits] if out.flip_logits is None else [out.logits, out.flip_logits]
     calibrated = temperature != 1.0 or logit_bias is not None
-    prob = (sum(softmax_np(calibrate_logits(v, temperature, logit_bias)) for v in views) / len(views)
+    prob = (sum(softmax(calibrate_logits(v, temperature, logit_bias)) for v in views) / len(views)
             if calibrated else out.probs)
     return {
         "y_true": labels,

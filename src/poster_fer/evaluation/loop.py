@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..distributed import DistEnv, all_reduce_sum, gather_arrays
+from ..probabilities import softmax
 
 __all__ = ["EvalOutput", "predict_split", "unwrap"]
 
@@ -142,7 +143,7 @@ def predict_split(
     order = np.argsort(full["indices"], kind="stable")
     logits = full["logits"][order].astype(np.float32)
     flip = full["flip_logits"][order].astype(np.float32) if tta_flip else None
-    probs = softmax_np(logits) if flip is None else (softmax_np(logits) + softmax_np(flip)) / 2
+    probs = softmax(logits) if flip is None else (softmax(logits) + softmax(flip)) / 2
     return EvalOutput(
         indices=full["indices"][order],
         y_true=full["y_true"][order].astype(np.int64),
@@ -154,8 +155,3 @@ def predict_split(
         features=full["features"][order] if return_features else None,
         flip_logits=flip,
     )
-
-
-def softmax_np(logits: np.ndarray) -> np.ndarray:
-    """Row softmax in float32 through torch (the same kernel the backends use)."""
-    return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)).softmax(-1).numpy()

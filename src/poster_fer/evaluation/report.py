@@ -10,7 +10,6 @@ is not installed; the figure is drawn last.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonable import to_jsonable
 from .plots import plot_confusion, plot_curves, write_tsne
 
 __all__ = ["load_metrics", "plot_curves", "render_markdown", "write_eval_outputs", "write_tsne"]
@@ -44,31 +44,6 @@ _COLUMN_ALIASES = {
     "index": ("index", "indices", "idx"),
     "probs": ("probs", "prob", "probabilities"),
 }
-
-
-def _jsonable(obj: Any) -> Any:
-    """Recursively convert numpy/pathlib/datetime values to JSON types; NaN and inf become ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (set, frozenset)):
-        return sorted((_jsonable(v) for v in obj), key=str)
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (_dt.datetime, _dt.date)):
-        return obj.isoformat()
-    return str(obj)
 
 
 def _check_metrics(metrics: Mapping[str, Any]) -> list[str]:
@@ -199,7 +174,7 @@ def render_markdown(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | 
     lines += [summary, ""]
 
     if provenance:
-        rows = [[k, v] for k, v in _provenance_rows(_jsonable(provenance))]
+        rows = [[k, v] for k, v in _provenance_rows(to_jsonable(provenance))]
         lines += ["## Provenance", ""]
         lines += ["Nested keys are dotted; a value too long for a table (a whole recipe) is in `metrics.json`.", ""]
         lines += _md_table(["key", "value"], rows, numeric=False) + [""]
@@ -319,13 +294,13 @@ def write_eval_outputs(
         "report": out / "report.md",
         "predictions": out / "predictions.csv",
     }
-    record = dict(_jsonable(metrics))
+    record = dict(to_jsonable(metrics))
     record["counts"] = {
         "num_samples": int(conf.sum()),
         "support": {n: int(support[i]) for i, n in enumerate(names)},
         "predicted": {n: int(predicted[i]) for i, n in enumerate(names)},
     }
-    record["provenance"] = _jsonable(provenance or {})
+    record["provenance"] = to_jsonable(provenance or {})
     record["format_version"] = FORMAT_VERSION
     paths["metrics"].write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     paths["report"].write_text(render_markdown(metrics, provenance), encoding="utf-8")

@@ -21,6 +21,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import DetectorError
+
 __all__ = [
     "BUNDLED_YUNET_FILENAME",
     "BUNDLED_YUNET_SHA256",
@@ -55,8 +57,6 @@ YUNET_ZOO = "zoo"
 _CHUNK = 1 << 16
 
 
-class DetectorError(RuntimeError):
-    """A face detector cannot be set up; the message says what to do (the CLI prints it without traceback)."""
 
 
 class DetectorModelError(DetectorError):

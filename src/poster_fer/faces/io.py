@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..constants import DEFAULT_MAX_PIXELS  # defined there so the command line's help needs no numpy / Pillow
+from ..errors import ImageLoadError
 
 __all__ = ["CHANNEL_ORDERS", "DEFAULT_MAX_DECODED_BYTES", "DEFAULT_MAX_PIXELS", "ImageLoadError", "check_channels",
            "check_decoded_size", "decoded_bytes", "load_image", "to_rgb_array"]
@@ -44,8 +45,6 @@ def decoded_bytes(mode: str, width: int, height: int) -> int:
     return int(width) * int(height) * per
 
 
-class ImageLoadError(ValueError):
-    """An image file could not be turned into an RGB array (unreadable, truncated, too large, unsupported)."""
 
 
 def check_decoded_size(name: str, mode: str, width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,

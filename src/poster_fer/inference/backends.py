@@ -9,11 +9,18 @@ records (``meta["logit_bias"]``, per-class offsets that undo the training set's 
 absent; ``meta["temperature"]``, 1 when absent), so whatever applies the softmax gets the deployed, calibrated
 confidences from either backend, and the two cannot drift apart. ONNX files hold the raw-logit graph and carry
 both values as metadata.
+
+Which backend: ``"auto"`` (the default) is PyTorch when it is installed and ONNX Runtime otherwise, so
+``pip install poster-fer`` without extras labels faces with the ONNX file each shipped model carries beside its
+weights (``model.onnx`` in the saved-model folder); ``"torch"`` or ``"onnxruntime"`` asks for one. Why PyTorch
+first when both are present: it is the reference the ONNX files are checked against, and it is what Grad-CAM,
+fine-tuning and autocast need; the ONNX path gives the same crops, labels and calibrated probabilities
+(benchmarks/bench_runtime.py measures both). Nothing here imports PyTorch until a PyTorch backend is built.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -21,21 +28,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..constants import OFFICIAL_SUFFIXES
-from ..models import set_fused_attention
-from ..precision import resolve_precision
+from ..constants import BACKENDS, OFFICIAL_DEFAULT_MODEL, ONNX_FILE
+from ..errors import InferenceError
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature
-from ..weights import load_model, load_official
 from ..weights.checks import check_metadata
 
-__all__ = ["Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "resolve_device"]
-
+__all__ = ["BACKENDS", "Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "onnx_file",
+           "resolve_backend", "resolve_device", "torch_available"]
 
 
 log = logging.getLogger(__name__)
 
-class InferenceError(RuntimeError):
-    """The recognizer cannot be set up as asked (missing backend, device, unreadable model); says what to do."""
 
 
 class Backend(Protocol):
@@ -64,8 +67,23 @@ def _temperature(meta: dict[str, Any], where: Any) -> float:
         raise InferenceError(f"{where}: bad calibration temperature in the metadata ({err})") from None
 
 
+def torch_available() -> bool:
+    """Whether PyTorch is installed (found without importing it, which would cost a second)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken install, or torch masked (sys.modules["torch"] = None)
+        return False
+
+
+def _need_torch(what: str) -> None:
+    if not torch_available():
+        raise InferenceError(f"{what} needs PyTorch, which is not installed: `pip install 'poster-fer[torch]'`, or "
+                             "use the ONNX runtime (backend 'onnxruntime', the shipped models' model.onnx files)")
+
+
 def resolve_device(device: str | None) -> str:
     """:func:`poster_fer.devices.resolve_device` as the string the backends keep, failing as an InferenceError."""
+    _need_torch(f"device {device!r}")
     from ..devices import DeviceError
     from ..devices import resolve_device as resolve
 
@@ -87,6 +105,9 @@ class TorchBackend:
 
     def __init__(self, model: Any, device: str = "auto", autocast: str | None = None,
                  fused_attention: bool = True, fast: bool = True) -> None:
+        from ..models import set_fused_attention
+        from ..precision import resolve_precision
+
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if fused_attention:
@@ -118,11 +139,10 @@ class TorchBackend:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        from ..precision import autocast
+
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        dev_type = torch.device(self.device).type
-        amp = (torch.autocast(dev_type, dtype=self.autocast) if self.autocast is not None
-               else contextlib.nullcontext())
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), autocast(self.device, self.autocast)():
             logits = self.net(x)
         return calibrate_logits(logits.float().cpu().numpy(), self.temperature, self.logit_bias)
 
@@ -135,6 +155,9 @@ class OnnxBackend:
     """
 
     def __init__(self, path: str | os.PathLike[str], device: str = "auto") -> None:
+        if (device or "auto").lower() not in ("auto", "cpu"):
+            raise InferenceError(f"the onnxruntime backend runs on the CPU here; device {device!r} needs the torch "
+                                 "backend (`pip install 'poster-fer[torch]'`)")
         try:
             from ..export import OnnxRuntimeModel
         except ImportError as err:
@@ -158,16 +181,46 @@ class OnnxBackend:
         check_metadata(self.meta, self.path, rebuild=False)
         self.temperature = _temperature(self.meta, self.path)
         self.logit_bias = _logit_bias(self.meta, self.path)
-        self.device = device
+        self.device = "cpu"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         logits = self.session(np.ascontiguousarray(batch, dtype=np.float32))
         return calibrate_logits(logits, self.temperature, self.logit_bias)
 
 
+def resolve_backend(backend: str | None) -> str:
+    """A ``backend=`` value as "torch" or "onnxruntime": "auto"/None is PyTorch when installed, else ONNX Runtime."""
+    kind = (backend or "auto").lower()
+    if kind in ("onnx", "ort"):
+        kind = "onnxruntime"
+    if kind not in BACKENDS:
+        raise InferenceError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if kind == "auto":
+        kind = "torch" if torch_available() else "onnxruntime"
+    return kind
+
+
+def onnx_file(path: str | os.PathLike[str]) -> Path:
+    """The ONNX file for a checkpoint argument: the path itself (a ``.onnx``) or a saved-model folder's
+    ``model.onnx``; a clear error when the folder has none."""
+    p = Path(path)
+    if p.is_dir():
+        found = p / ONNX_FILE
+        if not found.is_file():
+            raise InferenceError(f"{p}: no {ONNX_FILE} beside the weights for the ONNX runtime; write one with "
+                                 f"`poster-fer export --weights {p} --storage float16 --out {found}`, "
+                                 "or install PyTorch (`pip install 'poster-fer[torch]'`) to run the weights themselves")
+        return found
+    if p.suffix.lower() != ".onnx":
+        raise InferenceError(f"{p}: the onnxruntime backend takes a .onnx file or a saved-model folder holding "
+                             f"{ONNX_FILE}" + ("" if torch_available() else
+                                              " (PyTorch, which reads other checkpoints, is not installed)"))
+    return p
+
+
 def load_backend(
     path: str | os.PathLike[str],
-    backend: str = "torch",
+    backend: str | None = "auto",
     device: str = "auto",
     model: str | None = None,
     num_classes: int | None = None,
@@ -180,23 +233,31 @@ def load_backend(
     ``backend="torch"``: a poster-fer model directory or ``.safetensors`` file (:func:`poster_fer.load_model`),
     or an official ``.pth``/``.pth.tar`` checkpoint (:func:`poster_fer.load_official`; ``model`` names the
     registered variant, default ``poster_v1``, with ``num_classes``/``classes``/``channel_order`` as there).
-    ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported model with its embedded metadata.
+    ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported model with its embedded metadata, or a model
+    directory's ``model.onnx``. ``"auto"`` (default): torch when PyTorch is installed, else onnxruntime.
     """
+    from ..hub import is_official_checkpoint
+
     p = Path(path)
-    kind = backend.lower()
-    if kind in ("onnx", "ort"):
-        kind = "onnxruntime"
-    if p.suffix.lower() == ".onnx" and kind == "torch":
-        kind = "onnxruntime"
+    try:
+        official = is_official_checkpoint(p, model)
+    except ValueError as err:
+        raise InferenceError(str(err)) from None
+    kind = "onnxruntime" if p.suffix.lower() == ".onnx" else resolve_backend(backend)
+    if official and kind == "onnxruntime":
+        kind = resolve_backend("torch")
     if kind == "onnxruntime":
-        return OnnxBackend(p, device=device)
-    if kind != "torch":
-        raise InferenceError(f"unknown backend {backend!r}; choose 'torch' or 'onnxruntime'")
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such checkpoint")
+        return OnnxBackend(onnx_file(p), device=device)
+    _need_torch(f"{p} (backend 'torch')")
+    from ..weights import load_model, load_official
+
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
     dev = resolve_device(device)
-    if p.is_file() and p.suffix.lower() in OFFICIAL_SUFFIXES:
-        net = load_official(p, model=model or "poster_v1", num_classes=num_classes, classes=classes,
+    if official:
+        net = load_official(p, model=model or OFFICIAL_DEFAULT_MODEL, num_classes=num_classes, classes=classes,
                             channel_order=channel_order)
     else:
         net = load_model(p, device=dev)

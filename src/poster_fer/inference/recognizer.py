@@ -240,7 +240,7 @@ class Recognizer:
         device: str = "auto",
         detector: FaceDetector | str | None = "yunet",
         detector_model: str | os.PathLike[str] | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         model: str | None = None,
         num_classes: int | None = None,
         classes: list[str] | None = None,
@@ -250,8 +250,9 @@ class Recognizer:
     ) -> Recognizer:
         """Open a checkpoint (None: the shipped default model; a shipped model's name, see
         :func:`poster_fer.hub.list_pretrained`): a poster-fer directory / ``.safetensors``, an
-        official ``.pth`` (``model`` names its variant, default ``poster_v1``), or an ``.onnx`` export
-        (``backend="onnxruntime"``).
+        official ``.pth`` (``model`` names its variant, default ``poster_v1``), or an ``.onnx`` export.
+        ``backend``: "auto" (PyTorch when installed, else ONNX Runtime on the folder's ``model.onnx``), "torch"
+        or "onnxruntime".
 
         ``detector_model`` is the YuNet file (default: the one bundled in the package; ``"zoo"``: the OpenCV
         Zoo file in the per-user cache, downloaded on first use). Other keyword
@@ -319,6 +320,31 @@ class Recognizer:
             log.debug("dropped %d invalid detection(s): %s", len(dropped), "; ".join(dropped))
         return (faces[: self.max_faces] if self.max_faces else faces), len(dropped)
 
+    def faces_and_crops(self, rgb: np.ndarray, detect: bool = True, max_faces: int | None = None,
+                        ) -> tuple[list[Face | None], list[np.ndarray], int]:
+        """The face pipeline up to the model, for a loaded RGB image: the faces (best first, at most ``max_faces``
+        as well as the recognizer's own limit) with their aligned crops, and how many invalid detections were
+        dropped. ``detect=False`` takes the whole image as one crop (face None). The one implementation that
+        :meth:`iter_predict` and the web service both call."""
+        if not detect:
+            return [None], [self.preprocessing.prepare_crop(rgb)], 0
+        found, dropped = self._detect(rgb)
+        if max_faces:
+            found = found[:max_faces]
+        return list(found), [self.preprocessing.align(rgb, f.landmarks) for f in found], dropped
+
+    def result(self, face: Face | None, probs: np.ndarray, size: tuple[int, int],
+               crop: np.ndarray | None = None) -> FaceResult:
+        """One face's result from its class probabilities; ``size`` ``(width, height)`` of the image is the box
+        of a face given as a whole crop (``face`` None). ``crop`` is kept on the result when given."""
+        k = int(np.argmax(probs))
+        probabilities = {c: float(v) for c, v in zip(self.classes, probs, strict=True)}
+        if face is None:
+            return FaceResult(box=(0.0, 0.0, float(size[0]), float(size[1])), landmarks=None, score=None,
+                              label=self.classes[k], probabilities=probabilities, crop=crop)
+        return FaceResult(box=face.box, landmarks=face.landmarks, score=face.score, label=self.classes[k],
+                          probabilities=probabilities, landmarks_estimated=face.landmarks_estimated, crop=crop)
+
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``(N, C)`` for prepared crops (aligned, colour-handled, uint8 RGB)."""
         out = np.zeros((len(crops), len(self.classes)), np.float32)
@@ -381,16 +407,9 @@ class Recognizer:
             if isinstance(x, BaseException):
                 pending.append((ImagePrediction(key, [], error=x), [], []))
                 continue
-            dropped = 0
             try:
                 rgb = self.load(x, channels)
-                if detect:
-                    found, dropped = self._detect(rgb)
-                    faces: list[Face | None] = list(found)
-                    crops = [self.preprocessing.align(rgb, f.landmarks) for f in found]
-                else:
-                    faces = [None]
-                    crops = [self.preprocessing.prepare_crop(rgb)]
+                faces, crops, dropped = self.faces_and_crops(rgb, detect)
             except _INPUT_ERRORS as err:
                 pending.append((ImagePrediction(key, [], error=err), [], []))
                 continue
@@ -408,22 +427,10 @@ class Recognizer:
         i = 0
         for pred, faces, crops in pending:
             for face, crop in zip(faces, crops, strict=True):
-                pred.faces.append(self._result(face, crop, probs[i], pred.image, return_crops))
+                h, w = (pred.image if pred.image is not None else crop).shape[:2]
+                pred.faces.append(self.result(face, probs[i], (w, h), crop if return_crops else None))
                 i += 1
             yield pred
-
-    def _result(self, face: Face | None, crop: np.ndarray, p: np.ndarray, image: np.ndarray | None,
-                keep_crop: bool) -> FaceResult:
-        k = int(np.argmax(p))
-        probabilities = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
-        if face is None:
-            h, w = image.shape[:2] if image is not None else crop.shape[:2]
-            return FaceResult(box=(0.0, 0.0, float(w), float(h)), landmarks=None, score=None,
-                              label=self.classes[k], probabilities=probabilities,
-                              crop=crop if keep_crop else None)
-        return FaceResult(box=face.box, landmarks=face.landmarks, score=face.score, label=self.classes[k],
-                          probabilities=probabilities, landmarks_estimated=face.landmarks_estimated,
-                          crop=crop if keep_crop else None)
 
     def __repr__(self) -> str:
         det = getattr(self.detector, "name", None)

@@ -13,33 +13,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 __all__ = ["IoUTracker", "Track", "box_iou"]
 
 
-def _xyxy(boxes: Sequence[Sequence[float]] | np.ndarray) -> torch.Tensor:
-    """``(x, y, w, h)`` boxes as an ``(N, 4)`` float64 tensor of ``(x1, y1, x2, y2)`` corners (torchvision's format)."""
+def _xyxy(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """``(x, y, w, h)`` boxes as an ``(N, 4)`` float64 array of ``(x1, y1, x2, y2)`` corners."""
     xywh = np.asarray(boxes, dtype=np.float64)
     if xywh.size == 0:
         xywh = xywh.reshape(0, 4)
     if xywh.ndim != 2 or xywh.shape[1] != 4:
         raise ValueError(f"boxes must be (x, y, w, h), got an array of shape {xywh.shape}")
-    t = torch.from_numpy(xywh)
-    return torch.cat([t[:, :2], t[:, :2] + t[:, 2:]], dim=1)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
 
 
 def _iou_matrix(a: Sequence[Sequence[float]] | np.ndarray, b: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """IoU of every ``(x, y, w, h)`` box of ``a`` with every one of ``b``: a ``(len(a), len(b))`` float64 array.
 
-    ``torchvision.ops.box_iou`` in float64, except that a pair whose union is empty (degenerate boxes) gets 0
-    instead of torchvision's NaN (0/0), as before.
+    Numpy, not ``torchvision.ops.box_iou``, so tracking runs in the torch-free runtime; a pair whose union is
+    empty (degenerate boxes) gets 0 rather than 0/0.
     """
-    from torchvision.ops import box_iou as tv_box_iou  # imported on first use: it adds seconds to the import
-
-    iou = tv_box_iou(_xyxy(a), _xyxy(b))
-    # A union <= 0 forces an empty intersection, so such pairs are 0/0 = NaN or 0/negative = -0.0: both become 0.
-    return (torch.nan_to_num(iou, nan=0.0) + 0.0).numpy()
+    p, q = _xyxy(a)[:, None, :], _xyxy(b)[None, :, :]
+    wh = np.clip(np.minimum(p[..., 2:], q[..., 2:]) - np.maximum(p[..., :2], q[..., :2]), 0.0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
+    union = area(p) + area(q) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return iou + 0.0
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

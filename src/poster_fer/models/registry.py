@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+
+from ..jsonable import to_jsonable
+from ..naming import name_matches
 
 # family name -> (model class, config class)
 _FAMILIES: dict[str, tuple[type[nn.Module], type]] = {}
@@ -80,15 +82,6 @@ def list_models(pattern: str | None = None) -> list[str]:
     return sorted(n for n in _VARIANTS if name_matches(n, pattern))
 
 
-def name_matches(name: str, pattern: str | None) -> bool:
-    """``pattern`` with ``*``/``?``/``[`` is a shell wildcard (timm's ``list_models``); otherwise a substring."""
-    if not pattern:
-        return True
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatchcase(name, pattern)
-    return pattern in name
-
-
 def model_family(name: str) -> str:
     """The family a registered variant belongs to."""
     return _lookup(name)[0]
@@ -124,15 +117,7 @@ def build_config(family: str, values: dict[str, Any]) -> Any:
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config (tuples become lists)."""
-    return json_ready(dataclasses.asdict(cfg))
-
-
-def json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    return obj
+    return to_jsonable(dataclasses.asdict(cfg))
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

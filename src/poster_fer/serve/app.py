@@ -40,7 +40,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..faces import Face, FaceDetector
-from ..inference import FaceResult, Recognizer
+from ..inference import Recognizer
+from ..jsonable import to_jsonable
 from .batching import MicroBatcher
 from .errors import ApiError
 from .metrics import Metrics
@@ -231,19 +232,12 @@ class _Service:
         t1 = time.perf_counter()
         rgb = img.rgb
         h, w = rgb.shape[:2]
-        prep = self.rec.preprocessing
         try:
-            if detect:
-                view = self._views.get()
-                try:
-                    found = view.detect(rgb)
-                finally:
-                    self._views.put(view)
-                faces: list[Face | None] = list(found[:max_faces])
-                crops = [prep.align(rgb, f.landmarks) for f in found[:max_faces]]
-            else:
-                faces = [None]
-                crops = [prep.prepare_crop(rgb)]
+            view = self._views.get()
+            try:
+                faces, crops, _ = view.faces_and_crops(rgb, detect, max_faces)
+            finally:
+                self._views.put(view)
         except ApiError:
             raise
         except Exception as err:  # a detector or warp failing on a strange but decodable image
@@ -257,16 +251,8 @@ class _Service:
         return _Prepared(w, h, fmt, faces, crops, t1 - t0, time.perf_counter() - t1)
 
     def result(self, face: Face | None, probs: np.ndarray, width: int, height: int) -> dict[str, Any]:
-        classes = self.rec.classes
-        label = classes[int(np.argmax(probs))]
-        p = {c: float(v) for c, v in zip(classes, probs, strict=True)}
-        if face is None:
-            out = FaceResult(box=(0.0, 0.0, float(width), float(height)), landmarks=None, score=None, label=label,
-                             probabilities=p)
-        else:
-            out = FaceResult(box=face.box, landmarks=face.landmarks, score=face.score, label=label, probabilities=p,
-                             landmarks_estimated=face.landmarks_estimated)
-        return out.to_record()  # the documented wire keys ("scores"), see FaceResult.to_dict
+        """One face as the documented wire keys ("scores"; see FaceResult.to_record), built by the recognizer."""
+        return self.rec.result(face, probs, (width, height)).to_record()
 
     @functools.cached_property
     def model_record(self) -> dict[str, Any]:
@@ -293,7 +279,7 @@ class _Service:
                        "workers": s.workers},
             "version": __version__,
         }
-        return _jsonable(record)
+        return to_jsonable(record)
 
 
 #: What ``/v1/model`` tells any client about how the weights were made: never the training machine's paths,
@@ -335,21 +321,6 @@ def _return_memory() -> None:
 
 
 _MALLOC_TRIM: Any = None
-
-
-def _jsonable(value: Any) -> Any:
-    """Metadata as strict JSON: numpy scalars and paths to plain values, NaN and infinities to null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
 
 
 class _Observe:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .safe_load import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["check_metadata", "check_weights_fit", "header_shapes"]
 

@@ -16,7 +16,6 @@ sha256 against the published release, so a different file is an error rather tha
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checksums import sha256_of
 from ..models.arcface_mobilefacenet import STAGES as MFN_STAGES
 from ..models.arcface_mobilefacenet import ArcFaceMobileFaceNet
 from ..models.dlib_resnet import DLIB_MEAN_RGB, LEVELS, DlibResNet
@@ -34,14 +34,6 @@ from .safe_load import CheckpointError
 MOBILEFACENET_BIN_SHA256 = "c60e392478df0a2fd756f9a230c9935a04d136e9d3bf12e99a850d4802806089"
 DLIB_RESNET_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 _TF_PREFIX = "MobileFaceNet/MobileFaceNet/"
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_sha(path: Path, expected: str | None, what: str) -> None:

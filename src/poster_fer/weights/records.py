@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.registry import name_matches
+from ..errors import CheckpointError
+from ..naming import name_matches
 
 __all__ = ["RECORDS_FILE", "WeightsRecord", "find_official", "get_weights", "list_weights", "load_records",
            "pretrained_root"]
@@ -67,6 +68,9 @@ class WeightsRecord:
     description: str = ""
     file: str | None = None  # relative to poster_fer/pretrained; None for weights users download
     sha256: str | None = None
+    # The same model as ONNX for the torch-free runtime (``model.onnx`` beside ``file``; its sha256, opset and the
+    # largest probability difference from PyTorch measured when it was written); empty for weights users download.
+    onnx: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     calibration: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     metrics: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     num_params: int | None = None
@@ -114,8 +118,6 @@ class WeightsRecord:
 
     def path(self) -> Path:
         """The shipped weights' saved-model folder; a clear error when the record has no file or it is absent."""
-        from .safe_load import CheckpointError
-
         if self.file is None:
             raise CheckpointError(f"{self.name}: these weights do not ship with poster-fer ({self.origin}); "
                                   f"download them and load with poster_fer.load_official(PATH, weights={self.name!r})")
@@ -127,15 +129,23 @@ class WeightsRecord:
         return path.parent
 
     def verify(self) -> Path:
-        """:meth:`path`, after checking the file's sha256 against the record (a damaged install fails here)."""
-        from .face_backbones import sha256_of
-        from .safe_load import CheckpointError
+        """:meth:`path`, after checking the files' sha256 against the record (a damaged install fails here):
+        the weights and, when the record has one, the ONNX file beside them."""
+        from ..checksums import sha256_of
 
         folder = self.path()
-        digest = sha256_of(pretrained_root() / str(self.file))
-        if self.sha256 and digest != self.sha256:
-            raise CheckpointError(f"{pretrained_root() / str(self.file)}: sha256 {digest} differs from the record of "
-                                  f"{self.name!r} ({self.sha256}); the installation is damaged, reinstall poster-fer")
+        files = [(self.file, self.sha256)]
+        if self.onnx.get("file"):
+            files.append((self.onnx["file"], self.onnx.get("sha256")))
+        for file, expected in files:
+            path = pretrained_root() / str(file)
+            if not path.is_file():
+                raise CheckpointError(f"{path}: listed in the record of {self.name!r} but missing from this "
+                                      "installation; reinstall poster-fer")
+            digest = sha256_of(path)
+            if expected and digest != expected:
+                raise CheckpointError(f"{path}: sha256 {digest} differs from the record of {self.name!r} "
+                                      f"({expected}); the installation is damaged, reinstall poster-fer")
         return folder
 
 
@@ -173,9 +183,13 @@ def get_weights(name: str) -> WeightsRecord:
         warnings.warn(f"weights name {name!r} is deprecated; use {old[name]!r}", DeprecationWarning, stacklevel=2)
         return records[old[name]]
     if "." not in name:
-        from ..models.registry import architecture_of
+        # A current architecture name needs no registry (so no PyTorch); a retired one is resolved by it.
+        if any(r.architecture == name for r in records.values()):
+            arch = name
+        else:
+            from ..models.registry import architecture_of
 
-        arch = architecture_of(name)
+            arch = architecture_of(name)
         defaults = [r for r in records.values() if r.architecture == arch and r.default]
         if defaults:
             return defaults[0]

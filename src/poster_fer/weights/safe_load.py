@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: unreadable, unsafe, or not matching the model."""
+from ..errors import CheckpointError
 
 
 class RecordedObject:

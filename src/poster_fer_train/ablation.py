@@ -3,7 +3,7 @@
 Each variant changes only what Table 4 changes (which streams, cross-fusion or vanilla self-attention,
 pyramid or single width); everything else (data, model size, optimiser, epochs, seed) comes from the one
 recipe, so the rows differ only in the architecture. Training goes through the training package's public
-entry point (:func:`poster_fer.training.fit`), which selects the best epoch on validation and tests that
+entry point (:func:`poster_fer_train.fit`), which selects the best epoch on validation and tests that
 checkpoint once. Each variant lives in ``OUT/<variant>/`` (``recipe.yaml``, the run, ``variant.json``); a
 finished variant is skipped on a rerun and an interrupted one resumes from its ``last.pt``, so a long CPU
 ablation survives interruptions.
@@ -20,10 +20,11 @@ from typing import Any
 
 import yaml
 
-from ..models import model_family
-from ..provenance import git_revision
-from ..training import fit
-from ..training.recipe import load_recipe
+from poster_fer.models import model_family
+from poster_fer.provenance import git_revision
+
+from . import fit
+from .recipe import load_recipe
 
 __all__ = ["VARIANTS", "Variant", "parse_variants", "pct", "render_ablation_markdown", "run_ablation", "variant_recipe"]
 

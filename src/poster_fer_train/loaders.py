@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..data import DatasetError, DatasetSubset, FERDataset, MissingSplitError, build_dataset, build_transform
-from ..data.factory import dataset_options
-from ..distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
-from ..weights.preprocessing import Preprocessing
+from poster_fer.constants import IMAGENET_MEAN, IMAGENET_STD
+from poster_fer.data import DatasetError, DatasetSubset, FERDataset, MissingSplitError, build_dataset, build_transform
+from poster_fer.data.factory import dataset_options
+from poster_fer.distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
+from poster_fer.weights.preprocessing import Preprocessing
+
 from .augment import BatchAugment, BatchAugmentConfig
 
-SPLITS = ("train", "val", "test")
 PIPELINES = ("transforms", "preload")
 
 

@@ -2,7 +2,7 @@
 :func:`poster_fer.evaluation.loop.predict_split`.
 
 :func:`train_one_epoch` runs one pass over the training loader: mixed precision, SAM's two passes when the
-optimiser is :class:`~poster_fer.training.optim.SAM`, gradient clipping, a per-step schedule, JSON-line step
+optimiser is :class:`~poster_fer_train.optim.SAM`, gradient clipping, a per-step schedule, JSON-line step
 logs, a stop on a non-finite loss (before the weights are touched) and an optional wall-clock deadline that
 every rank agrees on.
 """
@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..distributed import DistEnv, all_reduce_sum
-from ..evaluation.loop import SINGLE, hard_labels, unwrap
-from ..precision import autocast as precision_autocast
+from poster_fer.distributed import DistEnv, all_reduce_sum
+from poster_fer.evaluation.loop import SINGLE, hard_labels, unwrap
+from poster_fer.precision import autocast as precision_autocast
+
 from .optim import SAM
 
 

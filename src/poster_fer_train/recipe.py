@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..assets import expand_shared
+from poster_fer.assets import expand_shared
 
 #: Every recipe key with its default. Sections whose values are free-form dicts are listed in FREE_FORM.
 DEFAULTS: dict[str, Any] = {
@@ -96,7 +96,7 @@ class RecipeError(ValueError):
 
 
 def configs_dir() -> Path:
-    """Where named recipes live: ``$POSTER_FER_CONFIGS``, or the package's own ``poster_fer/configs/``.
+    """Where named recipes live: ``$POSTER_FER_CONFIGS``, or the training app's own ``poster_fer_train/configs/``.
 
     The recipes ship as package data (the repository's top-level ``configs`` is a link to them), so an installed
     wheel trains ``--recipe ferplus_cpu`` exactly as a checkout does.
@@ -104,7 +104,7 @@ def configs_dir() -> Path:
     env = os.environ.get("POSTER_FER_CONFIGS")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1] / "configs"
+    return Path(__file__).resolve().parent / "configs"
 
 
 def list_recipes() -> list[str]:

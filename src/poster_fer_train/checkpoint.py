@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..weights.io import atomic_write
-from ..weights.safe_load import CheckpointError
+from poster_fer.weights.io import atomic_write
+from poster_fer.weights.safe_load import CheckpointError
 
 CHECKPOINT_FORMAT = "poster-fer-train/1"
 LAST = "last.pt"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..weights.io import atomic_write
+from poster_fer.weights.io import atomic_write
 
 
 class LandmarkCache:

@@ -33,9 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    from ..training import NonFiniteLossError, RecipeError, fit, list_recipes, load_recipe
-    from .common import parse_overrides
+    from poster_fer.cli import UserError
+    from poster_fer.commands.common import parse_overrides
+    from poster_fer_train.commands import require_training_extra
+
+    require_training_extra("train")
+    from poster_fer_train import NonFiniteLossError, RecipeError, fit, list_recipes, load_recipe
 
     if args.list:
         for name in list_recipes():

@@ -39,12 +39,12 @@ from PIL import ImageOps
 from torch import nn
 from tqdm import tqdm
 
-from ..data import FERDataset
-from ..evaluation.evaluate import eval_transform, match_classes, sample_ids
-from ..hub import resolve_weights
-from ..weights.face_backbones import sha256_of
-from ..weights.io import atomic_write, load_model, weights_file
-from ..weights.preprocessing import Preprocessing
+from poster_fer.checksums import sha256_of
+from poster_fer.data import FERDataset
+from poster_fer.evaluation.evaluate import eval_transform, match_classes, sample_ids
+from poster_fer.hub import resolve_weights
+from poster_fer.weights.io import atomic_write, load_model, weights_file
+from poster_fer.weights.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)

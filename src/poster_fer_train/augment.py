@@ -4,7 +4,7 @@ Small datasets (FER2013/FER+ at 48 px) fit in memory as one uint8 tensor. Augmen
 few tensor ops (one ``grid_sample`` for flip + scale + rotation + translation, masks for erasing) costs a
 fraction of per-image PIL transforms in DataLoader workers, which on a 2-core machine compete with the model
 for the same cores. The flip is reported per sample so frozen landmark features cached for the image and its
-mirror can be looked up (see :mod:`poster_fer.training.landmark_cache`).
+mirror can be looked up (see :mod:`poster_fer_train.landmark_cache`).
 """
 
 from __future__ import annotations

@@ -271,9 +271,6 @@ class StepSchedule:
         self.step_count += 1
         self._apply()
 
-    def get_last_lr(self) -> list[float]:
-        return [g["lr"] for g in self.optimizer.param_groups]
-
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "step_count": self.step_count, "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch}

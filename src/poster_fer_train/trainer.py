@@ -34,12 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import resolve_device
-from ..distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
-from ..evaluation.loop import EvalOutput, predict_split, unwrap
-from ..precision import autocast as precision_autocast
-from ..precision import cpu_has_fast_bf16, resolve_precision
-from ..provenance import cpu_model, git_revision, load_average
+from poster_fer.devices import resolve_device
+from poster_fer.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
+from poster_fer.evaluation.loop import EvalOutput, predict_split, unwrap
+from poster_fer.jsonable import to_jsonable
+from poster_fer.precision import autocast as precision_autocast
+from poster_fer.precision import cpu_has_fast_bf16, resolve_precision
+from poster_fer.provenance import cpu_model, git_revision, load_average
+
 from .budget import TimeBudget
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .distill import DistillConfig, build_teacher_targets
@@ -115,7 +117,7 @@ class RunLog:
             return
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(record, default=_json_default) + "\n")
+            fh.write(json.dumps(to_jsonable(record)) + "\n")
         if self.tb is not None:
             step = record.get("step", record.get("epoch", 0))
             for k, v in record.items():
@@ -125,16 +127,6 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def _finite(x: float) -> float | None:
@@ -171,9 +163,9 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str],
     """``create_model(model.name, num_classes=..., **model.config)`` plus pretrained backbone files; with
     ``model.init`` (shipped weights' name or a saved model) the whole trained model instead, re-headed to the
     dataset's ``classes``."""
-    from .. import create_model
-    from ..weights import load_pretrained_ir50, load_pretrained_mobilefacenet
-    from ..weights.face_backbones import load_face_backbone_into
+    from poster_fer import create_model
+    from poster_fer.weights import load_pretrained_ir50, load_pretrained_mobilefacenet
+    from poster_fer.weights.face_backbones import load_face_backbone_into
 
     mcfg = recipe["model"]
     if mcfg.get("init"):
@@ -203,7 +195,7 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str],
 
 def _resolve_init(init: str) -> Any:
     """What ``model.init`` names: a saved model's folder or file (a Path), else shipped weights' record."""
-    from ..weights.records import get_weights
+    from poster_fer.weights.records import get_weights
 
     path = Path(init).expanduser()
     if path.exists():
@@ -217,7 +209,7 @@ def _resolve_init(init: str) -> Any:
 
 def _open_init(init: str) -> nn.Module:
     """The model ``model.init`` names, loaded."""
-    from .. import create_model, load_model
+    from poster_fer import create_model, load_model
 
     source = _resolve_init(init)
     return load_model(source) if isinstance(source, Path) else create_model(source.name, pretrained=True)
@@ -246,8 +238,8 @@ def init_preprocessing(recipe: dict[str, Any], say: Any) -> None:
     init = recipe["model"].get("init")
     if not init:
         return
-    from ..weights import read_metadata
-    from ..weights.preprocessing import Preprocessing
+    from poster_fer.weights import read_metadata
+    from poster_fer.weights.preprocessing import Preprocessing
 
     source = _resolve_init(str(init))
     prep = (Preprocessing.from_meta(read_metadata(source)) if isinstance(source, Path)
@@ -265,7 +257,7 @@ def init_preprocessing(recipe: dict[str, Any], say: Any) -> None:
 
 def preprocessing_meta(recipe: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """What inference must do to an image to match training (stored in the saved model's metadata)."""
-    from ..weights.preprocessing import Preprocessing
+    from poster_fer.weights.preprocessing import Preprocessing
 
     d = recipe["data"]
     geometry = d.get("crop_geometry")
@@ -383,7 +375,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     for line in pre:
         say(f"[model] {line}")
     if tr.get("fused_attention", True):
-        from ..models import set_fused_attention
+        from poster_fer.models import set_fused_attention
 
         set_fused_attention(model, True)
     model.to(device)
@@ -560,7 +552,7 @@ def _ema_args(cfg: Any) -> dict[str, Any]:
 
 
 def _metrics(out: EvalOutput, classes: list[str]) -> dict[str, Any]:
-    from ..evaluation import compute_metrics
+    from poster_fer.evaluation import compute_metrics
 
     m = compute_metrics(out.y_true, out.y_pred, classes, probs=out.probs)
     m["loss"] = _finite(out.loss)
@@ -698,7 +690,7 @@ class _Run:
 
 
 def _save_best(run: _Run, model: nn.Module, epoch: int, vm: dict[str, Any]) -> None:
-    from .. import save_model
+    from poster_fer import save_model
 
     save_model(unwrap(model), run.run_dir / BEST_DIR, classes=run.data.classes, preprocessing=run.preprocessing,
                provenance={**run.provenance(), "epoch": epoch},
@@ -714,8 +706,8 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
             wall_time_s: float) -> dict[str, Any]:
     """Evaluate val and test once with the best model; write results.json, curves.png and the best model's
     metrics."""
-    from .. import load_model, save_model
-    from ..models import set_fused_attention
+    from poster_fer import load_model, save_model
+    from poster_fer.models import set_fused_attention
 
     recipe, run_dir, data, env, device = run.recipe, run.run_dir, run.data, run.env, run.device
     history, best_epoch, say, log = ts.history, ts.best_epoch, run.say, run.log
@@ -771,10 +763,10 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
         save_model(best, best_dir, classes=meta["classes"], preprocessing=meta["preprocessing"],
                    provenance=meta.get("provenance"),
                    metrics={s: _summary(m) for s, m in metrics.items()})
-        (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        (run_dir / RESULTS_FILE).write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
         if history:
             with contextlib.suppress(Exception):  # figures are a convenience; never lose results over them
-                from ..evaluation.plots import plot_curves
+                from poster_fer.evaluation.plots import plot_curves
 
                 keep = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_mean_class_acc")
                 rows = [{k: v for k, v in h.items() if k in keep or (k == "lr" and v and v > 0)} for h in history]

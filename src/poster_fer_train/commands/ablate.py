@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import command_line
+from poster_fer.commands.common import command_line
 
 DEFAULT_VARIANTS = "landmark_only,image_only,baseline,baseline_pyramid,baseline_crossfusion,poster"
 
@@ -29,15 +29,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..cli import UserError
-    from ..experiments.ablation import parse_variants, pct, run_ablation
-    from .common import parse_overrides
+    from poster_fer.cli import UserError
+    from poster_fer.commands.common import parse_overrides
+    from poster_fer_train.commands import require_training_extra
+
+    require_training_extra("ablate")
+    from poster_fer_train.ablation import parse_variants, pct, run_ablation
 
     try:
         parse_variants(args.variants)
     except ValueError as e:
         raise UserError(str(e)) from None
-    from ..training.recipe import RecipeError
+    from poster_fer_train.recipe import RecipeError
 
     try:
         record = run_ablation(args.recipe, args.variants, args.out, data=args.data,
