@@ -76,32 +76,50 @@ def agreement() -> dict[str, Any]:
     return out
 
 
-def photo_speed(repeats: int) -> dict[str, Any]:
-    import torch
+# Run by each environment's own Python: the light venv (ONNX Runtime, no torch) and this one (PyTorch).
+_SPEED_SNIPPET = """
+import json, sys
+sys.path.insert(0, {bench!r})
+from _photo import group_image, time_pipeline
+from poster_fer.faces import load_image
+from poster_fer.inference import Recognizer
+rec = Recognizer.from_checkpoint(None, backend={kind!r})
+portrait = load_image({image!r})
+group = group_image(portrait)
+out = {{"group16_batch16": time_pipeline(rec, group, 16, 3), "portrait_batch1": time_pipeline(rec, portrait, 1, 3),
+       "torch_loaded": "torch" in sys.modules, "model": rec.meta.get("model")}}
+print("RESULT=" + json.dumps(out))
+"""
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_photo_pipeline import group_image, time_pipeline
+
+def photo_speed(light_python: Path, repeats: int) -> dict[str, Any]:
+    """Each backend in its own environment and process, as users run them (ONNX Runtime in the light venv,
+    PyTorch here), alternating so a machine that gets busier slows both alike; 2 threads each."""
+    import json
 
     from poster_fer.assets import shared_path
-    from poster_fer.faces import load_image
-    from poster_fer.inference import Recognizer
 
-    torch.set_num_threads(2)  # ONNX Runtime's default pool is one thread per core: 2 on these machines
-    portrait = load_image(shared_path("samples", "astronaut.png"))
-    group = group_image(portrait)
-    recs = {kind: Recognizer.from_checkpoint(None, backend=kind) for kind in ("onnxruntime", "torch")}
-    rows: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"group16_batch16": [], "portrait_batch1": []}
-                                                        for k in recs}
-    for r in range(repeats):  # alternate, so a machine that gets busier slows both alike
+    image = str(shared_path("samples", "astronaut.png"))
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    runs: dict[str, list[dict[str, Any]]] = {"onnxruntime": [], "torch": []}
+    pythons = {"onnxruntime": str(light_python), "torch": sys.executable}
+    for r in range(repeats):
         for kind in (("onnxruntime", "torch") if r % 2 == 0 else ("torch", "onnxruntime")):
-            rows[kind]["group16_batch16"].append(time_pipeline(recs[kind], group, 16, 3))
-            rows[kind]["portrait_batch1"].append(time_pipeline(recs[kind], portrait, 1, 3))
-    out: dict[str, Any] = {"model": recs["torch"].meta.get("model"), "threads": 2, "repeats": repeats}
-    for kind, cases in rows.items():
-        out[kind] = {case: {"faces_per_second": float(np.median([m["faces_per_second"] for m in ms])),
-                            "classify_faces_per_second": float(np.median([m["classify_faces_per_second"]
-                                                                          for m in ms])),
-                            "faces": ms[0]["faces"]} for case, ms in cases.items()}
+            code = _SPEED_SNIPPET.format(bench=str(REPO / "benchmarks"), kind=kind, image=image)
+            done = subprocess.run([pythons[kind], "-c", code], capture_output=True, text=True, env=env, check=True,
+                                  cwd=tempfile.gettempdir())
+            line = [x for x in done.stdout.splitlines() if x.startswith("RESULT=")][-1]
+            runs[kind].append(json.loads(line.removeprefix("RESULT=")))
+    out: dict[str, Any] = {"model": runs["torch"][0]["model"], "threads": 2, "repeats": repeats,
+                           "onnx_process_loaded_torch": any(x["torch_loaded"] for x in runs["onnxruntime"])}
+    for kind, rs in runs.items():
+        out[kind] = {case: {"faces_per_second": float(np.median([x[case]["faces_per_second"] for x in rs])),
+                            "classify_faces_per_second": float(np.median([x[case]["classify_faces_per_second"]
+                                                                          for x in rs])),
+                            "faces": rs[0][case]["faces"],
+                            "stage_seconds": {k: float(np.median([x[case]["seconds"][k] for x in rs]))
+                                              for k in rs[0][case]["seconds"]}}
+                     for case in ("group16_batch16", "portrait_batch1")}
     out["onnx_over_torch_group16"] = round(out["onnxruntime"]["group16_batch16"]["faces_per_second"]
                                            / out["torch"]["group16_batch16"]["faces_per_second"], 3)
     log(f"photo speed: {out}")
@@ -140,18 +158,25 @@ def torch_stack_mb() -> dict[str, Any]:
     return {"total_mb": round(sum(sizes.values()), 1), "by_package": dict(sorted(sizes.items()))}
 
 
+# A small launcher: a child forked from this (large) process would report this process's peak RSS as its own.
+_LAUNCH = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+           "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+           "w = time.perf_counter() - t; "
+           "print(rc, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
 def timed_run(command: list[str], env: dict[str, str] | None, runs: int) -> dict[str, Any]:
-    """Median wall seconds and the largest peak RSS (MB) of ``command`` over ``runs`` fresh processes."""
+    """Median wall seconds and the largest peak RSS (MB) of ``command`` over ``runs`` fresh processes, each started
+    by a small launcher process (so the RSS is the command's own)."""
     walls, peaks = [], []
     for _ in range(runs):
-        t = time.perf_counter()
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
-        walls.append(time.perf_counter() - t)
-        peaks.append(usage.ru_maxrss / 1024)  # kB on Linux
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{command} failed: {proc.stderr.read().decode()[-1000:] if proc.stderr else ''}")
+        done = subprocess.run(["/usr/bin/env", "python3", "-c", _LAUNCH, *command], env=env, capture_output=True,
+                              text=True, check=True)
+        rc, wall, peak = done.stdout.split()
+        if int(rc) != 0:
+            raise RuntimeError(f"{command} failed ({rc}): {done.stderr[-1000:]}")
+        walls.append(float(wall))
+        peaks.append(int(peak) / 1024)  # kB on Linux
     return {"wall_seconds": round(float(np.median(walls)), 3), "peak_rss_mb": round(max(peaks), 1), "runs": runs}
 
 
@@ -174,11 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                               "load_average_before": load_average()}
     if "agreement" not in args.skip:
         record["agreement"] = agreement()
-    if "photo_speed" not in args.skip:
-        record["photo_speed"] = photo_speed(args.repeats)
     with tempfile.TemporaryDirectory(prefix="poster-fer-light-") as tmp:
         light: dict[str, Any] | None = None
-        if "footprint" not in args.skip or "cold_start" not in args.skip:
+        if {"footprint", "cold_start", "photo_speed"} - set(args.skip):
             log("building the light venv (pip install poster-fer, no extras)")
             light = build_light_venv(Path(tmp))
             record["footprint"] = {
@@ -190,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             log(f"footprint: {record['footprint']['light']['installed_mb']} MB light, "
                 f"{record['footprint']['torch_stack_here']['total_mb']} MB torch stack")
+        if "photo_speed" not in args.skip and light is not None:
+            record["photo_speed"] = photo_speed(light["venv"] / "bin" / "python", args.repeats)
         if "cold_start" not in args.skip and light is not None:
             sample = str(sample_path())
             env = {"PATH": f"{light['venv'] / 'bin'}:/usr/bin:/bin", "HOME": tmp, "PYTHONNOUSERSITE": "1",

@@ -39,7 +39,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_photo_pipeline import group_image  # noqa: E402  (the 16-face photo, made the same way)
+from _photo import group_image  # noqa: E402  (the 16-face photo, made the same way)
 
 from poster_fer.assets import shared_path  # noqa: E402
 from poster_fer.faces import load_image  # noqa: E402

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from bench_photo_pipeline import group_image  # the 16-face photo of the load test (scripts in one folder)
+from _photo import group_image  # the 16-face photo of the load test (scripts in one folder)
 from bench_serve import start_server  # the same launcher as the load test
 from PIL import Image
 

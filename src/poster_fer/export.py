@@ -254,6 +254,10 @@ class OnnxRuntimeModel:
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: ONNX Runtime's threads otherwise spin after each call and take the cores
+        # from what runs next in a face pipeline (OpenCV's YuNet): on 2 cores the 16-face photo went from 135 to
+        # 158 faces/s with spinning off, the model's own time unchanged (benchmarks/bench_runtime.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
         try:
