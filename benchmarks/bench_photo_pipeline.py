@@ -13,7 +13,8 @@ Each stage is timed separately: ``detect`` (YuNet on the whole image), ``align``
 geometry), ``preprocess`` (grey/resize/normalise) and ``forward`` (the model). The classify stage is also run
 under bf16 autocast. Writes JSON with the command, git revision, machine description and load average.
 
-    python benchmarks/bench_photo_pipeline.py [--repeats 3] [--out benchmarks/results/photo_pipeline_cpu.json]
+    python benchmarks/bench_photo_pipeline.py [--repeats 3]
+        [--out benchmarks/results/speed/photo_pipeline/cpu-poster_v1_mfn64_image.ferplus.json]
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-weights", default=None, metavar="CKPT",
                    help="measure this trained checkpoint as the CPU-sized model (e.g. runs/ferplus_cpu/best)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what else loaded the machine)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "photo_pipeline_cpu.json")
+    p.add_argument("--out", type=Path, default=(REPO / "benchmarks/results/speed/photo_pipeline"
+                                                   / "cpu-poster_v1_mfn64_image.ferplus.json"))
     args = p.parse_args(argv)
     mach = machine()
     portrait = load_image(args.image)

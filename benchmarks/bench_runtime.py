@@ -13,7 +13,8 @@ Four measurements, each a section of one record:
 * ``cold_start``: wall seconds and peak RSS of ``poster-fer predict SAMPLE`` and of ``poster-fer --help``, in the
   light venv and in this (PyTorch) environment, median of runs.
 
-    python benchmarks/bench_runtime.py [--out benchmarks/results/runtime_light.json] [--skip footprint ...]
+    python benchmarks/bench_runtime.py
+        [--out benchmarks/results/speed/runtime/cpu-poster_v1_mfn64_image.ferplus.json] [--skip footprint ...]
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     from poster_fer.samples import sample_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "runtime_light.json")
+    p.add_argument("--out", type=Path, default=(REPO / "benchmarks/results/speed/runtime"
+                                                   / "cpu-poster_v1_mfn64_image.ferplus.json"))
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
     p.add_argument("--repeats", type=int, default=6, help="photo-speed repeats per backend (alternating)")
     p.add_argument("--runs", type=int, default=5, help="processes per cold-start measurement")

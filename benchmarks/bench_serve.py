@@ -14,7 +14,8 @@ summary keys up front:
 The clients are a minimal asyncio HTTP/1.1 client (raw sockets, keep-alive), so the load generator costs little
 CPU next to the server on a small machine; it still shares the machine's cores, which the JSON says.
 
-    python benchmarks/bench_serve.py [--weights CKPT] [--out benchmarks/results/serve_cpu.json]
+    python benchmarks/bench_serve.py [--weights CKPT]
+        [--out benchmarks/results/speed/serve/cpu-poster_v1_mfn64_image.ferplus.json]
 """
 
 from __future__ import annotations
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--server-arg", action="append", default=[], help="extra `poster-fer serve` argument "
                    "(repeatable, e.g. --server-arg=--max-wait-ms=5)")
     p.add_argument("--note", default="")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_cpu.json")
+    p.add_argument("--out", type=Path, default=(REPO / "benchmarks/results/speed/serve"
+                                                   / "cpu-poster_v1_mfn64_image.ferplus.json"))
     args = p.parse_args(argv)
 
     image_path = Path(args.image) if args.image else shared_path("samples", "astronaut.png")

@@ -13,7 +13,8 @@ One server (the shipped default model unless ``--weights``) on a free loopback p
 Targets (issue 24): under attack the good clients keep >= 80% of their requests/s, p99 <= 1.5 s and 0 errors;
 peak server RSS <= 1.5 GB, and RSS back within 100 MB of the baseline after; 16 clients vs 1 >= 2.0x.
 
-    python benchmarks/bench_serve_attack.py [--out benchmarks/results/serve_attack.json]
+    python benchmarks/bench_serve_attack.py
+        [--out benchmarks/results/speed/serve_attack/cpu-poster_v1_mfn64_image.ferplus.json]
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--idle", type=int, default=200)
     p.add_argument("--rss-requests", type=int, default=2000)
     p.add_argument("--server-arg", action="append", default=[])
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_attack.json")
+    p.add_argument("--out", type=Path, default=(REPO / "benchmarks/results/speed/serve_attack"
+                                                   / "cpu-poster_v1_mfn64_image.ferplus.json"))
     args = p.parse_args(argv)
 
     image_path = shared_path("samples", "astronaut.png")

@@ -31,7 +31,8 @@ here), then ``--warmup`` untimed steps, then ``--rounds`` interleaved rounds, ea
 the median time per step; ``speedup`` is the ratio to the baseline (``reference`` when measured, else the first
 variant measured); ``memory`` is the peak memory one more step adds.
 
-    python benchmarks/bench_train_step.py --recipe ferplus_cpu --out benchmarks/results/train_step_ferplus_cpu.json
+    python benchmarks/bench_train_step.py --recipe ferplus_cpu
+        --out benchmarks/results/speed/train_step/cpu-ferplus_cpu.json
     python benchmarks/bench_train_step.py --recipe rafdb_official --set optimizer.sam=null --device cuda \\
         --batch 128 --variants reference,opt,bf16,bf16_graphs --out train_step_gpu.json
 

@@ -13,7 +13,7 @@ Why a script and not a training option: shipping is a separate, auditable step. 
 3. evaluates the FER+ majority test split once per variant: the float32 model, the float16 model as shipped,
    the shipped model with flip TTA and without the prior correction; writes the full report (confusion,
    per-class table, reliability diagram) of the shipped model next to the results;
-4. writes ``benchmarks/results/default_model.json`` (the training run's record plus these numbers), saves the
+4. writes ``benchmarks/results/release/NAME.json`` (the training run's record plus these numbers), saves the
    model into ``src/poster_fer/pretrained/<architecture>.<tag>`` (paths made portable) and writes its record
    into ``src/poster_fer/pretrained/records.json`` (:mod:`poster_fer_train.release`): shipping adds data,
    never an architecture name.
@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "challenge data, research use) with FER+ labels (MIT)", help="the weights' licence, for the record")
     p.add_argument("--description", default="", help="one line for the record")
     p.add_argument("--default", action="store_true", help="the architecture's default weights")
-    p.add_argument("--results", default="benchmarks/results/default_model.json")
-    p.add_argument("--report-dir", default="benchmarks/results/default_model")
+    p.add_argument("--results", default=None, help="default: benchmarks/results/release/NAME.json (by --name, so a "
+                   "record names its model, never 'whichever is default today')")
+    p.add_argument("--report-dir", default=None, help="default: benchmarks/results/release/NAME/")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--prior-rule", choices=("mca_within_accuracy", "balanced"), default="mca_within_accuracy",
                    help="how tau is chosen on validation: the best mean class accuracy within --max-accuracy-drop of "
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-accuracy-drop", type=float, default=0.005)
     p.add_argument("--limit", type=int, default=None, help="smoke runs only: this many val/test images")
     args = p.parse_args(argv)
+    args.results = args.results or f"benchmarks/results/release/{args.name}.json"
+    args.report_dir = args.report_dir or f"benchmarks/results/release/{args.name}"
     t0 = time.time()
     torch.set_num_threads(2)
     run = Path(args.run)

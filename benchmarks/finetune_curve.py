@@ -13,7 +13,7 @@ PrivateTest faces), at most 10 CPU minutes each, from:
 
 beside (d) the shipped model as it is, no training: its FER+ outputs mapped onto the 7 shared expressions
 (contempt dropped, calibration applied). Test (PrivateTest) is read once per run by the trainer, after the epoch
-was chosen on val. Writes ``benchmarks/results/finetune_curve.json`` and ``docs/finetune_curve.png``.
+was chosen on val. Writes ``benchmarks/results/ablation/finetune_curve.json`` and ``docs/finetune_curve.png``.
 
     python benchmarks/finetune_curve.py --work runs/finetune_curve
 """
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--inits", default=",".join(INITS))
     p.add_argument("--variants", default="layerwise", help=f"comma-separated, of {', '.join(VARIANTS)} "
                    "(any but layerwise only for --inits shipped)")
-    p.add_argument("--out", default="benchmarks/results/finetune_curve.json")
+    p.add_argument("--out", default="benchmarks/results/ablation/finetune_curve.json")
     p.add_argument("--plot", default="docs/finetune_curve.png")
     args = p.parse_args(argv)
     work = Path(args.work)

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=str(pretrained_path()), help="default: the shipped default model")
     p.add_argument("--data", default=str(shared_path("data", "fer2013")))
-    p.add_argument("--out", default="benchmarks/results/default_model_robustness.json")
+    p.add_argument("--out", default="benchmarks/results/robustness/poster_v1_mfn64_image.ferplus.json")
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
     torch.set_num_threads(2)
