@@ -27,7 +27,7 @@ MODEL="${GPU_BENCH_MODEL:-poster_v1}"
 BATCHES="${GPU_BENCH_BATCHES:-1024,32,1}"
 TRAIN_BATCH="${GPU_BENCH_TRAIN_BATCH:-128}"
 TRAIN_RECIPE="${GPU_BENCH_TRAIN_RECIPE:-rafdb_official}"
-RESULTS="${GPU_BENCH_RESULTS:-benchmarks/results}"
+RESULTS="${GPU_BENCH_RESULTS:-benchmarks/results/speed/inference/gpu}"  # raw outputs; rename into h100-*.json by card
 mkdir -p "$RESULTS"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
