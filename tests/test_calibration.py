@@ -21,8 +21,8 @@ from poster_fer.evaluation import (
     run_evaluation,
     softmax_with_temperature,
 )
-from poster_fer.evaluation.evaluate import eval_transform
 from poster_fer.probabilities import get_temperature, set_temperature
+from poster_fer.weights import create_transform as eval_transform
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}

@@ -177,7 +177,7 @@ def test_one_preprocessing_and_calibrated_probabilities_agree_across_paths():
     calibrated probabilities (exact path to 1e-6; the Recognizer's folded fast path to 1e-5)."""
     from PIL import Image
 
-    from poster_fer.evaluation.evaluate import eval_transform
+    from poster_fer.weights import create_transform as eval_transform
     from poster_fer_train.loaders import BatchPreparer, preload_images
 
     model = poster_fer.create_model(DEFAULT_MODEL, pretrained=True)

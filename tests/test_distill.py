@@ -12,7 +12,7 @@ import yaml
 
 from poster_fer.cli import main
 from poster_fer.data import build_dataset
-from poster_fer.evaluation.evaluate import eval_transform
+from poster_fer.weights import create_transform as eval_transform
 from poster_fer.weights.io import load_model
 from poster_fer.weights.preprocessing import Preprocessing
 from poster_fer_train.distill import DistillConfig, TeacherTargets, teacher_logits

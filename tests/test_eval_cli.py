@@ -13,13 +13,9 @@ from PIL import Image
 from poster_fer import create_model, save_model
 from poster_fer.cli import main
 from poster_fer.data import FER2013_CLASSES, IMAGENET_MEAN, IMAGENET_STD, RAFDB_CLASSES, build_dataset
-from poster_fer.evaluation.evaluate import (
-    ClassMismatchError,
-    canonical_class_name,
-    match_classes,
-    run_evaluation,
-    subsample_indices,
-)
+from poster_fer.evaluation.class_match import ClassMismatchError, canonical_class_name, match_classes
+from poster_fer.evaluation.evaluate import run_evaluation
+from poster_fer.evaluation.samples import subsample_indices
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
@@ -134,7 +130,7 @@ def test_eval_writes_every_file_and_numbers_match_a_hand_count(fixture, tmp_path
 def test_run_evaluation_features_and_subset(fixture):
     root, _, model = fixture
     ds = build_dataset("fer2013", root, "test")
-    from poster_fer.evaluation.evaluate import eval_transform
+    from poster_fer import create_transform as eval_transform
 
     tf = eval_transform({"input_size": SIZE, "grayscale": True})
     out = run_evaluation(model, ds, batch_size=4, collect_features=True, transform=tf, indices=[1, 3, 6],
@@ -228,7 +224,7 @@ def test_dataset_and_root_default_to_what_training_recorded(fixture, tmp_path):
 
 
 def test_eval_transform_honours_grey_and_channel_order():
-    from poster_fer.evaluation.evaluate import eval_transform
+    from poster_fer import create_transform as eval_transform
 
     red = Image.new("RGB", (20, 20), (200, 10, 30))
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)

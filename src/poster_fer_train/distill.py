@@ -41,10 +41,11 @@ from tqdm import tqdm
 
 from poster_fer.checksums import sha256_of
 from poster_fer.data import FERDataset
-from poster_fer.evaluation.evaluate import eval_transform, match_classes, sample_ids
+from poster_fer.evaluation.class_match import match_classes
+from poster_fer.evaluation.samples import sample_ids
 from poster_fer.hub import resolve_weights
 from poster_fer.weights.io import atomic_write, load_model, weights_file
-from poster_fer.weights.preprocessing import Preprocessing
+from poster_fer.weights.preprocessing import Preprocessing, create_transform
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequen
         meta = model.meta
         mapping = match_classes(meta.get("classes") or [], list(classes))
         prep = Preprocessing.from_meta(meta)
-        transform = eval_transform(prep)
+        transform = create_transform(prep)
         sha = sha256_of(weights_file(path))
         record: dict[str, Any] = {"teacher": name, "path": str(path), "model": meta.get("model"), "sha256": sha,
                                   "weight": round(float(w), 4)}

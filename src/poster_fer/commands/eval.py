@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..data import build_dataset
     from ..devices import DeviceError, resolve_device
-    from ..evaluation.evaluate import ClassMismatchError, evaluate_dataset
+    from ..evaluation.class_match import ClassMismatchError
+    from ..evaluation.evaluate import evaluate_dataset
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
@@ -143,7 +144,8 @@ def _fit_temperature(args: argparse.Namespace, model: Any, kind: str, root: str,
 
     from ..cli import UserError
     from ..data import build_dataset
-    from ..evaluation.evaluate import ClassMismatchError, fit_dataset_temperature
+    from ..evaluation.class_match import ClassMismatchError
+    from ..evaluation.evaluate import fit_dataset_temperature
 
     split = args.fit_temperature_on
     if split == args.split:

@@ -13,14 +13,8 @@ from .calibration import (
     reliability_bins,
     softmax_with_temperature,
 )
-from .evaluate import (
-    ClassMismatchError,
-    eval_transform,
-    evaluate_dataset,
-    fit_dataset_temperature,
-    match_classes,
-    run_evaluation,
-)
+from .class_match import ClassMismatchError, match_classes
+from .evaluate import evaluate_dataset, fit_dataset_temperature, run_evaluation
 from .explain import explain_figure, relevance_maps
 from .loop import EvalOutput, predict_split
 from .metrics import (
@@ -46,7 +40,6 @@ __all__ = [
     "calibrate_model",
     "compute_metrics",
     "confusion_matrix",
-    "eval_transform",
     "evaluate_dataset",
     "expected_calibration_error",
     "explain_figure",

@@ -14,11 +14,13 @@ so the functions serve the evaluation loop and the trainer alike. Targets are in
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ..probabilities import set_temperature, softmax, validate_temperature
+from .metrics import negative_log_likelihood
 
 __all__ = [
     "DEFAULT_BINS",
@@ -26,6 +28,7 @@ __all__ = [
     "MIN_TEMPERATURE",
     "apply_temperature",
     "calibrate_model",
+    "calibration_metrics",
     "expected_calibration_error",
     "fit_temperature",
     "reliability_bins",
@@ -186,3 +189,28 @@ def calibrate_model(model: Any, logits_val: Any, targets_val: Any) -> float:
     temperature = fit_temperature(logits_val, targets_val)
     set_temperature(model, temperature)
     return temperature
+
+
+def _plain_bins(bins: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Reliability bins as JSON-ready lists (empty bins' NaN -> ``None``), like the rest of the metrics."""
+    return {k: [int(v) if k == "counts" else (float(v) if np.isfinite(v) else None) for v in arr.tolist()]
+            for k, arr in bins.items()}
+
+
+def calibration_metrics(y_true: np.ndarray, out: Mapping[str, Any], temperature: float,
+                         source: str) -> dict[str, Any]:
+    """ECE (and NLL) before and after the temperature, plus the reliability bins behind the diagram."""
+
+    raw, cal = out["probs_uncalibrated"], out["probs"]
+    return {
+        "temperature": float(temperature),
+        "ece": expected_calibration_error(raw, y_true, DEFAULT_BINS),
+        "ece_calibrated": expected_calibration_error(cal, y_true, DEFAULT_BINS),
+        "nll_uncalibrated": negative_log_likelihood(y_true, raw),
+        "calibration": {
+            "temperature_source": source,
+            "n_bins": DEFAULT_BINS,
+            "bins": {"uncalibrated": _plain_bins(reliability_bins(raw, y_true, DEFAULT_BINS)),
+                     "calibrated": _plain_bins(reliability_bins(cal, y_true, DEFAULT_BINS))},
+        },
+    }

@@ -1,4 +1,8 @@
-"""Running a model over a dataset: the evaluation loop, its preprocessing and the class-name check.
+"""Running a model over a dataset, and what a published number needs around it.
+
+Split by concern: class matching in :mod:`.class_match`, sample ids and subsets in :mod:`.samples`, calibration
+maths and metrics in :mod:`.calibration`, the loop in :mod:`.loop`; preprocessing is the weights' own
+:func:`poster_fer.create_transform`.
 
 :func:`run_evaluation` runs a saved model over a dataset through the one evaluation loop
 (:func:`poster_fer.evaluation.loop.predict_split`, which training's validation and test use too), so a number
@@ -20,122 +24,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..classes import canonical_class_name
-from ..data import DatasetSubset
 from ..devices import resolve_device
 from ..precision import autocast as precision_autocast
 from ..precision import resolve_precision
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, softmax, validate_temperature
 from ..provenance import git_revision
 from ..weights.preprocessing import Preprocessing, create_transform
-from .calibration import DEFAULT_BINS, expected_calibration_error, fit_temperature, reliability_bins
+from .calibration import calibration_metrics, fit_temperature
+from .class_match import ClassMismatchError, match_classes
 from .loop import predict_split
-from .metrics import compute_metrics, negative_log_likelihood
+from .metrics import compute_metrics
 from .report import write_eval_outputs
+from .samples import EvalImages, sample_ids, subsample_indices
 
-__all__ = [
-    "ClassMismatchError",
-    "TTA_MODES",
-    "canonical_class_name",
-    "eval_transform",
-    "evaluate_dataset",
-    "fit_dataset_temperature",
-    "match_classes",
-    "run_evaluation",
-    "sample_ids",
-    "subsample_indices",
-]
+__all__ = ["TTA_MODES", "evaluate_dataset", "fit_dataset_temperature", "run_evaluation"]
 
 TTA_MODES = (None, "flip")
-
-class ClassMismatchError(ValueError):
-    """The checkpoint's classes and the dataset's classes cannot be matched."""
-
-
-def match_classes(
-    model_classes: Sequence[str], dataset_classes: Sequence[str], by_position: bool = False
-) -> np.ndarray | None:
-    """Map dataset label indices to model output indices; ``None`` when they already agree.
-
-    Names are compared after :func:`canonical_class_name`, so the same classes in another order (RAF-DB's
-    order vs FER2013's) are remapped instead of silently scored against the wrong outputs. ``by_position``
-    trusts the order when the names differ (a renamed copy of the same label set). A different class count,
-    or different names without ``by_position``, raises :class:`ClassMismatchError`.
-    """
-    model = [str(n) for n in model_classes]
-    data = [str(n) for n in dataset_classes]
-    if len(model) != len(data):
-        raise ClassMismatchError(
-            f"class-count mismatch: the checkpoint has {len(model)} classes ({', '.join(model)}) but the "
-            f"dataset has {len(data)} ({', '.join(data)})"
-        )
-    if model == data or by_position:
-        return None
-    canon_model = [canonical_class_name(n) for n in model]
-    canon_data = [canonical_class_name(n) for n in data]
-    if sorted(canon_model) != sorted(canon_data) or len(set(canon_model)) != len(canon_model):
-        raise ClassMismatchError(
-            f"class-name mismatch: the checkpoint's classes ({', '.join(model)}) are not the dataset's "
-            f"({', '.join(data)}); pass --classes-by-position if they are the same classes in the same order"
-        )
-    mapping = np.array([canon_model.index(c) for c in canon_data], dtype=np.int64)
-    return None if np.array_equal(mapping, np.arange(len(model))) else mapping
-
-
-def eval_transform(preprocessing: Preprocessing | Mapping[str, Any]) -> Callable[[Any], torch.Tensor]:
-    """The deterministic eval transform of a checkpoint's preprocessing record: :func:`poster_fer.create_transform`
-    (kept under this name for callers of the evaluation API). Datasets hold crops already, so the crop geometry
-    does not enter."""
-    return create_transform(preprocessing)
-
-
-def sample_ids(dataset: Any) -> list[str]:
-    """A printable id per sample (file path, FER+ image name, or ``file#row``) for ``predictions.csv``."""
-
-    if isinstance(dataset, DatasetSubset):
-        base = sample_ids(dataset.base)
-        return [base[i] for i in dataset.indices.tolist()]
-    if isinstance(dataset, torch.utils.data.Subset):
-        base = sample_ids(dataset.dataset)
-        return [base[i] for i in dataset.indices]
-    paths = getattr(dataset, "paths", None)
-    if paths is not None:
-        return [str(p) for p in paths]
-    names = getattr(dataset, "image_names", None)
-    if names:
-        return [str(n) for n in names]
-    table = getattr(dataset, "table", None)
-    rows = getattr(dataset, "rows", None)
-    if table is not None and rows is not None:
-        src = Path(str(table.path)).name
-        return [f"{src}#line{int(table.lines[r])}" for r in np.asarray(rows).tolist()]
-    return [str(i) for i in range(len(dataset))]
-
-
-def subsample_indices(num_samples: int, max_samples: int | None, seed: int = 0) -> np.ndarray:
-    """Sorted indices of a reproducible random subset; a random one since many layouts are sorted by class."""
-    if max_samples is None or max_samples >= num_samples:
-        return np.arange(num_samples)
-    if max_samples < 1:
-        raise ValueError(f"max_samples must be positive, got {max_samples}")
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(num_samples, size=max_samples, replace=False))
-
-
-class _Images(torch.utils.data.Dataset):
-    """Transformed images of some samples as loop batches (``image``, ``index`` within the run, hard ``target``)."""
-
-    def __init__(self, dataset: Any, indices: np.ndarray, labels: np.ndarray, transform: Callable | None) -> None:
-        self.dataset, self.indices, self.labels, self.transform = dataset, indices, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        index = int(self.indices[i])
-        image = self.dataset[index][0] if self.transform is None else self.transform(self.dataset.get_image(index))
-        return {"image": image, "index": i, "target": int(self.labels[i])}
-
 
 @torch.no_grad()
 def run_evaluation(
@@ -182,7 +86,7 @@ def run_evaluation(
     labels = np.asarray(dataset.labels, dtype=np.int64)[idx]
     ids = sample_ids(dataset)
     loader = torch.utils.data.DataLoader(
-        _Images(dataset, idx, labels, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        EvalImages(dataset, idx, labels, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
         pin_memory=dev.type == "cuda",
     )
 
@@ -268,38 +172,13 @@ def fit_dataset_temperature(
     _, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
                                                           classes_by_position)
     idx = subsample_indices(len(dataset), max_samples)
-    out = run_evaluation(model, dataset, batch_size=batch_size, device=device, transform=eval_transform(prep),
+    out = run_evaluation(model, dataset, batch_size=batch_size, device=device, transform=create_transform(prep),
                          indices=idx, num_workers=num_workers, progress=progress, desc="fit temperature")
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 
     bias = get_logit_bias(getattr(model, "meta", None) or {})
     logits = out["logits"] if bias is None else out["logits"] + np.asarray(bias, dtype=np.float32)
     return fit_temperature(logits, y_true), int(idx.size)
-
-
-def _plain_bins(bins: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
-    """Reliability bins as JSON-ready lists (empty bins' NaN -> ``None``), like the rest of the metrics."""
-    return {k: [int(v) if k == "counts" else (float(v) if np.isfinite(v) else None) for v in arr.tolist()]
-            for k, arr in bins.items()}
-
-
-def _calibration_metrics(y_true: np.ndarray, out: Mapping[str, Any], temperature: float,
-                         source: str) -> dict[str, Any]:
-    """ECE (and NLL) before and after the temperature, plus the reliability bins behind the diagram."""
-
-    raw, cal = out["probs_uncalibrated"], out["probs"]
-    return {
-        "temperature": float(temperature),
-        "ece": expected_calibration_error(raw, y_true, DEFAULT_BINS),
-        "ece_calibrated": expected_calibration_error(cal, y_true, DEFAULT_BINS),
-        "nll_uncalibrated": negative_log_likelihood(y_true, raw),
-        "calibration": {
-            "temperature_source": source,
-            "n_bins": DEFAULT_BINS,
-            "bins": {"uncalibrated": _plain_bins(reliability_bins(raw, y_true, DEFAULT_BINS)),
-                     "calibrated": _plain_bins(reliability_bins(cal, y_true, DEFAULT_BINS))},
-        },
-    }
 
 
 def evaluate_dataset(
@@ -325,7 +204,7 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Evaluate a model on a dataset and (with ``out_dir``) write the full record; returns the metrics.
 
-    ``classes`` and ``preprocessing`` default to ``model.meta``; images go through :func:`eval_transform`
+    ``classes`` and ``preprocessing`` default to ``model.meta``; images go through :func:`poster_fer.create_transform`
     of that preprocessing, so the checkpoint's input size, statistics, channel order and grey conversion
     are applied whatever transform the dataset carries. Dataset labels are mapped onto the model's classes
     by :func:`match_classes`. ``temperature`` (default: ``model.meta["temperature"]``, else 1) scales the
@@ -346,14 +225,14 @@ def evaluate_dataset(
     idx = subsample_indices(len(dataset), max_samples)
     start = time.perf_counter()
     out = run_evaluation(model, dataset, batch_size=batch_size, tta=tta, device=device, collect_features=tsne,
-                         transform=eval_transform(prep), indices=idx, num_workers=num_workers, progress=progress,
+                         transform=create_transform(prep), indices=idx, num_workers=num_workers, progress=progress,
                          temperature=temperature, logit_bias=get_logit_bias(meta))
     seconds = time.perf_counter() - start
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 
 
     metrics = compute_metrics(y_true, out["y_pred"], names, probs=out["probs"])
-    metrics.update(_calibration_metrics(y_true, out, out["temperature"], source))
+    metrics.update(calibration_metrics(y_true, out, out["temperature"], source))
     if out_dir is None:
         return metrics
 

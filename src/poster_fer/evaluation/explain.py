@@ -106,7 +106,7 @@ def _recording(model: nn.Module) -> Iterator[list[nn.Module]]:
 
 def resolve_target(name: str, classes: Sequence[str]) -> int:
     """Class index for a name (case-insensitive; dataset spellings such as Happy/Happiness merged)."""
-    from .evaluate import canonical_class_name
+    from ..classes import canonical_class_name
 
     wanted = canonical_class_name(name)
     for i, c in enumerate(classes):
