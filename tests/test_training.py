@@ -187,15 +187,15 @@ def test_budget_stops_before_an_epoch_that_cannot_finish():
 
 
 def test_train_one_epoch_records_its_second_half():
-    from poster_fer_train import StepState, train_one_epoch
+    from poster_fer_train.engine import EpochOptions, StepState, TrainParts, train_one_epoch
 
     model, x, y = _toy()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = [{"x": x[i:i + 4], "y": y[i:i + 4]} for i in range(0, 16, 4)]
     schedule = StepSchedule(optimizer, "constant", total_steps=4, steps_per_epoch=4)
-    stats = train_one_epoch(model, batches, lambda b: (b["x"], b["y"], {}, None), torch.nn.CrossEntropyLoss(),
-                            optimizer, schedule, epoch=1, device=torch.device("cpu"), state=StepState(),
-                            progress=False)
+    parts = TrainParts(model, lambda b: (b["x"], b["y"], {}, None), torch.nn.CrossEntropyLoss(), optimizer, schedule)
+    stats = train_one_epoch(parts, batches, StepState(), epoch=1,
+                            opts=EpochOptions(device=torch.device("cpu"), progress=False))
     assert stats["steps"] == 4 and stats["tail_steps"] == 2
     assert 0 < stats["tail_s"] <= stats["seconds"]
 

@@ -37,28 +37,37 @@ class StepState:
     global_step: int = 0
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Any,
-    prepare: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]],
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    *,
-    epoch: int,
-    device: torch.device,
-    state: StepState,
-    env: DistEnv = SINGLE,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    grad_clip: float | None = None,
-    ema: Any = None,
-    log: Callable[[dict[str, Any]], None] | None = None,
-    log_every: int = 50,
-    deadline: float | None = None,
-    progress: bool = True,
-    max_steps: int | None = None,
-) -> dict[str, Any]:
+@dataclass
+class TrainParts:
+    """What an epoch trains and with what: the model, the batch preparer (batch dict -> inputs, targets, model
+    keyword arguments, soft targets), the loss, the optimiser and the per-step schedule."""
+
+    model: nn.Module
+    prepare: Callable[[dict[str, Any]], tuple[torch.Tensor, torch.Tensor, dict[str, Any], Any]]
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+
+
+@dataclass
+class EpochOptions:
+    """How every epoch of a run is run (fixed for the run): where, in which precision, clipping, the EMA copy,
+    logging and limits. DETR's ``train_one_epoch`` takes seven arguments; these are what ours adds."""
+
+    device: torch.device
+    env: DistEnv = SINGLE
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    grad_clip: float | None = None
+    ema: Any = None
+    log: Callable[[dict[str, Any]], None] | None = None
+    log_every: int = 50
+    progress: bool = True
+    max_steps: int | None = None
+
+
+def train_one_epoch(parts: TrainParts, loader: Any, state: StepState, *, epoch: int, opts: EpochOptions,
+                    deadline: float | None = None) -> dict[str, Any]:
     """One epoch of training; returns ``{loss, accuracy, samples, steps, seconds, img_s, lr, stopped, first_step_s,
     tail_steps, tail_s}`` (the last two: the steps after the epoch's midpoint and their time).
 
@@ -66,6 +75,11 @@ def train_one_epoch(
     Loss sums, sample counts and the stop decision are all-reduced every step, so all ranks stop together and
     a NaN on any rank stops every rank.
     """
+    model, prepare, criterion, optimizer, schedule = (parts.model, parts.prepare, parts.criterion, parts.optimizer,
+                                                      parts.schedule)
+    device, env, amp_dtype, scaler, grad_clip, ema, log = (opts.device, opts.env, opts.amp_dtype, opts.scaler,
+                                                           opts.grad_clip, opts.ema, opts.log)
+    log_every, progress, max_steps = opts.log_every, opts.progress, opts.max_steps
     model.train()
     autocast = precision_autocast(device, amp_dtype)
     sam = isinstance(optimizer, SAM)

@@ -45,7 +45,7 @@ from poster_fer.provenance import cpu_model, git_revision, load_average
 from .budget import TimeBudget
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .distill import DistillConfig, build_teacher_targets
-from .engine import ModelEma, NonFiniteLossError, train_one_epoch
+from .engine import EpochOptions, ModelEma, NonFiniteLossError, TrainParts, train_one_epoch
 from .landmark_cache import LandmarkCache, load_or_build
 from .loaders import TrainingData, build_training_data, load_splits
 from .losses import build_loss
@@ -438,6 +438,10 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     log({"type": "start", "recipe": recipe["name"], "counts": counts, "world_size": env.world_size,
          "global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "landmark_cache": cache_info})
 
+    parts = TrainParts(train_model, data.preparers["train"], criterion, optimizer, schedule)
+    epoch_opts = EpochOptions(device=device, env=env, amp_dtype=amp_dtype, scaler=scaler,
+                              grad_clip=tr.get("grad_clip"), ema=ema, log=log, log_every=int(tr.get("log_every", 50)),
+                              progress=progress, max_steps=tr.get("max_steps_per_epoch"))
     epoch = start_epoch
     while epoch <= ts.planned_epochs:
         stopped = budget.stop_before(epoch)
@@ -457,11 +461,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
                 if frozen else "every trainable parameter trains"))
         deadline = budget.deadline()
         try:
-            stats = train_one_epoch(
-                train_model, loader, data.preparers["train"], criterion, optimizer, schedule, epoch=epoch,
-                device=device, state=ts.step, env=env, amp_dtype=amp_dtype, scaler=scaler,
-                grad_clip=tr.get("grad_clip"), ema=ema, log=log, log_every=int(tr.get("log_every", 50)),
-                deadline=deadline, progress=progress, max_steps=tr.get("max_steps_per_epoch"))
+            stats = train_one_epoch(parts, loader, ts.step, epoch=epoch, opts=epoch_opts, deadline=deadline)
         except NonFiniteLossError as e:
             last = run_dir / LAST
             where = (f"; the last good checkpoint is {last} (epoch {epoch - 1})" if last.is_file()
