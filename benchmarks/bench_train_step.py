@@ -77,10 +77,10 @@ from poster_fer.devices import DeviceError, resolve_device
 from poster_fer.models import set_fused_attention
 from poster_fer.precision import autocast, resolve_precision
 from poster_fer.provenance import git_state, load_average
+from poster_fer_train.build import build_model
 from poster_fer_train.losses import build_loss
 from poster_fer_train.optim import build_optimizer
 from poster_fer_train.recipe import RecipeError, load_recipe
-from poster_fer_train.trainer import build_model
 
 
 @dataclass(frozen=True)

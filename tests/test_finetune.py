@@ -107,7 +107,7 @@ def test_a_model_without_class_names_is_refused_not_guessed(tmp_path):
 
 
 def test_compile_is_skipped_where_it_cannot_repay_itself():
-    from poster_fer_train.trainer import _compile_not_worth
+    from poster_fer_train.build import _compile_not_worth
 
     cpu = torch.device("cpu")
     assert "budget cannot repay" in _compile_not_worth({"time_budget_min": 3}, cpu, 10_000)

@@ -582,7 +582,7 @@ def _init_state(recipe: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
 def test_run_log_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
     import types
 
-    from poster_fer_train.trainer import RunLog
+    from poster_fer_train.runlog import RunLog
 
     calls = []
 
@@ -605,7 +605,7 @@ def test_run_log_mirrors_scalars_to_tensorboard(tmp_path, monkeypatch):
 
 
 def test_run_log_without_tensorboard_says_so_and_keeps_the_json_log(tmp_path, monkeypatch, capsys):
-    from poster_fer_train.trainer import RunLog
+    from poster_fer_train.runlog import RunLog
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     log = RunLog(tmp_path, tensorboard=True)

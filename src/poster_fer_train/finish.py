@@ -1,0 +1,138 @@
+"""Finishing a run: the best checkpoint, the test split read once, results.json and the curves."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from poster_fer.distributed import DistEnv, barrier
+from poster_fer.evaluation.loop import predict_split, unwrap
+from poster_fer.jsonable import to_jsonable
+from poster_fer.precision import autocast as precision_autocast
+from poster_fer.provenance import git_revision
+
+from .loaders import TrainingData
+from .runlog import BEST_DIR, RESULTS_FILE, RunLog, _finite, _metrics, _summary, machine_info
+from .state import TrainState
+
+
+@dataclass(kw_only=True)
+class _Run:
+    """What the end-of-epoch and end-of-run steps need from the set-up (instead of long argument lists)."""
+
+    recipe: dict[str, Any]
+    run_dir: Path
+    data: TrainingData
+    env: DistEnv
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    criterion: nn.Module
+    counts: dict[str, int]
+    command: str | None
+    cache_info: Any
+    distill_info: dict[str, Any] | None
+    pre: list[str]  # pretrained-weights reports
+    preprocessing: dict[str, Any]  # the saved model's meta["preprocessing"]
+    say: Any
+    log: RunLog
+    progress: bool
+
+    def provenance(self) -> dict[str, Any]:
+        """Where a saved model of this run came from (stored in its metadata)."""
+        return {"source": "poster-fer train", "recipe": self.recipe, "command": self.command,
+                "git_revision": git_revision(), "data_counts": self.counts, "pretrained": self.pre,
+                "landmark_cache": self.cache_info, "distill": self.distill_info}
+
+
+def _save_best(run: _Run, model: nn.Module, epoch: int, vm: dict[str, Any]) -> None:
+    from poster_fer import save_model
+
+    save_model(unwrap(model), run.run_dir / BEST_DIR, classes=run.data.classes, preprocessing=run.preprocessing,
+               provenance={**run.provenance(), "epoch": epoch},
+               metrics={"val": _summary(vm), "test": None})
+
+
+def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: str | None,
+            wall_time_s: float) -> dict[str, Any]:
+    """Evaluate val and test once with the best model; write results.json, curves.png and the best model's
+    metrics."""
+    from poster_fer import load_model, save_model
+    from poster_fer.models import set_fused_attention
+
+    recipe, run_dir, data, env, device = run.recipe, run.run_dir, run.data, run.env, run.device
+    history, best_epoch, say, log = ts.history, ts.best_epoch, run.say, run.log
+
+    best_dir = run_dir / BEST_DIR
+    if not (best_dir / "model.safetensors").is_file():
+        raise RuntimeError(f"no best model in {best_dir}: training ended before any epoch was evaluated")
+    best = load_model(best_dir, device=device)
+    if recipe["train"].get("fused_attention", True):
+        set_fused_attention(best, True)
+    if recipe["train"].get("channels_last"):
+        best.to(memory_format=torch.channels_last)
+    metrics: dict[str, Any] = {}
+    tta = bool(recipe["train"].get("tta_flip"))
+    for split in ("val", "test"):
+        if split not in data.loaders:
+            continue
+        out = predict_split(best, data.loaders[split], data.preparers[split], device=device, env=env,
+                            criterion=run.criterion, autocast=precision_autocast(device, run.amp_dtype),
+                            progress=run.progress, desc=split, tta_flip=tta)
+        metrics[split] = _metrics(out, data.classes)
+        metrics[split]["epoch"] = best_epoch
+    if "test" not in data.loaders:
+        say("[test] the dataset has no test split: nothing was tested; results.json holds validation metrics only")
+    results: dict[str, Any] = {}
+    if env.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        results = {
+            "recipe": recipe["name"],
+            "model": unwrap(model).model_name,
+            "model_config": best.meta["config"],
+            "params": {"total": n_params, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+            "command": run.command,
+            "git_revision": git_revision(),
+            "machine": machine_info(device, env),
+            "wall_time_s": round(wall_time_s, 2),
+            "data": {**run.counts, "classes": data.classes, "reports": data.reports()},
+            "metrics": metrics,
+            "selection": {"metric": select, "split": "val", "best_epoch": best_epoch},
+            "history": history,
+            "epochs_run": len(history),
+            "stopped": stopped,
+            "throughput": {"train_img_s_mean": _finite(np.mean([h["train_img_s"] for h in history]))
+                           if history else None},
+            "landmark_cache": run.cache_info,
+            "distill": run.distill_info,
+            "run_dir": str(run_dir),
+            "best_model": str(best_dir),
+            "recipe_config": recipe,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        meta = best.meta
+        save_model(best, best_dir, classes=meta["classes"], preprocessing=meta["preprocessing"],
+                   provenance=meta.get("provenance"),
+                   metrics={s: _summary(m) for s, m in metrics.items()})
+        (run_dir / RESULTS_FILE).write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
+        if history:
+            with contextlib.suppress(Exception):  # figures are a convenience; never lose results over them
+                from poster_fer.evaluation.plots import plot_curves
+
+                keep = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_mean_class_acc")
+                rows = [{k: v for k, v in h.items() if k in keep or (k == "lr" and v and v > 0)} for h in history]
+                plot_curves(rows, run_dir / "curves.png")
+        log({"type": "final", "metrics": {s: _summary(m) for s, m in metrics.items()}, "best_epoch": best_epoch,
+             "wall_time_s": results["wall_time_s"]})
+        for split, m in metrics.items():
+            say(f"[{split}] best epoch {best_epoch}: accuracy {m['accuracy']:.4f}, mean class accuracy "
+                f"{m['mean_class_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} ({m['num_samples']} samples)")
+    barrier(env)
+    return results
