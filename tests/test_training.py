@@ -705,3 +705,19 @@ def test_train_state_round_trips_everything_it_saves():
     fresh = make()
     fresh.best_epoch = None
     assert fresh.state_dict()["best_metric"] is None  # no epoch evaluated yet
+
+
+def test_train_settings_are_typed_and_the_loop_reads_no_dict():
+    """The train section is one typed dataclass (issue 25): keys and defaults in one place, no inline defaults."""
+    import poster_fer_train
+    from poster_fer_train.recipe import RecipeError, TrainSettings, load_recipe
+
+    tr = TrainSettings.from_recipe(load_recipe("tiny"))
+    assert isinstance(tr.epochs, int) and tr.freeze_except == ["head"] and tr.select_metric == "accuracy"
+    assert TrainSettings.from_recipe({}).batch_size == 100
+    with pytest.raises(RecipeError, match=r"unknown train key\(s\) \['epoch'\]"):
+        TrainSettings.from_recipe({"train": {"epoch": 3}})
+    root = Path(poster_fer_train.__file__).parent
+    for name in ("trainer.py", "build.py", "finish.py"):
+        text = (root / name).read_text()
+        assert "tr.get(" not in text and 'tr["' not in text and "tr['" not in text, name

@@ -29,9 +29,9 @@ class TimeBudget:
     epoch_times: list[float] = field(default_factory=list)
 
     @classmethod
-    def from_recipe(cls, train: dict[str, Any], elapsed_before: float = 0.0,
-                    started: float | None = None) -> TimeBudget:
-        minutes = train.get("time_budget_min")
+    def from_recipe(cls, train: Any, elapsed_before: float = 0.0, started: float | None = None) -> TimeBudget:
+        """From the train settings (:class:`~poster_fer_train.recipe.TrainSettings`: ``time_budget_min``)."""
+        minutes = train.time_budget_min
         return cls(float(minutes) * 60.0 if minutes else None, float(elapsed_before),
                    time.monotonic() if started is None else started)
 

@@ -17,6 +17,7 @@ from poster_fer.precision import autocast as precision_autocast
 from .distill import DistillConfig, build_teacher_targets
 from .landmark_cache import LandmarkCache, load_or_build
 from .loaders import TrainingData
+from .recipe import TrainSettings
 
 
 def check_inputs_exist(recipe: dict[str, Any]) -> None:
@@ -186,11 +187,11 @@ COMPILE_MIN_BUDGET_MIN = 30
 COMPILE_MIN_STEPS = 3000
 
 
-def _compile_not_worth(tr: dict[str, Any], device: torch.device, total_steps: int) -> str | None:
+def _compile_not_worth(tr: TrainSettings, device: torch.device, total_steps: int) -> str | None:
     """Why compiling would cost more than it saves on this run (CPU only), or None."""
     if device.type != "cpu":
         return None
-    budget = tr.get("time_budget_min")
+    budget = tr.time_budget_min
     if budget is not None and float(budget) < COMPILE_MIN_BUDGET_MIN:
         return (f"a {float(budget):g}-minute budget cannot repay compiling on CPU (2.5-6 minutes for ~24% faster "
                 f"steps; it pays from ~{COMPILE_MIN_BUDGET_MIN} minutes)")
@@ -200,9 +201,9 @@ def _compile_not_worth(tr: dict[str, Any], device: torch.device, total_steps: in
     return None
 
 
-def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, device: torch.device,
+def _build_caches(tr: TrainSettings, model: nn.Module, data: TrainingData, device: torch.device,
                   amp_dtype: torch.dtype | None, say: Any, progress: bool) -> dict[str, Any] | None:
-    if not tr.get("landmark_cache"):
+    if not tr.landmark_cache:
         return None
     if not data.images:
         raise ValueError("train.landmark_cache needs data.pipeline: preload (the cache is indexed by sample)")
@@ -211,18 +212,18 @@ def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, devi
     if getattr(model.cfg, "landmark_train_mode", False):
         raise ValueError("train.landmark_cache with landmark_train_mode=True: the landmark stream is not frozen")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-        str(tr.get("landmark_cache_dtype", "float32"))]
+        str(tr.landmark_cache_dtype)]
     t = time.monotonic()
     autocast = precision_autocast(device, amp_dtype)
     total = 0
     files: dict[str, Any] = {}
     for split, images in data.images.items():
-        mirror = split == "train" and bool(tr.get("landmark_cache_mirror", True))
+        mirror = split == "train" and bool(tr.landmark_cache_mirror)
         prep = data.preparers[split]
-        kwargs = {"batch_size": int(tr.get("landmark_cache_batch", 16) or 16), "autocast": autocast,
+        kwargs = {"batch_size": int(tr.landmark_cache_batch or 16), "autocast": autocast,
                   "desc": f"landmark cache {split}", "progress": progress}
-        if tr.get("landmark_cache_dir"):
-            cache, record = load_or_build(tr["landmark_cache_dir"], split, model, images, prep.to_input,
+        if tr.landmark_cache_dir:
+            cache, record = load_or_build(tr.landmark_cache_dir, split, model, images, prep.to_input,
                                           mirror, dtype, **kwargs)
             files[split] = record
             why = f" (the file there {record['rebuilt']})" if record.get("rebuilt") else ""
@@ -235,16 +236,16 @@ def _build_caches(tr: dict[str, Any], model: nn.Module, data: TrainingData, devi
     say(f"[cache] landmark tokens for {sum(len(i) for i in data.images.values())} images "
         f"({total / 2**30:.2f} GiB, {seconds:.0f}s)")
     info = {"seconds": round(seconds, 1), "bytes": total, "dtype": str(dtype).replace("torch.", ""),
-            "mirror": bool(tr.get("landmark_cache_mirror", True))}
+            "mirror": bool(tr.landmark_cache_mirror)}
     if files:
         info["files"] = files
     return info
 
 
-def _build_teacher(tr: dict[str, Any], data: TrainingData, device: torch.device, amp_dtype: torch.dtype | None,
+def _build_teacher(tr: TrainSettings, data: TrainingData, device: torch.device, amp_dtype: torch.dtype | None,
                    say: Any, progress: bool) -> dict[str, Any] | None:
     """Teacher distributions for ``train.distill`` (see ``distill.py``), attached to the training preparer."""
-    cfg = DistillConfig.from_dict(tr.get("distill"))
+    cfg = DistillConfig.from_dict(tr.distill)
     if cfg is None:
         return None
     if not data.images:

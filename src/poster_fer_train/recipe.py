@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,38 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"name": "lsce", "smoothing": 0.1},
     "optimizer": {"name": "adam", "lr": 4e-5, "weight_decay": 0.0},
     "schedule": {"name": "constant"},
-    "train": {
-        "epochs": 1,
-        "batch_size": 100,
-        "eval_batch_size": None,
-        "amp": "auto",
-        "grad_clip": None,
-        "channels_last": False,
-        "compile": False,
-        "fused_attention": True,
-        "class_balanced": False,
-        "landmark_cache": False,
-        "landmark_cache_mirror": True,
-        "landmark_cache_dtype": "float32",
-        "landmark_cache_batch": 16,
-        "landmark_cache_dir": None,
-        "ema": None,
-        "distill": None,
-        "select_metric": "accuracy",
-        "log_every": 50,
-        "time_budget_min": None,
-        "epochs_from_budget": False,
-        "tta_flip": False,
-        "threads": None,
-        "num_threads_interop": None,
-        "progress": True,
-        "tensorboard": False,
-        "max_steps_per_epoch": None,
-        "stop_after_epoch": None,
-        "freeze_epochs": 0,
-        "freeze_except": ["head"],
-        "deterministic": False,
-    },
+    "train": None,  # filled from TrainSettings below: the one definition of the train keys and their defaults
 }
 
 SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "train")
@@ -93,6 +63,56 @@ FREE_FORM = {"loss", "optimizer", "schedule", ("data", "options"), ("data", "tra
 
 class RecipeError(ValueError):
     """A recipe file or override that cannot be used (the message names the file or key)."""
+
+
+@dataclass
+class TrainSettings:
+    """The recipe's ``train`` section, typed: every key, its type and its default in one place (DEFAULTS["train"] is
+    built from it), read by the trainer as attributes (``tr.epochs``) instead of ``dict.get`` calls that each
+    carried their own default."""
+
+    epochs: int = 1
+    batch_size: int = 100
+    eval_batch_size: int | None = None
+    amp: str | None = "auto"
+    grad_clip: float | None = None
+    channels_last: bool = False
+    compile: bool = False
+    fused_attention: bool = True
+    class_balanced: bool = False
+    landmark_cache: bool = False
+    landmark_cache_mirror: bool = True
+    landmark_cache_dtype: str = "float32"
+    landmark_cache_batch: int = 16
+    landmark_cache_dir: str | None = None
+    ema: Any = None  # None, a decay, or {decay, warmup}
+    distill: dict[str, Any] | None = None
+    select_metric: str = "accuracy"
+    log_every: int = 50
+    time_budget_min: float | None = None
+    epochs_from_budget: bool = False
+    tta_flip: bool = False
+    threads: int | None = None
+    num_threads_interop: int | None = None
+    progress: bool = True
+    tensorboard: bool = False
+    max_steps_per_epoch: int | None = None
+    stop_after_epoch: int | None = None
+    freeze_epochs: int = 0
+    freeze_except: list[str] = field(default_factory=lambda: ["head"])
+    deterministic: bool = False
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> TrainSettings:
+        """The typed view of ``recipe["train"]`` (keys it lacks take the defaults; unknown keys are refused)."""
+        section = dict(recipe.get("train") or {})
+        unknown = sorted(set(section) - {f.name for f in fields(cls)})
+        if unknown:
+            raise RecipeError(f"unknown train key(s) {unknown}")
+        return cls(**section)
+
+
+DEFAULTS["train"] = asdict(TrainSettings())
 
 
 def configs_dir() -> Path:

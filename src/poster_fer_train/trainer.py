@@ -57,7 +57,7 @@ from .finish import _finish, _Run, _save_best
 from .loaders import TrainingData, build_training_data, load_splits
 from .losses import build_loss
 from .optim import Freezer, build_optimizer, build_schedule
-from .recipe import load_recipe
+from .recipe import TrainSettings, load_recipe
 from .runlog import RESULTS_FILE, RunLog, _finite, _metrics
 from .state import TrainState
 
@@ -117,11 +117,11 @@ def fit(
             out_dir = src if src.is_dir() else src.parent
     else:
         recipe = load_recipe(recipe, overrides, data_root)
-    tr = recipe["train"]
+    tr = TrainSettings.from_recipe(recipe)
     threads_before = torch.get_num_threads()
-    if tr.get("threads"):
-        torch.set_num_threads(int(tr["threads"]))
-    if tr.get("deterministic"):
+    if tr.threads:
+        torch.set_num_threads(int(tr.threads))
+    if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(recipe.get("device"))
     env = init_distributed(device)
@@ -131,7 +131,7 @@ def fit(
     run_dir = Path(broadcast_object(str(run_dir), env))
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir if main else None, bool(tr.get("tensorboard")))
+    log = RunLog(run_dir if main else None, bool(tr.tensorboard))
     try:
         return _fit(recipe, run_dir, ckpt, env, device, log, say, wall0, command, results_out)
     finally:
@@ -142,17 +142,17 @@ def fit(
 
 def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env: DistEnv, device: torch.device,
          log: RunLog, say: Any, wall0: float, command: str | None, results_out: Any) -> FitResult:
-    tr = recipe["train"]
+    tr = TrainSettings.from_recipe(recipe)
     seed = int(recipe.get("seed", 0))
     main = env.is_main
-    progress = bool(tr.get("progress", True))
-    amp_dtype = resolve_precision(tr.get("amp"), device, "train.amp")
-    global_batch = int(tr["batch_size"])
+    progress = bool(tr.progress)
+    amp_dtype = resolve_precision(tr.amp, device, "train.amp")
+    global_batch = int(tr.batch_size)
     if global_batch % env.world_size:
         raise ValueError(f"train.batch_size {global_batch} (the global batch) is not divisible by the world size "
                          f"{env.world_size}")
     batch = global_batch // env.world_size
-    eval_batch = int(tr.get("eval_batch_size") or batch)
+    eval_batch = int(tr.eval_batch_size or batch)
     budget = TimeBudget.from_recipe(tr, float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0, wall0)
     elapsed = budget.elapsed
     pre: list[str] = []
@@ -167,20 +167,20 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     model = build_model(recipe, len(datasets["train"].classes), pre, classes=list(datasets["train"].classes))
     data: TrainingData = build_training_data(
         recipe["data"], input_size=int(model.cfg.input_size), env=env, device=device, batch_size=batch,
-        eval_batch_size=eval_batch, seed=seed, class_balanced=bool(tr.get("class_balanced")),
-        channels_last=bool(tr.get("channels_last")), datasets=datasets)
+        eval_batch_size=eval_batch, seed=seed, class_balanced=bool(tr.class_balanced),
+        channels_last=bool(tr.channels_last), datasets=datasets)
     counts = data.counts()
     say(f"[data] {recipe['data']['kind']} {counts} ({time.monotonic() - t:.1f}s)")
     for split, ds in data.datasets.items():
         say(f"[data] {split}: {ds.report.summary()}")
     for line in pre:
         say(f"[model] {line}")
-    if tr.get("fused_attention", True):
+    if tr.fused_attention:
         from poster_fer.models import set_fused_attention
 
         set_fused_attention(model, True)
     model.to(device)
-    if tr.get("channels_last"):
+    if tr.channels_last:
         model.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -191,17 +191,17 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
 
     criterion = build_loss(recipe["loss"])
     optimizer = build_optimizer(model, recipe["optimizer"])
-    freezer = Freezer(model, optimizer, int(tr.get("freeze_epochs") or 0), list(tr.get("freeze_except") or ["head"]))
+    freezer = Freezer(model, optimizer, int(tr.freeze_epochs or 0), list(tr.freeze_except or ["head"]))
     if freezer.epochs and env.distributed:
         raise ValueError("train.freeze_epochs is not supported with DDP (its gradient buckets are fixed when it "
                          "wraps the model); train on one process or use optimizer.lr_mult instead")
     steps_per_epoch = len(data.loaders["train"])
-    if tr.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, int(tr["max_steps_per_epoch"]))
-    epochs = int(tr["epochs"])
+    if tr.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, int(tr.max_steps_per_epoch))
+    epochs = int(tr.epochs)
     schedule = build_schedule(optimizer, recipe["schedule"], epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEma(model, **_ema_args(tr["ema"])) if tr.get("ema") else None
+    ema = ModelEma(model, **_ema_args(tr.ema)) if tr.ema else None
 
     ts = TrainState(model, optimizer, schedule, scaler, ema, planned_epochs=epochs)
     if ckpt is not None:
@@ -209,11 +209,11 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         rng = ckpt.get("rng_per_rank", {})
         if env.rank in rng or str(env.rank) in rng:
             restore_rng_state(rng.get(env.rank, rng.get(str(env.rank))))
-        if ts.planned_epochs != epochs and not tr.get("epochs_from_budget"):
+        if ts.planned_epochs != epochs and not tr.epochs_from_budget:
             ts.planned_epochs = epochs  # an override asked for more (or fewer) epochs
         schedule.total_steps = ts.planned_epochs * steps_per_epoch
         say(f"[resume] from epoch {ts.epoch} (step {ts.step.global_step}, best "
-            f"{tr['select_metric']} {ts.best:.4f} at epoch {ts.best_epoch})")
+            f"{tr.select_metric} {ts.best:.4f} at epoch {ts.best_epoch})")
         log({"type": "resume", "epoch": ts.epoch, "step": ts.step.global_step})
     start_epoch = ts.epoch + 1
 
@@ -222,7 +222,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tr.get("compile"):
+    if tr.compile:
         missing = _compile_blocker(device) or _compile_not_worth(tr, device, steps_per_epoch * epochs)
         if missing:
             say(f"[train] train.compile skipped: {missing}; training eagerly (same results, slower)")
@@ -230,7 +230,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         else:
             train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
-    select = str(tr.get("select_metric", "accuracy"))
+    select = str(tr.select_metric)
     run = _Run(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
                criterion=criterion, counts=counts, command=command, cache_info=cache_info,
                distill_info=distill_info, pre=pre,
@@ -241,8 +241,8 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
 
     parts = TrainParts(train_model, data.preparers["train"], criterion, optimizer, schedule)
     epoch_opts = EpochOptions(device=device, env=env, amp_dtype=amp_dtype, scaler=scaler,
-                              grad_clip=tr.get("grad_clip"), ema=ema, log=log, log_every=int(tr.get("log_every", 50)),
-                              progress=progress, max_steps=tr.get("max_steps_per_epoch"))
+                              grad_clip=tr.grad_clip, ema=ema, log=log, log_every=int(tr.log_every),
+                              progress=progress, max_steps=tr.max_steps_per_epoch)
     epoch = start_epoch
     while epoch <= ts.planned_epochs:
         stopped = budget.stop_before(epoch)
@@ -271,7 +271,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             raise NonFiniteLossError(str(e) + where) from None
         val = predict_split(eval_model, data.loaders["val"], data.preparers["val"], device=device, env=env,
                             criterion=criterion, autocast=precision_autocast(device, amp_dtype), progress=progress,
-                            desc=f"val {epoch}", tta_flip=bool(tr.get("tta_flip")))
+                            desc=f"val {epoch}", tta_flip=bool(tr.tta_flip))
         vm = _metrics(val, data.classes)
         score = float(vm.get(select) or 0.0)
         improved = score > ts.best
@@ -299,7 +299,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
                 _save_best(run, eval_model, epoch, vm)
             # planned from the first epoch that trains everything: frozen epochs are faster than the rest
             plan_at = freezer.epochs + 1
-            if epoch == plan_at and tr.get("epochs_from_budget") and budget.limited and start_epoch <= plan_at:
+            if epoch == plan_at and tr.epochs_from_budget and budget.limited and start_epoch <= plan_at:
                 ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], epochs, done=epoch)
         ts.planned_epochs = int(broadcast_object(ts.planned_epochs, env))
         replanned = ts.planned_epochs != schedule.total_steps // steps_per_epoch
@@ -326,7 +326,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         if stats["stopped"]:
             stopped = f"time budget: stopped inside epoch {epoch} after {stats['steps']} steps"
             break
-        if tr.get("stop_after_epoch") and epoch >= int(tr["stop_after_epoch"]) and epoch < ts.planned_epochs:
+        if tr.stop_after_epoch and epoch >= int(tr.stop_after_epoch) and epoch < ts.planned_epochs:
             say(f"[train] paused after epoch {epoch} (train.stop_after_epoch); continue with --resume {run_dir}")
             log({"type": "paused", "epoch": epoch})
             return FitResult(run_dir, {}, ts.history)
