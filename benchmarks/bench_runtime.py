@@ -43,13 +43,13 @@ def log(msg: str) -> None:
     print(f"[runtime {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def fer_test_crops() -> list[np.ndarray]:
+def fer_test_crops(limit: int | None = None) -> list[np.ndarray]:
+    """The FER+ test faces (the first ``limit``) as RGB arrays: real crops, what agreement is measured on."""
     from poster_fer.assets import shared_path
-    from poster_fer.data import FerPlusDataset
+    from poster_fer.data import build_dataset
 
-    root = shared_path("data", "fer2013")
-    ds = FerPlusDataset(root / "fer2013.csv.gz", root / "fer2013new.csv", split="test")
-    return [np.asarray(ds[i][0].convert("RGB")) for i in range(len(ds))]
+    ds = build_dataset("ferplus", shared_path("data", "fer2013"), "test")
+    return [np.asarray(ds[i][0].convert("RGB")) for i in range(len(ds) if limit is None else min(limit, len(ds)))]
 
 
 def agreement() -> dict[str, Any]:

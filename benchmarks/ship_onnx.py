@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
+from bench_runtime import fer_test_crops  # this folder is on sys.path (scripts run from it)
 
-from poster_fer.assets import shared_path
-from poster_fer.data import FerPlusDataset
 from poster_fer.hub import list_pretrained
 from poster_fer.weights import Preprocessing, get_weights
 from poster_fer_train.release import ship_onnx
@@ -30,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faces", type=int, default=256, help="FER+ test faces to compare on (default 256)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest probability difference accepted")
     args = p.parse_args(argv)
-    root = shared_path("data", "fer2013")
-    ds = FerPlusDataset(root / "fer2013.csv.gz", root / "fer2013new.csv", split="test")
-    crops = [np.asarray(ds[i][0].convert("RGB")) for i in range(min(args.faces, len(ds)))]
+    crops = fer_test_crops(args.faces)
     for name in args.names or list_pretrained():
         prep = Preprocessing.from_dict(get_weights(name).to_dict()["preprocessing"])
         sample = prep.batch([prep.prepare_crop(c) for c in crops])

@@ -58,10 +58,9 @@ def records_of(stdout: str) -> list[dict]:
 
 def fer_test_crops(n: int) -> list[np.ndarray]:
     """The first ``n`` FER+ test faces as RGB arrays (real crops: what the comparison should be made on)."""
-    from poster_fer.data import FerPlusDataset
+    from poster_fer.data import build_dataset
 
-    root = need_shared("data", "fer2013")
-    ds = FerPlusDataset(root / "fer2013.csv.gz", root / "fer2013new.csv", split="test")
+    ds = build_dataset("ferplus", need_shared("data", "fer2013"), "test")
     return [np.asarray(ds[i][0].convert("RGB")) for i in range(n)]
 
 

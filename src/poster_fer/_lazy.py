@@ -9,6 +9,7 @@ for type checkers (tests/test_lazy_imports.py keeps the two equal).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,3 +43,12 @@ def lazy_exports(package: str, namespace: dict[str, Any], exports: Mapping[str, 
         return sorted(set(namespace) | set(public))
 
     return __getattr__, __dir__
+
+
+def module_available(name: str) -> bool:
+    """Whether top-level module ``name`` is installed, found without importing it (PyTorch's import costs a
+    second); False for a broken install or a module masked with ``sys.modules[name] = None``."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False

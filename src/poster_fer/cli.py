@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(path)
         except ModuleNotFoundError as e:
-            if e.name is not None and path.startswith(e.name):
+            if e.name is not None and (path == e.name or path.startswith(e.name + ".")):
                 continue
             raise
         module.register(sub)

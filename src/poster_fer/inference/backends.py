@@ -20,7 +20,6 @@ fine-tuning and autocast need; the ONNX path gives the same crops, labels and ca
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .._lazy import module_available
 from ..constants import BACKENDS, OFFICIAL_DEFAULT_MODEL, ONNX_FILE
 from ..errors import InferenceError
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature
@@ -69,10 +69,7 @@ def _temperature(meta: dict[str, Any], where: Any) -> float:
 
 def torch_available() -> bool:
     """Whether PyTorch is installed (found without importing it, which would cost a second)."""
-    try:
-        return importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):  # a broken install, or torch masked (sys.modules["torch"] = None)
-        return False
+    return module_available("torch")
 
 
 def _need_torch(what: str) -> None:
@@ -245,7 +242,7 @@ def load_backend(
         raise InferenceError(str(err)) from None
     kind = "onnxruntime" if p.suffix.lower() == ".onnx" else resolve_backend(backend)
     if official and kind == "onnxruntime":
-        kind = resolve_backend("torch")
+        kind = "torch"  # the authors' checkpoints have no ONNX file: only PyTorch reads them
     if kind == "onnxruntime":
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such checkpoint")

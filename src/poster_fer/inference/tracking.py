@@ -38,9 +38,7 @@ def _iou_matrix(a: Sequence[Sequence[float]] | np.ndarray, b: Sequence[Sequence[
     inter = wh[..., 0] * wh[..., 1]
     area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])  # noqa: E731
     union = area(p) + area(q) - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    return iou + 0.0
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0) + 0.0  # + 0.0: no negative zeros
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:

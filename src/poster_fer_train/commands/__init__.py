@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+from poster_fer._lazy import module_available
 
 
 def require_training_extra(command: str) -> None:
@@ -10,14 +10,7 @@ def require_training_extra(command: str) -> None:
     light runtime (``pip install poster-fer``) registers these commands but cannot run them."""
     from poster_fer.cli import UserError
 
-    missing = []
-    for module in ("torch", "yaml"):
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append("PyTorch" if module == "torch" else "PyYAML")
+    missing = [label for module, label in (("torch", "PyTorch"), ("yaml", "PyYAML")) if not module_available(module)]
     if missing:
         raise UserError(f"`poster-fer {command}` needs {' and '.join(missing)}, which this install lacks: "
                         "pip install 'poster-fer[train]'")
