@@ -36,11 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from poster_fer import load_model, save_model
+from poster_fer import create_transform, load_model, save_model
 from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset
 from poster_fer.evaluation import evaluate_dataset, expected_calibration_error, fit_temperature, run_evaluation
-from poster_fer.evaluation.evaluate import eval_transform
 from poster_fer.hub import DEFAULT_MODEL, pretrained_root
 from poster_fer.models import config_to_dict, create_model
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     val = subsample(build_dataset("ferplus", args.data, "val"), args.limit, 0, "val")
     test = subsample(build_dataset("ferplus", args.data, "test"), args.limit, 0, "test")
-    tf = eval_transform(model.meta["preprocessing"])
+    tf = create_transform(model.meta["preprocessing"])
 
     # 1. class-prior correction, then temperature, both on validation logits
     v = run_evaluation(model, val, batch_size=args.batch_size, transform=tf, desc="val")

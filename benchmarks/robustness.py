@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from poster_fer import load_model
+from poster_fer import create_transform, load_model
 from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset
 from poster_fer.evaluation import run_evaluation
-from poster_fer.evaluation.evaluate import eval_transform
 from poster_fer.hub import pretrained_path
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
 
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(args.weights)
     meta = model.meta
     test = build_dataset("ferplus", args.data, "test")
-    base = eval_transform(meta["preprocessing"])
+    base = create_transform(meta["preprocessing"])
     bias = meta.get("logit_bias")
     t = float(meta.get("temperature", 1.0))
     n = len(meta["classes"])
