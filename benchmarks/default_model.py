@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "fitted_on": "FER+ val (PublicTest), logits plus the prior correction",
                         "val": {k: val_record[k] for k in ("ece", "ece_calibrated")},
                         "test": {k: test_fp16.get(k) for k in ("ece", "ece_calibrated")}},
-        "targets": {"accuracy": 0.88, "mean_class_accuracy": 0.65},
+        "targets": None if args.out_model else {"accuracy": 0.88, "mean_class_accuracy": 0.65},  # issue 11's
         "report_dir": args.report_dir,
         "shipped_model": str(out_model.relative_to(REPO) if out_model.is_relative_to(REPO) else out_model),
         "training_history": train_record.get("history"),

@@ -65,3 +65,44 @@ def test_table4_recipes_differ_only_in_the_architecture():
         base = {k: v for k, v in recipes["table4_mfn64"].items() if k not in ("name", "description", "source",
                                                                                "model")}
         assert strip == base, name
+
+
+def _table4_script():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(benchmarks) not in sys.path:
+        sys.path.insert(0, str(benchmarks))
+    return importlib.import_module("table4")
+
+
+def test_neutral_overprediction_counts_non_neutral_faces_called_neutral():
+    t4 = _table4_script()
+    classes = ["happiness", "neutral", "sadness"]  # neutral not first: found by name
+    conf = [[50, 3, 0], [4, 90, 6], [1, 9, 20]]
+    out = t4.neutral_overprediction(conf, classes)
+    naive_called = sum(conf[i][1] for i in (0, 2))
+    naive_total = sum(sum(conf[i]) for i in (0, 2))
+    assert out["called_neutral"] == naive_called == 12 and out["non_neutral"] == naive_total == 83
+    assert out["rate"] == pytest.approx(12 / 83)
+    assert out["per_class"] == {"happiness": {"called_neutral": 3, "support": 53},
+                                "sadness": {"called_neutral": 9, "support": 30}}
+
+
+def test_shipping_rule_needs_two_seeds_and_a_margin_over_the_larger_spread():
+    t4 = _table4_script()
+    b = t4.seed_summary([0.8872, 0.8812])  # mean 0.8842, spread 0.0060
+    assert b["mean"] == pytest.approx(0.8842) and b["spread"] == pytest.approx(0.0060)
+    assert not t4.shipping_rule(b, t4.seed_summary([0.8806]))["decided"]
+    wins = t4.shipping_rule(b, t4.seed_summary([0.8920, 0.8930]))  # +0.83 points > 0.60
+    assert wins["decided"] and wins["poster_replaces_default"]
+    # (f) ahead by 0.5 points but its own seeds differ by 0.8: not enough
+    close = t4.shipping_rule(b, t4.seed_summary([0.8852, 0.8932]))
+    assert close["decided"] and not close["poster_replaces_default"] and close["needed_points"] == 0.8
+
+
+def test_committed_table4_markdown_is_rendered_from_its_json():
+    t4 = _table4_script()
+    assert t4.main(["--check"]) == 0
