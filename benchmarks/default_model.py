@@ -40,6 +40,7 @@ from poster_fer import create_transform, load_model, save_model
 from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset
 from poster_fer.evaluation import evaluate_dataset, expected_calibration_error, fit_temperature, run_evaluation
+from poster_fer.evaluation.operating import PRIOR_RULES, choose_prior_tau, prior_bias, prior_correction_grid
 from poster_fer.hub import DEFAULT_MODEL, pretrained_root
 from poster_fer.models import config_to_dict, create_model
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
@@ -89,9 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "record names its model, never 'whichever is default today')")
     p.add_argument("--report-dir", default=None, help="default: benchmarks/results/release/NAME/")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--prior-rule", choices=("mca_within_accuracy", "balanced"), default="mca_within_accuracy",
-                   help="how tau is chosen on validation: the best mean class accuracy within --max-accuracy-drop of "
-                   "the uncorrected accuracy (default), or the best (accuracy + mean class accuracy) / 2, which "
+    p.add_argument("--prior-rule", choices=tuple(PRIOR_RULES), default="mca_within_accuracy",
+                   help="how tau is chosen on validation (poster_fer.evaluation.operating.PRIOR_RULES); 'balanced' "
                    "follows a handful of disgust/contempt faces (24 and 13 in FER+ val)")
     p.add_argument("--max-accuracy-drop", type=float, default=0.005)
     p.add_argument("--limit", type=int, default=None, help="smoke runs only: this many val/test images")
@@ -122,18 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     z, y = v["logits"].astype(np.float64), v["y_true"]
     train = build_dataset("ferplus", args.data, "train", label_mode="crossentropy")
     prior = np.asarray(train.targets, dtype=np.float64).mean(axis=0)
-    grid = []
-    for tau in np.round(np.arange(0.0, 1.01, 0.05), 2):
-        pred = (z - tau * np.log(prior)).argmax(1)
-        acc, mca = _acc_mca(pred, y, len(prior))
-        grid.append({"tau": float(tau), "accuracy": acc, "mean_class_accuracy": mca, "balanced": (acc + mca) / 2})
-    if args.prior_rule == "balanced":
-        best = max(grid, key=lambda g: g["balanced"])
-    else:  # the most even per-class accuracy that costs at most --max-accuracy-drop of validation accuracy
-        floor = grid[0]["accuracy"] - args.max_accuracy_drop
-        best = max((g for g in grid if g["accuracy"] >= floor - 1e-12), key=lambda g: g["mean_class_accuracy"])
-    bias = -best["tau"] * np.log(prior)
-    bias = (bias - bias.mean()).astype(np.float32)
+    grid = prior_correction_grid(z, y, prior, model.meta["classes"])
+    best = choose_prior_tau(grid, args.prior_rule, args.max_accuracy_drop)
+    bias = prior_bias(prior, best["tau"])
     zb = z + bias
     temperature = fit_temperature(zb, y)
     val_probs = torch.as_tensor(z).softmax(-1).numpy()

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from results_index import envelope  # a sibling script, as python benchmarks/table4.py runs it
 
+from poster_fer.evaluation.operating import called_as
 from poster_fer.provenance import git_revision
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,20 +70,6 @@ ROWS = (
     Row("f", 0, "train/table4_mfn64_s0.json", None, None, "model lost with its machine before calibration"),
     Row("f", 1, "train/table4_mfn64_s1.json", "eval/table4_mfn64_s1.json", "robustness/table4_mfn64_s1.json"),
 )
-
-
-def neutral_overprediction(confusion: Any, class_names: list[str]) -> dict[str, Any]:
-    """Share of non-neutral faces predicted neutral (issue 23's target: <= 4.3% on FER+ test), overall and per
-    true class; rows of ``confusion`` are true classes, columns predictions."""
-    conf = np.asarray(confusion, dtype=np.int64)
-    n = class_names.index("neutral")
-    others = [i for i in range(len(class_names)) if i != n]
-    called = int(conf[others, n].sum())
-    total = int(conf[others].sum())
-    per_class = {class_names[i]: {"called_neutral": int(conf[i, n]), "support": int(conf[i].sum())}
-                 for i in others}
-    return {"rate": called / total if total else None, "called_neutral": called, "non_neutral": total,
-            "per_class": per_class}
 
 
 def seed_summary(values: list[float]) -> dict[str, Any]:
@@ -133,7 +120,7 @@ def _calibrated_test(record: dict[str, Any]) -> dict[str, Any]:
             "ece_calibrated": (cal.get("test") or {}).get("ece_calibrated", test.get("ece_calibrated")),
             "temperature": (record.get("calibration") or {}).get("temperature"),
             "prior_tau": (record.get("prior_correction") or {}).get("tau"),
-            "neutral_overprediction": neutral_overprediction(test["confusion"], _classes(record))["rate"]
+            "neutral_overprediction": called_as(test["confusion"], _classes(record), "neutral")["rate"]
             if "confusion" in test else None}
 
 
@@ -160,7 +147,7 @@ def build_row(spec: Row, stats_cache: dict[str, Any]) -> dict[str, Any]:
                  "macro_f1": test["macro_f1"], "nll": test.get("nll"),
                  "per_class": {c: test["per_class"][c]["accuracy"] for c in classes},
                  "confusion": test["confusion"],
-                 "neutral_overprediction": neutral_overprediction(test["confusion"], classes)},
+                 "neutral_overprediction": called_as(test["confusion"], classes, "neutral")},
         "params_total": stats["params_total"], "params_trainable": stats["params_trainable"],
         "gflops": stats["gflops"], "input_size": stats["input_size"],
         "training_minutes": round(train["wall_time_s"] / 60, 1) if train.get("wall_time_s") else None,

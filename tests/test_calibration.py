@@ -418,3 +418,120 @@ def test_backends_and_evaluation_apply_bias_then_temperature(tmp_path):
     np.testing.assert_allclose(out["probs"], softmax_with_temperature(want), atol=1e-5)
     assert (out["y_pred"] == want.argmax(1)).all()
     np.testing.assert_allclose(out["probs_uncalibrated"], softmax_with_temperature(raw), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# operating points (other calibrations a weight set offers)
+
+
+def _points_meta():
+    return {"classes": ["neutral", "happy", "sad"], "logit_bias": [0.1, 0.0, -0.1], "temperature": 0.7,
+            "preprocessing": {"input_size": 8},
+            "operating_points": {"balanced": {"logit_bias": [-1.0, 0.5, 0.5], "temperature": 0.9, "prior_tau": 0.6}}}
+
+
+def test_with_operating_point_swaps_the_calibration_and_names_what_exists():
+    from poster_fer.probabilities import operating_points, with_operating_point
+
+    meta = _points_meta()
+    assert with_operating_point(meta, None) is meta and with_operating_point(meta, "default") is meta
+    out = with_operating_point(meta, "balanced")
+    assert out["logit_bias"] == [-1.0, 0.5, 0.5] and out["temperature"] == 0.9 and out["operating_point"] == "balanced"
+    assert meta["logit_bias"] == [0.1, 0.0, -0.1]  # the record itself is untouched
+    assert list(operating_points(meta)) == ["default", "balanced"]
+    with pytest.raises(ValueError, match="no operating point 'strict'.*it has: default, balanced"):
+        with_operating_point(meta, "strict")
+    no_bias = {**meta, "operating_points": {"plain": {"temperature": 1.2}}}
+    assert "logit_bias" not in with_operating_point(no_bias, "plain")  # a point without a bias drops the default's
+
+
+@pytest.mark.parametrize("points, problem", [
+    ({"balanced": {"logit_bias": [1.0, 2.0]}}, "2 values for 3 classes"),
+    ({"balanced": {"temperature": -1}}, "positive"),
+    ({"default": {"temperature": 1.0}}, "not a usable name"),
+    ({"balanced": [1, 2, 3]}, "must be an object"),
+    ([1, 2], "must be an object of name"),
+])
+def test_bad_operating_points_are_refused_on_load(points, problem):
+    from poster_fer.weights.checks import CheckpointError, check_metadata
+
+    with pytest.raises(CheckpointError, match=f"meta.json: metadata field 'operating_points'.*{problem}"):
+        check_metadata({**_points_meta(), "operating_points": points}, "meta.json", rebuild=False)
+
+
+def test_prior_correction_grid_and_rules_against_a_naive_reference():
+    from poster_fer.evaluation.operating import choose_prior_tau, prior_bias, prior_correction_grid
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=300)
+    z = rng.normal(size=(300, 3)) + 2.0 * np.eye(3)[y]
+    z[:, 0] += 1.0  # a model that leans to class 0 ("neutral")
+    prior = [0.6, 0.3, 0.1]
+    bias = prior_bias(prior, 0.5)
+    assert abs(float(bias.sum())) < 1e-6
+    np.testing.assert_allclose(bias[0] - bias[2], -0.5 * (np.log(0.6) - np.log(0.1)), rtol=1e-5)
+    grid = prior_correction_grid(z, y, prior, ["neutral", "b", "c"], taus=(0.0, 0.5, 1.0))
+    for g in grid:
+        pred = (z - g["tau"] * np.log(prior)).argmax(1)
+        assert g["accuracy"] == pytest.approx((pred == y).mean())
+        assert g["mean_class_accuracy"] == pytest.approx(np.mean([(pred[y == c] == c).mean() for c in range(3)]))
+        assert g["neutral_overprediction"] == pytest.approx((pred[y != 0] == 0).mean())
+    assert grid[0]["neutral_overprediction"] > grid[2]["neutral_overprediction"]  # correcting the lean lowers it
+    balanced = choose_prior_tau(grid, "balanced")
+    assert balanced["balanced"] == max(g["balanced"] for g in grid)
+    strict = choose_prior_tau(grid, "mca_within_accuracy", max_accuracy_drop=0.0)
+    assert strict["accuracy"] >= grid[0]["accuracy"] - 1e-12
+    with pytest.raises(ValueError, match="unknown rule"):
+        choose_prior_tau(grid, "best")
+    with pytest.raises(ValueError, match="positive frequencies"):
+        prior_bias([0.5, 0.0, 0.5], 1.0)
+
+
+def test_a_shipped_folder_gains_an_operating_point_as_data(tmp_path, monkeypatch):
+    """add_operating_point writes the point into meta.json, the safetensors header and the record (fresh sha256)
+    with the tensors unchanged; the backends then offer it by name and refuse an unknown one."""
+    from safetensors import safe_open
+
+    import poster_fer.weights.records as records
+    import poster_fer_train.release as release
+    from poster_fer.inference import InferenceError, load_backend
+
+    monkeypatch.setattr(records, "pretrained_root", lambda: tmp_path)
+    monkeypatch.setattr(release, "pretrained_root", lambda: tmp_path)
+    (tmp_path / "records.json").write_text("{}\n")
+    records.load_records.cache_clear()
+    try:
+        name = "poster_v1_tiny.t"
+        folder = save_model(_tiny(), tmp_path / name, classes=_CLASS_NAMES[7], temperature=2.0,
+                            logit_bias=[0.0] * 7, preprocessing={"input_size": SIZE, "grayscale": False})
+        before = _tensors(folder)
+        release.write_record(name, release.record_for_folder(folder, name, splits={}))
+        bias = [1.0, -1.0, 0.0, 0.0, 0.5, -0.5, 0.0]
+        release.add_operating_point(name, "balanced", {"logit_bias": bias, "temperature": 0.5, "prior_tau": 0.3})
+        meta = json.loads((folder / "meta.json").read_text())
+        with safe_open(str(folder / "model.safetensors"), "numpy") as f:
+            assert json.loads(f.metadata()["poster_fer_meta"]) == meta
+        assert _tensors(folder).keys() == before.keys()
+        assert all(np.array_equal(_tensors(folder)[k], before[k]) for k in before)
+        record = records.load_records()[name]
+        assert record.verify() == folder  # the sha256 follows the rewritten file
+        assert record.calibration["operating_points"]["balanced"]["prior_tau"] == 0.3
+
+        x = np.random.default_rng(1).normal(size=(3, 3, SIZE, SIZE)).astype(np.float32)
+        with torch.no_grad():
+            raw = load_model(folder)(torch.from_numpy(x)).numpy()
+        be = load_backend(folder, backend="torch", operating_point="balanced")
+        np.testing.assert_allclose(be(x), (raw + np.asarray(bias, np.float32)) / 0.5, rtol=1e-4, atol=1e-4)
+        assert be.meta["operating_point"] == "balanced"
+        np.testing.assert_allclose(load_backend(folder, backend="torch")(x), raw / 2.0, rtol=1e-4, atol=1e-4)
+        with pytest.raises(InferenceError, match="no operating point 'strict'.*default, balanced"):
+            load_backend(folder, backend="torch", operating_point="strict")
+    finally:
+        records.load_records.cache_clear()
+
+
+def _tensors(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}

@@ -49,6 +49,17 @@ def test_info_text_and_list(capsys):
     assert "poster_v1_baseline_crossfusion" in capsys.readouterr().out
 
 
+def test_info_shows_a_shipped_models_operating_points(capsys):
+    """What --operating-point can pick, with the numbers that decide it (the default's from its own metrics)."""
+    assert main(["info", "poster_v1_mfn64_image.ferplus"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("operating point")]
+    assert [ln.split()[2] for ln in lines] == ["default:", "balanced:"]
+    assert all("test accuracy" in ln and "neutral over-prediction" in ln for ln in lines)
+    assert main(["info", "poster_v1_mfn64_image.ferplus", "--json"]) == 0
+    points = json.loads(capsys.readouterr().out)["operating_points"]
+    assert points["balanced"]["prior_tau"] > 0 and points["default"]["test"]["accuracy"] > 0.85
+
+
 def test_info_errors(capsys):
     assert main(["info", "poster_v7"]) == 2
     assert "neither a registered model" in capsys.readouterr().err

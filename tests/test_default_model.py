@@ -55,6 +55,12 @@ def test_every_shipped_record_matches_its_file_and_model(name):
                                                                                        sort_keys=True)
     assert record.calibration["temperature"] == meta["temperature"]
     assert list(record.calibration["logit_bias"]) == meta["logit_bias"]
+    stored = record.to_dict()["calibration"].get("operating_points")
+    assert json.loads(json.dumps(stored)) == meta.get("operating_points")
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "numpy") as f:  # the header's copy is the meta.json
+        assert json.loads(f.metadata()["poster_fer_meta"]) == json.loads((folder / "meta.json").read_text())
     stats = model_stats(model)
     assert stats["params_total"] == record.num_params and stats["num_classes"] == record.num_classes
     assert abs(stats["gflops"] - record.gflops) <= 0.01 * record.gflops
@@ -244,6 +250,31 @@ def test_default_model_labels_the_sample_portrait():
     calibrated = ((logits + bias) / t).softmax(-1).numpy()
     np.testing.assert_allclose(probs, calibrated, atol=1e-4)
     assert np.abs(logits.softmax(-1).numpy() - calibrated).max() > 1e-3
+
+
+def test_the_default_models_balanced_point_on_both_backends(capsys):
+    """The shipped default offers the 'balanced' operating point (benchmarks/operating_point.py): the torch and
+    ONNX backends apply its calibration, its neutral over-prediction on FER+ test is the recorded one, and an
+    unknown point is a one-line usage error naming the ones that exist."""
+    from poster_fer.inference import load_backend
+
+    meta = poster_fer.read_metadata(pretrained_path())
+    point = meta["operating_points"]["balanced"]
+    assert point["test"]["neutral_overprediction"] < 0.043 < meta["metrics"]["test"]["accuracy"]
+    x = np.random.default_rng(0).normal(size=(4, 3, 48, 48)).astype(np.float32)
+    torch_default = load_backend(pretrained_path(), backend="torch")
+    torch_bal = load_backend(pretrained_path(), backend="torch", operating_point="balanced")
+    with torch.no_grad():
+        raw = torch_default.model(torch.from_numpy(x)).numpy()
+    want = (raw + np.asarray(point["logit_bias"], np.float32)) / point["temperature"]
+    np.testing.assert_allclose(torch_bal(x), want, rtol=1e-4, atol=1e-4)
+    pytest.importorskip("onnxruntime")
+    onnx_bal = load_backend(pretrained_path(), backend="onnxruntime", operating_point="balanced")
+    np.testing.assert_allclose(onnx_bal(x), want, rtol=1e-3, atol=1e-3)
+    assert main(["predict", str(sample_path()), "--no-progress", "--operating-point", "balanced"]) == 0
+    assert main(["predict", str(sample_path()), "--no-progress", "--operating-point", "strict"]) == 2
+    err = capsys.readouterr().err
+    assert "no operating point 'strict'" in err and "default, balanced" in err and "Traceback" not in err
 
 
 def test_predict_cli_without_weights_uses_the_default_model(capsys):

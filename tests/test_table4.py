@@ -79,16 +79,18 @@ def _table4_script():
 
 
 def test_neutral_overprediction_counts_non_neutral_faces_called_neutral():
-    t4 = _table4_script()
+    from poster_fer.evaluation.operating import called_as
+
     classes = ["happiness", "neutral", "sadness"]  # neutral not first: found by name
     conf = [[50, 3, 0], [4, 90, 6], [1, 9, 20]]
-    out = t4.neutral_overprediction(conf, classes)
+    out = called_as(conf, classes, "neutral")
     naive_called = sum(conf[i][1] for i in (0, 2))
     naive_total = sum(sum(conf[i]) for i in (0, 2))
-    assert out["called_neutral"] == naive_called == 12 and out["non_neutral"] == naive_total == 83
+    assert out["called"] == naive_called == 12 and out["of"] == naive_total == 83
     assert out["rate"] == pytest.approx(12 / 83)
-    assert out["per_class"] == {"happiness": {"called_neutral": 3, "support": 53},
-                                "sadness": {"called_neutral": 9, "support": 30}}
+    assert out["per_class"] == {"happiness": {"called": 3, "support": 53}, "sadness": {"called": 9, "support": 30}}
+    with pytest.raises(ValueError, match="for 3 classes"):
+        called_as([[1, 2], [3, 4]], classes)
 
 
 def test_shipping_rule_needs_two_seeds_and_a_margin_over_the_larger_spread():

@@ -5,6 +5,13 @@ A weight set records two calibration values chosen on validation data (``meta["l
 :meth:`~poster_fer.models.base.FERModel.predict_proba`, the Recognizer's torch and ONNX backends, evaluation)
 computes ``softmax((logits + logit_bias) / temperature)`` through these functions, so they cannot drift apart.
 The module needs numpy only: the ONNX runtime path uses it without torch.
+
+A weight set may also record other *operating points* (``meta["operating_points"]``: name -> its own
+``logit_bias`` and ``temperature``, chosen on validation by a stated rule). The top-level values are the point
+named ``"default"``; :func:`with_operating_point` swaps another in before any backend reads the calibration.
+Why: the shipped FER+ models lean to neutral, and how much of that lean to remove is a trade of accuracy against
+per-class recall that depends on the application, so the trade is offered as data, measured, not as a hidden
+constant.
 """
 
 from __future__ import annotations
@@ -15,8 +22,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["calibrate_logits", "calibrated_probabilities", "get_logit_bias", "get_temperature", "set_temperature",
-           "softmax", "validate_temperature"]
+__all__ = ["DEFAULT_POINT", "calibrate_logits", "calibrated_probabilities", "get_logit_bias", "get_temperature",
+           "operating_points", "set_temperature", "softmax", "validate_temperature", "with_operating_point"]
+
+DEFAULT_POINT = "default"
+POINTS_KEY = "operating_points"
+_POINT_FIELDS = ("logit_bias", "temperature")
 
 
 def get_temperature(meta: Any) -> float:
@@ -105,3 +116,48 @@ def calibrated_probabilities(logits: np.ndarray, meta: Any) -> np.ndarray:
     stores; raw softmax when it stores none."""
     bias = get_logit_bias(meta)
     return softmax(calibrate_logits(logits, get_temperature(meta), bias))
+
+
+def operating_points(meta: Any) -> dict[str, dict[str, Any]]:
+    """Every operating point a record offers, ``"default"`` (its top-level calibration) first; each entry is
+    checked (a known name, a ``logit_bias`` of one number per class, a positive temperature)."""
+    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
+    points: dict[str, dict[str, Any]] = {DEFAULT_POINT: {k: record.get(k) for k in _POINT_FIELDS}}
+    extra = record.get(POINTS_KEY)
+    if extra is None:
+        return points
+    if not isinstance(extra, dict):
+        raise ValueError(f"{POINTS_KEY} must be an object of name -> calibration, got {type(extra).__name__}")
+    for name, point in extra.items():
+        if name == DEFAULT_POINT or not isinstance(name, str) or not name:
+            raise ValueError(f"{POINTS_KEY}: {name!r} is not a usable name (a non-empty string other than "
+                             f"{DEFAULT_POINT!r}, which is the top-level calibration)")
+        if not isinstance(point, dict):
+            raise ValueError(f"{POINTS_KEY}.{name} must be an object, got {type(point).__name__}")
+        scoped = {"classes": record.get("classes"), **{k: point.get(k) for k in _POINT_FIELDS}}
+        try:
+            get_logit_bias(scoped)
+            get_temperature(scoped)
+        except ValueError as err:
+            raise ValueError(f"{POINTS_KEY}.{name}: {err}") from None
+        points[name] = dict(point)
+    return points
+
+
+def with_operating_point(meta: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """A copy of ``meta`` whose calibration (``logit_bias``, ``temperature``) is operating point ``name``'s, and
+    which records the choice in ``meta["operating_point"]``; ``None`` or ``"default"`` return ``meta`` as it is.
+    Raises ValueError naming the points the record has when ``name`` is not one of them."""
+    if name is None or name == DEFAULT_POINT:
+        return meta
+    points = operating_points(meta)
+    if name not in points:
+        raise ValueError(f"no operating point {name!r} in this model's calibration; it has: {', '.join(points)}")
+    out = dict(meta)
+    for key in _POINT_FIELDS:
+        if points[name].get(key) is None:
+            out.pop(key, None)
+        else:
+            out[key] = points[name][key]
+    out["operating_point"] = name
+    return out

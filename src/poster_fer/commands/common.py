@@ -43,6 +43,10 @@ def add_weights_arguments(p: argparse.ArgumentParser, onnx: bool = False) -> Non
                    help="classes of an official checkpoint (default: from its head)")
     p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None,
                    help="input channel order of an official checkpoint (default: what its code used)")
+    p.add_argument("--operating-point", default=None, metavar="NAME",
+                   help="another of the calibrations the weights record, e.g. 'balanced' on the shipped default: "
+                   "fewer faces called neutral and better rare-class recall, for some accuracy (`poster-fer info "
+                   "NAME` lists a model's points with their validation numbers; default: the record's default)")
 
 
 def weights_path(args: argparse.Namespace) -> Path:
@@ -71,13 +75,22 @@ def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
     except ValueError as err:
         raise UserError(str(err)) from None
     if not official:
-        return load_model(path, device=device)
-    try:
-        model = load_official(path, model=args.model or OFFICIAL_DEFAULT_MODEL, num_classes=args.num_classes,
-                              channel_order=args.channel_order)
-    except KeyError as e:
-        raise UserError(str(e).strip("'\"")) from None
-    return model.to(device)
+        model = load_model(path, device=device)
+    else:
+        try:
+            model = load_official(path, model=args.model or OFFICIAL_DEFAULT_MODEL, num_classes=args.num_classes,
+                                  channel_order=args.channel_order).to(device)
+        except KeyError as e:
+            raise UserError(str(e).strip("'\"")) from None
+    point = getattr(args, "operating_point", None)
+    if point is not None:
+        from ..probabilities import with_operating_point
+
+        try:
+            model.meta = with_operating_point(dict(getattr(model, "meta", None) or {}), point)
+        except ValueError as err:
+            raise UserError(f"{path}: {err}") from None
+    return model
 
 
 def command_line(args: argparse.Namespace, name: str, positional: tuple[str, ...] = ()) -> str:

@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.model!r} is neither a registered model, known weights nor a saved model path "
                         f"(see poster-fer info --list)")
     stats = model_stats(model)
+    meta = getattr(model, "meta", None) or {}
+    if meta.get("classes"):
+        stats["operating_points"] = _points_with_scores(meta)
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -82,4 +85,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"parameters       {stats['params_total']:,} total, {stats['params_trainable']:,} trainable, "
               f"{stats['params_frozen']:,} frozen")
         print(f"forward          {stats['gflops']:.2f} GFLOPs per image")
+        for name, point in (stats.get("operating_points") or {}).items():
+            print(f"operating point  {name}: {_describe_point(point)}")
     return 0
+
+
+def _points_with_scores(meta: dict) -> dict:
+    """The record's operating points; the default one with the scores of the record's own metrics."""
+    from ..evaluation.operating import called_as
+    from ..probabilities import DEFAULT_POINT, operating_points
+
+    points = operating_points(meta)
+    scores = {}
+    for split, m in (meta.get("metrics") or {}).items():
+        if isinstance(m, dict) and "accuracy" in m:
+            scores[split] = {k: m.get(k) for k in ("accuracy", "mean_class_accuracy")}
+            if m.get("confusion") and "neutral" in meta["classes"]:
+                scores[split]["neutral_overprediction"] = called_as(m["confusion"], meta["classes"])["rate"]
+    points[DEFAULT_POINT] = {**points[DEFAULT_POINT], **scores}
+    return points
+
+
+def _describe_point(point: dict) -> str:
+    """One line: the calibration and, when recorded, what the point scores (``--operating-point NAME``)."""
+    parts = [f"temperature {point.get('temperature') or 1.0:.3f}",
+             "class-prior correction" if point.get("logit_bias") else "no logit bias"]
+    for split in ("val", "test"):
+        m = point.get(split) or {}
+        if "accuracy" in m:
+            parts.append(f"{split} accuracy {m['accuracy'] * 100:.2f}% / mean class "
+                         f"{m.get('mean_class_accuracy', float('nan')) * 100:.2f}%"
+                         + (f" / neutral over-prediction {m['neutral_overprediction'] * 100:.2f}%"
+                            if m.get("neutral_overprediction") is not None else ""))
+    return "; ".join(parts) + (f" ({point['description']})" if point.get("description") else "")

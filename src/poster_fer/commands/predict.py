@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             args.weights, device=args.device, detector=None if args.no_detect else args.detector,
             detector_model=args.detector_model, backend=args.backend, model=args.model,
             num_classes=args.num_classes, channel_order=args.channel_order, batch_size=args.batch_size,
+            operating_point=args.operating_point,
             max_faces=args.max_faces, detect_size=args.detect_size, score_threshold=args.threshold,
             max_pixels=args.max_pixels)
     except (InferenceError, ValueError) as err:

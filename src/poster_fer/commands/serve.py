@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
             backend=args.backend, model=args.model, num_classes=args.num_classes,
             channel_order=args.channel_order, batch_size=args.batch_size, detect_size=args.detect_size,
+            operating_point=args.operating_point,
             score_threshold=args.threshold, max_pixels=settings.max_pixels)
         extra = [build_detector(args.detector, model_path=args.detector_model, score_threshold=args.threshold)
                  for _ in range(settings.workers - 1)]

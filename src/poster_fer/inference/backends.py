@@ -30,7 +30,7 @@ import numpy as np
 from .._lazy import module_available
 from ..constants import BACKENDS, OFFICIAL_DEFAULT_MODEL, ONNX_FILE
 from ..errors import InferenceError
-from ..probabilities import calibrate_logits, get_logit_bias, get_temperature
+from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, with_operating_point
 from ..weights.checks import check_metadata
 
 __all__ = ["BACKENDS", "Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "onnx_file",
@@ -57,6 +57,14 @@ def _logit_bias(meta: dict[str, Any], where: Any) -> np.ndarray | None:
     except ValueError as err:
         raise InferenceError(f"{where}: bad logit_bias in the metadata ({err})") from None
     return None if bias is None else np.asarray(bias, dtype=np.float32)
+
+
+def _operating_point(meta: dict[str, Any], name: str | None, where: Any) -> dict[str, Any]:
+    """``meta`` with operating point ``name``'s calibration (None: the record's default), as an InferenceError."""
+    try:
+        return with_operating_point(meta, name)
+    except ValueError as err:
+        raise InferenceError(f"{where}: {err}") from None
 
 
 def _temperature(meta: dict[str, Any], where: Any) -> float:
@@ -96,12 +104,14 @@ class TorchBackend:
     ``autocast`` ("bf16" or "fp16") runs the forward pass under :func:`torch.autocast` on the model's device;
     logits are always returned as float32. ``fused_attention`` switches attention to PyTorch's fused kernel,
     which is faster and equal to the explicit softmax up to float rounding. Logits are divided by the
-    model's calibration temperature (``model.meta["temperature"]``, 1 when absent). ``fast`` runs a copy
-    through the exact fast paths of :mod:`poster_fer.fastpath` (``self.net``; ``self.model`` is the original).
+    model's calibration temperature (``model.meta["temperature"]``, 1 when absent), after adding its logit bias;
+    ``operating_point`` picks another of the calibrations the record offers (:mod:`poster_fer.probabilities`).
+    ``fast`` runs a copy through the exact fast paths of :mod:`poster_fer.fastpath` (``self.net``; ``self.model``
+    is the original).
     """
 
     def __init__(self, model: Any, device: str = "auto", autocast: str | None = None,
-                 fused_attention: bool = True, fast: bool = True) -> None:
+                 fused_attention: bool = True, fast: bool = True, operating_point: str | None = None) -> None:
         from ..models import set_fused_attention
         from ..precision import resolve_precision
 
@@ -116,6 +126,7 @@ class TorchBackend:
         if not self.meta.get("classes"):
             raise InferenceError(f"{self.meta.get('model') or 'the model'} records no class names: build it with "
                                  "create_model(..., classes=[...]) or load it with load_model(path, classes=[...])")
+        self.meta = _operating_point(self.meta, operating_point, getattr(model, "model_name", "model"))
         self.temperature = _temperature(self.meta, getattr(model, "model_name", "model"))
         self.logit_bias = _logit_bias(self.meta, getattr(model, "model_name", "model"))
         try:
@@ -151,7 +162,7 @@ class OnnxBackend:
     :class:`TorchBackend` does for the checkpoint it was exported from.
     """
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike[str], device: str = "auto", operating_point: str | None = None) -> None:
         if (device or "auto").lower() not in ("auto", "cpu"):
             raise InferenceError(f"the onnxruntime backend runs on the CPU here; device {device!r} needs the torch "
                                  "backend (`pip install 'poster-fer[torch]'`)")
@@ -176,6 +187,7 @@ class OnnxBackend:
             raise InferenceError(f"{self.path}: the ONNX file carries no poster-fer metadata (classes, "
                                  "preprocessing); export it with `poster-fer export`")
         check_metadata(self.meta, self.path, rebuild=False)
+        self.meta = _operating_point(self.meta, operating_point, self.path)
         self.temperature = _temperature(self.meta, self.path)
         self.logit_bias = _logit_bias(self.meta, self.path)
         self.device = "cpu"
@@ -224,6 +236,7 @@ def load_backend(
     classes: list[str] | None = None,
     channel_order: str | None = None,
     autocast: str | None = None,
+    operating_point: str | None = None,
 ) -> Backend:
     """Open a checkpoint for inference.
 
@@ -232,6 +245,7 @@ def load_backend(
     registered variant, default ``poster_v1``, with ``num_classes``/``classes``/``channel_order`` as there).
     ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported model with its embedded metadata, or a model
     directory's ``model.onnx``. ``"auto"`` (default): torch when PyTorch is installed, else onnxruntime.
+    ``operating_point``: one of the calibrations the weights record (``poster-fer info NAME``); None: its default.
     """
     from ..hub import is_official_checkpoint
 
@@ -246,7 +260,7 @@ def load_backend(
     if kind == "onnxruntime":
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such checkpoint")
-        return OnnxBackend(onnx_file(p), device=device)
+        return OnnxBackend(onnx_file(p), device=device, operating_point=operating_point)
     _need_torch(f"{p} (backend 'torch')")
     from ..weights import load_model, load_official
 
@@ -258,4 +272,4 @@ def load_backend(
                             channel_order=channel_order)
     else:
         net = load_model(p, device=dev)
-    return TorchBackend(net, device=dev, autocast=autocast)
+    return TorchBackend(net, device=dev, autocast=autocast, operating_point=operating_point)

@@ -189,6 +189,9 @@ class Recognizer:
         detect_size: longest side the detector runs at (larger images are downscaled for detection only);
             None or 0 detects at full resolution.
         max_pixels: size limit for image files, see :func:`poster_fer.faces.load_image`.
+        operating_point: for a name or path given as ``backend``: another calibration the weights record, e.g.
+            ``"balanced"`` on the default model (fewer faces called neutral, better rare-class recall, lower
+            accuracy; ``poster-fer info NAME`` lists them with their numbers). None: the record's default.
     """
 
     def __init__(
@@ -202,6 +205,7 @@ class Recognizer:
         detector_model: str | os.PathLike[str] | None = None,
         score_threshold: float = 0.6,
         device: str = "auto",
+        operating_point: str | None = None,
     ) -> None:
         # every numeric option checked before anything loads (one set of rules with the CLI and the server)
         batch_size = check_count("batch_size", batch_size)
@@ -210,7 +214,10 @@ class Recognizer:
         max_pixels = check_limit("max_pixels", max_pixels)
         score_threshold = check_probability("score_threshold", score_threshold)
         if backend is None or isinstance(backend, (str, os.PathLike)):
-            backend = load_backend(resolve_weights(backend), device=device)
+            backend = load_backend(resolve_weights(backend), device=device, operating_point=operating_point)
+        elif operating_point is not None:
+            raise InferenceError("operating_point applies when the Recognizer opens the weights (a path or name); "
+                                 "pass it to load_backend / the backend you built instead")
         self.backend = backend
         self.meta: dict[str, Any] = backend.meta
         self.classes: list[str] = [str(c) for c in self.meta.get("classes") or []]
@@ -246,6 +253,7 @@ class Recognizer:
         classes: list[str] | None = None,
         channel_order: str | None = None,
         autocast: str | None = None,
+        operating_point: str | None = None,
         **kwargs: Any,
     ) -> Recognizer:
         """Open a checkpoint (None: the shipped default model; a shipped model's name, see
@@ -261,7 +269,8 @@ class Recognizer:
         """
         path = resolve_weights(path)  # None: the default model; a shipped model's name: its folder
         be = load_backend(path, backend=backend, device=device, model=model, num_classes=num_classes,
-                          classes=classes, channel_order=channel_order, autocast=autocast)
+                          classes=classes, channel_order=channel_order, autocast=autocast,
+                          operating_point=operating_point)
         return cls(be, detector=detector, detector_model=detector_model, **kwargs)
 
     @classmethod

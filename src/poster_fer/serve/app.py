@@ -266,6 +266,7 @@ class _Service:
             "preprocessing": self.rec.preprocessing.to_dict(),
             "temperature": meta.get("temperature"),
             "logit_bias": meta.get("logit_bias"),
+            "operating_point": meta.get("operating_point", "default"),
             "metrics": meta.get("metrics"),
             "weights": meta.get("weights"),
             "licence": meta.get("licence"),

@@ -36,7 +36,7 @@ def check_metadata(meta: Any, source: str | Path, expected_format: str | None = 
     and the first bad field. ``expected_format`` (e.g. ``"poster-fer/1"``) is checked when given; ``rebuild=False``
     (an ONNX file: the graph is the model) skips the fields that rebuild a model (format, model, family, config)."""
     from ..faces.align import MAX_CROP_SIDE
-    from ..probabilities import get_logit_bias, validate_temperature
+    from ..probabilities import POINTS_KEY, get_logit_bias, operating_points, validate_temperature
     from .preprocessing import Preprocessing
 
     if not isinstance(meta, Mapping):
@@ -84,6 +84,10 @@ def check_metadata(meta: Any, source: str | Path, expected_format: str | None = 
         get_logit_bias(meta)
     except ValueError as err:
         raise _fail(source, "logit_bias", str(err)) from None
+    try:
+        operating_points(meta)
+    except ValueError as err:
+        raise _fail(source, POINTS_KEY, str(err).removeprefix(f"{POINTS_KEY}: ")) from None
     for key in ("metrics", "provenance"):
         if meta.get(key) is not None and not isinstance(meta[key], Mapping):
             raise _fail(source, key, f"must be an object, got {type(meta[key]).__name__}")
