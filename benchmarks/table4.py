@@ -160,6 +160,8 @@ def build_row(spec: Row, stats_cache: dict[str, Any]) -> dict[str, Any]:
     out["calibrated_record"] = spec.calibrated if cal else None
     rob = _load(spec.robustness)
     out["robustness_record"] = spec.robustness if rob else None
+    out["robustness"] = {cond: {k: r[k] for k in ("accuracy", "mean_class_accuracy")}
+                         for cond, r in rob["results"].items()} if rob else None
     return out
 
 
@@ -211,6 +213,17 @@ def render(table: dict[str, Any]) -> str:
         for r in done:
             lines.append(f"| ({r['row']}) | {r['seed']} | "
                          + " | ".join(_pct(r["test"]["per_class"][c], 1) for c in classes) + " |")
+    robust = [r for r in done if r.get("robustness")]
+    if robust:
+        conditions = list(robust[0]["robustness"])
+        lines += ["", "Robustness, FER+ test accuracy / mean class accuracy under each change "
+                  "(`benchmarks/robustness.py` on the release-procedure model of the row):", "",
+                  "| change | " + " | ".join(f"({r['row']}) seed {r['seed']}" for r in robust) + " |",
+                  "| --- | " + " | ".join("---" for _ in robust) + " |"]
+        for cond in conditions:
+            cells = [r["robustness"].get(cond) for r in robust]
+            text = ["—" if c is None else f"{_pct(c['accuracy'])} / {_pct(c['mean_class_accuracy'])}" for c in cells]
+            lines.append(f"| {cond} | " + " | ".join(text) + " |")
     lines += ["", "Seeds (best validation accuracy):", ""]
     for row, s in table["seeds"].items():
         if s["n"]:
