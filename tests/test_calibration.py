@@ -526,6 +526,12 @@ def test_a_shipped_folder_gains_an_operating_point_as_data(tmp_path, monkeypatch
         np.testing.assert_allclose(load_backend(folder, backend="torch")(x), raw / 2.0, rtol=1e-4, atol=1e-4)
         with pytest.raises(InferenceError, match="no operating point 'strict'.*default, balanced"):
             load_backend(folder, backend="torch", operating_point="strict")
+        from poster_fer.inference import Recognizer
+
+        rec = Recognizer(folder, detector=None, operating_point="balanced")
+        assert rec.meta["operating_point"] == "balanced"
+        with pytest.raises(InferenceError, match="applies when the Recognizer opens the weights"):
+            Recognizer(be, detector=None, operating_point="balanced")
     finally:
         records.load_records.cache_clear()
 

@@ -415,6 +415,7 @@ def test_model_health_metrics_page_and_docs(rec, portrait):
     assert model["limits"]["max_batch"] == 8 and model["limits"]["max_body_bytes"] == 10 * 2**20
     assert model["detector"] == "yunet" and model["device"] == "cpu"
     assert model["metrics"] == {"test": {"accuracy": 0.5, "f1_contempt": None}} and model["temperature"] == 1.5
+    assert model["operating_point"] == "default"
     assert "NaN" not in r["/v1/model"].text
 
     assert r["/healthz"].json() == {"status": "ok", "model": "poster_v1_tiny", "inflight": 0}
