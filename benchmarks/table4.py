@@ -118,7 +118,7 @@ def _calibrated_test(record: dict[str, Any]) -> dict[str, Any]:
     return {"accuracy": test["accuracy"], "mean_class_accuracy": test["mean_class_accuracy"],
             "macro_f1": test.get("macro_f1"), "ece": (cal.get("test") or {}).get("ece"),
             "ece_calibrated": (cal.get("test") or {}).get("ece_calibrated", test.get("ece_calibrated")),
-            "temperature": (record.get("calibration") or {}).get("temperature"),
+            "temperature": cal.get("temperature"),
             "prior_tau": (record.get("prior_correction") or {}).get("tau"),
             "neutral_overprediction": called_as(test["confusion"], _classes(record), "neutral")["rate"]
             if "confusion" in test else None}

@@ -16,7 +16,15 @@ from typing import Any
 from poster_fer.checksums import sha256_of
 from poster_fer.constants import ONNX_FILE
 from poster_fer.models.stats import model_stats
-from poster_fer.weights.io import _HEADER_KEY, META_FILE, WEIGHTS_FILE, atomic_write, load_model, save_model
+from poster_fer.probabilities import POINTS_KEY
+from poster_fer.weights.io import (
+    WEIGHTS_FILE,
+    atomic_write,
+    load_model,
+    read_metadata,
+    rewrite_metadata,
+    save_model,
+)
 from poster_fer.weights.records import RECORDS_FILE, WeightsRecord, load_records, pretrained_root
 
 __all__ = ["METRIC_KEYS", "ONNX_FILE", "add_operating_point", "portable", "record_for_folder", "ship_folder",
@@ -65,7 +73,7 @@ def record_for_folder(folder: str | Path, name: str, *, splits: Mapping[str, str
     model = load_model(folder)
     meta = model.meta
     stats = model_stats(model)
-    calibration = {k: meta[k] for k in ("logit_bias", "temperature", "operating_points") if meta.get(k) is not None}
+    calibration = {k: meta[k] for k in ("logit_bias", "temperature", POINTS_KEY) if meta.get(k) is not None}
     record = {
         "architecture": name.split(".", 1)[0],
         "file": f"{folder.name}/{WEIGHTS_FILE}",
@@ -150,23 +158,11 @@ def add_operating_point(name: str, point: str, entry: Mapping[str, Any]) -> dict
     metadata copy inside model.safetensors (the tensors are written back byte for byte) and in the record's
     calibration, whose sha256 is refreshed. Returns the new metadata. Run :func:`ship_onnx` after it, so the
     ONNX file (which carries the metadata too) offers the point as well."""
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-
-    from poster_fer.probabilities import POINTS_KEY
-    from poster_fer.weights.checks import check_metadata
-
     record = load_records()[name]
     folder = record.path()
-    meta = json.loads((folder / META_FILE).read_text())
+    meta = read_metadata(folder, check=False)
     meta[POINTS_KEY] = {**(meta.get(POINTS_KEY) or {}), point: dict(entry)}
-    check_metadata(meta, folder / META_FILE)
-    text = json.dumps(meta, indent=2, sort_keys=True)
-    weights = folder / WEIGHTS_FILE
-    with safe_open(str(weights), framework="numpy") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    atomic_write(weights, lambda p: save_file(tensors, str(p), metadata={_HEADER_KEY: text}))
-    atomic_write(folder / META_FILE, lambda p: Path(p).write_text(text + "\n"))
+    weights = rewrite_metadata(folder, meta) / WEIGHTS_FILE
     data = record.to_dict()
     calibration = dict(data.get("calibration") or {})
     calibration[POINTS_KEY] = meta[POINTS_KEY]

@@ -75,10 +75,29 @@ def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
     meta = build_metadata(model, **metadata)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    text = json.dumps(meta, indent=2, sort_keys=True)
-    atomic_write(path / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={_HEADER_KEY: text}))
-    atomic_write(path / META_FILE, lambda p: Path(p).write_text(text + "\n"))
+    _write_folder(path, meta, lambda p, header: save_file(tensors, str(p), metadata=header))
     return path
+
+
+def rewrite_metadata(path: str | Path, meta: dict[str, Any]) -> Path:
+    """Replace the metadata of a saved model folder (meta.json and the copy in the safetensors header) and keep
+    its tensors byte for byte: calibration added after training changes no weight. ``meta`` is checked first."""
+    from safetensors.numpy import save_file as save_numpy
+
+    path = Path(path)
+    check_metadata(meta, path / META_FILE, FORMAT)
+    with safe_open(str(path / WEIGHTS_FILE), framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    _write_folder(path, meta, lambda p, header: save_numpy(tensors, str(p), metadata=header))
+    return path
+
+
+def _write_folder(path: Path, meta: dict[str, Any], write_weights: Callable[[str, dict[str, str]], Any]) -> None:
+    """The weights file (with the metadata in its header, so a lone .safetensors still loads) and meta.json, each
+    written atomically, from one serialisation of ``meta``."""
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    atomic_write(path / WEIGHTS_FILE, lambda p: write_weights(p, {_HEADER_KEY: text}))
+    atomic_write(path / META_FILE, lambda p: Path(p).write_text(text + "\n"))
 
 
 def atomic_write(dest: str | os.PathLike[str], write: Callable[[str], Any]) -> None:
