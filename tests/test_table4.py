@@ -67,6 +67,21 @@ def test_table4_recipes_differ_only_in_the_architecture():
         assert strip == base, name
 
 
+def test_each_table4_recipe_builds_its_registered_architecture():
+    """benchmarks/default_model.py saves a run under an architecture name only if the run's config is that name's:
+    each row's recipe must build exactly the registered mfn64 variant of its row."""
+    from poster_fer.models import config_to_dict
+
+    rows = {"table4_mfn64": "poster_v1_mfn64", "table4_mfn64_image": "poster_v1_mfn64_image",
+            "table4_mfn64_baseline": "poster_v1_mfn64_baseline",
+            "table4_mfn64_baseline_pyramid": "poster_v1_mfn64_baseline_pyramid",
+            "table4_mfn64_crossfusion": "poster_v1_mfn64_crossfusion"}
+    for recipe, arch in rows.items():
+        m = load_recipe(recipe)["model"]
+        built = poster_fer.create_model(m["name"], **m["config"]).cfg
+        assert config_to_dict(built) == config_to_dict(poster_fer.create_model(arch).cfg), recipe
+
+
 def _table4_script():
     import importlib
     import sys

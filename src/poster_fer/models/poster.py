@@ -403,6 +403,17 @@ register_model("poster_v1_mfn64_image", "poster_v1",
 register_model("poster_v1_mfn64", "poster_v1",
                "two-stream POSTER (cross-fusion, pyramid), ArcFace MobileFaceNet image stream at 64 px",
                backbone_size=64, **_MFN)
+# The other Table-4 rows at the same scale (configs/table4_mfn64_*.yaml): registered so a trained run can be saved,
+# evaluated and loaded under an architecture name like every variant (benchmarks/default_model.py checks the run's
+# config equals the name's).
+for _name, _row, _fields in (("poster_v1_mfn64_baseline", "(c) baseline: concatenated tokens, self-attention",
+                              dict(fusion="self", pyramid=False)),
+                             ("poster_v1_mfn64_baseline_pyramid", "(d) baseline + pyramid",
+                              dict(fusion="self", pyramid=True)),
+                             ("poster_v1_mfn64_crossfusion", "(e) baseline + cross-fusion, no pyramid",
+                              dict(fusion="cross", pyramid=False))):
+    register_model(_name, "poster_v1", f"Table 4 {_row}, ArcFace MobileFaceNet image stream at 64 px",
+                   backbone_size=64, **_MFN, **_fields)
 register_model("poster_v1_dlib", "poster_v1", "two-stream POSTER, dlib face-recognition ResNet image stream",
                num_classes=8, input_size=48, backbone_size=150, landmark_size=80, image_tokens="pool",
                resize_mode="bilinear", dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
