@@ -5,7 +5,8 @@ aligner, compression and blur. No held-out face set of another origin is availab
 next best thing: the same test faces, each perturbed in one controlled way (applied to the 48 x 48 grey face
 before the model's own preprocessing). A robust model loses little; large drops say where it is brittle.
 
-    python benchmarks/robustness.py --weights src/poster_fer/pretrained/poster_v1_ferplus_s
+    python benchmarks/robustness.py --weights src/poster_fer/pretrained/poster_v1_s.ferplus
+    python benchmarks/robustness.py --operating-point balanced --out benchmarks/results/robustness/NAME.json
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset
 from poster_fer.evaluation import run_evaluation
 from poster_fer.hub import pretrained_path
+from poster_fer.probabilities import DEFAULT_POINT, get_logit_bias, get_temperature, with_operating_point
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
 
 
@@ -82,14 +84,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data", default=str(shared_path("data", "fer2013")))
     p.add_argument("--out", default="benchmarks/results/robustness/poster_v1_mfn64_image.ferplus.json")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--operating-point", default=None,
+                   help="one of the calibrations the weights record (poster-fer info NAME lists them)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     model = load_model(args.weights)
-    meta = model.meta
+    try:
+        meta = with_operating_point(model.meta, args.operating_point)
+    except ValueError as err:
+        raise SystemExit(f"{args.weights}: {err}") from None
     test = build_dataset("ferplus", args.data, "test")
     base = create_transform(meta["preprocessing"])
-    bias = meta.get("logit_bias")
-    t = float(meta.get("temperature", 1.0))
+    bias, t = get_logit_bias(meta), get_temperature(meta)
     n = len(meta["classes"])
     rows: dict[str, Any] = {}
     for name, perturb in PERTURBATIONS.items():
@@ -107,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["accuracy_change_points"] = round((r["accuracy"] - ref["accuracy"]) * 100, 2)
     record = {"benchmark": "FER+ test accuracy under controlled perturbations of the 48 px grey face",
               "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "weights": args.weights, "model": meta.get("model"), "git": git_state(),
+              "weights": args.weights, "model": meta.get("model"),
+              "operating_point": args.operating_point or DEFAULT_POINT, "git": git_state(),
               "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "torch": torch.__version__,
                           "load_average": load_average()},
               "num_samples": len(test), "results": rows}

@@ -164,3 +164,11 @@ def test_every_benchmark_script_imports(script):
     (they ran only by hand before, so a renamed helper broke default_model.py and robustness.py unnoticed)."""
     module = importlib.import_module(script)
     assert module.__file__ == str(BENCHMARKS / f"{script}.py")
+
+
+def test_robustness_benchmark_names_the_operating_points_it_can_use(tmp_path):
+    """--operating-point picks one of the calibrations the weights record; an unknown one is refused with the list."""
+    robustness = importlib.import_module("robustness")
+    with pytest.raises(SystemExit, match="no operating point 'nope'.*it has: default, balanced"):
+        robustness.main(["--operating-point", "nope", "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
