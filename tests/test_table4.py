@@ -1,7 +1,8 @@
 """Issue 23's POSTER over the default's image stream (poster_v1_mfn64): the landmark stream sees the augmented
 face (tokens computed live equal tokens computed separately from the same augmented batch; the cache's stored
-tokens would not), gradients reach every trainable parameter and none the frozen landmark network, and the
-Table-4 recipes name registered architectures with only streams / fusion / pyramid differing."""
+tokens would not), gradients reach every trainable parameter and none the frozen landmark network, save/load and
+ONNX export keep the calibration, and the Table-4 recipes build registered architectures with only streams /
+fusion / pyramid differing."""
 
 from __future__ import annotations
 
@@ -65,6 +66,44 @@ def test_table4_recipes_differ_only_in_the_architecture():
         base = {k: v for k, v in recipes["table4_mfn64"].items() if k not in ("name", "description", "source",
                                                                                "model")}
         assert strip == base, name
+
+
+def test_save_load_and_onnx_round_trip_keep_the_calibration(tmp_path):
+    """The two-stream variant (frozen landmark network inside) saves, loads and exports with its calibration and
+    operating points; the ONNX graph computes the same logits and both backends the same probabilities."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from poster_fer import load_model, save_model
+    from poster_fer.export import OnnxRuntimeModel, export_onnx
+    from poster_fer.inference import load_backend
+    from poster_fer.probabilities import calibrated_probabilities
+
+    model = _model().eval()
+    bias = [0.3, -0.2, 0.1, 0.0, 0.4, -0.5, 0.2, 0.6]
+    points = {"balanced": {"logit_bias": [b * 3 for b in bias], "temperature": 0.9, "rule": "test"}}
+    folder = save_model(model, tmp_path / "m", temperature=1.4, logit_bias=bias, operating_points=points)
+    loaded = load_model(folder)
+    assert loaded.meta["temperature"] == 1.4 and loaded.meta["logit_bias"] == bias
+    assert loaded.meta["operating_points"]["balanced"]["temperature"] == 0.9
+    x = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = model(x).numpy()
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(loaded, onnx_path, check_batch_sizes=(2,))
+    runtime = OnnxRuntimeModel(onnx_path)
+    assert runtime.meta["temperature"] == 1.4 and runtime.meta["logit_bias"] == bias
+    assert runtime.meta["operating_points"] == loaded.meta["operating_points"]
+    np.testing.assert_allclose(runtime(x.numpy()), ref, rtol=1e-4, atol=1e-4)
+    for point in (None, "balanced"):
+        torch_be = load_backend(folder, backend="torch", operating_point=point)
+        p_torch = calibrated_probabilities(torch_be(x.numpy()), torch_be.meta)
+        onnx_be = load_backend(onnx_path, backend="onnxruntime", operating_point=point)
+        np.testing.assert_allclose(calibrated_probabilities(onnx_be(x.numpy()), onnx_be.meta), p_torch, atol=1e-4)
+    default = calibrated_probabilities(ref, loaded.meta)
+    assert np.abs(default - p_torch).max() > 1e-2  # the operating point really changed the probabilities
 
 
 def test_each_table4_recipe_builds_its_registered_architecture():
