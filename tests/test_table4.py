@@ -152,11 +152,29 @@ def test_shipping_rule_needs_two_seeds_and_a_margin_over_the_larger_spread():
     b = t4.seed_summary([0.8872, 0.8812])  # mean 0.8842, spread 0.0060
     assert b["mean"] == pytest.approx(0.8842) and b["spread"] == pytest.approx(0.0060)
     assert not t4.shipping_rule(b, t4.seed_summary([0.8806]))["decided"]
-    wins = t4.shipping_rule(b, t4.seed_summary([0.8920, 0.8930]))  # +0.83 points > 0.60
-    assert wins["decided"] and wins["poster_replaces_default"]
-    # (f) ahead by 0.5 points but its own seeds differ by 0.8: not enough
-    close = t4.shipping_rule(b, t4.seed_summary([0.8852, 0.8932]))
-    assert close["decided"] and not close["poster_replaces_default"] and close["needed_points"] == 0.8
+    fast = {"portrait_batch1": 31.0, "group16_batch16": 150.0}
+    wins = t4.shipping_rule(b, t4.seed_summary([0.8920, 0.8930]), fast)  # +0.83 points > 0.60
+    assert wins["decided"] and wins["replaces_default"]
+    # accurate enough but the photo pipeline unmeasured, or too slow on one input: the default stays
+    unmeasured = t4.shipping_rule(b, t4.seed_summary([0.8920, 0.8930]), None, "c")
+    assert unmeasured["accuracy_passes"] and not unmeasured["replaces_default"] and "not measured" in unmeasured["why"]
+    slow = t4.shipping_rule(b, t4.seed_summary([0.8920, 0.8930]), {**fast, "group16_batch16": 149.9})
+    assert slow["accuracy_passes"] and slow["speed_passes"] is False and not slow["replaces_default"]
+    # (f) ahead by 0.5 points but its own seeds differ by 0.8: not enough, however fast
+    close = t4.shipping_rule(b, t4.seed_summary([0.8852, 0.8932]), fast)
+    assert close["decided"] and not close["replaces_default"] and close["needed_points"] == 0.8
+
+
+def test_speed_summary_averages_the_passes_per_input():
+    t4 = _table4_script()
+
+    def record(portrait, group):
+        cpu = {"portrait_batch1": {"faces_per_second": portrait}, "group16_batch16": {"faces_per_second": group}}
+        return {"runs": {"threads_2": {"results": {"cpu": cpu}}}}
+
+    out = t4.speed_summary([record(40.0, 150.0), record(44.0, 160.0)])
+    assert out["passes"] == 2 and out["faces_per_second"] == {"portrait_batch1": 42.0, "group16_batch16": 155.0}
+    assert t4.speed_summary([]) is None
 
 
 def test_committed_table4_markdown_is_rendered_from_its_json():
