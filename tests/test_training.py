@@ -426,6 +426,10 @@ def test_resume_continues_exactly(tmp_path, synthetic):
     rb = json.loads((tmp_path / "split" / "results.json").read_text())
     assert ra["metrics"]["test"] == rb["metrics"]["test"]
     assert [h["train_loss"] for h in ra["history"]] == [h["train_loss"] for h in rb["history"]]
+    # the record names the command that started the run (its recipe, its overrides), then each resume
+    assert "--recipe" in rb["command"] and "stop_after_epoch=1" in rb["command"]
+    assert [(x["from_epoch"], "--resume" in x["command"]) for x in rb["sessions"]] == [(0, False), (1, True)]
+    assert [x["from_epoch"] for x in ra["sessions"]] == [0] and ra["command"] == ra["sessions"][0]["command"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic, monkeypatch, capsys):

@@ -37,6 +37,7 @@ class _Run:
     criterion: nn.Module
     counts: dict[str, int]
     command: str | None
+    sessions: list[dict[str, Any]]  # every process that trained the run, the first one's command first
     cache_info: Any
     distill_info: dict[str, Any] | None
     pre: list[str]  # pretrained-weights reports
@@ -98,8 +99,9 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
             "model": unwrap(model).model_name,
             "model_config": best.meta["config"],
             "params": {"total": n_params, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
-            "command": run.command,
+            "command": run.sessions[0]["command"] if run.sessions else run.command,
             "git_revision": git_revision(),
+            "sessions": run.sessions,
             "machine": machine_info(device, env),
             "wall_time_s": round(wall_time_s, 2),
             "data": {**run.counts, "classes": data.classes, "reports": data.reports()},

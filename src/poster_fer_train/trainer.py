@@ -157,6 +157,11 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     elapsed = budget.elapsed
     pre: list[str] = []
     git_revision()  # pinned now: the code this process imported
+    # Every process that trained this run: a resumed run's record names the command that started it (its recipe
+    # and seed), and each resume with the code it ran, not only the last `--resume`.
+    sessions = [*(ckpt.get("sessions") or [] if ckpt else []),
+                {"command": command, "git_revision": git_revision(),
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": int(ckpt["epoch"]) if ckpt else 0}]
     say(f"[train] recipe {recipe['name']} -> {run_dir} (device {device}, world {env.world_size}, "
         f"global batch {global_batch}, amp {amp_dtype or 'off'}, threads {torch.get_num_threads()})")
     t = time.monotonic()
@@ -232,7 +237,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     eval_model = ema.module if ema is not None else model
     select = str(tr.select_metric)
     run = _Run(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
-               criterion=criterion, counts=counts, command=command, cache_info=cache_info,
+               criterion=criterion, counts=counts, command=command, sessions=sessions, cache_info=cache_info,
                distill_info=distill_info, pre=pre,
                preprocessing=preprocessing_meta(recipe, model), say=say, log=log, progress=progress)
     stopped: str | None = None
@@ -311,6 +316,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             save_checkpoint(run_dir / LAST, {
                 **ts.state_dict(), "recipe": recipe, "sampler": {"epoch": epoch, "seed": seed},
                 "rng_per_rank": rng_states, "elapsed_s": elapsed(), "world_size": env.world_size,
+                "sessions": sessions,
             })
         log({"type": "epoch", **row, "improved": improved, "step": ts.step.global_step})
         say(f"[epoch {epoch}/{ts.planned_epochs}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_cli() -> bool:
-    return bool(sys.argv) and sys.argv[0].endswith(("poster-fer", "cli.py", "__main__.py"))
+    """True when this process is `poster-fer ...` or `python -m poster_fer[.cli] ...` (not, say, `python -m pytest`,
+    whose argv would otherwise be recorded as the training command)."""
+    if not sys.argv:
+        return False
+    prog = Path(sys.argv[0])
+    return prog.name == "poster-fer" or (prog.name in ("cli.py", "__main__.py") and prog.parent.name == "poster_fer")
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
