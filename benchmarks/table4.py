@@ -81,6 +81,8 @@ ROWS = (
 SPEED_B = (f"{_SPEED}_b_s0_pass1.json", f"{_SPEED}_b_s0_pass2.json")
 #: the rule's speed bar (configs/table4_mfn64.yaml): faces/s at 2 threads
 SPEED_TARGETS = {"portrait_batch1": 30.0, "group16_batch16": 150.0}
+#: the two-stream rows with a shipping rule, and the recipe each rule is written in
+RULES = {"f": "configs/table4_mfn64.yaml", "c": "configs/table4_mfn64_baseline.yaml"}
 
 
 def seed_summary(values: list[float]) -> dict[str, Any]:
@@ -213,7 +215,7 @@ def build() -> dict[str, Any]:
             "command": "python benchmarks/" + " ".join(shlex.quote(a) for a in [Path(__file__).name, *sys.argv[1:]]),
             "git_revision": git_revision(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "rows": rows, "seeds": seeds, "speed_b": speed_b,
-            "rules": {r: shipping_rule(seeds["b"], seeds[r], speed[r], r) for r in ("f", "c")}}
+            "rules": {r: shipping_rule(seeds["b"], seeds[r], speed[r], r) for r in RULES}}
 
 
 def _pct(v: float | None, digits: int = 2) -> str:
@@ -289,8 +291,7 @@ def render(table: dict[str, Any]) -> str:
         else:
             verdict = (f"({row}) replaces the default: " if rule["replaces_default"] else "the default stays: ")
             verdict += rule["why"]
-        where = "configs/table4_mfn64.yaml" if row == "f" else "configs/table4_mfn64_baseline.yaml"
-        lines.append(f"- ({row}), {where}: {verdict}.")
+        lines.append(f"- ({row}), {RULES[row]}: {verdict}.")
     lines += ["",
               "Columns: *test*, *mean class*, *macro F1*, *neutral over-pred.* (non-neutral faces predicted neutral) "
               "are the trainer's evaluation of the best-validation checkpoint (EMA weights, bf16 on an AVX512-BF16 "

@@ -36,8 +36,7 @@ class _Run:
     amp_dtype: torch.dtype | None
     criterion: nn.Module
     counts: dict[str, int]
-    command: str | None
-    sessions: list[dict[str, Any]]  # every process that trained the run, the first one's command first
+    sessions: list[dict[str, Any]]  # every process that trained the run (command, git revision), the first first
     cache_info: Any
     distill_info: dict[str, Any] | None
     pre: list[str]  # pretrained-weights reports
@@ -48,7 +47,7 @@ class _Run:
 
     def provenance(self) -> dict[str, Any]:
         """Where a saved model of this run came from (stored in its metadata)."""
-        return {"source": "poster-fer train", "recipe": self.recipe, "command": self.command,
+        return {"source": "poster-fer train", "recipe": self.recipe, "command": self.sessions[0]["command"],
                 "git_revision": git_revision(), "data_counts": self.counts, "pretrained": self.pre,
                 "landmark_cache": self.cache_info, "distill": self.distill_info}
 
@@ -99,7 +98,7 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
             "model": unwrap(model).model_name,
             "model_config": best.meta["config"],
             "params": {"total": n_params, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
-            "command": run.sessions[0]["command"] if run.sessions else run.command,
+            "command": run.sessions[0]["command"],
             "git_revision": git_revision(),
             "sessions": run.sessions,
             "machine": machine_info(device, env),
