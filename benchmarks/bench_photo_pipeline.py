@@ -96,7 +96,7 @@ def machine() -> dict[str, Any]:
 
 
 def bench_model(key: str, config: dict[str, Any], portrait: np.ndarray, group: np.ndarray, yunet: str,
-                repeats: int, weights: str | None = None) -> dict[str, Any]:
+                repeats: int, weights: str | None = None, autocast: str | None = None) -> dict[str, Any]:
     """Every measurement for one model at the current thread count (a trained checkpoint when ``weights``)."""
     if weights:  # the real thing: its own preprocessing (grey, crop geometry, size) and classes
         from poster_fer import load_model
@@ -104,8 +104,8 @@ def bench_model(key: str, config: dict[str, Any], portrait: np.ndarray, group: n
         model = load_model(weights).eval()
     else:
         model = build(config)
-    rec = Recognizer.from_model(model, detector="yunet", detector_model=yunet)
-    entry: dict[str, Any] = {"input_size": int(model.cfg.input_size)}
+    rec = Recognizer.from_model(model, detector="yunet", detector_model=yunet, autocast=autocast)
+    entry: dict[str, Any] = {"input_size": int(model.cfg.input_size), "pipeline_autocast": autocast}
     for batch in (1, 16):
         entry[f"group16_batch{batch}"] = time_pipeline(rec, group, batch, repeats)
         print(f"{key:9s} group of 16, batch {batch:2d}: {entry[f'group16_batch{batch}']}", file=sys.stderr)
@@ -115,7 +115,7 @@ def bench_model(key: str, config: dict[str, Any], portrait: np.ndarray, group: n
     crops = [rec.preprocessing.align(group, f.landmarks) for f in rec.detect(group)][:8]
     bf16 = TorchBackend(model, autocast="bf16")
     entry["classify_faces_per_second"] = {
-        "fp32_batch8": time_classify(rec.backend, rec, crops, 8, repeats),  # type: ignore[arg-type]
+        "fp32_batch8": time_classify(TorchBackend(model), rec, crops, 8, repeats),
         "bf16_autocast_batch8": time_classify(bf16, rec, crops, 8, repeats),
     }
     print(f"{key:9s} classify only: {entry['classify_faces_per_second']}", file=sys.stderr)
@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["cpu", "poster_v1"], choices=("cpu", "poster_v1"))
     p.add_argument("--cpu-weights", default=None, metavar="CKPT",
                    help="measure this trained checkpoint as the CPU-sized model (e.g. runs/ferplus_cpu/best)")
+    p.add_argument("--autocast", choices=("bf16",), default=None,
+                   help="run the pipeline's classify stage under bf16 autocast (a reduced-precision path: its "
+                        "top-1 agreement with fp32 must be measured before it counts; default: exact fp32)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. what else loaded the machine)")
     p.add_argument("--out", type=Path, default=(REPO / "benchmarks/results/speed/photo_pipeline"
                                                    / "cpu-poster_v1_mfn64_image.ferplus.json"))
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         load_before = load_average()
         results = {key: bench_model(key, configs[key], portrait, group, args.yunet, args.repeats,
-                                    args.cpu_weights if key == "cpu" else None)
+                                    args.cpu_weights if key == "cpu" else None, args.autocast)
                    for key in args.models}
         runs[f"threads_{threads}"] = {"torch_threads": threads, "load_average_before": load_before,
                                       "load_average_after": load_average(),
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": git_state(),
         "machine": mach,
         "repeats": args.repeats,
+        "pipeline_autocast": args.autocast,
         "inputs": {"group16": list(group.shape), "portrait": list(portrait.shape)},
         "models": models,
         "notes": "faces_per_second = faces / (detect + align + preprocess + forward), medians over repeats; "

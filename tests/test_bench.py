@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -172,3 +173,15 @@ def test_robustness_benchmark_names_the_operating_points_it_can_use(tmp_path):
     with pytest.raises(SystemExit, match="no operating point 'nope'.*it has: default, balanced"):
         robustness.main(["--operating-point", "nope", "--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_precision_agreement_counts_the_faces_whose_class_changes():
+    """The bf16 gate of issue 23's rule: agreement is the share of equal predictions, and mismatched inputs are
+    refused rather than broadcast."""
+    agreement = importlib.import_module("precision_agreement").agreement
+    out = agreement(np.array([0, 1, 2, 3] * 50), np.array([0, 1, 2, 3] * 49 + [0, 1, 2, 0]))
+    assert out == {"top1_agreement": 0.995, "disagreements": 1, "num_samples": 200}
+    with pytest.raises(ValueError, match="equal-length"):
+        agreement(np.array([0, 1]), np.array([[0, 1]]))
+    with pytest.raises(ValueError, match="non-empty"):
+        agreement(np.array([]), np.array([]))

@@ -177,6 +177,17 @@ def test_speed_summary_averages_the_passes_per_input():
     assert t4.speed_summary([]) is None
 
 
+def test_training_minutes_count_a_paused_epoch_at_the_median():
+    t4 = _table4_script()
+    history = [{"epoch": e, "epoch_s": s} for e, s in enumerate([240.0, 230.0, 5270.0, 250.0, 235.0], 1)]
+    m = t4.training_minutes({"wall_time_s": 6300.0, "history": history})
+    assert m["minutes"] == 105.0 and m["paused_epochs"] == [3]
+    assert m["minutes_excluding_pauses"] == pytest.approx((6300.0 - (5270.0 - 240.0)) / 60, abs=0.05)
+    steady = t4.training_minutes({"wall_time_s": 960.0, "history": history[:2] + history[3:]})
+    assert steady["paused_epochs"] == [] and steady["minutes_excluding_pauses"] is None
+    assert t4.training_minutes({"history": history})["minutes"] is None
+
+
 def test_committed_table4_markdown_is_rendered_from_its_json():
     t4 = _table4_script()
     assert t4.main(["--check"]) == 0

@@ -83,6 +83,19 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _earlier_sessions(ckpt: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The sessions a resumed checkpoint records. One written before sessions were kept records none: its
+    earlier sessions are then listed as unknown rather than left out, so the record never names a later
+    ``--resume`` as the command that started the run."""
+    if not ckpt:
+        return []
+    if ckpt.get("sessions"):
+        return list(ckpt["sessions"])
+    return [{"command": None, "git_revision": None, "started": None, "from_epoch": 0,
+             "note": "checkpoint written before sessions were recorded: the command and code that trained "
+                     f"epochs 1-{int(ckpt.get('epoch', 0))} are unknown"}]
+
+
 def default_run_dir(recipe: dict[str, Any]) -> Path:
     return Path("runs") / f"{recipe['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -159,7 +172,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     git_revision()  # pinned now: the code this process imported
     # Every process that trained this run: a resumed run's record names the command that started it (its recipe
     # and seed), and each resume with the code it ran, not only the last `--resume`.
-    sessions = [*(ckpt.get("sessions") or [] if ckpt else []),
+    sessions = [*_earlier_sessions(ckpt),
                 {"command": command, "git_revision": git_revision(),
                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": int(ckpt["epoch"]) if ckpt else 0}]
     say(f"[train] recipe {recipe['name']} -> {run_dir} (device {device}, world {env.world_size}, "
