@@ -105,7 +105,7 @@ def bench_model(key: str, config: dict[str, Any], portrait: np.ndarray, group: n
     else:
         model = build(config)
     rec = Recognizer.from_model(model, detector="yunet", detector_model=yunet, autocast=autocast)
-    entry: dict[str, Any] = {"input_size": int(model.cfg.input_size), "pipeline_autocast": autocast}
+    entry: dict[str, Any] = {"input_size": int(model.cfg.input_size)}
     for batch in (1, 16):
         entry[f"group16_batch{batch}"] = time_pipeline(rec, group, batch, repeats)
         print(f"{key:9s} group of 16, batch {batch:2d}: {entry[f'group16_batch{batch}']}", file=sys.stderr)

@@ -15,20 +15,19 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _harness import command_line, machine_info, write_json  # a sibling script, as python benchmarks/X.py runs it
 
 from poster_fer import create_transform, load_model
 from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset
 from poster_fer.evaluation import run_evaluation
 from poster_fer.hub import pretrained_path
-from poster_fer.precision import cpu_has_fast_bf16
 from poster_fer.probabilities import get_logit_bias, get_temperature
-from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
+from poster_fer.provenance import git_state, load_average
 
 #: the rule's bar (configs/table4_mfn64.yaml)
 MIN_AGREEMENT = 0.995
@@ -67,15 +66,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     y = runs["fp32"]["y_true"]
     out = agreement(runs["fp32"]["y_pred"], runs[args.precision]["y_pred"])
     record = {"benchmark": f"top-1 agreement of {args.precision} autocast with fp32 on FER+ test (calibrated logits)",
-              "command": "python benchmarks/precision_agreement.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "command": command_line(__file__, sys.argv[1:] if argv is None else argv),
               "weights": args.weights, "model": meta.get("model"), "git": git_state(),
-              "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_fast_bf16": cpu_has_fast_bf16(),
-                          "torch": torch.__version__, "threads": args.threads, "load_average": load_average()},
+              "machine": {**machine_info("cpu"), "load_average": load_average()},
               **out, "required": MIN_AGREEMENT, "meets_rule": out["top1_agreement"] >= MIN_AGREEMENT,
               "accuracy": {k: round(float((r["y_pred"] == y).mean()), 5) for k, r in runs.items()},
               "seconds": seconds}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    write_json(record, args.out)
     print(json.dumps({k: record[k] for k in ("top1_agreement", "disagreements", "meets_rule", "accuracy")}))
     return record
 

@@ -129,14 +129,13 @@ def training_minutes(record: dict[str, Any]) -> dict[str, Any]:
     SIGSTOP for an evaluation that needed the machine idle, or the machine slept), the minutes with each such
     epoch counted at the median: the pause is the machine's, not the row's cost."""
     wall = record.get("wall_time_s")
-    epochs = [float(h["epoch_s"]) for h in record.get("history") or [] if h.get("epoch_s")]
+    timed = [(h["epoch"], float(h["epoch_s"])) for h in record.get("history") or [] if h.get("epoch_s")]
     out: dict[str, Any] = {"minutes": round(wall / 60, 1) if wall else None, "paused_epochs": [],
                            "minutes_excluding_pauses": None}
-    if not wall or not epochs:
+    if not wall or not timed:
         return out
-    median = float(np.median(epochs))
-    paused = [(h["epoch"], float(h["epoch_s"])) for h in record["history"]
-              if h.get("epoch_s") and float(h["epoch_s"]) > 3 * median]
+    median = float(np.median([s for _, s in timed]))
+    paused = [(e, s) for e, s in timed if s > 3 * median]
     if paused:
         out["paused_epochs"] = [e for e, _ in paused]
         out["minutes_excluding_pauses"] = round((wall - sum(s - median for _, s in paused)) / 60, 1)

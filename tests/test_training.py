@@ -432,7 +432,6 @@ def test_resume_continues_exactly(tmp_path, synthetic):
     assert [x["from_epoch"] for x in ra["sessions"]] == [0] and ra["command"] == ra["sessions"][0]["command"]
 
 
-
 def test_resume_of_a_checkpoint_without_sessions_lists_its_start_as_unknown():
     """A checkpoint from before sessions were kept: the record must not name the --resume as the run's start."""
     from poster_fer_train.trainer import _earlier_sessions
@@ -442,6 +441,7 @@ def test_resume_of_a_checkpoint_without_sessions_lists_its_start_as_unknown():
     assert _earlier_sessions({"epoch": 2, "sessions": kept}) == kept
     (unknown,) = _earlier_sessions({"epoch": 3})
     assert unknown["command"] is None and unknown["from_epoch"] == 0 and "epochs 1-3 are unknown" in unknown["note"]
+
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic, monkeypatch, capsys):
     import poster_fer_train.trainer as trainer
