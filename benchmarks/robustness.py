@@ -26,7 +26,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from poster_fer import create_transform, load_model
 from poster_fer.assets import shared_path
-from poster_fer.data import build_dataset
+from poster_fer.data import build_dataset, degrade
 from poster_fer.evaluation import run_evaluation
 from poster_fer.hub import pretrained_path
 from poster_fer.probabilities import DEFAULT_POINT, get_logit_bias, get_temperature, with_operating_point
@@ -59,6 +59,11 @@ def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
     return f
 
 
+def _pixels(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Image.Image], Image.Image]:
+    """A :mod:`poster_fer.data.degrade` function (uint8 arrays) as a PIL-to-PIL perturbation."""
+    return lambda im: Image.fromarray(fn(np.asarray(im)))
+
+
 def _gamma(g: float) -> Callable[[Image.Image], Image.Image]:
     lut = [round(255 * (i / 255) ** g) for i in range(256)]
     return lambda im: im.point(lut * len(im.getbands()))
@@ -75,6 +80,11 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "blur (gaussian radius 1)": lambda im: im.filter(ImageFilter.GaussianBlur(1.0)),
     "JPEG quality 30": _jpeg(30),
     "rotated 10 degrees": lambda im: im.rotate(10, resample=Image.BILINEAR, fillcolor=None),
+    # Issue 37's rows: faces 24 and 16 px across (a face in a wide CCTV frame or a thumbnail, enlarged by the
+    # aligner) and a frame of a low-bitrate H.264 stream (x264 CRF 35: webcam calls, phone video).
+    "low resolution 24 px": _pixels(lambda a: degrade.low_resolution(a, 24)),
+    "low resolution 16 px": _pixels(lambda a: degrade.low_resolution(a, 16)),
+    "video compression (H.264 CRF 35)": _pixels(lambda a: degrade.h264([a], 35)[0]),
 }
 
 
@@ -84,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data", default=str(shared_path("data", "fer2013")))
     p.add_argument("--out", default="benchmarks/results/robustness/poster_v1_mfn64_image.ferplus.json")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--split", default="test", choices=("val", "test"),
+                   help="val to decide (a shipping rule), test to report once")
+    p.add_argument("--only", nargs="*", default=None, help="run these rows only (names as printed; 'none' always)")
     p.add_argument("--operating-point", default=None,
                    help="one of the calibrations the weights record (poster-fer info NAME lists them)")
     args = p.parse_args(argv)
@@ -93,12 +106,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         meta = with_operating_point(model.meta, args.operating_point)
     except ValueError as err:
         raise SystemExit(f"{args.weights}: {err}") from None
-    test = build_dataset("ferplus", args.data, "test")
+    test = build_dataset("ferplus", args.data, args.split)
     base = create_transform(meta["preprocessing"])
     bias, t = get_logit_bias(meta), get_temperature(meta)
     n = len(meta["classes"])
     rows: dict[str, Any] = {}
-    for name, perturb in PERTURBATIONS.items():
+    rows_to_run = {k: v for k, v in PERTURBATIONS.items() if args.only is None or k == "none" or k in args.only}
+    for name, perturb in rows_to_run.items():
         t0 = time.time()
         out = run_evaluation(model, test, batch_size=args.batch_size, transform=lambda im, f=perturb: base(f(im)),
                              temperature=t, logit_bias=bias, progress=False)
@@ -111,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref = rows["none"]
     for r in rows.values():
         r["accuracy_change_points"] = round((r["accuracy"] - ref["accuracy"]) * 100, 2)
-    record = {"benchmark": "FER+ test accuracy under controlled perturbations of the 48 px grey face",
+    record = {"benchmark": f"FER+ {args.split} accuracy under controlled perturbations of the 48 px grey face",
+              "split": args.split,
               "command": "python benchmarks/robustness.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "weights": args.weights, "model": meta.get("model"),
               "operating_point": args.operating_point or DEFAULT_POINT, "git": git_state(),

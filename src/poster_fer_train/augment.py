@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -131,3 +132,107 @@ class BatchAugment:
         mask = ((ys >= y0.view(b, 1, 1)) & (ys < (y0 + eh).view(b, 1, 1))
                 & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1)) & use.view(b, 1, 1))
         return x.masked_fill(mask.unsqueeze(1).to(x.device), 0.0)
+
+
+@dataclass
+class DegradeConfig:
+    """What :class:`Degrade` does to the uint8 faces of a training batch, before normalisation and before
+    :class:`BatchAugment` (which adds flip, framing, rotation and erasing).
+
+    A sample is degraded with probability ``p``; a degraded sample then gets each step with its own probability,
+    in the order a photo acquires them: lighting (brightness, contrast, gamma), low resolution, blur, then one
+    compression (video if drawn, else JPEG if drawn). Strengths are drawn per sample: log-uniform for the
+    factors (so x0.5 and x2 are equally likely), uniform for the rest. Sizes are in pixels of the face as stored
+    (48 px for FER+), the same units as the robustness benchmark's rows (:mod:`poster_fer.data.degrade`).
+    A grey model needs no colour step: a colour face reaches it through its preprocessing's luma conversion, and
+    a camera's colour cast then only scales the grey levels, which the brightness step draws.
+    """
+
+    p: float = 0.0
+    lighting_p: float = 0.4
+    brightness: tuple[float, float] = (0.55, 1.6)
+    contrast: tuple[float, float] = (0.5, 1.4)
+    gamma: tuple[float, float] = (0.5, 2.2)
+    lowres_p: float = 0.35
+    lowres_side: tuple[float, float] = (12.0, 32.0)
+    blur_p: float = 0.35
+    blur_sigma: tuple[float, float] = (0.3, 2.0)
+    jpeg_p: float = 0.3
+    jpeg_quality: tuple[float, float] = (12.0, 70.0)
+    video_p: float = 0.12
+    video_crf: tuple[float, float] = (26.0, 44.0)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> DegradeConfig:
+        values = dict(values or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"data.degrade: unknown key(s) {unknown}; known: {sorted(known)}")
+        for key, default in cls().__dict__.items():
+            if isinstance(default, tuple) and key in values:
+                lo, hi = (float(v) for v in values[key])
+                if lo > hi:
+                    raise ValueError(f"data.degrade.{key}: low {lo} > high {hi}")
+                values[key] = (lo, hi)
+        return cls(**values)
+
+
+class Degrade:
+    """Apply :class:`DegradeConfig` to a uint8 batch ``(B, C, H, W)`` (C = 1 grey or 3); returns a new batch.
+
+    Random draws come from torch's generator (the trainer seeds it), so a run is reproducible; the pixel work is
+    :mod:`poster_fer.data.degrade` on each chosen face, a few hundred microseconds per face on one core.
+    """
+
+    def __init__(self, cfg: DegradeConfig) -> None:
+        self.cfg = cfg
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.p > 0
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        from poster_fer.data import degrade as ops
+
+        c = self.cfg
+        b = images.shape[0]
+        r = torch.rand(b, 12, generator=generator).numpy()
+        chosen = np.flatnonzero(r[:, 0] < c.p)
+        if chosen.size == 0:
+            return images
+        arr = images.permute(0, 2, 3, 1).numpy().copy()  # (B, H, W, C)
+        grey = arr.shape[-1] == 1
+        faces = {int(i): arr[i, :, :, 0] if grey else arr[i] for i in chosen}
+        video: list[int] = []
+        for i, face in faces.items():
+            u = r[i]
+            if u[1] < c.lighting_p:
+                face = ops.adjust_brightness(face, _log_uniform(c.brightness, u[2]))
+                face = ops.adjust_contrast(face, _log_uniform(c.contrast, u[3]))
+                face = ops.adjust_gamma(face, _log_uniform(c.gamma, u[4]))
+            if u[5] < c.lowres_p:
+                face = ops.low_resolution(face, round(_uniform(c.lowres_side, u[6])))
+            if u[7] < c.blur_p:
+                face = ops.gaussian_blur(face, _uniform(c.blur_sigma, u[8]))
+            if u[9] < c.video_p:
+                video.append(i)
+            elif u[10] < c.jpeg_p:
+                face = ops.jpeg(face, round(_uniform(c.jpeg_quality, u[11])))
+            faces[i] = face
+        if video:  # one stream per batch: its rate factor is drawn once
+            crf = round(_uniform(c.video_crf, float(torch.rand(1, generator=generator))))
+            for i, face in zip(video, ops.h264([faces[i] for i in video], crf), strict=True):
+                faces[i] = face
+        for i, face in faces.items():
+            arr[i] = face[:, :, None] if grey else face
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def _uniform(bounds: tuple[float, float], u: float) -> float:
+    return bounds[0] + (bounds[1] - bounds[0]) * float(u)
+
+
+def _log_uniform(bounds: tuple[float, float], u: float) -> float:
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    return math.exp(lo + (hi - lo) * float(u))

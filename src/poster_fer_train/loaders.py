@@ -29,7 +29,7 @@ from poster_fer.data.factory import dataset_options
 from poster_fer.distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
 from poster_fer.weights.preprocessing import Preprocessing
 
-from .augment import BatchAugment, BatchAugmentConfig
+from .augment import BatchAugment, BatchAugmentConfig, Degrade, DegradeConfig
 
 PIPELINES = ("transforms", "preload")
 
@@ -186,6 +186,7 @@ class BatchPreparer:
     preload: bool
     channels_last: bool = False
     augment: BatchAugment | None = None
+    degrade: Degrade | None = None  # on the uint8 faces, before normalisation (training split only)
     cache: Any = None  # LandmarkCache | None
     teacher: Any = None  # distill.TeacherTargets | None: mixed into the training targets
     _mean: torch.Tensor = field(init=False, repr=False)
@@ -207,7 +208,8 @@ class BatchPreparer:
         target = batch["target"].to(self.device, non_blocking=True)
         flipped = None
         if self.preload:
-            x = self.to_input(batch["image"])
+            images = batch["image"] if self.degrade is None else self.degrade(batch["image"])
+            x = self.to_input(images)
             if self.augment is not None:
                 x, flipped = self.augment(x)
                 if self.channels_last:
@@ -273,6 +275,7 @@ def build_training_data(cfg: dict[str, Any], *, input_size: int, env: DistEnv, d
     if pipeline == "preload":
         grayscale = bool(cfg.get("grayscale", False))
         augment = BatchAugment(BatchAugmentConfig.from_dict(cfg.get("augment")))
+        degrade = Degrade(DegradeConfig.from_dict(cfg.get("degrade")))
         for split, ds in datasets.items():
             images[split] = preload_images(ds, input_size, grayscale, order)
             tgt = targets_tensor(ds)
@@ -280,9 +283,13 @@ def build_training_data(cfg: dict[str, Any], *, input_size: int, env: DistEnv, d
                 loaders[split] = TensorBatches(images[split], tgt, sampler, batch_size, drop_last)
             else:
                 loaders[split] = TensorBatches(images[split], tgt, ShardSampler(len(ds), env), eval_batch_size, False)
+            train_split = split == "train"
             preparers[split] = BatchPreparer(device, mean, std, True, channels_last,
-                                             augment if split == "train" else None)
+                                             augment if train_split else None,
+                                             degrade if train_split and degrade.active else None)
     else:
+        if DegradeConfig.from_dict(cfg.get("degrade")).p > 0:
+            raise ValueError("data.degrade needs data.pipeline: preload (it works on the preloaded uint8 faces)")
         name = cfg.get("transform", "official_v1")
         erasing = cfg.get("erasing")
         if isinstance(erasing, list):

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
         "transform": "official_v1",
         "erasing": None,
         "augment": {},
+        "degrade": {},
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
         "channel_order": "RGB",
@@ -57,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
 SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "train")
 #: Sections whose keys are not checked against DEFAULTS (their consumers validate them).
 FREE_FORM = {"loss", "optimizer", "schedule", ("data", "options"), ("data", "train_options"), ("data", "augment"),
-             ("data", "max_samples"), ("model", "config"), ("model", "pretrained"),
+             ("data", "degrade"), ("data", "max_samples"), ("model", "config"), ("model", "pretrained"),
              ("train", "distill")}
 
 
