@@ -257,6 +257,8 @@ def build_training_data(cfg: dict[str, Any], *, input_size: int, env: DistEnv, d
     pipeline = cfg.get("pipeline", "transforms")
     if pipeline not in PIPELINES:
         raise ValueError(f"data.pipeline must be one of {PIPELINES}, not {pipeline!r}")
+    if pipeline != "preload" and DegradeConfig.from_dict(cfg.get("degrade")).p > 0:
+        raise ValueError("data.degrade needs data.pipeline: preload (it works on the preloaded uint8 faces)")
     datasets = datasets or load_splits(cfg, seed=int(cfg.get("subset_seed", 0)))
     classes = datasets["train"].classes
     mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
@@ -288,8 +290,6 @@ def build_training_data(cfg: dict[str, Any], *, input_size: int, env: DistEnv, d
                                              augment if train_split else None,
                                              degrade if train_split and degrade.active else None)
     else:
-        if DegradeConfig.from_dict(cfg.get("degrade")).p > 0:
-            raise ValueError("data.degrade needs data.pipeline: preload (it works on the preloaded uint8 faces)")
         name = cfg.get("transform", "official_v1")
         erasing = cfg.get("erasing")
         if isinstance(erasing, list):
