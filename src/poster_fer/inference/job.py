@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import sys
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from .summary import VideoTimeline, summary_line
 from .tracking import IoUTracker
 from .video_out import AnnotatedVideo
 
-__all__ = ["JobOptions", "JobStats", "run_job"]
+__all__ = ["JobOptions", "JobStats", "frame_records", "image_records", "new_tracker", "run_job", "video_end_record"]
 
 MAX_LISTED = 20  # failures (and faceless inputs) named one by one in the report; the rest are counted
 ANNOTATED_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -67,6 +69,8 @@ class JobStats:
     no_face: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     summaries: list[dict[str, Any]] = field(default_factory=list)  # per video, inference.summary's dictionary
+    rows: Counter = field(default_factory=Counter)  # records written, by status ("ok", "no_face", "error")
+    inputs_done: int = 0  # inputs whose records are all written (what --resume skips next time)
 
     def fail(self, name: str, reason: str) -> None:
         self.failures.append((name, reason))
@@ -83,6 +87,8 @@ class JobStats:
         if self.dropped:
             line += f"; {_plural(self.dropped, 'invalid detection')} dropped"
         lines = [line + f"; {len(self.failures)} failed"]
+        if self.rows:
+            lines.append("  rows by status: " + ", ".join(f"{k} {self.rows[k]}" for k in sorted(self.rows)))
         lines += [f"  failed: {reason if name in reason else f'{name}: {reason}'}"
                   for name, reason in self.failures[:MAX_LISTED]]
         if len(self.failures) > MAX_LISTED:
@@ -102,16 +108,68 @@ def run_job(rec: Any, sources: list[Source], writer: RecordWriter, options: JobO
     """Label every source with ``rec`` (a :class:`~poster_fer.inference.Recognizer`), writing one record per face
     (or per faceless / failed input) to ``writer``. Consecutive images are batched together; each video runs
     with its own tracker. ``stats`` may be passed in so a caller that is interrupted still holds the counts.
+    After the last record of each input the writer's ``end_input(source, segment)`` is called: a resumable
+    writer (:mod:`poster_fer.bulk`) commits the input there, so an interrupted run resumes after it.
     A webcam that cannot be opened raises :class:`~poster_fer.inference.sources.CameraError` (a setup problem,
     not a failed input: ``poster-fer predict`` exits 2 on it)."""
     job = _Job(rec, writer, options or JobOptions(), stats or JobStats())
-    for kind, group in itertools.groupby(sources, key=lambda s: s.kind):
-        if kind == "image":
-            job.images(list(group))
-        else:
-            for src in group:
-                job.video(src)
+    with job.overall(len(sources)):
+        for kind, group in itertools.groupby(sources, key=lambda s: s.kind):
+            if kind == "image":
+                job.images(list(group))
+            else:
+                for src in group:
+                    job.video(src)
     return job.stats
+
+
+def new_tracker(ema: float, every: int) -> IoUTracker:
+    """The tracker one video (or one segment of it) runs with: faces kept across short misses."""
+    return IoUTracker(alpha=ema, max_age=max(10, 3 * every))
+
+
+def frame_records(source: str, pred: Any, tracker: IoUTracker, classes: list[str], fps: float | None,
+                  crop_for: Any = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of one video frame (``pred`` an :class:`~poster_fer.inference.ImagePrediction` keyed by the
+    frame index) and the track id of each face. Each face takes its track's smoothed probabilities (also on
+    ``pred.faces``, for drawing). One function for the single process and the Ray engine, so both write the same
+    rows. ``crop_for(face, suffix)`` saves a crop and returns its path (or None)."""
+    idx = pred.key
+    t = idx / fps if fps else None
+    if pred.error is not None:  # a frame the pipeline rejected: reported, the video goes on
+        return [error_record(source, _reason(pred.error, source), frame=idx, time=t)], []
+    smoothed = tracker.update(idx, [f.box for f in pred.faces], [list(f.probabilities.values()) for f in pred.faces])
+    if not pred.faces:
+        return [no_face_record(source, frame=idx, time=t, dropped=pred.dropped)], []
+    records = []
+    for i, (face, (tid, probs)) in enumerate(zip(pred.faces, smoothed, strict=True)):
+        scores = dict(zip(classes, (float(p) for p in probs), strict=True))
+        crop = crop_for(face, f"f{idx:06d}_t{tid}") if crop_for is not None else None
+        records.append(face_record(source, i, face, frame=idx, time=t, track=tid, scores=scores, crop=crop))
+        face.probabilities, face.label = scores, max(scores, key=scores.__getitem__)
+    return records, [tid for tid, _ in smoothed]
+
+
+def video_end_record(source: str, frames_seen: int, ended_early: bool, frames_read: int,
+                     frame_count: int | None) -> dict[str, Any] | None:
+    """The error record a video ends with when nothing decoded or decoding stopped short, else None."""
+    if frames_seen == 0:
+        return error_record(source, f"{source}: no frame could be decoded")
+    if ended_early:
+        return error_record(source, f"{source}: video ended early: decoding stopped after {frames_read} of the "
+                            f"{frame_count} frames its header announces (truncated or damaged file)",
+                            frame=frames_read)
+    return None
+
+
+def image_records(source: str, pred: Any, crop_for: Any = None) -> list[dict[str, Any]]:
+    """The records of one image's prediction: its faces, or one no-face or error record."""
+    if pred.error is not None:
+        return [error_record(source, _reason(pred.error, source))]
+    if not pred.faces:
+        return [no_face_record(source, dropped=pred.dropped)]
+    return [face_record(source, i, face, crop=crop_for(face, f"face{i}") if crop_for is not None else None)
+            for i, face in enumerate(pred.faces)]
 
 
 def _plural(n: int, word: str) -> str:
@@ -131,15 +189,39 @@ class _Job:
         self.rec, self.writer, self.opt, self.stats = rec, writer, options, stats
         self.out = options.out
         self._taken: set[Path] = set()
+        self._bar: Any = None
+        self._start = time.monotonic()
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
 
-    def _progress(self, total: int | None, unit: str, desc: str) -> Any:
+    def _progress(self, total: int | None, unit: str, desc: str, position: int = 0) -> Any:
         from tqdm import tqdm
 
         disable = None if self.opt.progress is None else not self.opt.progress
         return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=disable, leave=False,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, position=position)
+
+    def overall(self, total: int) -> Any:
+        """The run's bar: inputs done of ``total`` with inputs/s and the ETA (tqdm's), and faces/s."""
+        self._bar = self._progress(total if total > 1 else None, "input", "inputs")
+        return self._bar
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        self.writer.write(record)
+        self.stats.rows[record["status"]] += 1
+        if record["status"] == "ok":
+            self.stats.faces += 1
+
+    def _end(self, src: Source) -> None:
+        """Every record of ``src`` is written: let the writer commit it, and count it."""
+        end_input = getattr(self.writer, "end_input", None)
+        if end_input is not None:
+            end_input(src.name, 0 if src.kind != "image" else None)
+        self.stats.inputs_done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+            elapsed = max(time.monotonic() - self._start, 1e-9)
+            self._bar.set_postfix_str(f"{self.stats.faces / elapsed:.1f} faces/s", refresh=False)
 
     def _unique(self, path: Path) -> Path:
         """``path``, or ``stem_2.ext``, ``stem_3.ext``... when an earlier input already wrote there."""
@@ -164,44 +246,43 @@ class _Job:
         if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"cannot write {path}")
 
-    def _save_crop(self, face: Any, rel: Path, suffix: str) -> str | None:
-        if not self.opt.save_crops or face.crop is None:
+    def _crop_saver(self, rel: Path) -> Any:
+        """``crop_for(face, suffix)`` for :func:`frame_records` / :func:`image_records`, or None."""
+        if not self.opt.save_crops:
             return None
-        assert self.out is not None
-        path = self._unique(self.out / "crops" / rel.parent / f"{rel.stem}_{suffix}.png")
-        self._save_rgb(path, face.crop)
-        return str(path)
+
+        def save(face: Any, suffix: str) -> str | None:
+            if face.crop is None:
+                return None
+            assert self.out is not None
+            path = self._unique(self.out / "crops" / rel.parent / f"{rel.stem}_{suffix}.png")
+            self._save_rgb(path, face.crop)
+            return str(path)
+
+        return save
 
     def images(self, sources: list[Source]) -> None:
-        bar = self._progress(len(sources) if len(sources) > 1 else None, "img", "images")
-        with bar:
-            for pred in self.rec.iter_predict(((src, src.path) for src in sources), detect=self.opt.detect,
-                                              return_crops=self.opt.save_crops):
-                bar.update(1)
-                src = pred.key
-                self.stats.images += 1
-                if pred.error is not None:
-                    reason = _reason(pred.error, src.name)
-                    self.stats.fail(src.name, reason)
-                    self.writer.write(error_record(src.name, reason))
-                    continue
+        for pred in self.rec.iter_predict(((src, src.path) for src in sources), detect=self.opt.detect,
+                                          return_crops=self.opt.save_crops):
+            src = pred.key
+            self.stats.images += 1
+            if pred.error is not None:
+                self.stats.fail(src.name, _reason(pred.error, src.name))
+            else:
                 self.stats.dropped += pred.dropped
                 if not pred.faces:
                     self.stats.no_face.append(src.name)
-                    self.writer.write(no_face_record(src.name, dropped=pred.dropped))
-                for i, face in enumerate(pred.faces):
-                    crop = self._save_crop(face, src.rel, f"face{i}")
-                    self.writer.write(face_record(src.name, i, face, crop=crop))
-                    self.stats.faces += 1
-                if self.out is not None:
-                    rel = src.rel
-                    suffix = rel.suffix.lower() if rel.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
-                    try:
-                        self._save_rgb(self._not_the_input(self.out / rel.with_suffix(suffix), src),
-                                       draw_predictions(pred.image, pred.faces, self.rec.classes,
-                                                        draw=self.opt.draw))
-                    except OSError as err:
-                        self.stats.fail(src.name, f"annotated image not written ({err})")
+            for record in image_records(src.name, pred, self._crop_saver(src.rel)):
+                self._emit(record)
+            if pred.error is None and self.out is not None:
+                rel = src.rel
+                suffix = rel.suffix.lower() if rel.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
+                try:
+                    self._save_rgb(self._not_the_input(self.out / rel.with_suffix(suffix), src),
+                                   draw_predictions(pred.image, pred.faces, self.rec.classes, draw=self.opt.draw))
+                except OSError as err:
+                    self.stats.fail(src.name, f"annotated image not written ({err})")
+            self._end(src)
 
     def _count_stream(self, src: Source) -> None:
         if src.kind == "webcam":
@@ -219,10 +300,11 @@ class _Job:
         except VideoError as err:
             self._count_stream(src)
             self.stats.fail(src.name, str(err))
-            self.writer.write(error_record(src.name, str(err)))
+            self._emit(error_record(src.name, str(err)))
+            self._end(src)
             return
         self._count_stream(src)
-        tracker = IoUTracker(alpha=opt.ema, max_age=max(10, 3 * opt.every))
+        tracker = new_tracker(opt.ema, opt.every)
         sink = None
         if self.out is not None:  # H.264 with the source's sound where PyAV is installed (inference.video_out)
             sink = AnnotatedVideo(self._not_the_input(self.out / src.rel.with_suffix(".mp4"), src), reader.fps,
@@ -231,39 +313,26 @@ class _Job:
                                  table=None if sink is None else sink.path.with_suffix(".frames.csv"))
 
         def write(record: dict[str, Any]) -> None:  # this video's records also feed its summary and table
-            self.writer.write(record)
+            self._emit(record)
             timeline.add(record)
 
-        fps = reader.fps
         frames_seen = 0
-        bar = self._progress(reader.expected_frames, "frame", Path(src.name).name)
+        bar = self._progress(reader.expected_frames, "frame", Path(src.name).name, position=1)
+        crop_for = self._crop_saver(src.rel)
         try:
             with bar:
                 for pred in self.rec.iter_predict(reader, detect=opt.detect, return_crops=opt.save_crops):
                     bar.update(1)
-                    idx = pred.key
-                    t = idx / fps if fps else None
                     frames_seen += 1
-                    if pred.error is not None:  # a frame the pipeline rejected: report it, keep going
-                        reason = _reason(pred.error, src.name)
-                        self.stats.fail(f"{src.name} frame {idx}", reason)
-                        write(error_record(src.name, reason, frame=idx, time=t))
-                        continue
-                    self.stats.dropped += pred.dropped
-                    smoothed = tracker.update(idx, [f.box for f in pred.faces],
-                                              [list(f.probabilities.values()) for f in pred.faces])
-                    if not pred.faces:
-                        write(no_face_record(src.name, frame=idx, time=t, dropped=pred.dropped))
-                    for i, (face, (tid, probs)) in enumerate(zip(pred.faces, smoothed, strict=True)):
-                        scores = dict(zip(self.rec.classes, (float(p) for p in probs), strict=True))
-                        crop = self._save_crop(face, src.rel, f"f{idx:06d}_t{tid}")
-                        write(face_record(src.name, i, face, frame=idx, time=t, track=tid, scores=scores,
-                                          crop=crop))
-                        self.stats.faces += 1
-                        face.probabilities, face.label = scores, max(scores, key=scores.__getitem__)
-                    if sink is not None:
-                        sink.write(draw_predictions(pred.image, pred.faces, self.rec.classes,
-                                                    [tid for tid, _ in smoothed], draw=opt.draw))
+                    if pred.error is None:
+                        self.stats.dropped += pred.dropped
+                    records, tracks = frame_records(src.name, pred, tracker, self.rec.classes, reader.fps, crop_for)
+                    for record in records:
+                        if record["status"] == "error":
+                            self.stats.fail(f"{src.name} frame {pred.key}", record["error"])
+                        write(record)
+                    if sink is not None and pred.error is None:
+                        sink.write(draw_predictions(pred.image, pred.faces, self.rec.classes, tracks, draw=opt.draw))
         except KeyboardInterrupt:  # Ctrl-C ends a webcam session normally; anywhere else it stops the run
             if src.kind != "webcam":
                 raise
@@ -274,19 +343,15 @@ class _Job:
         self.stats.frames += frames_seen
         if sink is not None and sink.error:
             self.stats.fail(src.name, sink.error)
-        if frames_seen == 0:
-            reason = f"{src.name}: no frame could be decoded"
-            self.stats.fail(src.name, reason)
-            self.writer.write(error_record(src.name, reason))
-        elif reader.ended_early:
-            reason = (f"{src.name}: video ended early: decoding stopped after {reader.frames_read} of the "
-                      f"{reader.frame_count} frames its header announces (truncated or damaged file)")
-            self.stats.fail(src.name, reason)
-            write(error_record(src.name, reason, frame=reader.frames_read))
+        end = video_end_record(src.name, frames_seen, reader.ended_early, reader.frames_read, reader.frame_count)
+        if end is not None:
+            self.stats.fail(src.name, end["error"])
+            (self._emit if frames_seen == 0 else write)(end)
         elif frames_seen and not tracker.total_tracks:
             self.stats.no_face.append(src.name)
         if frames_seen:
             self._summarize(src, timeline, sink)
+        self._end(src)
 
     def _summarize(self, src: Source, timeline: VideoTimeline, sink: AnnotatedVideo | None) -> None:
         """Keep the video's summary for the report; with ``--out`` write it and its timeline beside the video."""
