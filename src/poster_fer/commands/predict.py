@@ -14,7 +14,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,10 +47,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-crops", action="store_true", help="also save each aligned crop under DIR/crops")
     p.add_argument("--output", type=Path, default=None, metavar="FILE",
                    help="records to FILE instead of stdout, in the format its extension names: .jsonl (JSON lines), "
-                   ".json (one JSON array) or .csv")
-    p.add_argument("--format", choices=("jsonl", "json", "csv"), default=None,
-                   help="record format: jsonl (default on stdout), json or csv; with --output it must agree with the "
-                   "file's extension, and is needed only for other extensions")
+                   ".json (one JSON array), .csv or .parquet (typed columns; pip install 'poster-fer[parquet]'); "
+                   "with --engine ray a directory of Parquet parts")
+    p.add_argument("--format", choices=("jsonl", "json", "csv", "parquet"), default=None,
+                   help="record format: jsonl (default on stdout), json, csv or parquet; with --output it must agree "
+                   "with the file's extension, and is needed only for other extensions")
+    bulk = p.add_argument_group("archives (docs/bulk.md)")
+    bulk.add_argument("--resume", action="store_true",
+                      help="with --output: skip the inputs the output already holds whole (after a crash, kill or "
+                      "Ctrl-C) and add the rest; .jsonl, .csv, .parquet and Ray output directories")
+    bulk.add_argument("--from-list", type=Path, default=None, metavar="FILE",
+                      help="also read input paths from FILE: one per line, or a column of a .csv / .parquet file")
+    bulk.add_argument("--list-column", default=None, metavar="NAME",
+                      help="the column --from-list reads from a .csv or .parquet list (default: path)")
+    bulk.add_argument("--engine", choices=("local", "ray"), default="local",
+                      help="local: this process (default); ray: Ray Data on every core of this machine, or on the "
+                      "cluster at --address (pip install 'poster-fer[ray]'), Parquet parts into --output DIR")
+    bulk.add_argument("--address", default=None, metavar="ADDR",
+                      help="--engine ray: join the running cluster at ADDR ('auto', or ray://HOST:10001) instead of "
+                      "starting Ray on this machine")
+    bulk.add_argument("--actors", type=count_arg("--actors"), default=None, metavar="N",
+                      help="--engine ray: classify actors, each holding the model (default: one per 4 CPUs, or one "
+                      "per GPU with --backend torch)")
+    bulk.add_argument("--detect-actors", type=count_arg("--detect-actors"), default=None, metavar="N",
+                      help="--engine ray: at most N decode/detect/align actors (default: the CPUs left)")
+    bulk.add_argument("--segment-frames", type=count_arg("--segment-frames", minimum=0), default=1500, metavar="N",
+                      help="--engine ray: cut videos into segments of N frames so one video spreads over the "
+                      "cluster; tracks restart at each segment (default 1500; 0: whole videos)")
     det = p.add_argument_group("faces")
     det.add_argument("--detector", choices=("yunet", "haar"), default="yunet",
                      help="yunet (default; boxes + 5 landmarks) or haar (weaker fallback, no download)")
@@ -89,8 +112,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.sources import CameraError, camera_problem
     from .common import output_dir, output_file
 
+    if args.from_list is not None:
+        args.paths = [*args.paths, *_read_list(args.from_list, args.list_column)]
     if not args.paths and args.webcam is None:
-        raise UserError("give at least one PATH or --webcam INDEX")
+        raise UserError("give at least one PATH, --from-list FILE or --webcam INDEX")
     if args.webcam is not None:  # no camera: say why now, before seconds of model loading
         problem = camera_problem(args.webcam)
         if problem:
@@ -101,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
         output_dir(args.out, "--out")
     if args.output is not None:
         output_file(args.output, "--output")
-    fmt = record_format(args.output, args.format)
+    fmt = "parquet" if args.engine == "ray" and args.output is not None and args.format is None and \
+        args.output.suffix.lower() not in (".jsonl", ".json", ".csv") else record_format(args.output, args.format)
+    _check_bulk(args, fmt)
     options = JobOptions(out=args.out, save_crops=args.save_crops, detect=not args.no_detect, every=args.every,
                          max_frames=args.max_frames, ema=args.ema, progress=False if args.no_progress else None,
                          draw=args.draw)
@@ -119,9 +146,13 @@ def run(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels)
     except (InferenceError, ValueError) as err:
         raise UserError(str(err)) from None
+    if args.engine == "ray":
+        return _run_ray(args, rec, sources, skipped)
 
     stats = JobStats()
     out_stream: TextIO = sys.stdout
+    if args.output is not None and fmt != "json":  # resumable: a journal (.jsonl, .csv) or parts (.parquet)
+        return _run_resumable(args, rec, fmt, sources, skipped, options, stats)
     if args.output is not None:
         out_stream = open(args.output, "w", encoding="utf-8", newline="")
     try:
@@ -147,10 +178,114 @@ def run(args: argparse.Namespace) -> int:
                 out_stream.close()
             except OSError as err:  # buffered records flushed at close: a full disk shows here
                 raise UserError(f"--output {args.output}: cannot write the records ({err.strerror or err})") from None
+    return _finish(args, stats, skipped)
+
+
+def _finish(args: argparse.Namespace, stats: Any, skipped: list[Path]) -> int:
     report = stats.report(skipped, list_no_face=args.require_face)
     print("poster-fer predict: " + "\n".join(report), file=sys.stderr)
     failed = bool(stats.failures) or (args.require_face and bool(stats.no_face))
     return 1 if failed else 0
+
+
+def _read_list(path: Path, column: str | None) -> list[str]:
+    from ..bulk import read_list
+    from ..cli import UserError
+
+    try:
+        return read_list(path, column)
+    except FileNotFoundError:
+        raise UserError(f"--from-list {path}: no such file") from None
+    except (ImportError, ValueError, OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--from-list {path}: {err}") from None
+
+
+def _check_bulk(args: argparse.Namespace, fmt: str) -> None:
+    """Refuse option combinations the archive paths cannot honour, before anything loads."""
+    from .._lazy import module_available
+    from ..cli import UserError
+
+    if args.resume and args.output is None:
+        raise UserError("--resume needs --output FILE (stdout cannot be resumed)")
+    if args.resume and fmt == "json":
+        raise UserError(f"--resume: {args.output} is one JSON array, which cannot be appended to; write JSON lines "
+                        "(.jsonl), CSV or Parquet")
+    if fmt == "parquet" and not module_available("pyarrow"):
+        raise UserError("Parquet output needs pyarrow: pip install 'poster-fer[parquet]'")
+    if args.engine != "ray":
+        if args.address is not None:
+            raise UserError("--address applies to --engine ray")
+        return
+    if not module_available("ray") or not module_available("pyarrow"):
+        raise UserError("--engine ray needs Ray and pyarrow: pip install 'poster-fer[ray]'")
+    if args.output is None or fmt in ("jsonl", "json", "csv"):
+        raise UserError("--engine ray writes Parquet parts: give --output DIR (a directory)")
+    for flag, value in (("--webcam", args.webcam), ("--out", args.out), ("--save-crops", args.save_crops or None)):
+        if value is not None:
+            raise UserError(f"{flag} runs in the single process; drop --engine ray")
+
+
+def _run_resumable(args: argparse.Namespace, rec: Any, fmt: str, sources: list[Any], skipped: list[Path],
+                   options: Any, stats: Any) -> int:
+    """``--output`` as .jsonl / .csv / .parquet: committed input by input, so ``--resume`` can carry on."""
+    from ..bulk import open_output, run_metadata
+    from ..bulk.parquet import OutputMismatch
+    from ..cli import UserError
+    from ..inference.job import run_job
+
+    try:
+        sink = open_output(args.output, fmt, rec.classes,
+                           run_metadata(rec, args.weights, args.operating_point, "local"), args.resume)
+    except (OutputMismatch, ValueError) as err:
+        raise UserError(str(err)) from None
+    except OSError as err:
+        raise UserError(f"--output {args.output}: cannot write the records ({err.strerror or err})") from None
+    done = sink.done_sources()
+    todo = [s for s in sources if s.name not in done]
+    if args.resume:
+        print(f"poster-fer predict: resuming {args.output}: {len(sources) - len(todo)} of {len(sources)} inputs "
+              f"already complete, {len(todo)} to go", file=sys.stderr)
+    try:
+        run_job(rec, todo, sink, options, stats)
+    finally:
+        try:
+            sink.close()
+        except OSError as err:
+            raise UserError(f"--output {args.output}: cannot write the records ({err.strerror or err})") from None
+    return _finish(args, stats, skipped)
+
+
+def _run_ray(args: argparse.Namespace, rec: Any, sources: list[Any], skipped: list[Path]) -> int:
+    """``--engine ray``: the same pipeline on Ray Data (poster_fer.bulk.ray_engine), Parquet parts in --output."""
+    from ..bulk import run_metadata
+    from ..bulk.parquet import OutputMismatch
+    from ..bulk.ray_engine import RayOptions, run_ray
+    from ..cli import UserError
+
+    kwargs = {"path": args.weights, "backend": "onnxruntime" if args.backend in (None, "auto") else args.backend,
+              "device": args.device, "model": args.model, "num_classes": args.num_classes,
+              "channel_order": args.channel_order, "batch_size": args.batch_size,
+              "operating_point": args.operating_point, "max_faces": args.max_faces, "detect_size": args.detect_size,
+              "score_threshold": args.threshold, "max_pixels": args.max_pixels,
+              "detector": None if args.no_detect else args.detector, "detector_model": args.detector_model}
+    job = {"detect": not args.no_detect, "every": args.every, "max_frames": args.max_frames, "ema": args.ema}
+    opts = RayOptions(address=args.address, actors=args.actors, detect_actors=args.detect_actors,
+                      segment_frames=args.segment_frames)
+    meta = run_metadata(rec, args.weights, args.operating_point, "ray")
+    try:
+        res = run_ray(sources, args.output, kwargs, job, rec.classes, meta, opts, resume=args.resume,
+                      progress=False if args.no_progress else None)
+    except (OutputMismatch, ValueError) as err:
+        raise UserError(str(err)) from None
+    rows = ", ".join(f"{k} {res.rows[k]}" for k in sorted(res.rows)) or "none"
+    lines = [f"ray: {res.inputs} inputs ({res.items} items incl. video segments) written to {args.output} in "
+             f"{res.seconds:.1f} s by {res.detect_actors} detect and {res.actors} classify actors; "
+             f"{res.skipped} already complete; rows by status: {rows}"]
+    lines += [f"  failed: {reason}" for _, reason in res.failures[:20]]
+    if skipped:
+        lines.append(f"  skipped {len(skipped)} files in directories that are neither images nor videos")
+    print("poster-fer predict: " + "\n".join(lines), file=sys.stderr)
+    return 1 if res.failures else 0
 
 
 def record_format(output: Path | None, fmt: str | None) -> str:
@@ -162,12 +297,12 @@ def record_format(output: Path | None, fmt: str | None) -> str:
 
     if output is None:
         return fmt or "jsonl"
-    by_name = format_for_path(output)
-    accepted = ", ".join(EXTENSION_FORMATS)
+    by_name = "parquet" if output.suffix.lower() == ".parquet" else format_for_path(output)
+    accepted = ", ".join([*EXTENSION_FORMATS, ".parquet"])
     if by_name is None and fmt is None:
         ext = f"extension {output.suffix!r}" if output.suffix else "no extension"
         raise UserError(f"--output {output}: {ext} does not say which record format to write; name the file with "
-                        f"one of {accepted}, or give --format jsonl|json|csv")
+                        f"one of {accepted}, or give --format jsonl|json|csv|parquet")
     if by_name is not None and fmt is not None and fmt != by_name:
         raise UserError(f"--output {output} names a .{output.suffix.lower().lstrip('.')} file but --format is "
                         f"{fmt}; drop --format (the extension decides) or name the file *.{fmt}")

@@ -28,7 +28,8 @@ from .summary import VideoTimeline, summary_line
 from .tracking import IoUTracker
 from .video_out import AnnotatedVideo
 
-__all__ = ["JobOptions", "JobStats", "frame_records", "image_records", "new_tracker", "run_job", "video_end_record"]
+__all__ = ["JobOptions", "JobStats", "frame_records", "image_records", "new_tracker", "reason_for", "run_job",
+           "video_end_record"]
 
 MAX_LISTED = 20  # failures (and faceless inputs) named one by one in the report; the rest are counted
 ANNOTATED_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -137,7 +138,7 @@ def frame_records(source: str, pred: Any, tracker: IoUTracker, classes: list[str
     idx = pred.key
     t = idx / fps if fps else None
     if pred.error is not None:  # a frame the pipeline rejected: reported, the video goes on
-        return [error_record(source, _reason(pred.error, source), frame=idx, time=t)], []
+        return [error_record(source, reason_for(pred.error, source), frame=idx, time=t)], []
     smoothed = tracker.update(idx, [f.box for f in pred.faces], [list(f.probabilities.values()) for f in pred.faces])
     if not pred.faces:
         return [no_face_record(source, frame=idx, time=t, dropped=pred.dropped)], []
@@ -165,7 +166,7 @@ def video_end_record(source: str, frames_seen: int, ended_early: bool, frames_re
 def image_records(source: str, pred: Any, crop_for: Any = None) -> list[dict[str, Any]]:
     """The records of one image's prediction: its faces, or one no-face or error record."""
     if pred.error is not None:
-        return [error_record(source, _reason(pred.error, source))]
+        return [error_record(source, reason_for(pred.error, source))]
     if not pred.faces:
         return [no_face_record(source, dropped=pred.dropped)]
     return [face_record(source, i, face, crop=crop_for(face, f"face{i}") if crop_for is not None else None)
@@ -176,7 +177,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
 
-def _reason(err: BaseException, name: str) -> str:
+def reason_for(err: BaseException, name: str) -> str:
     """One-line reason that names the input exactly once."""
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return msg if name in msg else f"{name}: {msg}"
@@ -267,7 +268,7 @@ class _Job:
             src = pred.key
             self.stats.images += 1
             if pred.error is not None:
-                self.stats.fail(src.name, _reason(pred.error, src.name))
+                self.stats.fail(src.name, reason_for(pred.error, src.name))
             else:
                 self.stats.dropped += pred.dropped
                 if not pred.faces:

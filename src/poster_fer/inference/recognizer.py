@@ -51,7 +51,7 @@ DEFAULT_DETECT_SIZE = 1280
 MIN_DETECT_SIZE = 320
 
 # Input problems that are reported per image instead of stopping a batch.
-_INPUT_ERRORS = (ValueError, TypeError, OSError, cv2.error)
+INPUT_ERRORS = (ValueError, TypeError, OSError, cv2.error)
 
 
 #: Probabilities a short repr lists (the most likely first).
@@ -419,7 +419,7 @@ class Recognizer:
             try:
                 rgb = self.load(x, channels)
                 faces, crops, dropped = self.faces_and_crops(rgb, detect)
-            except _INPUT_ERRORS as err:
+            except INPUT_ERRORS as err:
                 pending.append((ImagePrediction(key, [], error=err), [], []))
                 continue
             pending.append((ImagePrediction(key, [], image=rgb, dropped=dropped), faces, crops))

@@ -117,7 +117,8 @@ class RecordWriter:
     valid JSON array of the records written so far.
     """
 
-    def __init__(self, stream: TextIO, fmt: str, classes: Sequence[str], flush: bool = True) -> None:
+    def __init__(self, stream: TextIO, fmt: str, classes: Sequence[str], flush: bool = True,
+                 header: bool = True) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(map(repr, FORMATS))}, not {fmt!r}")
         self.stream, self.fmt, self.classes, self.flush = stream, fmt, list(classes), flush
@@ -126,7 +127,8 @@ class RecordWriter:
         self._csv: csv.DictWriter | None = None
         if fmt == "csv":
             self._csv = csv.DictWriter(stream, fieldnames=csv_columns(self.classes), lineterminator="\n")
-            self._csv.writeheader()
+            if header:  # False: appending to a CSV that has one (a resumed run)
+                self._csv.writeheader()
         elif fmt == "json":
             stream.write("[")
 
@@ -142,6 +144,9 @@ class RecordWriter:
         if self.flush:
             self.stream.flush()
         self.count += 1
+
+    def end_input(self, source: str, segment: int | None) -> None:
+        """Every record of ``source`` is written (a resumable writer commits it here; this one has nothing to do)."""
 
     def close(self) -> None:
         """Finish the output (the JSON array's ``]``) and flush; the stream is left open. Idempotent."""

@@ -179,9 +179,15 @@ class VideoReader:
     """
 
     def __init__(self, source: str | os.PathLike[str] | int, every: int = 1, max_frames: int | None = None,
-                 max_pixels: int | None = None, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES) -> None:
+                 max_pixels: int | None = None, max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+                 start: int = 0, stop: int | None = None) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
+        if start < 0 or (stop is not None and stop < start):
+            raise ValueError(f"bad frame range [{start}, {stop})")
+        # A frame range [start, stop) reads one segment of a file (the Ray engine spreads a long video that way);
+        # indices stay those of the whole video, and `every` counts from its first frame.
+        self.start, self.stop = int(start), stop
         # FFmpeg prints its own decoder complaints straight to stderr; the per-file error below replaces them.
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         self.name = f"webcam:{source}" if isinstance(source, int) else str(source)
@@ -218,7 +224,7 @@ class VideoReader:
 
     @property
     def expected_frames(self) -> int | None:
-        """Frames the caller will receive (after ``every`` and ``max_frames``), when known."""
+        """Frames the caller will receive (after ``every`` and ``max_frames``), when known (whole videos)."""
         n = self.frame_count
         if n is None:
             return self.max_frames
@@ -237,9 +243,14 @@ class VideoReader:
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(frame index, rgb)``; the index counts every decoded frame, kept or not."""
         kept = 0
+        if self.start:
+            # OpenCV's FFmpeg reader seeks to the key frame before and decodes forward to the exact frame
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, self.start)
+            self.frames_read = self.start
         try:
             while True:
-                if self.max_frames is not None and kept >= self.max_frames:
+                if (self.max_frames is not None and kept >= self.max_frames) or (
+                        self.stop is not None and self.frames_read >= self.stop):
                     self._stopped_by_limit = True
                     return
                 keep = self.frames_read % self.every == 0

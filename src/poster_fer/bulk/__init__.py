@@ -1,0 +1,172 @@
+"""Archive-scale labelling: resumable outputs, Parquet, input lists, and the Ray Data engine.
+
+``poster-fer predict`` and :func:`label` share this: a run writing ``--output`` can be killed at any moment and
+resumed (``--resume``), losing at most the inputs in flight and writing each input exactly once, in JSON lines,
+CSV (:mod:`.text`, a journal beside the file) or Parquet (:mod:`.parquet`, parts that are whole or absent); the
+Ray engine (:mod:`.ray_engine`) runs the same pipeline over all the cores of a machine or a cluster.
+
+PyArrow (the ``[parquet]`` extra) and Ray (the ``[ray]`` extra) are imported only when asked for, so the light
+runtime stays light. docs/bulk.md is the user's guide::
+
+    from poster_fer.bulk import label
+    result = label(["photos/", "talk.mp4"], "faces/", engine="ray")     # Parquet parts under faces/
+    result = label(["photos/"], "faces.parquet", engine="local", resume=True)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._lazy import module_available
+
+__all__ = ["BulkResult", "ENGINES", "label", "need", "open_output", "read_list", "run_metadata"]
+
+ENGINES = ("local", "ray")
+LIST_COLUMN = "path"  # the column --from-list reads from a CSV or Parquet file unless told otherwise
+EXTRAS = {"pyarrow": "parquet", "ray": "ray"}
+
+
+def need(module: str, what: str) -> None:
+    """Raise ImportError naming the extra to install when ``module`` is missing."""
+    if not module_available(module):
+        raise ImportError(f"{what} needs {module}: pip install 'poster-fer[{EXTRAS.get(module, module)}]'")
+
+
+def read_list(path: str | os.PathLike[str], column: str | None = None) -> list[str]:
+    """Input paths from a file: a CSV or Parquet column (``column``, default ``path``), else one path a line
+    (blank lines skipped). Entries are kept as written; a missing file becomes an error row when labelled."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        need("pyarrow", f"--from-list {p}")
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(p).names
+        col = column or LIST_COLUMN
+        if col not in names:
+            raise ValueError(f"{p}: no column {col!r} (columns: {', '.join(names)}); name one with --list-column")
+        return [str(v) for v in pq.read_table(p, columns=[col]).column(col).to_pylist() if v]
+    with open(p, encoding="utf-8", newline="") as f:
+        if suffix == ".csv":
+            reader = csv.DictReader(f)
+            col = column or LIST_COLUMN
+            if col not in (reader.fieldnames or []):
+                raise ValueError(f"{p}: no column {col!r} in its header ({', '.join(reader.fieldnames or [])}); "
+                                 "name one with --list-column")
+            return [row[col] for row in reader if row.get(col)]
+        if column is not None:
+            raise ValueError(f"{p}: --list-column applies to a .csv or .parquet list, not a text file")
+        return [line.rstrip("\r\n") for line in f if line.strip()]
+
+
+def run_metadata(rec: Any, weights: str | os.PathLike[str] | None, operating_point: str | None,
+                 engine: str, command: str | None = None) -> dict[str, Any]:
+    """What an output's metadata records: the weights (name, file, sha256), operating point, classes,
+    poster-fer version, engine and command. Resuming checks the weights and classes against it."""
+    from .. import __version__
+    from ..checksums import sha256_of
+    from ..constants import ONNX_FILE
+    from ..hub import resolve_weights
+
+    path = Path(resolve_weights(weights))
+    if path.is_dir():
+        onnx = getattr(rec.backend, "path", None)
+        path = Path(onnx) if onnx is not None else path / "model.safetensors"
+        if not path.is_file():
+            path = path.parent / ONNX_FILE
+    return {"weights": rec.meta.get("weights") or rec.meta.get("model"), "weights_file": str(path),
+            "weights_sha256": sha256_of(path) if path.is_file() else None,
+            "operating_point": operating_point or "default", "classes": list(rec.classes),
+            "poster_fer_version": __version__, "engine": engine,
+            "command": command if command is not None else " ".join(["poster-fer", *sys.argv[1:]])}
+
+
+def open_output(path: Path, fmt: str, classes: list[str], metadata: dict[str, Any], resume: bool) -> Any:
+    """The resumable record sink for ``--output path`` (see :mod:`.text`, :mod:`.parquet`)."""
+    if fmt == "parquet":
+        need("pyarrow", f"--output {path}")
+        from .parquet import ParquetFileSink
+
+        return ParquetFileSink(path, classes, metadata, resume)
+    from .text import JournaledTextSink
+
+    return JournaledTextSink(path, fmt, classes, resume)
+
+
+@dataclass
+class BulkResult:
+    """What :func:`label` did: rows by status, inputs written now and skipped as already done, failures."""
+
+    output: Path
+    engine: str
+    rows: dict[str, int] = field(default_factory=dict)
+    inputs: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def label(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *, engine: str = "ray",
+          weights: str | os.PathLike[str] | None = None, backend: str = "auto", operating_point: str | None = None,
+          resume: bool = False, address: str | None = None, actors: int | None = None,
+          detect_actors: int | None = None, batch_size: int = 32, segment_frames: int = 1500, every: int = 1,
+          max_frames: int | None = None, ema: float = 0.5, detect: bool = True, progress: bool | None = None,
+          on_input: Callable[[int], None] | None = None, **recognizer: Any) -> BulkResult:
+    """Label every face in ``inputs`` (files, folders) into ``output``, resumably.
+
+    ``engine="ray"``: Parquet parts under the directory ``output`` (Ray started on this machine with all its
+    cores, or joined at ``address``: ``"auto"``, ``"ray://host:10001"``); ONNX Runtime unless ``backend="torch"``.
+    ``engine="local"``: this process, into ``output`` as ``.parquet``, ``.jsonl`` or ``.csv``.
+    ``resume=True`` skips inputs the output already holds whole. Other keywords (``max_faces``, ``detect_size``,
+    ``threshold`` as ``score_threshold``, ``max_pixels``, ``detector``, ``detector_model``) go to the
+    :class:`~poster_fer.inference.Recognizer`. ``on_input(n)`` is called after each input is written.
+    """
+    import time
+
+    from ..inference import Recognizer, collect_sources
+    from ..inference.job import JobOptions, JobStats, run_job
+    from ..inference.records import format_for_path
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    out = Path(output)
+    sources, _ = collect_sources(list(inputs))
+    if engine == "ray":
+        need("ray", "engine 'ray'")
+        need("pyarrow", "engine 'ray'")
+        from .ray_engine import RayOptions, run_ray
+
+        backend = "onnxruntime" if backend in (None, "auto") else backend
+        kwargs = {"path": weights, "backend": backend, "operating_point": operating_point,
+                  "batch_size": batch_size, **recognizer}
+        probe = Recognizer.from_checkpoint(**{**kwargs, "detector": None})
+        meta = run_metadata(probe, weights, operating_point, "ray")
+        job = {"detect": detect, "every": every, "max_frames": max_frames, "ema": ema}
+        res = run_ray(sources, out, kwargs, job, probe.classes, meta,
+                      RayOptions(address=address, actors=actors, detect_actors=detect_actors,
+                                 segment_frames=segment_frames), resume=resume, progress=progress,
+                      on_input=on_input)
+        return BulkResult(out, engine, dict(res.rows), res.inputs, res.skipped, res.failures, res.seconds)
+    t0 = time.monotonic()
+    rec = Recognizer.from_checkpoint(weights, backend=backend, operating_point=operating_point,
+                                     batch_size=batch_size, **recognizer)
+    fmt = "parquet" if out.suffix.lower() == ".parquet" else format_for_path(out)
+    if fmt is None:
+        raise ValueError(f"{out}: name the output .parquet, .jsonl or .csv")
+    sink = open_output(out, fmt, rec.classes, run_metadata(rec, weights, operating_point, "local"), resume)
+    done = sink.done_sources()
+    todo = [s for s in sources if s.name not in done]
+    stats = JobStats()
+    try:
+        run_job(rec, todo, sink, JobOptions(detect=detect, every=every, max_frames=max_frames, ema=ema,
+                                            progress=progress), stats)
+    finally:
+        sink.close()
+    return BulkResult(out, engine, dict(stats.rows), stats.inputs_done, len(sources) - len(todo),
+                      list(stats.failures), time.monotonic() - t0)

@@ -1,0 +1,342 @@
+"""The Ray Data engine: the predict pipeline spread over every core of a machine or the nodes of a cluster.
+
+Two stages, as the work divides:
+
+1. **decode, detect, align** (CPU, a pool of actors that each load the detector once): one input per call,
+   an image or one frame-range segment of a video; out come the faces (box, landmarks, score) and their aligned
+   crops, or the error.
+2. **classify** (a fixed pool of stateful actors, each loading the model once: ONNX Runtime by default,
+   PyTorch with ``backend="torch"``, one GPU each where the cluster has GPUs): the crops of several inputs in
+   batches of ``batch_size`` faces, then each input's records through the same functions the single process
+   uses (:func:`poster_fer.inference.job.image_records`, :func:`~poster_fer.inference.job.frame_records`).
+
+The driver reads the results as they stream in and writes Parquet parts (:class:`~poster_fer.bulk.parquet.
+PartStore`). Every result row carries how many rows its input has; an input is written once all of them have
+arrived, and only if it is not written yet: when Ray retries a task after a worker or node is lost, a repeated
+input is dropped, so the output holds every input exactly once. A long video is cut into segments of
+``segment_frames`` frames so it spreads over the cluster; each segment has its own tracker, so track ids (and
+the smoothing of probabilities along a track) start afresh at a segment's first frame: a track is identified by
+(source, segment, track).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..inference.sources import Source
+from .parquet import PartStore, check_same_weights
+from .table import records_to_table, schema
+
+__all__ = ["RayOptions", "plan_items", "run_ray"]
+
+ROWS_COLUMN = "_item_rows"  # rows the input produced in all: the driver writes an input once it has them all
+STAGE1 = pa.schema([("source", pa.string()), ("segment", pa.int32()), ("kind", pa.string()),
+                    ("payload", pa.string()), ("crops", pa.binary()), ("crop_shape", pa.list_(pa.int32()))])
+
+
+@dataclass
+class RayOptions:
+    """How the job spreads over Ray. None picks from the cluster's resources (see :func:`_pool_sizes`)."""
+
+    address: str | None = None  # None: start Ray on this machine with all its cores; "auto" or "ray://...": join
+    actors: int | None = None  # classify actors (fixed pool)
+    detect_actors: int | None = None  # decode/detect/align actors
+    items_per_call: int = 8  # inputs handed to one classify call (their faces are batched by batch_size)
+    segment_frames: int = 1500  # frames per video segment (0: whole videos)
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs and the backend is PyTorch
+    rows_per_part: int = 50_000
+    seconds_per_part: float = 30.0
+
+
+@dataclass
+class RayResult:
+    """What a Ray job did: rows by status, inputs written and skipped, the failures (name, reason)."""
+
+    rows: Counter = field(default_factory=Counter)
+    inputs: int = 0
+    items: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    actors: int = 0
+    detect_actors: int = 0
+
+
+def _frame_count(path: Path) -> int | None:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        n = cap.get(cv2.CAP_PROP_FRAME_COUNT) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return int(n) if n and 0 < n < 1e9 else None
+
+
+def plan_items(sources: list[Source], segment_frames: int, every: int = 1,
+               max_frames: int | None = None) -> list[dict[str, Any]]:
+    """One work item per image and per video segment: ``{source, path, kind, segment, start, stop}``. A video
+    whose length its header does not give (or ``segment_frames`` 0) is one segment."""
+    items = []
+    for src in sources:
+        if src.kind == "webcam":
+            raise ValueError("the Ray engine labels files; a webcam runs in the single process (no --engine ray)")
+        base = {"source": src.name, "path": str(src.path), "kind": src.kind, "segment": None, "start": 0,
+                "stop": None}
+        if src.kind == "image":
+            items.append(base)
+            continue
+        count = _frame_count(Path(src.path)) if segment_frames else None
+        if count is not None and max_frames is not None:
+            count = min(count, max_frames * every)
+        if not count or count <= segment_frames:
+            items.append({**base, "segment": 0, "stop": count if max_frames is not None else None})
+            continue
+        step = math.ceil(segment_frames / every) * every  # segments start on kept frames
+        for k, start in enumerate(range(0, count, step)):
+            stop = min(start + step, count)
+            items.append({**base, "segment": k, "start": start,
+                          "stop": None if stop == count and max_frames is None else stop})
+    return items
+
+
+def _face_json(face: Any) -> dict[str, Any] | None:
+    if face is None:
+        return None
+    return {"box": [float(v) for v in face.box], "score": float(face.score),
+            "landmarks": np.asarray(face.landmarks).tolist(), "est": bool(face.landmarks_estimated)}
+
+
+class DetectStage:
+    """Stage 1 actor: decode, detect and align (the detector and preprocessing loaded once)."""
+
+    def __init__(self, recognizer_kwargs: dict[str, Any], job: dict[str, Any]) -> None:
+        import cv2
+
+        from ..inference import Recognizer
+
+        cv2.setNumThreads(1)
+        self.rec = Recognizer.from_checkpoint(**recognizer_kwargs)
+        self.job = job
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self.item(it) for it in batch.to_pylist()], schema=STAGE1)
+
+    def _faces(self, rgb: np.ndarray) -> tuple[dict[str, Any], list[np.ndarray]]:
+        faces, crops, dropped = self.rec.faces_and_crops(rgb, self.job["detect"])
+        h, w = rgb.shape[:2]
+        return {"size": [w, h], "dropped": dropped, "faces": [_face_json(f) for f in faces]}, crops
+
+    def item(self, it: dict[str, Any]) -> dict[str, Any]:
+        from ..inference.job import reason_for
+        from ..inference.recognizer import INPUT_ERRORS
+        from ..inference.sources import VideoError, VideoReader
+
+        crops: list[np.ndarray] = []
+        payload: dict[str, Any]
+        if it["kind"] == "image":
+            try:
+                payload, crops = self._faces(self.rec.load(it["path"]))
+            except INPUT_ERRORS as err:
+                payload = {"error": reason_for(err, it["source"])}
+        else:
+            try:
+                reader = VideoReader(it["path"], every=self.job["every"], max_pixels=self.rec.max_pixels,
+                                     start=it["start"], stop=it["stop"])
+            except VideoError as err:
+                payload = {"open_error": str(err)}
+            else:
+                frames = []
+                for idx, rgb in reader:
+                    try:
+                        entry, found = self._faces(rgb)
+                    except INPUT_ERRORS as err:
+                        entry, found = {"error": reason_for(err, it["source"])}, []
+                    frames.append({"idx": idx, **entry})
+                    crops += found
+                payload = {"frames": frames, "fps": reader.fps, "frames_read": reader.frames_read,
+                           "frame_count": reader.frame_count, "ended_early": reader.ended_early}
+        arr = np.stack(crops) if crops else np.zeros((0, 0, 0, 3), np.uint8)
+        return {"source": it["source"], "segment": it["segment"], "kind": it["kind"], "payload": json.dumps(payload),
+                "crops": np.ascontiguousarray(arr, dtype=np.uint8).tobytes(), "crop_shape": list(arr.shape)}
+
+
+class ClassifyStage:
+    """Stage 2 actor: classify every crop of a call's inputs (the model loaded once), then their records."""
+
+    def __init__(self, recognizer_kwargs: dict[str, Any], job: dict[str, Any], table_schema: pa.Schema) -> None:
+        from ..inference import Recognizer
+
+        self.rec = Recognizer.from_checkpoint(**{**recognizer_kwargs, "detector": None})
+        self.job = job
+        self.schema = table_schema
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items = batch.to_pylist()
+        crops = [np.frombuffer(it["crops"], np.uint8).reshape(it["crop_shape"]) for it in items]
+        flat = [c for arr in crops for c in arr]
+        probs = self.rec.classify(flat) if flat else np.zeros((0, len(self.rec.classes)), np.float32)
+        tables, i = [], 0
+        for it, arr in zip(items, crops, strict=True):
+            records = self.records(it, json.loads(it["payload"]), probs[i:i + len(arr)])
+            i += len(arr)
+            table = records_to_table(records, self.rec.classes, it["segment"], self.schema)
+            tables.append(table.append_column(ROWS_COLUMN, pa.array([table.num_rows] * table.num_rows, pa.int32())))
+        return pa.concat_tables(tables)
+
+    def _prediction(self, key: Any, entry: dict[str, Any], probs: np.ndarray) -> Any:
+        from ..faces import Face
+        from ..inference.recognizer import ImagePrediction
+
+        if "error" in entry:
+            return ImagePrediction(key, [], error=ValueError(entry["error"]))
+        faces = []
+        for k, f in enumerate(entry["faces"]):
+            face = None if f is None else Face(box=tuple(f["box"]), landmarks=np.asarray(f["landmarks"]),
+                                               score=f["score"], landmarks_estimated=f["est"])
+            faces.append(self.rec.result(face, probs[k], tuple(entry["size"])))
+        return ImagePrediction(key, faces, dropped=entry["dropped"])
+
+    def records(self, it: dict[str, Any], payload: dict[str, Any], probs: np.ndarray) -> list[dict[str, Any]]:
+        from ..inference.job import frame_records, image_records, new_tracker, video_end_record
+        from ..inference.records import error_record
+
+        source = it["source"]
+        if it["kind"] == "image":
+            return image_records(source, self._prediction(0, payload, probs))
+        if "open_error" in payload:
+            return [error_record(source, payload["open_error"])]
+        tracker = new_tracker(self.job["ema"], self.job["every"])
+        out, used = [], 0
+        for entry in payload["frames"]:
+            n = len(entry.get("faces", []))
+            pred = self._prediction(entry["idx"], entry, probs[used:used + n])
+            used += n
+            out += frame_records(source, pred, tracker, self.rec.classes, payload["fps"])[0]
+        end = video_end_record(source, len(payload["frames"]), payload["ended_early"], payload["frames_read"],
+                               payload["frame_count"])
+        return out + ([] if end is None else [end])
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    import logging
+
+    # Ray Data's actor pools restart lost actors and retry their tasks by default (max_restarts and
+    # max_task_retries -1), which is what a lost worker or node needs; the driver drops repeated inputs.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             configure_logging=True)
+
+
+def _pool_sizes(opts: RayOptions, use_gpu: bool, cpus: int, gpus: int) -> tuple[int, int, float]:
+    """(classify actors, detect actors, GPUs per classify actor). Classification is the light stage on a CPU
+    (YuNet and decoding cost more per face than the 1.9 MB model), so it gets a quarter of the cores; with GPUs
+    one actor per GPU; the detect pool takes the rest."""
+    gpu_each = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if use_gpu and gpus else 0.0)
+    actors = opts.actors or (max(1, int(gpus // gpu_each)) if gpu_each else max(1, cpus // 4))
+    cpu_for_classify = 0 if gpu_each else actors
+    detect = opts.detect_actors or max(1, cpus - cpu_for_classify)
+    return actors, detect, gpu_each
+
+
+def run_ray(sources: list[Source], output: Path, recognizer_kwargs: dict[str, Any], job: dict[str, Any],
+            classes: list[str], metadata: dict[str, Any], opts: RayOptions, resume: bool = False,
+            progress: bool | None = None, on_input: Callable[[int], None] | None = None) -> RayResult:
+    """Label ``sources`` on Ray into Parquet parts under ``output``; see the module docstring."""
+    import ray
+    import ray.data as rd
+    from tqdm import tqdm
+
+    started = time.monotonic()
+    result = RayResult()
+    items = plan_items(sources, opts.segment_frames, job["every"], job.get("max_frames"))
+    table_schema = schema(classes, metadata)
+    store = PartStore(output, table_schema, opts.rows_per_part, opts.seconds_per_part)
+    try:
+        done = set()
+        if resume:
+            earlier = store.metadata()
+            if earlier is not None:
+                check_same_weights(earlier, metadata, output)
+            done = store.done_keys()
+        todo = [it for it in items if (it["source"], it["segment"]) not in done]
+        result.skipped, result.items = len(items) - len(todo), len(todo)
+        _init_ray(opts.address)
+        resources = ray.cluster_resources()
+        cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+        use_gpu = recognizer_kwargs.get("backend") == "torch"
+        actors, detect, gpu_each = _pool_sizes(opts, use_gpu, cpus, gpus)
+        result.actors, result.detect_actors = actors, detect
+        if gpu_each:
+            recognizer_kwargs = {**recognizer_kwargs, "device": "cuda"}
+        ctx = rd.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        if todo:
+            ds = rd.from_items(todo, override_num_blocks=min(len(todo), 64 * (actors + detect)))
+            ds = ds.map_batches(DetectStage, batch_size=1, batch_format="pyarrow", num_cpus=1,
+                                compute=rd.ActorPoolStrategy(min_size=1, max_size=detect),
+                                fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job})
+            ds = ds.map_batches(ClassifyStage, batch_size=opts.items_per_call, batch_format="pyarrow",
+                                num_cpus=0 if gpu_each else 1, num_gpus=gpu_each or None,
+                                compute=rd.ActorPoolStrategy(size=actors),
+                                fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job,
+                                                       "table_schema": table_schema})
+            _drain(ds, store, done, result, len(todo), progress, on_input, tqdm)
+    finally:
+        store.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _drain(ds: Any, store: PartStore, done: set, result: RayResult, total: int, progress: bool | None,
+           on_input: Callable[[int], None] | None, tqdm: Any) -> None:
+    """Read the classified rows as they stream in and write each input once, whole."""
+    pending: dict[tuple[str, int | None], list[pa.Table]] = {}
+    bar = tqdm(total=total, unit="input", desc="inputs", disable=None if progress is None else not progress,
+               leave=False, dynamic_ncols=True)
+    t0, faces = time.monotonic(), 0
+    with bar:
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+            keys = list(zip(block.column("source").to_pylist(), block.column("segment").to_pylist(), strict=True))
+            starts = {}
+            for row, key in enumerate(keys):
+                starts.setdefault(key, []).append(row)
+            for key, rows in starts.items():
+                part = block.take(pa.array(rows))
+                pending.setdefault(key, []).append(part)
+                have = sum(t.num_rows for t in pending[key])
+                if have < part.column(ROWS_COLUMN)[0].as_py():
+                    continue
+                table = pa.concat_tables(pending.pop(key)).drop_columns([ROWS_COLUMN])
+                if key in done:  # a retried task delivered this input again
+                    result.duplicates += 1
+                    continue
+                done.add(key)
+                store.add(table)
+                result.inputs += 1
+                statuses = table.column("status").to_pylist()
+                result.rows.update(statuses)
+                faces += statuses.count("ok")
+                for status, err in zip(statuses, table.column("error").to_pylist(), strict=True):
+                    if status == "error":
+                        result.failures.append((key[0], err))
+                bar.update(1)
+                bar.set_postfix_str(f"{faces / max(time.monotonic() - t0, 1e-9):.1f} faces/s", refresh=False)
+                if on_input is not None:
+                    on_input(result.inputs)
