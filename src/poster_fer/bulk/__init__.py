@@ -163,6 +163,14 @@ def label(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[st
     done = sink.done_sources()
     todo = [s for s in sources if s.name not in done]
     stats = JobStats()
+    if on_input is not None:  # called after the sink commits each input, as the Ray engine does
+        commit = sink.end_input
+
+        def end_input(source: str, segment: int | None) -> None:
+            commit(source, segment)
+            on_input(stats.inputs_done + 1)
+
+        sink.end_input = end_input
     try:
         run_job(rec, todo, sink, JobOptions(detect=detect, every=every, max_frames=max_frames, ema=ema,
                                             progress=progress), stats)

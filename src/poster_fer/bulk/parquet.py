@@ -138,7 +138,10 @@ class ParquetFileSink:
             if self.path.exists():
                 self.path.unlink()
             shutil.rmtree(self.parts_dir, ignore_errors=True)
-        self.store = PartStore(self.parts_dir, self.schema)
+        # POSTER_FER_PART_SECONDS: how often finished inputs are committed as a part (default 30 s): what a
+        # kill can cost at most; shorter means more, smaller parts until the merge (docs/bulk.md)
+        self.store = PartStore(self.parts_dir, self.schema,
+                               seconds_per_part=float(os.environ.get("POSTER_FER_PART_SECONDS", "30")))
         self._rows: list[dict[str, Any]] = []
         self._done: set[Key] = set()
         if resume:
