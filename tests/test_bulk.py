@@ -94,7 +94,8 @@ def assert_parquet_matches_jsonl(pq_rows: list[dict], js_rows: list[dict], tol: 
     by_key = {key(r): r for r in pq_rows}
     for js in js_rows:
         row = by_key[key(js)]
-        for k in ("source", "frame", "track", "face", "status", "error", "landmarks_estimated", "label", "crop"):
+        for k in ("source", "frame", "track", "face", "status", "error", "landmarks_estimated", "label", "crop",
+                  "detection"):
             assert row[k] == js[k], (k, row[k], js[k])
         for k in FLOAT_KEYS:
             assert (row[k] is None) == (js[k] is None) and (js[k] is None or abs(row[k] - js[k]) <= tol), k

@@ -195,7 +195,7 @@ def test_csv_schema(predict, astronaut, tmp_path):
 
 def test_usage_errors_exit_2(ckpt, yunet, astronaut, tmp_path, capsys):
     assert main(["predict", "--weights", ckpt]) == 2
-    assert "PATH or --webcam" in capsys.readouterr().err
+    assert "PATH, --from-list FILE or --webcam" in capsys.readouterr().err
     assert main(["predict", str(astronaut), "--weights", ckpt, "--save-crops"]) == 2
     assert main(["predict", str(astronaut), "--weights", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err

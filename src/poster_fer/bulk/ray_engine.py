@@ -112,8 +112,12 @@ def plan_items(sources: list[Source], segment_frames: int, every: int = 1,
 
 
 def _face_json(face: Any) -> dict[str, Any] | None:
+    from ..inference.recognizer import WholeImage
+
     if face is None:
         return None
+    if isinstance(face, WholeImage):
+        return {"whole_image": True}
     return {"box": [float(v) for v in face.box], "score": float(face.score),
             "landmarks": np.asarray(face.landmarks).tolist(), "est": bool(face.landmarks_estimated)}
 
@@ -197,14 +201,18 @@ class ClassifyStage:
 
     def _prediction(self, key: Any, entry: dict[str, Any], probs: np.ndarray) -> Any:
         from ..faces import Face
-        from ..inference.recognizer import ImagePrediction
+        from ..inference.recognizer import ImagePrediction, WholeImage
 
         if "error" in entry:
             return ImagePrediction(key, [], error=ValueError(entry["error"]))
         faces = []
         for k, f in enumerate(entry["faces"]):
-            face = None if f is None else Face(box=tuple(f["box"]), landmarks=np.asarray(f["landmarks"]),
-                                               score=f["score"], landmarks_estimated=f["est"])
+            face: Any = None
+            if f is not None and "whole_image" in f:
+                face = WholeImage()
+            elif f is not None:
+                face = Face(box=tuple(f["box"]), landmarks=np.asarray(f["landmarks"]), score=f["score"],
+                            landmarks_estimated=f["est"])
             faces.append(self.rec.result(face, probs[k], tuple(entry["size"])))
         return ImagePrediction(key, faces, dropped=entry["dropped"])
 

@@ -23,6 +23,7 @@ column                 type                                meaning
 ``p_<class>``          float32, one per class              calibrated probabilities (smoothed on a track)
 ``raw_p_<class>``      float32, one per class              videos: the frame's own probabilities
 ``crop``               string                              path of the saved crop (``--save-crops``)
+``detection``          string                              "detector", "whole_image" or "given"
 =====================  ==================================  ==============================================
 
 The file's key-value metadata (key ``poster_fer``, a JSON object) names the weights (name, file, sha256), the
@@ -62,6 +63,7 @@ def schema(classes: Sequence[str], metadata: Mapping[str, Any] | None = None) ->
         *(pa.field(f"p_{c}", pa.float32()) for c in classes),
         *(pa.field(f"raw_p_{c}", pa.float32()) for c in classes),
         pa.field("crop", pa.string()),
+        pa.field("detection", pa.string()),
     ]
     meta = None if metadata is None else {METADATA_KEY: json.dumps(dict(metadata), sort_keys=True).encode()}
     return pa.schema(fields, metadata=meta)
@@ -76,7 +78,7 @@ def records_to_table(records: Sequence[Mapping[str, Any]], classes: Sequence[str
         cols["source"].append(rec["source"])
         cols["segment"].append(segment)
         for key in ("frame", "time", "track", "face", "status", "error", "box", "score", "landmarks",
-                    "landmarks_estimated", "label", "confidence", "crop"):
+                    "landmarks_estimated", "label", "confidence", "crop", "detection"):
             cols[key].append(rec.get(key))
         scores = rec.get("scores") or {}
         raw = rec.get("raw_scores") or {}

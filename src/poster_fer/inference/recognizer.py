@@ -50,6 +50,24 @@ DEFAULT_DETECT_SIZE = 1280
 #: below the sizes YuNet's anchors are tuned for.
 MIN_DETECT_SIZE = 320
 
+#: An input is "face-sized" (a pre-cropped face, as every FER dataset and many archives hold them) when its longer
+#: side is at most this many pixels and its sides differ by at most 2x; see ``whole_image_fallback``.
+FACE_SIZED_MAX = 160
+#: Small inputs (longer side under MIN_DETECT_SIZE) are padded by this fraction of their longer side on every
+#: side before detection when ``pad_small`` is on: a face that fills its image gets the margin YuNet expects.
+PAD_FRACTION = 0.25
+
+
+def face_sized(shape: tuple[int, ...]) -> bool:
+    """Whether an image of this ``(h, w, ...)`` shape looks like a face crop rather than a scene."""
+    h, w = shape[:2]
+    return max(h, w) <= FACE_SIZED_MAX and max(h, w) <= 2 * min(h, w)
+
+
+class WholeImage:
+    """The "face" of a face-sized input where the detector found none: the whole image, as a crop."""
+
+
 # Input problems that are reported per image instead of stopping a batch.
 INPUT_ERRORS = (ValueError, TypeError, OSError, cv2.error)
 
@@ -81,6 +99,9 @@ class FaceResult:
     probabilities: dict[str, float]
     landmarks_estimated: bool = False
     crop: np.ndarray | None = field(default=None, repr=False)
+    # how the face was found: "detector", "whole_image" (a face-sized input where the detector found none, taken
+    # whole), or "given" (detect=False: the input is the crop)
+    detection: str = "detector"
 
     @property
     def confidence(self) -> float:
@@ -128,6 +149,7 @@ class FaceResult:
             "label": self.label,
             "confidence": round(float(self.confidence), decimals),
             "scores": {k: round(float(v), decimals) for k, v in self.probabilities.items()},
+            "detection": self.detection,
         }
 
     def __repr__(self) -> str:
@@ -206,6 +228,8 @@ class Recognizer:
         score_threshold: float = 0.6,
         device: str = "auto",
         operating_point: str | None = None,
+        pad_small: bool = False,
+        whole_image_fallback: bool = False,
     ) -> None:
         # every numeric option checked before anything loads (one set of rules with the CLI and the server)
         batch_size = check_count("batch_size", batch_size)
@@ -237,6 +261,8 @@ class Recognizer:
         self.max_faces = max_faces
         self.detect_size = detect_size
         self.max_pixels = max_pixels
+        self.pad_small = bool(pad_small)
+        self.whole_image_fallback = bool(whole_image_fallback)
 
     # -- construction --------------------------------------------------------------------------------
 
@@ -311,6 +337,11 @@ class Recognizer:
                                  "inputs that are already aligned face crops")
         h, w = rgb.shape[:2]
         side = max(h, w)
+        pad = round(PAD_FRACTION * side) if self.pad_small and side < MIN_DETECT_SIZE else 0
+        if pad:  # edge-replicated margin, so a face that fills the image is not cut by its border
+            rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            h, w = rgb.shape[:2]
+            side = max(h, w)
         scale = 1.0
         if self.detect_size and side > self.detect_size:
             scale = self.detect_size / side
@@ -323,6 +354,9 @@ class Recognizer:
             faces = [_rescale(f, sx, sy) for f in self.detector.detect(small)]
         else:
             faces = self.detector.detect(rgb)
+        if pad:
+            faces = [_shift(f, -pad) for f in faces]
+            w, h = w - 2 * pad, h - 2 * pad
         # checked before max_faces, so garbage (YuNet gives it score 1.0) cannot take a real face's place
         faces, dropped = drop_invalid_faces(faces, (w, h))
         if dropped:
@@ -330,7 +364,7 @@ class Recognizer:
         return (faces[: self.max_faces] if self.max_faces else faces), len(dropped)
 
     def faces_and_crops(self, rgb: np.ndarray, detect: bool = True, max_faces: int | None = None,
-                        ) -> tuple[list[Face | None], list[np.ndarray], int]:
+                        ) -> tuple[list[Face | WholeImage | None], list[np.ndarray], int]:
         """The face pipeline up to the model, for a loaded RGB image: the faces (best first, at most ``max_faces``
         as well as the recognizer's own limit) with their aligned crops, and how many invalid detections were
         dropped. ``detect=False`` takes the whole image as one crop (face None). The one implementation that
@@ -338,19 +372,22 @@ class Recognizer:
         if not detect:
             return [None], [self.preprocessing.prepare_crop(rgb)], 0
         found, dropped = self._detect(rgb)
+        if not found and self.whole_image_fallback and face_sized(rgb.shape):
+            return [WholeImage()], [self.preprocessing.prepare_crop(rgb)], dropped
         if max_faces:
             found = found[:max_faces]
         return list(found), [self.preprocessing.align(rgb, f.landmarks) for f in found], dropped
 
-    def result(self, face: Face | None, probs: np.ndarray, size: tuple[int, int],
+    def result(self, face: Face | WholeImage | None, probs: np.ndarray, size: tuple[int, int],
                crop: np.ndarray | None = None) -> FaceResult:
         """One face's result from its class probabilities; ``size`` ``(width, height)`` of the image is the box
         of a face given as a whole crop (``face`` None). ``crop`` is kept on the result when given."""
         k = int(np.argmax(probs))
         probabilities = {c: float(v) for c, v in zip(self.classes, probs, strict=True)}
-        if face is None:
+        if face is None or isinstance(face, WholeImage):
             return FaceResult(box=(0.0, 0.0, float(size[0]), float(size[1])), landmarks=None, score=None,
-                              label=self.classes[k], probabilities=probabilities, crop=crop)
+                              label=self.classes[k], probabilities=probabilities, crop=crop,
+                              detection="given" if face is None else "whole_image")
         return FaceResult(box=face.box, landmarks=face.landmarks, score=face.score, label=self.classes[k],
                           probabilities=probabilities, landmarks_estimated=face.landmarks_estimated, crop=crop)
 
@@ -410,7 +447,7 @@ class Recognizer:
         (OpenCV arrays); a bad ``channels`` value raises ValueError on the first ``next()``.
         """
         channels = check_channels(channels)
-        pending: list[tuple[ImagePrediction, list[Face | None], list[np.ndarray]]] = []
+        pending: list[tuple[ImagePrediction, list[Face | WholeImage | None], list[np.ndarray]]] = []
         waiting = 0
         for key, x in items:
             if isinstance(x, BaseException):
@@ -429,7 +466,7 @@ class Recognizer:
                 pending, waiting = [], 0
         yield from self._flush(pending, return_crops)
 
-    def _flush(self, pending: list[tuple[ImagePrediction, list[Face | None], list[np.ndarray]]],
+    def _flush(self, pending: list[tuple[ImagePrediction, list[Face | WholeImage | None], list[np.ndarray]]],
                return_crops: bool) -> Iterator[ImagePrediction]:
         all_crops = [c for _, _, crops in pending for c in crops]
         probs = self.classify(all_crops) if all_crops else np.zeros((0, len(self.classes)), np.float32)
@@ -445,6 +482,13 @@ class Recognizer:
         det = getattr(self.detector, "name", None)
         return (f"Recognizer(model={self.meta.get('model')!r}, classes={len(self.classes)}, device={self.device!r}, "
                 f"detector={det!r}, geometry={self.preprocessing.geometry.name!r}, batch_size={self.batch_size})")
+
+
+def _shift(face: Face, d: float) -> Face:
+    """Move a face found on a padded copy by ``d`` pixels on both axes (back to the unpadded image)."""
+    x, y, w, h = face.box
+    return Face(box=(x + d, y + d, w, h), landmarks=np.asarray(face.landmarks) + d, score=face.score,
+                landmarks_estimated=face.landmarks_estimated)
 
 
 def _rescale(face: Face, sx: float, sy: float) -> Face:

@@ -19,6 +19,8 @@ Every record has the same keys whatever happened, so downstream tools can rely o
 ``scores``              ``{class: probability}`` (smoothed over the track for videos)
 ``raw_scores``          videos: the frame's own unsmoothed probabilities; null for images
 ``crop``                path of the saved aligned crop (``--save-crops``), else null
+``detection``           how the face was found: ``"detector"``; ``"whole_image"`` (a face-sized input where the
+                        detector found no face, classified whole); ``"given"`` (``--no-detect``); null without a face
 ======================  =====================================================================================
 
 CSV has the same information flattened: ``x, y, w, h``, ``<landmark>_x/_y`` and one ``p_<class>`` column per
@@ -48,7 +50,7 @@ __all__ = ["EXTENSION_FORMATS", "FORMATS", "RECORD_KEYS", "RecordWriter", "csv_c
            "face_record", "format_for_path", "no_face_record"]
 
 RECORD_KEYS = ("source", "frame", "time", "face", "track", "status", "error", "box", "landmarks",
-               "landmarks_estimated", "score", "label", "confidence", "scores", "raw_scores", "crop")
+               "landmarks_estimated", "score", "label", "confidence", "scores", "raw_scores", "crop", "detection")
 LANDMARK_COLUMNS = tuple(f"{n}_{axis}" for n in LANDMARK_NAMES for axis in ("x", "y"))
 FORMATS = ("jsonl", "json", "csv")
 #: File extension (lower case) -> record format.
@@ -105,7 +107,7 @@ def csv_columns(classes: Sequence[str]) -> list[str]:
     """CSV header for a model with these classes."""
     return ["source", "frame", "time", "face", "track", "status", "error", "x", "y", "w", "h",
             *LANDMARK_COLUMNS, "landmarks_estimated", "score", "label", "confidence",
-            *(f"p_{c}" for c in classes), "crop"]
+            *(f"p_{c}" for c in classes), "crop", "detection"]
 
 
 class RecordWriter:
@@ -166,7 +168,8 @@ class RecordWriter:
 
     def _flatten(self, rec: Mapping[str, Any]) -> dict[str, Any]:
         row = {k: rec.get(k) for k in ("source", "frame", "time", "face", "track", "status", "error",
-                                       "landmarks_estimated", "score", "label", "confidence", "crop")}
+                                       "landmarks_estimated", "score", "label", "confidence", "crop",
+                                       "detection")}
         box = rec.get("box") or [None] * 4
         row.update(zip(("x", "y", "w", "h"), box, strict=True))
         pts = rec.get("landmarks") or [[None, None]] * len(LANDMARK_NAMES)
