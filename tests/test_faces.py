@@ -715,3 +715,26 @@ def test_to_rgb_array_rejects_bad_input():
         to_rgb_array(np.full((2, 2), np.nan))
     with pytest.raises(TypeError):
         to_rgb_array([[1, 2], [3, 4]])
+
+
+def test_whole_image_fallback_triggers_only_on_face_sized_images_without_a_detection():
+    """Issue 37: a pre-cropped face the detector misses is classified whole (and its record says so); a larger
+    scene, a blank image, or the option turned off give no face; a detected face says 'detector'."""
+    from poster_fer.inference import Recognizer
+    from poster_fer.samples import sample_path
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)  # face-sized, textured, no face to detect
+    landscape = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    blank = np.full((96, 96, 3), 128, np.uint8)
+    rec = Recognizer(backend=None)
+    (whole,) = rec.predict(texture)
+    assert whole.detection == "whole_image" and whole.box == (0.0, 0.0, 48.0, 48.0) and whole.landmarks is None
+    assert whole.to_record()["detection"] == "whole_image"
+    assert rec.predict(landscape) == [] and rec.predict(blank) == []
+    assert rec.predict(np.ascontiguousarray(texture[:, :20])) == []  # 48 x 20: not face-shaped
+    assert Recognizer(backend=None, whole_image_fallback=False).predict(texture) == []
+    (portrait,) = rec.predict(str(sample_path()))
+    assert portrait.detection == "detector"
+    (given,) = rec.predict(texture, detect=False)
+    assert given.detection == "given"

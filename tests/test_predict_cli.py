@@ -260,3 +260,19 @@ def test_truncated_video_is_reported_after_its_frames(predict, video, astronaut,
     assert "ended early" in bad["error"] and "cut.avi" in bad["error"]
     assert records[-1]["source"] == str(astronaut) and records[-1]["status"] == "ok"  # the run went on
     assert "1 failed" in err
+
+
+def test_a_face_sized_crop_without_a_detection_is_labelled_whole_unless_told_not_to(tmp_path):
+    """Issue 37: pre-cropped faces (FER datasets' 48 px images) give one record with detection=whole_image."""
+    import json as _json
+    import subprocess
+    import sys
+
+    crop = tmp_path / "crop.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 48), dtype=np.uint8)).save(crop)
+    base = [sys.executable, "-m", "poster_fer.cli", "predict", str(crop), "--backend", "onnxruntime", "--no-progress"]
+    out = subprocess.run(base, capture_output=True, text=True, check=True).stdout
+    (rec,) = [_json.loads(x) for x in out.splitlines() if x]
+    assert rec["status"] == "ok" and rec["detection"] == "whole_image" and rec["box"] == [0, 0, 48, 48]
+    off = subprocess.run([*base, "--no-whole-image"], capture_output=True, text=True, check=True).stdout
+    assert _json.loads(off)["status"] == "no_face"

@@ -162,7 +162,8 @@ def test_predict_every_format_raw_and_multipart_matches_the_library(rec, portrai
         assert body["model"] == "poster_v1_tiny" and body["detect"] is True
         assert body["image"] == {"width": 512, "height": 600, "format": fmt}
         (face,) = body["faces"]
-        assert list(face) == ["box", "landmarks", "landmarks_estimated", "score", "label", "confidence", "scores"]
+        assert list(face) == ["box", "landmarks", "landmarks_estimated", "score", "label", "confidence", "scores",
+                              "detection"]
         assert list(face["scores"]) == CLASSES
         assert face["label"] == max(face["scores"], key=face["scores"].get)
         assert sum(face["scores"].values()) == pytest.approx(1, abs=1e-3)

@@ -90,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="longest side the detector runs at (default 1280; 0 = full resolution)")
     det.add_argument("--max-pixels", type=arg(check_limit, "--max-pixels"), default=DEFAULT_MAX_PIXELS, metavar="N",
                      help="refuse images larger than N pixels (default 50,000,000; 0 = no limit)")
+    det.add_argument("--no-whole-image", action="store_true",
+                     help="never classify a face-sized image (up to 256 px, a pre-cropped face) whole when the "
+                     "detector finds no face in it (default: do, and mark the record detection=whole_image)")
     det.add_argument("--require-face", action="store_true",
                      help="count images without a face as failures (exit status 1)")
     vid = p.add_argument_group("video")
@@ -143,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             num_classes=args.num_classes, channel_order=args.channel_order, batch_size=args.batch_size,
             operating_point=args.operating_point,
             max_faces=args.max_faces, detect_size=args.detect_size, score_threshold=args.threshold,
-            max_pixels=args.max_pixels)
+            max_pixels=args.max_pixels, whole_image_fallback=not args.no_whole_image)
     except (InferenceError, ValueError) as err:
         raise UserError(str(err)) from None
     if args.engine == "ray":
@@ -267,7 +270,8 @@ def _run_ray(args: argparse.Namespace, rec: Any, sources: list[Any], skipped: li
               "channel_order": args.channel_order, "batch_size": args.batch_size,
               "operating_point": args.operating_point, "max_faces": args.max_faces, "detect_size": args.detect_size,
               "score_threshold": args.threshold, "max_pixels": args.max_pixels,
-              "detector": None if args.no_detect else args.detector, "detector_model": args.detector_model}
+              "detector": None if args.no_detect else args.detector, "detector_model": args.detector_model,
+              "whole_image_fallback": not args.no_whole_image}
     job = {"detect": not args.no_detect, "every": args.every, "max_frames": args.max_frames, "ema": args.ema}
     opts = RayOptions(address=args.address, actors=args.actors, detect_actors=args.detect_actors,
                       segment_frames=args.segment_frames)

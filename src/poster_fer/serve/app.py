@@ -73,6 +73,8 @@ class FaceOut(BaseModel):
     label: str
     confidence: float = Field(description="probability of the label")
     scores: dict[str, float] = Field(description="calibrated probability per class, in the model's class order")
+    detection: str = Field("detector", description="how the face was found: 'detector'; 'whole_image' (a "
+                           "face-sized image where no face was detected, classified whole); 'given' (detect=false)")
 
 
 class ImageOut(BaseModel):
