@@ -26,8 +26,8 @@ from typing import Any
 import cv2
 import numpy as np
 import psutil
-
 from _harness import command_line, log, machine_info, now, write_json
+
 from poster_fer.provenance import git_state, load_average
 from poster_fer.samples import sample_path
 

@@ -88,6 +88,20 @@ PERTURBATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
+def accuracy_under(model: Any, meta: dict[str, Any], test: Any, perturb: Callable[[Image.Image], Image.Image],
+                   batch_size: int = 256) -> dict[str, float]:
+    """Accuracy, mean class accuracy and the share called neutral of ``model`` (calibrated as ``meta`` says) on
+    ``test`` with every face perturbed by ``perturb`` before the model's own preprocessing."""
+    base = create_transform(meta["preprocessing"])
+    out = run_evaluation(model, test, batch_size=batch_size, transform=lambda im: base(perturb(im)),
+                         temperature=get_temperature(meta), logit_bias=get_logit_bias(meta), progress=False)
+    y, pred = out["y_true"], out["y_pred"]
+    n = len(meta["classes"])
+    per_class = [float((pred[y == c] == c).mean()) for c in range(n) if (y == c).any()]
+    return {"accuracy": round(float((pred == y).mean()), 4), "mean_class_accuracy": round(float(np.mean(per_class)), 4),
+            "predicted_neutral_share": round(float((pred == 0).mean()), 4)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=str(pretrained_path()), help="default: the shipped default model")
@@ -107,20 +121,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ValueError as err:
         raise SystemExit(f"{args.weights}: {err}") from None
     test = build_dataset("ferplus", args.data, args.split)
-    base = create_transform(meta["preprocessing"])
-    bias, t = get_logit_bias(meta), get_temperature(meta)
-    n = len(meta["classes"])
     rows: dict[str, Any] = {}
     rows_to_run = {k: v for k, v in PERTURBATIONS.items() if args.only is None or k == "none" or k in args.only}
     for name, perturb in rows_to_run.items():
         t0 = time.time()
-        out = run_evaluation(model, test, batch_size=args.batch_size, transform=lambda im, f=perturb: base(f(im)),
-                             temperature=t, logit_bias=bias, progress=False)
-        y, pred = out["y_true"], out["y_pred"]
-        per_class = [float((pred[y == c] == c).mean()) for c in range(n) if (y == c).any()]
-        rows[name] = {"accuracy": round(float((pred == y).mean()), 4),
-                      "mean_class_accuracy": round(float(np.mean(per_class)), 4),
-                      "predicted_neutral_share": round(float((pred == 0).mean()), 4)}
+        rows[name] = accuracy_under(model, meta, test, perturb, args.batch_size)
         print(f"{name:30s} {rows[name]}  ({time.time() - t0:.0f}s)")
     ref = rows["none"]
     for r in rows.values():

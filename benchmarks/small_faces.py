@@ -17,21 +17,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-
 from _harness import command_line, log, now, write_json
 from _photo import group_image
+
 from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset
 from poster_fer.inference import Recognizer
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
 from poster_fer.samples import sample_path
 
-STRATEGIES = {"current": {}, "pad": {"pad_small": True}, "whole": {"whole_image_fallback": True},
+STRATEGIES = {"detector only": {"whole_image_fallback": False},
+              "pad": {"pad_small": True, "whole_image_fallback": False},
+              "whole": {"whole_image_fallback": True},
               "pad+whole": {"pad_small": True, "whole_image_fallback": True}}
 
 
