@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-
 from _harness import command_line, log, now, write_json
+from PIL import Image
+from robustness import accuracy_under
+
 from poster_fer import load_model
 from poster_fer.assets import shared_path
 from poster_fer.data import build_dataset, degrade
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
-from robustness import accuracy_under
 
 #: degradation -> (axis label, strengths from none to strongest, function(uint8 array, strength))
 SWEEPS: dict[str, tuple[str, list[float], Callable[[np.ndarray, float], np.ndarray]]] = {
@@ -42,7 +42,8 @@ SWEEPS: dict[str, tuple[str, list[float], Callable[[np.ndarray, float], np.ndarr
 }
 
 
-def perturbation(fn: Callable[[np.ndarray, float], np.ndarray], strength: float) -> Callable[[Image.Image], Image.Image]:
+def perturbation(fn: Callable[[np.ndarray, float], np.ndarray],
+                 strength: float) -> Callable[[Image.Image], Image.Image]:
     return lambda im: Image.fromarray(fn(np.asarray(im), strength))
 
 
