@@ -145,3 +145,16 @@ def test_robustness_benchmark_has_the_low_resolution_and_video_rows():
         out = robustness.PERTURBATIONS[row](im)
         assert out.size == im.size and out.mode == "L"
         assert np.asarray(out).tobytes() != np.asarray(im).tobytes()
+
+
+def test_the_robust_rule_decides_from_the_records():
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    rule = importlib.import_module("robust_rule")
+    old = {"none": {"accuracy": 0.88}, "blur": {"accuracy": 0.80}, "jpeg": {"accuracy": 0.82}}
+    better = {"none": {"accuracy": 0.88}, "blur": {"accuracy": 0.85}, "jpeg": {"accuracy": 0.816}}
+    out = rule.decide(0.8820, old, better)
+    assert out["ships"] and out["degradation_rows"]["change_points"] == {"blur": 5.0, "jpeg": -0.4}
+    assert not rule.decide(0.8800, old, better)["ships"]  # clean validation below 88.72 - 0.60
+    worse_row = {**better, "jpeg": {"accuracy": 0.81}}
+    assert not rule.decide(0.8820, old, worse_row)["ships"]  # one row more than half a point worse
