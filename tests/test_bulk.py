@@ -146,9 +146,8 @@ def test_parquet_reads_back_with_pandas_and_duckdb(tmp_path):
 @pytest.mark.parametrize("ext", ["jsonl", "csv", "parquet"])
 def test_resume_after_sigkill_writes_each_input_exactly_once(tmp_path, ext):
     data = make_archive(tmp_path / "in", images=200, videos=2, frames=10)
-    ref = tmp_path / "ref.jsonl"
-    if ext == "jsonl":
-        predict(str(data), "--output", str(ref))
+    ref = tmp_path / f"ref.{ext}"
+    predict(str(data), "--output", str(ref))  # the uninterrupted run, in the same format
     out = tmp_path / f"killed.{ext}"
     cmd = [sys.executable, "-m", "poster_fer.cli", "predict", "--no-progress", "--backend", "onnxruntime",
            str(data), "--output", str(out)]
@@ -173,10 +172,9 @@ def test_resume_after_sigkill_writes_each_input_exactly_once(tmp_path, ext):
     sources = [r["source"] for r in rows if key(r)[1:] in ((-1, 0), (0, 0))]  # each input's first row
     assert len(sources) == len(set(sources)) == 202  # every input, once
     assert not journal.exists() and not parts.exists()
-    if ext == "jsonl":
-        reference = jsonl_rows(ref)
-        assert sorted(map(key, rows)) == sorted(map(key, reference))
-        assert {key(r): r for r in rows} == {key(r): r for r in reference}
+    reference = {"jsonl": jsonl_rows, "csv": csv_rows, "parquet": parquet_rows}[ext](ref)
+    assert sorted(map(key, rows)) == sorted(map(key, reference))
+    assert {key(r): r for r in rows} == {key(r): r for r in reference}
 
 
 def test_a_finished_output_resumes_with_nothing_to_do_and_new_inputs_are_added(tmp_path):
