@@ -478,3 +478,30 @@ def test_real_fer2013_and_ferplus_counts() -> None:
         ds = FerPlusDataset(folder / "fer2013.csv.gz", folder / "fer2013new.csv", split)
         assert list(ds.report.class_counts.values()) == per_class, split
     assert sum(expected["train"]) == 25060 and sum(expected["test"]) == 3153
+
+
+def test_data_kind_follows_what_data_is_and_csv_columns_are_checked_up_front(tmp_path):
+    """Issue 39 item 1: --data labels.csv reads a CSV whatever the recipe's generic kind; a header of other
+    names is refused at once, naming the columns; a CSV given to the folder reader says how to read it."""
+    from PIL import Image
+
+    from poster_fer.data import DatasetError
+    from poster_fer.data.generic import CsvManifestDataset, ImageFolderDataset
+    from poster_fer_train.recipe import kind_for_root, load_recipe
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    good = tmp_path / "labels.csv"
+    good.write_text("path,label\na.png,happy\n")
+    assert load_recipe("finetune", data_root=str(good))["data"]["kind"] == "csv"
+    assert load_recipe("finetune", data_root=str(tmp_path))["data"]["kind"] == "folder"
+    assert kind_for_root("ferplus", str(good)) == "ferplus"  # a dataset's own kind is kept
+    assert kind_for_root("csv", str(tmp_path)) == "folder"
+    other = tmp_path / "other.csv"
+    other.write_text("file,emotion\na.png,happy\n")
+    with pytest.raises(DatasetError, match="missing columns path,label.*file,emotion"):
+        CsvManifestDataset(other)
+    headerless = tmp_path / "bare.csv"
+    headerless.write_text("a.png,happy\n")
+    assert len(CsvManifestDataset(headerless)) == 1  # a header stays optional
+    with pytest.raises(DatasetError, match="data.kind=csv"):
+        ImageFolderDataset(good)

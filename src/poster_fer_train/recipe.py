@@ -230,12 +230,28 @@ def load_recipe(name_or_file: str | dict[str, Any], overrides: dict[str, Any] | 
         set_key(recipe, key, value)
     if data_root is not None:
         recipe["data"]["root"] = data_root
+        recipe["data"]["kind"] = kind_for_root(recipe["data"]["kind"], data_root)
     _check_keys({k: v for k, v in recipe.items()}, f"{where} (after overrides)")
     recipe["data"]["root"] = expand_path(recipe["data"]["root"])
     recipe["model"]["pretrained"] = {k: expand_path(v) for k, v in (recipe["model"].get("pretrained") or {}).items()
                                      if v}
     recipe["source"] = source
     return recipe
+
+
+#: Data kinds that read a folder of class folders, and the one that reads a CSV of ``path,label`` rows.
+FOLDER_KINDS, CSV_KIND = ("folder",), "csv"
+
+
+def kind_for_root(kind: str, root: str) -> str:
+    """The data kind ``--data ROOT`` asks for: a ``.csv`` file is a CSV of path,label rows, a folder a folder of
+    class folders, whatever the recipe's generic kind says (a FER+, RAF-DB or AffectNet recipe keeps its own)."""
+    is_csv = Path(str(root)).suffix.lower() == ".csv"
+    if kind in FOLDER_KINDS and is_csv:
+        return CSV_KIND
+    if kind == CSV_KIND and Path(str(root)).expanduser().is_dir():
+        return FOLDER_KINDS[0]
+    return kind
 
 
 def expand_path(value: Any) -> Any:

@@ -65,6 +65,9 @@ class ImageFolderDataset(ImageFileDataset):
         split: str = "all",
     ) -> None:
         self.root = Path(root).expanduser()
+        if self.root.is_file():
+            raise DatasetError("is a file, not a folder of class folders (a CSV of path,label rows is read with "
+                               "data.kind=csv, which --data FILE.csv chooses)", self.root)
         if not self.root.is_dir():
             raise DatasetError("image folder not found", self.root)
         issues = IssueLog(on_error)
@@ -143,6 +146,10 @@ class CsvManifestDataset(ImageFileDataset):
                         col_split = heads.index("split") if "split" in heads else None
                         width = len(heads)
                         continue
+                    if not (base / fields[0].strip()).expanduser().is_file():  # a header of other names
+                        raise DatasetError(f"missing columns path,label: the first row {','.join(fields)!r} is "
+                                           "neither that header nor a row whose image exists (name the columns "
+                                           "path,label, optionally split)", self.manifest, line)
                 rows_read += 1
                 if len(fields) != width:
                     issues.error(
