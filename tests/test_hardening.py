@@ -4,7 +4,9 @@ budget and their conversion within a band's memory."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -239,3 +241,62 @@ def test_banded_loading_equals_pillow_conversion(tmp_path):
     ref = np.clip(np.rint(rgba[..., :3].astype(np.float32) * a + 255 * (1 - a)), 0, 255).astype(np.uint8)
     assert np.array_equal(got, ref)
     assert np.array_equal(load_image(tmp_path / "b.png"), rgba[..., :3])
+
+
+def _onnx_with_description(tmp_path, change):
+    """The shipped model's ONNX file with its embedded description changed by ``change(meta)``."""
+    import json as _json
+
+    import onnx
+
+    from poster_fer.export import META_KEY
+    from poster_fer.hub import pretrained_path
+
+    proto = onnx.load(str(pretrained_path() / "model.onnx"))
+    entry = next(e for e in proto.metadata_props if e.key == META_KEY)
+    meta = _json.loads(entry.value)
+    change(meta)
+    entry.value = _json.dumps(meta)
+    out = tmp_path / "lying.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(classes=m["classes"][:3], logit_bias=m["logit_bias"][:3], operating_points={},
+                        config=None),
+     "returns shape (1, 8) for one face, but its description names 3 classes"),
+    (lambda m: (m["preprocessing"].update(input_size=64), m.update(config=None)), "does not take the 64x64 input"),
+])
+def test_onnx_weights_that_lie_about_themselves_are_refused_at_open(tmp_path, change, message):
+    """Issue 39 item 11: a graph that does not match its description is one clear refusal, not a crash later
+    (a description with a model config is compared by check_metadata; without one, the graph itself is run)."""
+    from poster_fer.inference import InferenceError, load_backend
+
+    path = _onnx_with_description(tmp_path, change)
+    with pytest.raises(InferenceError, match=re.escape(message)):
+        load_backend(path)
+
+
+def test_a_model_that_outputs_nan_gives_an_error_record_never_a_label(tmp_path):
+    """Issue 39 item 11: NaN probabilities become an error for that input (exit status 1), and every record is
+    strict JSON."""
+    import json as _json
+
+    from poster_fer.inference import Recognizer, RecordWriter
+    from poster_fer.inference.job import JobOptions, JobStats, run_job
+    from poster_fer.inference.sources import collect_sources
+    from poster_fer.samples import sample_path
+
+    rec = Recognizer(backend=None)
+    real = rec.backend
+    rec.backend = type("NaNBackend", (), {"meta": real.meta, "device": "cpu",
+                                          "__call__": lambda self, x: np.full((len(x), 8), np.nan, np.float32)})()
+    sources, _ = collect_sources([sample_path()])
+    buf = io.StringIO()
+    stats = run_job(rec, sources, RecordWriter(buf, "jsonl", rec.classes), JobOptions(progress=False), JobStats())
+    (record,) = [_json.loads(line) for line in buf.getvalue().splitlines()]
+    assert record["status"] == "error" and "not a number" in record["error"] and record["label"] is None
+    assert stats.failures and stats.faces == 0
+    with pytest.raises(ValueError):
+        RecordWriter(io.StringIO(), "jsonl", ["a"]).write({"confidence": float("nan")})

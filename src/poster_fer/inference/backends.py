@@ -187,6 +187,7 @@ class OnnxBackend:
             raise InferenceError(f"{self.path}: the ONNX file carries no poster-fer metadata (classes, "
                                  "preprocessing); export it with `poster-fer export`")
         check_metadata(self.meta, self.path, rebuild=False)
+        _check_graph(self.session, self.meta, self.path)
         self.meta = _operating_point(self.meta, operating_point, self.path)
         self.temperature = _temperature(self.meta, self.path)
         self.logit_bias = _logit_bias(self.meta, self.path)
@@ -195,6 +196,23 @@ class OnnxBackend:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         logits = self.session(np.ascontiguousarray(batch, dtype=np.float32))
         return calibrate_logits(logits, self.temperature, self.logit_bias)
+
+
+def _check_graph(session: Any, meta: dict[str, Any], where: Path) -> None:
+    """Refuse an ONNX file whose graph does not do what its embedded description says (the input size the
+    preprocessing makes, one logit per class): one run on a blank batch, at open, instead of a crash at the first
+    face."""
+    size = int((meta.get("preprocessing") or {}).get("input_size") or 0)
+    classes = len(meta.get("classes") or [])
+    try:
+        out = np.asarray(session(np.zeros((1, 3, size, size), np.float32)))
+    except Exception as err:  # ONNX Runtime raises its own types when the shapes do not fit
+        text = str(err).splitlines()[0][:200]
+        raise InferenceError(f"{where}: its graph does not take the {size}x{size} input its description names "
+                             f"({text})") from None
+    if out.shape != (1, classes):
+        raise InferenceError(f"{where}: its graph returns shape {tuple(out.shape)} for one face, but its "
+                             f"description names {classes} classes; re-export it with `poster-fer export`")
 
 
 def resolve_backend(backend: str | None) -> str:

@@ -486,10 +486,17 @@ class Recognizer:
         probs = self.classify(all_crops) if all_crops else np.zeros((0, len(self.classes)), np.float32)
         i = 0
         for pred, faces, crops in pending:
-            for face, crop in zip(faces, crops, strict=True):
+            rows = probs[i:i + len(crops)]
+            i += len(crops)
+            bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+            if bad.size:  # a broken model (or weights) must not pass as a label: the input fails, named
+                pred.error = InferenceError(f"the model's output is not a number (NaN or infinite) for face "
+                                            f"{', '.join(map(str, bad))} of {len(crops)}; check the weights")
+                yield pred
+                continue
+            for face, crop, p in zip(faces, crops, rows, strict=True):
                 h, w = (pred.image if pred.image is not None else crop).shape[:2]
-                pred.faces.append(self.result(face, probs[i], (w, h), crop if return_crops else None))
-                i += 1
+                pred.faces.append(self.result(face, p, (w, h), crop if return_crops else None))
             yield pred
 
     def __repr__(self) -> str:

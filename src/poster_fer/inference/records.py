@@ -110,6 +110,11 @@ def csv_columns(classes: Sequence[str]) -> list[str]:
             *(f"p_{c}" for c in classes), "crop", "detection"]
 
 
+def _dumps(record: Mapping[str, Any]) -> str:
+    """Strict JSON: a NaN or infinity raises here rather than reach a file that JSON parsers reject."""
+    return json.dumps(record, ensure_ascii=False, allow_nan=False)
+
+
 class RecordWriter:
     """Write records as JSON lines, one JSON array or CSV to a text stream.
 
@@ -140,9 +145,9 @@ class RecordWriter:
         if self._csv is not None:
             self._csv.writerow(self._flatten(record))
         elif self.fmt == "json":
-            self.stream.write(("\n" if self.count == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+            self.stream.write(("\n" if self.count == 0 else ",\n") + _dumps(record))
         else:
-            self.stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.stream.write(_dumps(record) + "\n")
         if self.flush:
             self.stream.flush()
         self.count += 1
