@@ -747,3 +747,21 @@ def test_runner_listens_and_names_a_taken_port():
         listen("127.0.0.1", 70000)
     assert is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+
+
+def test_openapi_has_no_duplicate_operation_ids_and_healthz_answers_head():
+    """Issue 39 item 9: one route for GET and HEAD gave both one operation id (FastAPI warned on /docs)."""
+    import warnings
+
+    from fastapi.testclient import TestClient
+
+    from poster_fer.serve.app import create_app
+
+    app = create_app(Recognizer(backend=None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec = app.openapi()
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    with TestClient(app) as client:
+        assert client.head("/healthz").status_code == 200 and client.get("/healthz").json()["status"] == "ok"

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "checkpoint is not changed")
     p.add_argument("--tsne", action="store_true", help="also write tsne.png of the penultimate features (Fig. 5)")
     p.add_argument("--tsne-max-points", type=int, default=5000, help="t-SNE subsample size (default: 5000)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
     p.add_argument("--max-samples", type=int, help="evaluate a reproducible random subset of this many samples")
     add_device_argument(p)
