@@ -276,3 +276,16 @@ def test_a_face_sized_crop_without_a_detection_is_labelled_whole_unless_told_not
     assert rec["status"] == "ok" and rec["detection"] == "whole_image" and rec["box"] == [0, 0, 48, 48]
     off = subprocess.run([*base, "--no-whole-image"], capture_output=True, text=True, check=True).stdout
     assert _json.loads(off)["status"] == "no_face"
+
+
+def test_an_unknown_operating_point_is_refused_before_the_model_loads(monkeypatch, capsys):
+    """Issue 39 item 9: the check reads the weights' meta.json; nothing heavy is opened first."""
+    import poster_fer.inference.recognizer as recognizer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the option was checked")
+
+    monkeypatch.setattr(recognizer.Recognizer, "from_checkpoint", classmethod(no_loading))
+    assert main(["predict", __file__, "--operating-point", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no operating point 'nope'" in err and "balanced" in err

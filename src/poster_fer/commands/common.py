@@ -62,6 +62,32 @@ def weights_path(args: argparse.Namespace) -> Path:
     return path
 
 
+def check_operating_point(args: argparse.Namespace) -> None:
+    """Refuse an unknown ``--operating-point`` before anything loads, wherever the weights' record is a plain
+    ``meta.json`` (shipped and saved models); other checkpoints are checked when they open, as before."""
+    import json
+
+    from ..cli import UserError
+    from ..hub import resolve_weights
+    from ..probabilities import with_operating_point
+
+    point = getattr(args, "operating_point", None)
+    if point is None:
+        return
+    path = resolve_weights(getattr(args, "weights", None))
+    side = (path if path.is_dir() else path.parent) / "meta.json"
+    if not side.is_file():
+        return
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the loader says what is wrong with the record
+    try:
+        with_operating_point(meta, point)
+    except ValueError as err:
+        raise UserError(f"--operating-point: {path}: {err}") from None
+
+
 def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
     """Our format, or an official checkpoint via load_official, by :func:`poster_fer.hub.is_official_checkpoint`."""
     from ..cli import UserError

@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import InferenceError, Recognizer, RecordWriter, collect_sources
     from ..inference.job import JobOptions, JobStats, run_job
     from ..inference.sources import CameraError, camera_problem
-    from .common import output_dir, output_file
+    from .common import check_operating_point, output_dir, output_file
 
     if args.from_list is not None:
         args.paths = [*args.paths, *_read_list(args.from_list, args.list_column)]
@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir(args.out, "--out")
     if args.output is not None:
         output_file(args.output, "--output")
+    check_operating_point(args)
     fmt = "parquet" if args.engine == "ray" and args.output is not None and args.format is None and \
         args.output.suffix.lower() not in (".jsonl", ".json", ".csv") else record_format(args.output, args.format)
     _check_bulk(args, fmt)

@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from ..faces import build_detector
     from ..inference import InferenceError, Recognizer
     from ..inference.backends import torch_available
+    from .common import check_operating_point
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     if not 0 <= args.port <= 65535:
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    check_operating_point(args)
     try:
         sock = listen(args.host, args.port)  # first, so a taken port fails before the model loads
     except OSError as err:
