@@ -236,3 +236,25 @@ def test_label_function_local_engine(tmp_path):
     again = label([data], tmp_path / "r.parquet", engine="local", backend="onnxruntime", resume=True,
                   progress=False)
     assert again.inputs == 0 and again.skipped == 4
+
+
+def test_ray_pool_sizes_fill_the_cores_and_give_gpus_to_the_classifier():
+    from poster_fer.bulk.ray_engine import RayOptions, pool_sizes
+
+    assert pool_sizes(RayOptions(), False, cpus=2, gpus=0) == (1, 0.5, 2, 0.75, 0.0)
+    assert pool_sizes(RayOptions(), False, cpus=32, gpus=0) == (8, 0.5, 28, 1.0, 0.0)
+    assert pool_sizes(RayOptions(), True, cpus=16, gpus=2) == (2, 0.0, 16, 1.0, 1.0)  # PyTorch on GPUs
+    assert pool_sizes(RayOptions(actors=3, detect_actors=4), False, cpus=8, gpus=0) == (3, 0.5, 4, 1.0, 0.0)
+
+
+def test_plan_items_cuts_long_videos_into_segments_on_kept_frames(tmp_path):
+    from poster_fer.bulk.ray_engine import plan_items
+    from poster_fer.inference import collect_sources
+
+    data = make_archive(tmp_path / "in", images=1, videos=1, frames=25)
+    items = plan_items(collect_sources([data])[0], segment_frames=10, every=3)
+    video = [(it["segment"], it["start"], it["stop"]) for it in items if it["kind"] == "video"]
+    assert video == [(0, 0, 12), (1, 12, 24), (2, 24, None)]  # 12 = 10 rounded up to a multiple of every
+    assert [it["segment"] for it in items if it["kind"] == "image"] == [None]
+    whole = plan_items(collect_sources([data])[0], segment_frames=0)
+    assert [(it["segment"], it["start"], it["stop"]) for it in whole if it["kind"] == "video"] == [(0, 0, None)]

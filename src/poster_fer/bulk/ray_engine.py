@@ -37,7 +37,7 @@ from ..inference.sources import Source
 from .parquet import PartStore, check_same_weights
 from .table import records_to_table, schema
 
-__all__ = ["RayOptions", "plan_items", "run_ray"]
+__all__ = ["RayOptions", "plan_items", "pool_sizes", "run_ray"]
 
 ROWS_COLUMN = "_item_rows"  # rows the input produced in all: the driver writes an input once it has them all
 STAGE1 = pa.schema([("source", pa.string()), ("segment", pa.int32()), ("kind", pa.string()),
@@ -46,7 +46,7 @@ STAGE1 = pa.schema([("source", pa.string()), ("segment", pa.int32()), ("kind", p
 
 @dataclass
 class RayOptions:
-    """How the job spreads over Ray. None picks from the cluster's resources (see :func:`_pool_sizes`)."""
+    """How the job spreads over Ray. None picks from the cluster's resources (see :func:`pool_sizes`)."""
 
     address: str | None = None  # None: start Ray on this machine with all its cores; "auto" or "ray://...": join
     actors: int | None = None  # classify actors (fixed pool)
@@ -130,8 +130,8 @@ class DetectStage:
 
         from ..inference import Recognizer
 
-        cv2.setNumThreads(1)
-        self.rec = Recognizer.from_checkpoint(**recognizer_kwargs)
+        cv2.setNumThreads(1)  # one thread per actor: the pool, not each actor, spreads over the cores
+        self.rec = Recognizer.from_checkpoint(**{**recognizer_kwargs, "threads": 1})
         self.job = job
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -182,7 +182,11 @@ class ClassifyStage:
     def __init__(self, recognizer_kwargs: dict[str, Any], job: dict[str, Any], table_schema: pa.Schema) -> None:
         from ..inference import Recognizer
 
-        self.rec = Recognizer.from_checkpoint(**{**recognizer_kwargs, "detector": None})
+        if recognizer_kwargs.get("backend") == "torch" and recognizer_kwargs.get("device") != "cuda":
+            import torch
+
+            torch.set_num_threads(1)
+        self.rec = Recognizer.from_checkpoint(**{**recognizer_kwargs, "detector": None, "threads": 1})
         self.job = job
         self.schema = table_schema
 
@@ -251,15 +255,22 @@ def _init_ray(address: str | None) -> None:
              configure_logging=True)
 
 
-def _pool_sizes(opts: RayOptions, use_gpu: bool, cpus: int, gpus: int) -> tuple[int, int, float]:
-    """(classify actors, detect actors, GPUs per classify actor). Classification is the light stage on a CPU
-    (YuNet and decoding cost more per face than the 1.9 MB model), so it gets a quarter of the cores; with GPUs
-    one actor per GPU; the detect pool takes the rest."""
+#: CPU a classify actor reserves without a GPU: the model is light beside decoding and YuNet (about a tenth of
+#: a face's time on a CPU), so a whole core each would leave cores idle on a small machine.
+CLASSIFY_CPUS = 0.5
+
+
+def pool_sizes(opts: RayOptions, use_gpu: bool, cpus: int, gpus: int) -> tuple[int, float, int, float, float]:
+    """(classify actors, CPUs each, detect actors, CPUs each, GPUs per classify actor). Without GPUs one classify
+    actor per 4 CPUs at half a CPU each; the detect pool gets the rest, whole CPUs where there are enough (on 2
+    cores: one classify actor at 0.5 and two detect actors at 0.75). With GPUs and PyTorch: one classify actor
+    per GPU, and every CPU for the detect pool."""
     gpu_each = opts.gpus_per_actor if opts.gpus_per_actor is not None else (1.0 if use_gpu and gpus else 0.0)
     actors = opts.actors or (max(1, int(gpus // gpu_each)) if gpu_each else max(1, cpus // 4))
-    cpu_for_classify = 0 if gpu_each else actors
-    detect = opts.detect_actors or max(1, cpus - cpu_for_classify)
-    return actors, detect, gpu_each
+    classify_cpus = 0.0 if gpu_each else CLASSIFY_CPUS
+    left = max(cpus - actors * classify_cpus, 0.5)
+    detect = opts.detect_actors or max(1, round(left))
+    return actors, classify_cpus, detect, min(1.0, left / detect), gpu_each
 
 
 def run_ray(sources: list[Source], output: Path, recognizer_kwargs: dict[str, Any], job: dict[str, Any],
@@ -288,7 +299,7 @@ def run_ray(sources: list[Source], output: Path, recognizer_kwargs: dict[str, An
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
         use_gpu = recognizer_kwargs.get("backend") == "torch"
-        actors, detect, gpu_each = _pool_sizes(opts, use_gpu, cpus, gpus)
+        actors, classify_cpus, detect, detect_cpus, gpu_each = pool_sizes(opts, use_gpu, cpus, gpus)
         result.actors, result.detect_actors = actors, detect
         if gpu_each:
             recognizer_kwargs = {**recognizer_kwargs, "device": "cuda"}
@@ -297,11 +308,11 @@ def run_ray(sources: list[Source], output: Path, recognizer_kwargs: dict[str, An
         ctx.print_on_execution_start = False
         if todo:
             ds = rd.from_items(todo, override_num_blocks=min(len(todo), 64 * (actors + detect)))
-            ds = ds.map_batches(DetectStage, batch_size=1, batch_format="pyarrow", num_cpus=1,
+            ds = ds.map_batches(DetectStage, batch_size=1, batch_format="pyarrow", num_cpus=detect_cpus,
                                 compute=rd.ActorPoolStrategy(min_size=1, max_size=detect),
                                 fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job})
             ds = ds.map_batches(ClassifyStage, batch_size=opts.items_per_call, batch_format="pyarrow",
-                                num_cpus=0 if gpu_each else 1, num_gpus=gpu_each or None,
+                                num_cpus=classify_cpus, num_gpus=gpu_each or None,
                                 compute=rd.ActorPoolStrategy(size=actors),
                                 fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job,
                                                        "table_schema": table_schema})

@@ -162,7 +162,8 @@ class OnnxBackend:
     :class:`TorchBackend` does for the checkpoint it was exported from.
     """
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "auto", operating_point: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], device: str = "auto", operating_point: str | None = None,
+                 threads: int | None = None) -> None:
         if (device or "auto").lower() not in ("auto", "cpu"):
             raise InferenceError(f"the onnxruntime backend runs on the CPU here; device {device!r} needs the torch "
                                  "backend (`pip install 'poster-fer[torch]'`)")
@@ -177,7 +178,7 @@ class OnnxBackend:
         if not self.path.is_file():
             raise InferenceError(f"{self.path}: no such ONNX file")
         try:
-            self.session = OnnxRuntimeModel(str(self.path))
+            self.session = OnnxRuntimeModel(str(self.path), threads=threads)
         except Exception as err:  # ONNX Runtime raises its own types for a file that is not a model
             text = str(err).splitlines()[0][:300]
             raise InferenceError(text if str(self.path) in text else f"{self.path}: not a usable ONNX model ({text})") \
@@ -255,6 +256,7 @@ def load_backend(
     channel_order: str | None = None,
     autocast: str | None = None,
     operating_point: str | None = None,
+    threads: int | None = None,
 ) -> Backend:
     """Open a checkpoint for inference.
 
@@ -264,6 +266,7 @@ def load_backend(
     ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported model with its embedded metadata, or a model
     directory's ``model.onnx``. ``"auto"`` (default): torch when PyTorch is installed, else onnxruntime.
     ``operating_point``: one of the calibrations the weights record (``poster-fer info NAME``); None: its default.
+    ``threads``: ONNX Runtime's intra-op threads (None: one per core); one for each of many workers (Ray actors).
     """
     from ..hub import is_official_checkpoint
 
@@ -278,7 +281,7 @@ def load_backend(
     if kind == "onnxruntime":
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such checkpoint")
-        return OnnxBackend(onnx_file(p), device=device, operating_point=operating_point)
+        return OnnxBackend(onnx_file(p), device=device, operating_point=operating_point, threads=threads)
     _need_torch(f"{p} (backend 'torch')")
     from ..weights import load_model, load_official
 

@@ -294,6 +294,7 @@ class Recognizer:
         channel_order: str | None = None,
         autocast: str | None = None,
         operating_point: str | None = None,
+        threads: int | None = None,
         **kwargs: Any,
     ) -> Recognizer:
         """Open a checkpoint (None: the shipped default model; a shipped model's name, see
@@ -310,7 +311,7 @@ class Recognizer:
         path = resolve_weights(path)  # None: the default model; a shipped model's name: its folder
         be = load_backend(path, backend=backend, device=device, model=model, num_classes=num_classes,
                           classes=classes, channel_order=channel_order, autocast=autocast,
-                          operating_point=operating_point)
+                          operating_point=operating_point, threads=threads)
         return cls(be, detector=detector, detector_model=detector_model, **kwargs)
 
     @classmethod
