@@ -32,13 +32,11 @@ from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average
 
 #: degradation -> (axis label, strengths from none to strongest, function(uint8 array, strength))
 SWEEPS: dict[str, tuple[str, list[float], Callable[[np.ndarray, float], np.ndarray]]] = {
-    "blur": ("Gaussian sigma (px of the 48 px face)", [0, 0.5, 1.0, 1.5, 2.0, 3.0],
+    "blur": ("Gaussian sigma (px of the 48 px face)", [0, 0.5, 1.0, 1.5, 2.0],
              lambda a, s: degrade.gaussian_blur(a, s)),
-    "jpeg": ("JPEG quality", [100, 70, 50, 30, 15, 8], lambda a, q: degrade.jpeg(a, int(q))),
-    "low resolution": ("face width (px)", [48, 32, 24, 20, 16, 12], lambda a, s: degrade.low_resolution(a, int(s))),
-    "h264": ("H.264 CRF", [18, 26, 32, 36, 40, 45], lambda a, c: degrade.h264([a], int(c))[0]),
-    "brightness": ("brightness factor", [1.0, 1.2, 1.4, 1.6, 1.8, 2.0], lambda a, f: degrade.adjust_brightness(a, f)),
-    "darkness": ("brightness factor", [1.0, 0.8, 0.6, 0.45, 0.3, 0.2], lambda a, f: degrade.adjust_brightness(a, f)),
+    "jpeg": ("JPEG quality", [100, 50, 30, 15, 8], lambda a, q: degrade.jpeg(a, int(q))),
+    "low resolution": ("face width (px)", [48, 32, 24, 16, 12], lambda a, s: degrade.low_resolution(a, int(s))),
+    "brightness": ("brightness factor", [0.4, 0.7, 1.0, 1.4, 1.8], lambda a, f: degrade.adjust_brightness(a, f)),
 }
 
 
@@ -53,7 +51,7 @@ def plot(curves: dict[str, Any], labels: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     for ax, (name, (axis, strengths, _)) in zip(axes.flat, SWEEPS.items(), strict=True):
         for label in labels:
             acc = [100 * r["accuracy"] for r in curves[label][name]]
