@@ -765,3 +765,6 @@ def test_openapi_has_no_duplicate_operation_ids_and_healthz_answers_head():
     assert len(ids) == len(set(ids))
     with TestClient(app) as client:
         assert client.head("/healthz").status_code == 200 and client.get("/healthz").json()["status"] == "ok"
+        # issue 39 item 9: the shipped model's name keeps its tag in the answers and the Recognizer's repr
+        assert client.get("/healthz").json()["model"] == "poster_v1_mfn64_image.ferplus"
+    assert "model='poster_v1_mfn64_image.ferplus'" in repr(Recognizer(backend=None))

@@ -502,7 +502,8 @@ class Recognizer:
 
     def __repr__(self) -> str:
         det = getattr(self.detector, "name", None)
-        return (f"Recognizer(model={self.meta.get('model')!r}, classes={len(self.classes)}, device={self.device!r}, "
+        name = self.meta.get("weights") or self.meta.get("model")  # keep the weights' tag (.ferplus)
+        return (f"Recognizer(model={name!r}, classes={len(self.classes)}, device={self.device!r}, "
                 f"detector={det!r}, geometry={self.preprocessing.geometry.name!r}, batch_size={self.batch_size})")
 
 

@@ -164,7 +164,8 @@ class _Service:
     def __init__(self, recognizer: Recognizer, settings: ServeSettings, detectors: Sequence[FaceDetector]) -> None:
         self.rec = recognizer
         self.settings = settings
-        self.model_name = str(recognizer.meta.get("model") or "model")
+        # the weights' name with its tag (poster_v1_mfn64_image.ferplus), else the architecture's
+        self.model_name = str(recognizer.meta.get("weights") or recognizer.meta.get("model") or "model")
         self.metrics = Metrics(self.model_name, str(recognizer.device))
         # Detectors wrap OpenCV objects that are not thread-safe: each worker borrows one recognizer view,
         # which shares the model and preprocessing but owns its detector.
