@@ -15,7 +15,7 @@ from pathlib import Path
 import poster_fer
 
 SRC = Path(poster_fer.__file__).parent
-LIBRARY = {"_lazy", "assets", "checksums", "classes", "constants", "data", "devices", "distributed", "errors",
+LIBRARY = {"_lazy", "assets", "bulk", "checksums", "classes", "constants", "data", "devices", "distributed", "errors",
            "evaluation", "export", "faces", "fastpath", "hub", "inference", "jsonable", "models", "naming", "options",
            "precision", "pretrained", "probabilities", "provenance", "samples", "weights"}
 APPS = {"cli", "commands", "serve"}

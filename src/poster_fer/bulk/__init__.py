@@ -69,7 +69,8 @@ def run_metadata(rec: Any, weights: str | os.PathLike[str] | None, operating_poi
                  engine: str, command: str | None = None) -> dict[str, Any]:
     """What an output's metadata records: the weights (name, file, sha256), operating point, classes,
     poster-fer version, engine and command. Resuming checks the weights and classes against it."""
-    from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
+
     from ..checksums import sha256_of
     from ..constants import ONNX_FILE
     from ..hub import resolve_weights
@@ -83,8 +84,16 @@ def run_metadata(rec: Any, weights: str | os.PathLike[str] | None, operating_poi
     return {"weights": rec.meta.get("weights") or rec.meta.get("model"), "weights_file": str(path),
             "weights_sha256": sha256_of(path) if path.is_file() else None,
             "operating_point": operating_point or "default", "classes": list(rec.classes),
-            "poster_fer_version": __version__, "engine": engine,
+            "poster_fer_version": _version(version, PackageNotFoundError), "engine": engine,
             "command": command if command is not None else " ".join(["poster-fer", *sys.argv[1:]])}
+
+
+def _version(version: Any, missing: type[Exception]) -> str | None:
+    """The installed poster-fer's version (None from a source tree that was never installed)."""
+    try:
+        return version("poster-fer")
+    except missing:
+        return None
 
 
 def open_output(path: Path, fmt: str, classes: list[str], metadata: dict[str, Any], resume: bool) -> Any:
