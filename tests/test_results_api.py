@@ -76,12 +76,14 @@ def test_top_emotion_emotions_and_top():
 def test_to_dict_uses_the_attribute_names_and_to_record_the_wire_names():
     f = _face()
     d = f.to_dict()
-    assert list(d) == ["box", "landmarks", "landmarks_estimated", "score", "label", "confidence", "probabilities"]
+    assert list(d) == ["box", "landmarks", "landmarks_estimated", "score", "label", "confidence", "probabilities",
+                       "detection"]
     assert d["probabilities"] == {c: round(p, 4) for c, p in f.probabilities.items()}
     assert d["confidence"] == round(f.confidence, 4) and d["box"] == [12.35, 45.68, 100.0, 120.06]
     json.dumps(d)
     r = f.to_record()  # what the JSON-lines/CSV records and the HTTP API document: "scores"
-    assert list(r) == ["box", "landmarks", "landmarks_estimated", "score", "label", "confidence", "scores"]
+    assert list(r) == ["box", "landmarks", "landmarks_estimated", "score", "label", "confidence", "scores",
+                       "detection"]
     assert r["scores"] == d["probabilities"]
     assert {k: v for k, v in r.items() if k != "scores"} == {k: v for k, v in d.items() if k != "probabilities"}
 

@@ -178,7 +178,7 @@ class OnnxBackend:
         if not self.path.is_file():
             raise InferenceError(f"{self.path}: no such ONNX file")
         try:
-            self.session = OnnxRuntimeModel(str(self.path), threads=threads)
+            self.session = OnnxRuntimeModel(str(self.path), **({"threads": threads} if threads else {}))
         except Exception as err:  # ONNX Runtime raises its own types for a file that is not a model
             text = str(err).splitlines()[0][:300]
             raise InferenceError(text if str(self.path) in text else f"{self.path}: not a usable ONNX model ({text})") \

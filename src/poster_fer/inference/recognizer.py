@@ -142,9 +142,7 @@ class FaceResult:
         (:meth:`to_record`), while this dict, which Python code reads next to the attributes, uses the
         attribute's name ``probabilities``.
         """
-        d = self.to_record(decimals)
-        d["probabilities"] = d.pop("scores")
-        return d
+        return {("probabilities" if k == "scores" else k): v for k, v in self.to_record(decimals).items()}
 
     def to_record(self, decimals: int = 4) -> dict[str, Any]:
         """The documented wire form (the face keys of the prediction records and of the HTTP API): as
