@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from .table import read_run_metadata, records_to_table, schema
 
-__all__ = ["OutputMismatch", "ParquetFileSink", "PartStore", "table_keys"]
+__all__ = ["OutputMismatch", "ParquetFileSink", "PartStore", "row_keys", "table_keys"]
 
 Key = tuple[str, "int | None"]
 
@@ -31,9 +31,14 @@ class OutputMismatch(ValueError):
     """An existing output was written by other weights or classes: resuming into it would mix two models."""
 
 
+def row_keys(table: pa.Table) -> list[Key]:
+    """The (source, segment) input each row of a table belongs to, in row order."""
+    return list(zip(table.column("source").to_pylist(), table.column("segment").to_pylist(), strict=True))
+
+
 def table_keys(table: pa.Table) -> set[Key]:
     """The (source, segment) pairs a table's rows belong to."""
-    return set(zip(table.column("source").to_pylist(), table.column("segment").to_pylist(), strict=True))
+    return set(row_keys(table))
 
 
 def _fsync(path: Path) -> None:
@@ -181,14 +186,13 @@ class ParquetFileSink:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with pq.ParquetWriter(tmp, self.schema, compression="zstd") as out:
             if self.path.exists():
-                for group in range(pq.ParquetFile(self.path).num_row_groups):
-                    out.write_table(pq.ParquetFile(self.path).read_row_group(group).cast(self.schema))
+                existing = pq.ParquetFile(self.path)
+                for group in range(existing.num_row_groups):
+                    out.write_table(existing.read_row_group(group).cast(self.schema))
             for part in parts:
                 table = pq.read_table(part).cast(self.schema)
                 if old:  # a merge that died after its rename left these parts behind: keep each input once
-                    keep = [(s, g) not in old for s, g in zip(table.column("source").to_pylist(),
-                                                             table.column("segment").to_pylist(), strict=True)]
-                    table = table.filter(pa.array(keep))
+                    table = table.filter(pa.array([k not in old for k in row_keys(table)]))
                 out.write_table(table)
         _fsync(tmp)
         os.replace(tmp, self.path)

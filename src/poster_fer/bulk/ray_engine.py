@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..inference.sources import Source
-from .parquet import PartStore, check_same_weights
+from .parquet import PartStore, check_same_weights, row_keys
 from .table import records_to_table, schema
 
 __all__ = ["RayOptions", "plan_items", "pool_sizes", "run_ray"]
@@ -332,9 +332,8 @@ def _drain(ds: Any, store: PartStore, done: set, result: RayResult, total: int, 
     t0, faces = time.monotonic(), 0
     with bar:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-            keys = list(zip(block.column("source").to_pylist(), block.column("segment").to_pylist(), strict=True))
             starts = {}
-            for row, key in enumerate(keys):
+            for row, key in enumerate(row_keys(block)):
                 starts.setdefault(key, []).append(row)
             for key, rows in starts.items():
                 part = block.take(pa.array(rows))
