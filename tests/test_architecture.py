@@ -15,9 +15,10 @@ from pathlib import Path
 import poster_fer
 
 SRC = Path(poster_fer.__file__).parent
-LIBRARY = {"_lazy", "assets", "bulk", "checksums", "classes", "constants", "data", "devices", "distributed", "errors",
-           "evaluation", "export", "faces", "fastpath", "hub", "inference", "jsonable", "models", "naming", "options",
-           "precision", "pretrained", "probabilities", "provenance", "samples", "weights"}
+LIBRARY = {"_lazy", "architectures", "assets", "bulk", "checksums", "classes", "constants", "data", "devices",
+           "distributed", "errors", "evaluation", "export", "faces", "fastpath", "hub", "inference", "jsonable",
+           "models", "naming", "options", "precision", "pretrained", "probabilities", "provenance", "samples",
+           "weights"}
 APPS = {"cli", "commands", "serve"}
 TRAIN_APP = "poster_fer_train"
 FACADE = "__init__"  # ``poster_fer/__init__.py``: re-exports the library

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -118,6 +120,28 @@ def test_names_from_before_the_records_still_load_with_a_warning(old, new):
     with pytest.warns(DeprecationWarning):
         rec = poster_fer.Recognizer(old, detector=None)
     assert rec.meta["weights"] == new
+
+
+def test_list_models_says_which_weights_ship():
+    shipped = poster_fer.list_models(pretrained=True, available=True)
+    download = poster_fer.list_models(pretrained=True, available=False)
+    assert shipped == poster_fer.list_pretrained() == SHIPPED
+    assert set(download) == set(poster_fer.list_models("*official", pretrained=True))
+    assert sorted(shipped + download) == poster_fer.list_models(pretrained=True)
+    with pytest.raises(ValueError, match="pretrained=True"):
+        poster_fer.list_models(available=True)
+
+
+@pytest.mark.parametrize("call", ["create_model('poster_v1_ferplus_s')",
+                                  "create_model('poster_v1_ferplus_s', pretrained=True)",
+                                  "get_weights('poster_v1_ferplus_s')", "get_weights('poster_v1_ferplus_s_image')"])
+def test_the_deprecation_warning_points_at_the_callers_line(call, tmp_path):
+    """Python shows a DeprecationWarning by default only when it is attributed to __main__: a script's own line."""
+    script = tmp_path / "old_script.py"
+    script.write_text(f"import poster_fer\nx = 1\nposter_fer.{call}\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-1000:]
+    assert f"{script}:3: DeprecationWarning" in res.stderr, res.stderr[-1000:]
 
 
 def test_default_model_metadata():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import poster_fer
 from poster_fer import create_model, list_models
 from poster_fer.models import model_family
 
@@ -181,3 +182,18 @@ def test_created_models_do_not_share_registered_sub_configs():
     b = create_model("poster_v1_ferplus_mfn64_image")
     c = create_model("poster_v1_ferplus_mfn64_image")
     assert a.cfg.ir == b.cfg.ir and a.cfg.ir is not b.cfg.ir and b.cfg.ir is not c.cfg.ir
+
+
+def test_the_torch_free_architecture_table_is_the_registry():
+    """poster_fer.architectures answers list_models() without PyTorch; every name there is a registered variant
+    with that description, and registering a name missing there is refused."""
+    from poster_fer.architectures import ARCHITECTURES, RETIRED
+    from poster_fer.models import describe_model
+    from poster_fer.models import list_models as registered
+    from poster_fer.models.registry import aliases, register_model
+
+    assert sorted(ARCHITECTURES) == registered() == poster_fer.list_models()
+    assert all(describe_model(n) == d for n, d in ARCHITECTURES.items())
+    assert aliases() == RETIRED and set(RETIRED.values()) <= set(ARCHITECTURES)
+    with pytest.raises(ValueError, match="poster_fer.architectures"):
+        register_model("poster_v1_unlisted", "poster_v1")

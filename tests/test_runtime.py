@@ -124,6 +124,66 @@ def test_commands_without_torch_say_what_to_install(tmp_path):
     assert train.returncode == 2 and "poster-fer[train]" in train.stderr and "Traceback" not in train.stderr
 
 
+# Every command's main path in the light runtime: what needs an extra says which, exit 2, no traceback (issue 39).
+NEEDS_AN_EXTRA = {
+    "info": (["info", "poster_v1_tiny"], "poster-fer[torch]"),
+    "eval": (["eval", "--weights", poster_fer.DEFAULT_MODEL, "--data", ".", "--out", "e"], "poster-fer[torch]"),
+    "explain": (["explain", "--weights", poster_fer.DEFAULT_MODEL, str(sample_path()), "--out", "x"],
+                "poster-fer[torch]"),
+    "export": (["export", "--weights", poster_fer.DEFAULT_MODEL, "--format", "onnx", "--out", "m.onnx"],
+               "poster-fer[torch]"),
+    "convert": (["convert", "a.pth", "out", "--model", "poster_v1"], "poster-fer[torch]"),
+    "train": (["train", "--recipe", "tiny", "--out", "r"], "poster-fer[train]"),
+    "ablate": (["ablate", "--recipe", "tiny", "--out", "r"], "poster-fer[train]"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(NEEDS_AN_EXTRA))
+def test_every_command_without_torch_names_its_extra(command, tmp_path):
+    args, extra = NEEDS_AN_EXTRA[command]
+    res = run_cli(args, masked=True, tmp_path=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert extra in res.stderr and f"poster-fer {command}: error:" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "explain", "export", "serve"])
+def test_an_unknown_operating_point_is_refused_before_anything_heavy(command, tmp_path):
+    """With PyTorch masked, the answer is about the option, not the missing extra: nothing was imported first."""
+    args = {"predict": [str(sample_path())], "eval": ["--data", ".", "--out", "e"],
+            "explain": [str(sample_path()), "--out", "x"], "export": ["--format", "onnx", "--out", "m.onnx"],
+            "serve": ["--port", "0"]}[command]
+    res = run_cli([command, *args, "--operating-point", "nope"], masked=True, tmp_path=tmp_path)
+    assert res.returncode == 2 and "no operating point 'nope'" in res.stderr and "balanced" in res.stderr, \
+        res.stderr[-1500:]
+
+
+def test_info_list_needs_no_torch_and_marks_what_ships(tmp_path):
+    res = run_cli(["info", "--list"], masked=True, tmp_path=tmp_path)
+    assert res.returncode == 0 and "LOADED=[]" in res.stderr, res.stderr[-2000:]
+    marks = {line[2:].split()[0]: line[0] for line in res.stdout.splitlines()
+             if line[:1] in "*+ " and line[2:3].strip() and line[2:].split()[0] in poster_fer.list_models()}
+    assert marks[poster_fer.DEFAULT_MODEL.split(".")[0]] == "*"
+    assert marks["poster_v1"] == marks["poster_v2"] == "+"  # the authors' checkpoints: download only
+    assert marks["poster_v1_tiny"] == " "
+    assert set(marks) == set(poster_fer.list_models())
+
+
+def test_serve_without_its_extra_names_it(tmp_path):
+    code = MASKED_MAIN.replace(f"for m in {MASKED!r}:", f"for m in {(*MASKED, 'fastapi', 'uvicorn')!r}:")
+    res = subprocess.run([sys.executable, "-c", code, "serve", "--port", "0"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert res.returncode == 2 and "poster-fer[serve]" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_every_extra_named_in_errors_exists_in_pyproject():
+    from poster_fer.errors import EXTRAS
+
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[project.optional-dependencies]")[1].split("\n[")[0]
+    assert all(f"\n{extra} = [" in section for _, extra in EXTRAS.values())
+
+
 def test_onnx_backend_on_a_folder_without_model_onnx(tmp_path):
     folder = tmp_path / "mine"
     shutil.copytree(get_weights(poster_fer.DEFAULT_MODEL).path(), folder)

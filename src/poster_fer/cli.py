@@ -14,6 +14,9 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .errors import UserError, missing_extra
+
+__all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 
 # Subcommands in the order --help lists them, each the module that registers it: the library's own, and the
 # training app's (poster_fer_train, a second package of the same project), named as strings so the library never
@@ -25,10 +28,6 @@ COMMANDS: dict[str, str] = {
     "predict": "poster_fer.commands.predict", "serve": "poster_fer.commands.serve",
     "export": "poster_fer.commands.export",
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input, reported without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     torch-free :mod:`poster_fer.errors`, so reporting them needs no PyTorch."""
     from .errors import USER_ERRORS
 
-    return (UserError, *USER_ERRORS)
+    return USER_ERRORS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except known as e:
         print(f"poster-fer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency this command needs: name the extra, no traceback
+        fix = missing_extra(e)
+        if fix is None:
+            raise
+        print(f"poster-fer {args.command}: error: this command {fix}", file=sys.stderr)
         return 2
     except OSError as e:  # the disk is full, a folder is not writable, ...: the file and the reason, no traceback
         where = f"{e.filename}: " if e.filename else ""

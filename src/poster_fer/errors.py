@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["USER_ERRORS", "CheckpointError", "DatasetError", "DetectorError", "ImageLoadError", "InferenceError"]
+__all__ = ["EXTRAS", "USER_ERRORS", "CheckpointError", "DatasetError", "DetectorError", "ImageLoadError",
+           "InferenceError", "UserError", "missing_extra"]
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported without a traceback (also ``poster_fer.cli.UserError``)."""
 
 
 class CheckpointError(ValueError):
@@ -44,6 +49,28 @@ class InferenceError(RuntimeError):
     """The recognizer cannot be set up as asked (missing backend, device, unreadable model); says what to do."""
 
 
+#: Optional modules -> (what a person calls it, the extra that brings it). The command line turns a missing one
+#: into "needs X: pip install 'poster-fer[extra]'" (exit 2), so no command of the light runtime ends in an
+#: import traceback; pyproject.toml's extras are the source, tests/test_runtime.py checks the two agree.
+EXTRAS: dict[str, tuple[str, str]] = {
+    "torch": ("PyTorch", "torch"), "torchvision": ("torchvision", "torch"), "safetensors": ("safetensors", "torch"),
+    "yaml": ("PyYAML", "train"), "onnx": ("onnx", "onnx"), "sklearn": ("scikit-learn", "analysis"),
+    "matplotlib": ("matplotlib", "analysis"), "av": ("PyAV", "video"), "fastapi": ("FastAPI", "serve"),
+    "uvicorn": ("uvicorn", "serve"), "multipart": ("python-multipart", "serve"),
+    "fastapi_offline": ("fastapi-offline", "serve"), "pyarrow": ("pyarrow", "parquet"), "ray": ("Ray", "ray"),
+}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """The one-line fix for an optional module that is not installed, or None when ``err`` is not about one
+    (a missing module of our own is a bug and keeps its traceback)."""
+    root = (err.name or "").split(".")[0]
+    if root not in EXTRAS:
+        return None
+    label, extra = EXTRAS[root]
+    return f"needs {label}, which this install lacks: pip install 'poster-fer[{extra}]'"
+
+
 #: What the command line reports as ``poster-fer CMD: error: MESSAGE`` (exit 2) rather than a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError, DatasetError, ImageLoadError, DetectorError,
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, CheckpointError, DatasetError, ImageLoadError, DetectorError,
                                                  FileNotFoundError)

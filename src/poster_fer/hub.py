@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .architectures import list_architectures
 from .constants import DEFAULT_MODEL, OFFICIAL_SUFFIXES
 from .weights.records import get_weights, list_weights, pretrained_root
 
@@ -27,14 +28,21 @@ log = logging.getLogger("poster_fer")
 # DEFAULT_MODEL (the weights used when none are given) is defined in :mod:`poster_fer.constants`, which imports
 # nothing heavy, so ``poster-fer --help`` can show it without loading torch; it stays importable from here.
 
-def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:
-    """Registered architectures; with ``pretrained=True`` the weight sets instead (``architecture.tag``, the
-    shipped ones and the records of downloadable official checkpoints). ``pattern``: shell wildcards
-    (``"*mfn*"``) or a substring."""
-    if pretrained:
-        return list_weights(pattern)
-    from .models import list_models as list_architectures
+def list_models(pattern: str | None = None, pretrained: bool = False, available: bool | None = None) -> list[str]:
+    """Registered architectures; with ``pretrained=True`` the weight sets instead (``architecture.tag``).
+    ``pattern``: shell wildcards (``"*mfn*"``) or a substring.
 
+    Weight sets are of two kinds: those whose files ship in the package (``create_model(name, pretrained=True)``
+    loads them offline) and records of the authors' official checkpoints, which you download yourself and open
+    with :func:`poster_fer.load_official`. ``available=True`` lists only the first, ``available=False`` only the
+    second; None (the default, as before) both. Needs no PyTorch."""
+    if pretrained:
+        names = list_weights(pattern)
+        if available is None:
+            return names
+        return [n for n in names if get_weights(n).shipped is bool(available)]
+    if available is not None:
+        raise ValueError("available= filters weight sets: pass pretrained=True with it")
     return list_architectures(pattern)
 
 

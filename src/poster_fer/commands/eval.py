@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_device_argument, add_weights_arguments, command_line, load_weights
+from .common import add_device_argument, add_weights_arguments, check_operating_point, command_line, load_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,6 +84,7 @@ def _dataset_choice(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
 
     from ..cli import UserError
     from ..data import build_dataset

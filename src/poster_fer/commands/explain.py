@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import add_device_argument, add_weights_arguments, command_line, load_weights
+from .common import add_device_argument, add_weights_arguments, check_operating_point, command_line, load_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
     import numpy as np
     import torch
     from PIL import Image

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_weights_arguments, load_weights
+from .common import add_weights_arguments, check_operating_point, load_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
     from ..cli import UserError
 
     try:

@@ -5,6 +5,48 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
+
+
+def print_list(as_json: bool) -> int:
+    """Architectures and weight sets, marked by where their weights are; torch-free (the light runtime lists them
+    too, in a tenth of a second)."""
+    from ..architectures import describe_architecture, list_architectures
+    from ..constants import DEFAULT_MODEL
+    from ..weights.records import get_weights, list_weights
+
+    names = list_architectures()
+    weights = {n: get_weights(n) for n in list_weights()}
+    by_arch: dict[str, list[str]] = {}
+    for n, r in weights.items():
+        by_arch.setdefault(r.architecture, []).append(n)
+    if as_json:
+        print(json.dumps({"architectures": {n: {"description": describe_architecture(n),
+                                                "weights": by_arch.get(n, []),
+                                                "shipped_weights": [w for w in by_arch.get(n, [])
+                                                                    if weights[w].shipped]}
+                                            for n in names},
+                          "weights": {n: {"shipped": r.shipped, "default": n == DEFAULT_MODEL,
+                                          "description": r.description} for n, r in weights.items()}},
+                         indent=2))
+        return 0
+    width = max(map(len, names))
+    print("architectures (poster_fer.create_model(NAME)): * = weights ship in the package, "
+          "+ = records of the authors' checkpoints only (download them yourself)")
+    for n in names:
+        kinds = {weights[w].shipped for w in by_arch.get(n, [])}
+        mark = "*" if True in kinds else "+" if kinds else " "
+        print(f"{mark} {n:<{width}}  {describe_architecture(n)}")
+    width = max(map(len, weights))
+    print("\nweights (create_model(NAME, pretrained=True), --weights NAME, --init NAME; "
+          "download: poster_fer.load_official(FILE, model=NAME)):")
+    for n, r in weights.items():
+        where = "shipped" if r.shipped else "download"
+        acc = (r.metrics.get("test") or {}).get("accuracy")
+        score = f", FER+ test {acc * 100:.2f}%" if acc is not None else ""
+        default = " (the default)" if n == DEFAULT_MODEL else ""
+        print(f"  {n:<{width}}  [{where}{score}]{default} {r.description}")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,59 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-    from ..hub import DEFAULT_MODEL
-    from ..models import describe_model, list_models
-    from ..weights.records import get_weights, list_weights
-
     if args.list or not args.model:
-        names = list_models()
-        weights = {n: get_weights(n) for n in list_weights()}
-        by_arch: dict[str, list[str]] = {}
-        for n, r in weights.items():
-            by_arch.setdefault(r.architecture, []).append(n)
-        if args.json:
-            print(json.dumps({"architectures": {n: {"description": describe_model(n), "weights": by_arch.get(n, [])}
-                                                for n in names},
-                              "weights": {n: {"shipped": r.shipped, "default": n == DEFAULT_MODEL,
-                                              "description": r.description} for n, r in weights.items()}},
-                             indent=2))
-            return 0
-        width = max(map(len, names))
-        print("architectures (poster_fer.create_model(NAME); * = has weights):")
-        for n in names:
-            mark = "*" if n in by_arch else " "
-            print(f"{mark} {n:<{width}}  {describe_model(n)}")
-        width = max(map(len, weights))
-        print("\nweights (create_model(NAME, pretrained=True), --weights NAME, --init NAME):")
-        for n, r in weights.items():
-            where = "shipped" if r.shipped else "download"
-            acc = (r.metrics.get("test") or {}).get("accuracy")
-            score = f", FER+ test {acc * 100:.2f}%" if acc is not None else ""
-            default = " (the default)" if n == DEFAULT_MODEL else ""
-            print(f"  {n:<{width}}  [{where}{score}]{default} {r.description}")
-        return 0
-    from .. import create_model, load_model
+        return print_list(args.json)
+    model = _build(args)
     from ..models.stats import model_stats
-    from .common import parse_overrides
 
-    if Path(args.model).exists():
-        model = load_model(args.model)
-    elif "." in args.model and args.model.split(".")[0] in list_models():
-        try:
-            record = get_weights(args.model)
-        except KeyError as e:
-            raise UserError(str(e.args[0])) from None
-        model = create_model(args.model, pretrained=True) if record.shipped else create_model(
-            record.architecture, num_classes=record.num_classes)
-    elif args.model in list_models():
-        try:
-            model = create_model(args.model, **parse_overrides(args.set))
-        except (TypeError, ValueError) as e:
-            raise UserError(str(e)) from None
-    else:
-        raise UserError(f"{args.model!r} is neither a registered model, known weights nor a saved model path "
-                        f"(see poster-fer info --list)")
     stats = model_stats(model)
     meta = getattr(model, "meta", None) or {}
     if meta.get("classes"):
@@ -88,6 +82,34 @@ def run(args: argparse.Namespace) -> int:
         for name, point in (stats.get("operating_points") or {}).items():
             print(f"operating point  {name}: {_describe_point(point)}")
     return 0
+
+
+def _build(args: argparse.Namespace) -> Any:
+    """The model ``info NAME`` describes: a saved folder, shipped weights, or an architecture with overrides.
+    The name is checked against the torch-free tables first, so a typo is reported before PyTorch loads."""
+    from .. import create_model, load_model
+    from ..architectures import list_architectures
+    from ..errors import UserError
+    from ..weights.records import get_weights
+    from .common import parse_overrides
+
+    if Path(args.model).exists():
+        return load_model(args.model)
+    if "." in args.model and args.model.split(".")[0] in list_architectures():
+        try:
+            record = get_weights(args.model)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+        if record.shipped:
+            return create_model(args.model, pretrained=True)
+        return create_model(record.architecture, num_classes=record.num_classes)
+    if args.model in list_architectures():
+        try:
+            return create_model(args.model, **parse_overrides(args.set))
+        except (TypeError, ValueError) as e:
+            raise UserError(str(e)) from None
+    raise UserError(f"{args.model!r} is neither a registered model, known weights nor a saved model path "
+                    f"(see poster-fer info --list)")
 
 
 def _points_with_scores(meta: dict) -> dict:

@@ -31,7 +31,7 @@ from .dlib_resnet import DLIB_MEAN_RGB, DLIB_SCALE, DlibResNet
 from .ir import IRBackbone, IRConfig
 from .layers import ClassificationHead, CrossAttention, DropPath, Mlp, SEBlock, ViTBlock, adaptive_avg_pool
 from .mobilefacenet import MobileFaceNet
-from .registry import check_ranges, register_alias, register_family, register_model
+from .registry import check_ranges, register_family, register_model
 
 IMAGE_BACKBONES = ("ir", "arcface_mobilefacenet", "dlib_resnet")
 _DEFAULT_LAYER = {"arcface_mobilefacenet": "stage4", "dlib_resnet": "level2"}
@@ -359,19 +359,13 @@ register_family("poster_v1", Poster, PosterConfig)
 _TINY = dict(dims=(64, 32, 16), depth=1, heads=2, ir=IRConfig(units=(1, 1, 1), widths=(16, 32, 64), stem_width=16),
              drop_path=0.0)
 
-register_model("poster_v1", "poster_v1", "POSTER as the official RAF-DB code builds it (Table 4 f)")
-register_model("poster_v1_affectnet", "poster_v1", "official AffectNet variant: no per-block token conv",
-               token_conv=False)
-register_model("poster_v1_landmark_only", "poster_v1", "Table 4 (a): landmark stream, vanilla encoders",
-               streams="landmark", fusion="self", pyramid=False)
-register_model("poster_v1_image_only", "poster_v1", "Table 4 (b): image stream, vanilla encoders",
-               streams="image", fusion="self", pyramid=False)
-register_model("poster_v1_baseline", "poster_v1", "Table 4 (c): concatenated tokens, vanilla encoders",
-               fusion="self", pyramid=False)
-register_model("poster_v1_baseline_pyramid", "poster_v1", "Table 4 (d): baseline + pyramid",
-               fusion="self", pyramid=True)
-register_model("poster_v1_baseline_crossfusion", "poster_v1", "Table 4 (e): baseline + cross-fusion",
-               fusion="cross", pyramid=False)
+register_model("poster_v1", "poster_v1")
+register_model("poster_v1_affectnet", "poster_v1", token_conv=False)
+register_model("poster_v1_landmark_only", "poster_v1", streams="landmark", fusion="self", pyramid=False)
+register_model("poster_v1_image_only", "poster_v1", streams="image", fusion="self", pyramid=False)
+register_model("poster_v1_baseline", "poster_v1", fusion="self", pyramid=False)
+register_model("poster_v1_baseline_pyramid", "poster_v1", fusion="self", pyramid=True)
+register_model("poster_v1_baseline_crossfusion", "poster_v1", fusion="cross", pyramid=False)
 # Architectures of the models trained here on FER+ (their weights: poster_fer.weights.records, named
 # ``<architecture>.ferplus``; docs/model-card.md). The defaults keep FER+'s 8 classes, the 48 px input of FER
 # crops and the pooled 7x7 image tokens; landmarks run at 80 px (as good as 112 here, half the cost).
@@ -386,52 +380,40 @@ _SMALL_IR = IRConfig(units=(1, 2, 2), widths=(48, 96, 192), stem_width=32)
 _MFN: dict[str, Any] = dict(_SMALL, resize_mode="bilinear", image_backbone="arcface_mobilefacenet",
                             image_layer="stage4", ir=_SMALL_IR)
 
-register_model("poster_v1_s", "poster_v1", "small two-stream POSTER, 48 px IR image stream (configs/ferplus_default)",
+register_model("poster_v1_s", "poster_v1",
                backbone_size=48, ir=_SMALL_IR, **_SMALL)
-register_model("poster_v1_s_image", "poster_v1", "small image-only POSTER, 48 px IR image stream",
+register_model("poster_v1_s_image", "poster_v1",
                backbone_size=48, ir=_SMALL_IR, **_SMALL, **_IMAGE_ONLY)
-register_model("poster_v1_mfn", "poster_v1", "two-stream POSTER, ArcFace MobileFaceNet image stream at 112 px",
+register_model("poster_v1_mfn", "poster_v1",
                backbone_size=112, **_MFN)
-register_model("poster_v1_mfn_image", "poster_v1", "image-only POSTER, ArcFace MobileFaceNet image stream at 112 px",
+register_model("poster_v1_mfn_image", "poster_v1",
                backbone_size=112, **_MFN, **_IMAGE_ONLY)
 # At 64 px an epoch costs about a third of 112 px and the photo pipeline runs as fast as with the 48 px IR stream;
 # poster_v1_mfn64_image is the default model's architecture, poster_v1_mfn64 the paper's two-stream POSTER over
 # the same image stream (issue 23, configs/table4_mfn64.yaml).
 register_model("poster_v1_mfn64_image", "poster_v1",
-               "image-only POSTER, ArcFace MobileFaceNet image stream at 64 px (the default model's)",
                backbone_size=64, **_MFN, **_IMAGE_ONLY)
 register_model("poster_v1_mfn64", "poster_v1",
-               "two-stream POSTER (cross-fusion, pyramid), ArcFace MobileFaceNet image stream at 64 px",
                backbone_size=64, **_MFN)
 # The other Table-4 rows at the same scale (configs/table4_mfn64_*.yaml): registered so a trained run can be saved,
 # evaluated and loaded under an architecture name like every variant (benchmarks/default_model.py checks the run's
 # config equals the name's).
-for _name, _row, _fields in (("poster_v1_mfn64_baseline", "(c) baseline: concatenated tokens, self-attention",
-                              dict(fusion="self", pyramid=False)),
-                             ("poster_v1_mfn64_baseline_pyramid", "(d) baseline + pyramid",
-                              dict(fusion="self", pyramid=True)),
-                             ("poster_v1_mfn64_crossfusion", "(e) baseline + cross-fusion, no pyramid",
-                              dict(fusion="cross", pyramid=False))):
-    register_model(_name, "poster_v1", f"Table 4 {_row}, ArcFace MobileFaceNet image stream at 64 px",
-                   backbone_size=64, **_MFN, **_fields)
-register_model("poster_v1_dlib", "poster_v1", "two-stream POSTER, dlib face-recognition ResNet image stream",
+for _name, _fields in (("poster_v1_mfn64_baseline", dict(fusion="self", pyramid=False)),
+                       ("poster_v1_mfn64_baseline_pyramid", dict(fusion="self", pyramid=True)),
+                       ("poster_v1_mfn64_crossfusion", dict(fusion="cross", pyramid=False))):
+    register_model(_name, "poster_v1", backbone_size=64, **_MFN, **_fields)
+register_model("poster_v1_dlib", "poster_v1",
                num_classes=8, input_size=48, backbone_size=150, landmark_size=80, image_tokens="pool",
                resize_mode="bilinear", dims=(128, 64, 32), depth=2, heads=4, mlp_ratio=2.0, drop_path=0.1,
                image_backbone="dlib_resnet", image_layer="level2")
-# Names from before architectures and weights were split (issue 22): each named an architecture and its FER+
-# weights at once. They keep building the architecture, with a DeprecationWarning; as weight names they map to
-# ``<architecture>.ferplus`` (poster_fer.weights.records).
-for _old, _new in (("poster_v1_ferplus_s", "poster_v1_s"), ("poster_v1_ferplus_s_image", "poster_v1_s_image"),
-                   ("poster_v1_ferplus_mfn", "poster_v1_mfn"), ("poster_v1_ferplus_mfn_image", "poster_v1_mfn_image"),
-                   ("poster_v1_ferplus_mfn64_image", "poster_v1_mfn64_image"),
-                   ("poster_v1_ferplus_dlib", "poster_v1_dlib")):
-    register_alias(_old, _new)
-register_model("poster_v1_tiny", "poster_v1", "a few-layer POSTER for tests", **_TINY)
-register_model("poster_v1_tiny_mfn", "poster_v1", "tiny POSTER with a (2-stage) ArcFace MobileFaceNet image stream",
+# Names from before architectures and weights were split (issue 22) keep building their architecture with a
+# DeprecationWarning: poster_fer.architectures.RETIRED; as weight names they map to ``<architecture>.ferplus``.
+register_model("poster_v1_tiny", "poster_v1", **_TINY)
+register_model("poster_v1_tiny_mfn", "poster_v1",
                dims=(64, 32, 16), depth=1, heads=2, drop_path=0.0, input_size=48, backbone_size=64,
                landmark_size=64, image_tokens="pool", image_backbone="arcface_mobilefacenet", image_layer="stage2")
-register_model("poster_v1_tiny_dlib", "poster_v1", "tiny POSTER with a (1-level) dlib ResNet image stream",
+register_model("poster_v1_tiny_dlib", "poster_v1",
                dims=(64, 32, 16), depth=1, heads=2, drop_path=0.0, input_size=48, backbone_size=64,
                landmark_size=64, image_tokens="pool", image_backbone="dlib_resnet", image_layer="level4")
-register_model("poster_v1_tiny_image_only", "poster_v1", "tiny image-only POSTER for tests",
+register_model("poster_v1_tiny_image_only", "poster_v1",
                streams="image", fusion="self", pyramid=False, **_TINY)

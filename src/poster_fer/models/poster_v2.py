@@ -241,6 +241,6 @@ class PosterV2(FERModel):
 
 
 register_family("poster_v2", PosterV2, PosterV2Config)
-register_model("poster_v2", "poster_v2", "POSTER++ (7 or 8 classes via num_classes)")
-register_model("poster_v2_tiny", "poster_v2", "a small POSTER++ for tests",
+register_model("poster_v2", "poster_v2")
+register_model("poster_v2_tiny", "poster_v2",
                ir=IRConfig(units=(1, 1, 1), split_stages=True), embed_dim=64, vit_depth=1, vit_heads=2)

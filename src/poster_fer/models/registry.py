@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from ..architectures import ARCHITECTURES, RETIRED
 from ..jsonable import to_jsonable
-from ..naming import name_matches
+from ..naming import name_matches, warn_deprecated
 
 # family name -> (model class, config class)
 _FAMILIES: dict[str, tuple[type[nn.Module], type]] = {}
 # registered variant name -> (family name, default config overrides, one-line description)
 _VARIANTS: dict[str, tuple[str, dict[str, Any], str]] = {}
-# retired name -> current architecture name
-_ALIASES: dict[str, str] = {}
+# retired name -> current architecture name (poster_fer.architectures, the torch-free table)
+_ALIASES: dict[str, str] = dict(RETIRED)
 
 
 def check_ranges(cfg: Any, limits: dict[str, tuple[float, float]]) -> None:
@@ -49,11 +49,15 @@ def register_family(name: str, model_cls: type[nn.Module], config_cls: type) -> 
     _FAMILIES[name] = (model_cls, config_cls)
 
 
-def register_model(name: str, family: str, description: str = "", **defaults: Any) -> None:
-    """Register a named variant of ``family`` with config defaults."""
+def register_model(name: str, family: str, **defaults: Any) -> None:
+    """Register a named variant of ``family`` with config defaults; its description is the one
+    :mod:`poster_fer.architectures` holds (a name missing there is refused, so the torch-free list stays whole)."""
     if name in _VARIANTS:
         raise ValueError(f"model {name!r} is already registered")
-    _VARIANTS[name] = (family, defaults, description)
+    if name not in ARCHITECTURES:
+        raise ValueError(f"model {name!r} is not in poster_fer.architectures.ARCHITECTURES: add it there with its "
+                         "one-line description")
+    _VARIANTS[name] = (family, defaults, ARCHITECTURES[name])
 
 
 def register_alias(old: str, new: str) -> None:
@@ -63,11 +67,11 @@ def register_alias(old: str, new: str) -> None:
     _ALIASES[old] = new
 
 
-def resolve_alias(name: str, stacklevel: int = 3) -> str:
+def resolve_alias(name: str) -> str:
     """The current architecture name of ``name`` (itself unless it is a retired alias, which warns)."""
     if name in _ALIASES:
         new = _ALIASES[name]
-        warnings.warn(f"model name {name!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=stacklevel)
+        warn_deprecated(f"model name {name!r} is deprecated; use {new!r}")
         return new
     return name
 
@@ -88,6 +92,7 @@ def model_family(name: str) -> str:
 
 
 def describe_model(name: str) -> str:
+    """The one-line description of an architecture (from :mod:`poster_fer.architectures`)."""
     return _lookup(name)[2]
 
 
@@ -101,7 +106,7 @@ def _lookup(name: str) -> tuple[str, dict[str, Any], str]:
 
 def architecture_of(name: str) -> str:
     """The registered architecture a name builds: ``arch.tag`` -> ``arch``; a retired alias -> its new name."""
-    return resolve_alias(name.split(".", 1)[0], stacklevel=4)
+    return resolve_alias(name.split(".", 1)[0])
 
 
 def build_config(family: str, values: dict[str, Any]) -> Any:

@@ -20,14 +20,14 @@ from __future__ import annotations
 import functools
 import json
 import types
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..architectures import RETIRED
 from ..errors import CheckpointError
-from ..naming import name_matches
+from ..naming import name_matches, warn_deprecated
 
 __all__ = ["RECORDS_FILE", "WeightsRecord", "find_official", "get_weights", "list_weights", "load_records",
            "pretrained_root"]
@@ -180,16 +180,13 @@ def get_weights(name: str) -> WeightsRecord:
         return records[name]
     old = _aliases()
     if name in old:
-        warnings.warn(f"weights name {name!r} is deprecated; use {old[name]!r}", DeprecationWarning, stacklevel=2)
+        warn_deprecated(f"weights name {name!r} is deprecated; use {old[name]!r}")
         return records[old[name]]
     if "." not in name:
-        # A current architecture name needs no registry (so no PyTorch); a retired one is resolved by it.
-        if any(r.architecture == name for r in records.values()):
-            arch = name
-        else:
-            from ..models.registry import architecture_of
-
-            arch = architecture_of(name)
+        # Resolved from the torch-free table of architectures, so no PyTorch is needed.
+        arch = RETIRED.get(name, name)
+        if arch != name:
+            warn_deprecated(f"model name {name!r} is deprecated; use {arch!r}")
         defaults = [r for r in records.values() if r.architecture == arch and r.default]
         if defaults:
             return defaults[0]
