@@ -22,11 +22,23 @@ def _require() -> bool:
     return os.environ.get("POSTER_FER_REQUIRE_SHARED", "") not in ("", "0", "false", "False")
 
 
+# Why each kind of development asset cannot ship in the package (a newcomer's skip says it): where the package's
+# own copy is the same thing (YuNet, a one-face portrait) the tests use that instead.
+WHY_NOT_SHIPPED = {
+    "data": "FER2013 / FER+ (Kaggle's and Microsoft's terms: not redistributable)",
+    "parity": "official-parity fixtures (from the authors' code and checkpoints)",
+    "weights": "third-party pretrained weights (their licences do not allow shipping)",
+    "samples": "a second person's photo (checks that need two different faces)",
+}
+
+
 def need_shared(*parts: str) -> Path:
-    """Return a shared asset's path; skip when absent, or fail when CI requires the assets."""
+    """Return a shared asset's path; skip when absent (saying why it cannot ship), or fail when CI requires the
+    assets."""
     path = shared_path(*parts)
     if not path.exists():
-        msg = f"shared asset missing: {path} (set POSTER_FER_SHARED)"
+        why = WHY_NOT_SHIPPED.get(parts[0], "a development asset")
+        msg = f"shared asset missing: {path} (set POSTER_FER_SHARED): {why}"
         if _require():
             pytest.fail(msg)
         pytest.skip(msg)

@@ -12,6 +12,7 @@ from PIL import Image
 from poster_fer import create_model, save_model
 from poster_fer.cli import main
 from poster_fer.evaluation.explain import _mass_resize, _rollout, relevance_maps, resolve_target
+from poster_fer.samples import sample_path
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
@@ -119,10 +120,10 @@ def test_explain_cli_on_crops(case, tmp_path, capsys):
 
 
 def test_explain_cli_detects_and_aligns(tmp_path):
-    from conftest import need_shared
+    from poster_fer.faces.download import bundled_yunet_path
 
-    photo = need_shared("samples", "astronaut.png")
-    yunet = need_shared("models", "yunet", "face_detection_yunet.onnx")
+    photo = sample_path()
+    yunet = bundled_yunet_path()  # byte-identical to the development copy
     ckpt = _save(tmp_path, *CASES["v1_view"][:2])
     out = tmp_path / "out"
     assert main(["explain", "--weights", str(ckpt), str(photo), "--detector-model", str(yunet),
@@ -131,7 +132,7 @@ def test_explain_cli_detects_and_aligns(tmp_path):
     assert res["score"] > 0.5 and len(res["landmarks"]) == 5
     assert np.asarray(res["maps"]["image"]["values"]).shape == (14, 14)
     assert "not spatial" in res["maps"]["image"]["method"]
-    assert (out / "astronaut_explain.png").stat().st_size > 0
+    assert (out / "grace_hopper_explain.png").stat().st_size > 0
 
 
 def test_explain_cli_unknown_class(tmp_path, capsys):

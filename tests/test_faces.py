@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import need_shared
 from poster_fer.faces import (
     ARCFACE_112_TEMPLATE,
     BUNDLED_YUNET_SHA256,
@@ -50,6 +49,7 @@ from poster_fer.faces import (
     yunet_model_path,
 )
 from poster_fer.faces import download as download_module
+from poster_fer.samples import sample_path
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
@@ -254,12 +254,14 @@ def test_geometry_from_landmarks_is_symmetric_median():
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
-    return load_image(need_shared("samples", "astronaut.png"))
+    """A one-face 512 x 512 portrait: the top of the shipped sample (face at x 183-353, y 120-333), so these tests
+    run without the development assets."""
+    return load_image(sample_path())[:512, :512]
 
 
 @pytest.fixture(scope="module")
 def yunet() -> YuNetDetector:
-    return YuNetDetector(need_shared("models", "yunet", "face_detection_yunet.onnx"))
+    return YuNetDetector(bundled_yunet_path())  # byte-identical to the development copy
 
 
 def test_yunet_finds_the_astronaut(astronaut, yunet):
@@ -273,9 +275,9 @@ def test_yunet_finds_the_astronaut(astronaut, yunet):
     for eye in (right_eye, left_eye):
         assert x < eye[0] < x + w and y < eye[1] < y + 0.6 * h
     # hand-checked positions on the 512x512 portrait
-    np.testing.assert_allclose(right_eye, [200, 102], atol=6)
-    np.testing.assert_allclose(left_eye, [247, 103], atol=6)
-    assert 35 < left_eye[0] - right_eye[0] < 60
+    np.testing.assert_allclose(right_eye, [227, 193], atol=6)
+    np.testing.assert_allclose(left_eye, [308, 195], atol=6)
+    assert 65 < left_eye[0] - right_eye[0] < 95
     json.dumps(face.to_dict())
 
 
@@ -344,7 +346,7 @@ def test_face_normalises_fields():
 
 def test_build_detector(tmp_path):
     assert isinstance(build_detector("haar"), HaarDetector)
-    model = need_shared("models", "yunet", "face_detection_yunet.onnx")
+    model = bundled_yunet_path()  # byte-identical to the development copy
     assert isinstance(build_detector("YuNet", model_path=model), YuNetDetector)
     with pytest.raises(ValueError, match="unknown detector"):
         build_detector("mtcnn")
@@ -411,7 +413,7 @@ def test_yunet_gives_no_made_up_faces_on_thin_or_blank_images(astronaut, yunet):
                 assert yunet.detect(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) == [], (h, w)
     assert yunet.detect(np.zeros((480, 640, 3), np.uint8)) == []  # all black
     # padding adds black below and to the right only: a face in a small image keeps its coordinates
-    small = cv2.resize(astronaut[30:200, 130:330], None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA)  # 51 x 60
+    small = cv2.resize(astronaut[90:360, 160:380], None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)  # 68 x 55
     canvas = np.zeros((200, 200, 3), np.uint8)
     canvas[: small.shape[0], : small.shape[1]] = small
     (face,) = yunet.detect(small)
@@ -447,8 +449,7 @@ def test_default_detector_uses_the_bundled_file_and_never_downloads(tmp_path, mo
         assert isinstance(det, YuNetDetector) and det.model_path == bundled_yunet_path()
     assert yunet_model_path() == bundled_yunet_path()
     assert not (tmp_path / "empty-cache").exists()
-    astronaut = load_image(need_shared("samples", "astronaut.png"))
-    assert len(build_detector().detect(astronaut)) == 1
+    assert len(build_detector().detect(load_image(sample_path()))) == 1
 
 
 def test_zoo_keyword_takes_the_cache_and_downloads_there(tmp_path, monkeypatch):

@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import need_shared
 from poster_fer import create_model, save_model
 from poster_fer.cli import main
 from poster_fer.faces import get_geometry, load_image
+from poster_fer.faces.download import bundled_yunet_path
 from poster_fer.inference import RECORD_KEYS, box_iou, csv_columns
+from poster_fer.samples import sample_path
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
@@ -42,12 +43,16 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def yunet():
-    return str(need_shared("models", "yunet", "face_detection_yunet.onnx"))
+    return str(bundled_yunet_path())  # byte-identical to the development copy
 
 
 @pytest.fixture(scope="module")
-def astronaut():
-    return need_shared("samples", "astronaut.png")
+def astronaut(tmp_path_factory):
+    """A one-face 512 x 512 portrait: the top of the shipped sample (face at x 183-353, y 120-333), so a
+    newcomer's suite, which has no development assets, runs these tests too."""
+    path = tmp_path_factory.mktemp("portrait") / "portrait.png"
+    cv2.imwrite(str(path), cv2.imread(str(sample_path()))[:512, :512])
+    return path
 
 
 @pytest.fixture
@@ -93,7 +98,7 @@ def test_astronaut_one_face_with_crop_and_annotation(predict, astronaut, tmp_pat
     assert sum(r["scores"].values()) == pytest.approx(1.0, abs=1e-3)
     crop = cv2.imread(r["crop"])
     assert crop is not None and crop.shape == (100, 100, 3)  # the RAF-DB geometry's crop size
-    annotated = cv2.imread(str(out / "astronaut.png"))
+    annotated = cv2.imread(str(out / "portrait.png"))
     assert annotated.shape == (512, 512, 3)
     assert not np.array_equal(annotated[..., ::-1], load_image(astronaut))  # something was drawn
     assert "processed 1 image; 1 face; 0 failed" in err
@@ -156,7 +161,7 @@ def test_out_dir_never_overwrites_the_input(predict, tmp_path):
 def test_too_large_image_names_the_limit(predict, astronaut):
     code, (r,), err = predict(astronaut, "--max-pixels", "100000")
     assert code == 1 and r["status"] == "error"
-    assert "100000" in r["error"] and "astronaut.png" in r["error"] and "1 failed" in err
+    assert "100000" in r["error"] and "portrait.png" in r["error"] and "1 failed" in err
 
 
 def test_missing_and_unsupported_files_are_reported(predict, astronaut, tmp_path):
@@ -170,10 +175,10 @@ def test_missing_and_unsupported_files_are_reported(predict, astronaut, tmp_path
 
 
 def test_no_detect_takes_inputs_as_crops(predict, astronaut, tmp_path):
-    crop = load_image(astronaut)[60:180, 170:280]
+    crop = load_image(astronaut)[120:333, 183:353]
     Image.fromarray(crop).save(tmp_path / "crop.png")
     code, (r,), _ = predict(tmp_path / "crop.png", "--no-detect")
-    assert code == 0 and r["box"] == [0.0, 0.0, 110.0, 120.0] and r["landmarks"] is None and r["score"] is None
+    assert code == 0 and r["box"] == [0.0, 0.0, 170.0, 213.0] and r["landmarks"] is None and r["score"] is None
 
 
 def test_csv_schema(predict, astronaut, tmp_path):
