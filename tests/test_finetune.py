@@ -163,3 +163,29 @@ def test_freezer_never_unfreezes_what_the_optimiser_does_not_own():
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen_for_good
     with pytest.raises(ValueError, match=r"no trainable parameter under \['hed'\]"):
         Freezer(model, opt, 1, ["hed"])
+
+
+def test_the_epoch_plan_is_said_before_the_first_epoch_and_epochs_fixes_it(tmp_path, capsys):
+    """Issue 39 item 5: a budget-planned run says up front that (and when) its epoch count is set, its counter never
+    jumps; --epochs N gives the same plan on any machine."""
+    data = _faces(tmp_path / "faces", split_dirs=("train", "val"))
+    common = ["--recipe", "finetune", "--data", str(data)]
+    settings = ["train.max_steps_per_epoch=1", "train.progress=false", "train.threads=1", "train.freeze_epochs=1"]
+    assert main(["train", *common, "--out", str(tmp_path / "budget"), *settings, "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("[plan]", "[epoch"))]
+    assert lines[0].startswith("[plan] up to 3 epochs in the 10-minute budget: the count is set after epoch 2")
+    assert "--epochs N" in lines[0]
+    assert lines[1].startswith("[epoch 1/<=3]") and lines[2].startswith("[epoch 2/3]")
+    assert lines[3].startswith("[plan] 3 epochs fit the 10-minute budget on this machine")
+    assert lines[4].startswith("[epoch 3/3]") and len(lines) == 5
+
+    assert main(["train", *common, "--out", str(tmp_path / "fixed"), "--epochs", "2", *settings]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith(("[plan]", "[epoch"))]
+    assert lines[0] == "[plan] 2 epochs" and [x[:11] for x in lines[1:]] == ["[epoch 1/2]", "[epoch 2/2]"]
+    results = json.loads((tmp_path / "fixed" / "results.json").read_text())
+    train = results["recipe_config"]["train"]
+    assert train["epochs"] == 2 and train["epochs_from_budget"] is False and train["time_budget_min"] is None
+    assert "--epochs 2" in results["command"]
+    assert main(["train", *common, "--out", str(tmp_path / "none"), "--epochs", "0", *settings]) == 2

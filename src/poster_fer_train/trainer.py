@@ -261,6 +261,10 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     epoch_opts = EpochOptions(device=device, env=env, amp_dtype=amp_dtype, scaler=scaler,
                               grad_clip=tr.grad_clip, ema=ema, log=log, log_every=int(tr.log_every),
                               progress=progress, max_steps=tr.max_steps_per_epoch)
+    plan_at = freezer.epochs + 1  # the first epoch that trains everything: frozen epochs are faster than the rest
+    planning = bool(tr.epochs_from_budget and budget.limited and start_epoch <= plan_at)
+    if start_epoch == 1:
+        say(plan_message(epochs, budget.seconds, bool(tr.epochs_from_budget), plan_at))
     epoch = start_epoch
     while epoch <= ts.planned_epochs:
         stopped = budget.stop_before(epoch)
@@ -315,9 +319,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         if main:
             if improved:
                 _save_best(run, eval_model, epoch, vm)
-            # planned from the first epoch that trains everything: frozen epochs are faster than the rest
-            plan_at = freezer.epochs + 1
-            if epoch == plan_at and tr.epochs_from_budget and budget.limited and start_epoch <= plan_at:
+            if planning and epoch == plan_at:
                 ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], epochs, done=epoch)
         ts.planned_epochs = int(broadcast_object(ts.planned_epochs, env))
         replanned = ts.planned_epochs != schedule.total_steps // steps_per_epoch
@@ -332,15 +334,16 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
                 "sessions": sessions,
             })
         log({"type": "epoch", **row, "improved": improved, "step": ts.step.global_step})
-        say(f"[epoch {epoch}/{ts.planned_epochs}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
+        of = f"{ts.planned_epochs}" if not planning or epoch >= plan_at else f"<={epochs}"
+        say(f"[epoch {epoch}/{of}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
             f"val_acc {row['val_acc']:.4f} val_mca {row['val_mean_class_acc']:.4f} "
             f"({row['train_img_s']:.0f} img/s, {row['epoch_s']:.0f}s, elapsed {elapsed() / 60:.1f} min)"
             + (" *" if improved else ""))
-        if replanned:
+        if planning and epoch == plan_at:
             minutes = (budget.seconds or 0.0) / 60
-            say(f"[budget] {ts.planned_epochs} epochs fit the {minutes:g}-minute budget (the schedule now ends "
-                f"there; epoch {epoch} took {row['epoch_s']:.0f}s)")
-            log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": minutes})
+            say(f"[plan] {ts.planned_epochs} epochs fit the {minutes:g}-minute budget on this machine (epoch {epoch} "
+                f"took {row['epoch_s']:.0f}s); the schedule now ends at epoch {ts.planned_epochs}")
+            log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": minutes, "after_epoch": epoch})
         barrier(env)
         if stats["stopped"]:
             stopped = f"time budget: stopped inside epoch {epoch} after {stats['steps']} steps"
@@ -364,6 +367,20 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         say(f"[train] results copied to {out}")
     return FitResult(run_dir, results, ts.history)
 
+
+
+def plan_message(epochs: int, budget_s: float | None, from_budget: bool, plan_at: int) -> str:
+    """What the run will do, said before its first epoch: how many epochs, and whether (and when) the count
+    depends on this machine's speed, with the option that makes it repeatable."""
+    if budget_s is None:
+        return f"[plan] {epochs} epochs"
+    minutes = f"{budget_s / 60:g}-minute"
+    fixed = "for the same run on any machine, pass --epochs N (a fixed count, no budget)"
+    if from_budget:
+        return (f"[plan] up to {epochs} epochs in the {minutes} budget: the count is set after epoch {plan_at} (the "
+                f"first that trains every layer) from its measured speed, so it differs between machines; {fixed}")
+    return (f"[plan] {epochs} epochs; training stops early, between epochs, if the next would end past the "
+            f"{minutes} budget; {fixed}")
 
 def _gather_rng(env: DistEnv) -> dict[int, Any]:
     mine = capture_rng_state()

@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from trained weights: a shipped name (poster_v1_mfn64_image.ferplus; see "
                         "poster-fer info --list) or a saved model; the head is re-made for the dataset's classes "
                         "(classes with the same name keep their rows). Sets model.init")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="train exactly N epochs, whatever the machine's speed: sets train.epochs=N and turns off the "
+                   "time budget and the epoch plan made from it (train.time_budget_min, train.epochs_from_budget), "
+                   "so the same command repeats the same run (the finetune recipe otherwise fits its epochs to a "
+                   "10-minute budget on this machine)")
     p.add_argument("--out", help="run directory (default runs/<recipe>-<time>)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                    help="continue from RUN_DIR/last.pt (the --out directory, or PATH: a run dir or checkpoint)")
@@ -50,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)  # a bad pair is a UserError naming it
     if args.init:
         overrides["model.init"] = args.init
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {args.epochs}")
+        overrides.update({"train.epochs": args.epochs, "train.epochs_from_budget": False,
+                          "train.time_budget_min": None})
     if not args.recipe and not args.resume:
         raise UserError("give --recipe NAME|FILE (or --resume RUN_DIR); --list shows the recipes")
     try:
@@ -87,7 +97,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     """Reconstruct the command line from parsed arguments (for in-process calls such as tests)."""
     out: list[str] = []
     for flag, value in (("--recipe", args.recipe), ("--init", args.init), ("--data", args.data), ("--out", args.out),
-                        ("--results-out", args.results_out)):
+                        ("--epochs", args.epochs), ("--results-out", args.results_out)):
         if value:
             out += [flag, str(value)]
     if args.resume:
