@@ -189,3 +189,41 @@ def test_the_epoch_plan_is_said_before_the_first_epoch_and_epochs_fixes_it(tmp_p
     assert train["epochs"] == 2 and train["epochs_from_budget"] is False and train["time_budget_min"] is None
     assert "--epochs 2" in results["command"]
     assert main(["train", *common, "--out", str(tmp_path / "none"), "--epochs", "0", *settings]) == 2
+
+
+def test_useless_training_data_is_refused_or_warned_with_counts(tmp_path, capsys):
+    """Issue 39 item 6: an empty class, a single class and a tiny class are refused or warned, with counts."""
+    settings = ["--epochs", "1", "train.max_steps_per_epoch=1", "train.progress=false", "train.threads=1"]
+    empty = _faces(tmp_path / "empty", classes=("happy", "sad"), per_class=12)
+    (empty / "pain").mkdir()
+    assert main(["train", "--recipe", "finetune", "--data", str(empty), "--out", str(tmp_path / "a"), *settings]) == 2
+    err = capsys.readouterr().err
+    assert "no training images for class 'pain'" in err and "happy 10" in err and "pain 0" in err
+    single = _faces(tmp_path / "single", classes=("happy",), per_class=12)
+    assert main(["train", "--recipe", "finetune", "--data", str(single), "--out", str(tmp_path / "b"), *settings]) == 2
+    assert "only one class (happy 10 images)" in capsys.readouterr().err
+    small = _faces(tmp_path / "small", classes=("happy", "sad"), per_class=12)
+    for extra in range(3):
+        (small / "pain").mkdir(exist_ok=True)
+        Image.fromarray(np.full((48, 48), 90, np.uint8)).save(small / "pain" / f"{extra}.png")
+    assert main(["train", "--recipe", "finetune", "--data", str(small), "--out", str(tmp_path / "c"), *settings]) == 0
+    out = capsys.readouterr().out
+    assert "[data] warning: fewer than 10 training images for pain (2)" in out  # 1 of 3 held out
+
+
+def test_unreadable_images_and_link_loops_are_skipped_and_counted(tmp_path, capsys):
+    """One corrupt image and two looping symbolic links: skipped and counted by default; on_error=raise stops."""
+    data = _faces(tmp_path / "faces", classes=("happy", "sad"), per_class=12)
+    (data / "sad" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (data / "happy" / "a.jpg").symlink_to(data / "happy" / "b.jpg")
+    (data / "happy" / "b.jpg").symlink_to(data / "happy" / "a.jpg")
+    settings = ["--epochs", "1", "train.max_steps_per_epoch=1", "train.progress=false", "train.threads=1"]
+    assert main(["train", "--recipe", "finetune", "--data", str(data), "--out", str(tmp_path / "a"), *settings]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "skipped" in x)
+    assert line.startswith("[data] train, val: skipped 3 images (")
+    assert "unreadable image: 1" in line and "broken link: 2" in line and "on_error=raise" in line
+    assert main(["train", "--recipe", "finetune", "--data", str(data), "--out", str(tmp_path / "b"), *settings,
+                 "data.options.on_error=raise"]) == 2
+    err = capsys.readouterr().err
+    assert "a.jpg" in err and "symbolic link" in err

@@ -55,6 +55,12 @@ def subsample(ds: FERDataset, n: int | None, seed: int, split: str) -> FERDatase
 #: sets no ``data.val_fraction``. 0.2 rather than 0.1: fine-tuning sets are small (a few hundred images), and a
 #: validation split of 3-5 images per class would make the epoch choice noise. Seeded by ``data.val_seed`` (0).
 DEFAULT_VAL_FRACTION = 0.2
+# Datasets people bring (a folder per class, a CSV of path,label): an unreadable image is skipped and counted by
+# default (``data.options.on_error=raise`` stops at the first instead), and the classes are checked before any
+# training: none empty, at least two, and a warning under MIN_IMAGES_PER_CLASS training images (a class with a
+# handful of faces is learned as noise, and its validation share is one or two faces).
+USER_DATA_KINDS = ("folder", "csv")
+MIN_IMAGES_PER_CLASS = 10
 
 
 def applicable_options(kind: str, options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -82,6 +88,8 @@ def load_splits(cfg: dict[str, Any], seed: int = 0, say: Any = None) -> dict[str
     for key in sorted(set(ignored) | set(ignored_train)):
         where = "data.options" if key in ignored else "data.train_options"
         say(f"[data] {where}.{key} does not apply to data.kind={kind!r}: ignored")
+    if kind in USER_DATA_KINDS:
+        options.setdefault("on_error", "skip")
     train_options = {**options, **train_options}
     val_fraction = cfg.get("val_fraction")
     holdout = {"val_fraction": float(val_fraction), "val_seed": int(cfg.get("val_seed", 0))} if val_fraction else {}
@@ -104,10 +112,56 @@ def load_splits(cfg: dict[str, Any], seed: int = 0, say: Any = None) -> dict[str
         out[split] = subsample(out[split], _split_limit(limits, split), seed, split)
     if not out["train"].classes == out["val"].classes:
         raise DatasetError(f"train and val class names differ: {out['train'].classes} vs {out['val'].classes}")
+    report_skipped(out, say)
     for split, ds in out.items():
         if len(ds) == 0:
             raise DatasetError(f"{kind} {split} split is empty ({ds.report.summary()})", root)
+    check_classes(out["train"], root, say, user_data=kind in USER_DATA_KINDS)
     return out
+
+
+def report_skipped(splits: dict[str, FERDataset], say: Any) -> None:
+    """One line for the images a load skipped, with the count, the reasons and the first file: never silent. A
+    held-out validation split reads the same files as train, so identical reports are said once for both."""
+    lines: dict[str, list[str]] = {}
+    for split, ds in splits.items():
+        report = getattr(ds, "report", None)
+        if report is None or not report.skipped:
+            continue
+        reasons = ", ".join(f"{k}: {v}" for k, v in report.skipped.items())
+        first = f"; first: {report.messages[0]}" if report.messages else ""
+        lines.setdefault(f"skipped {report.num_skipped} images ({reasons}){first}", []).append(split)
+    for text, names in lines.items():
+        say(f"[data] {', '.join(names)}: {text} (data.options.on_error=raise stops at the first instead)")
+
+
+def class_counts(ds: FERDataset) -> list[int]:
+    """Training images per class (soft targets counted by their majority class)."""
+    targets = np.asarray(ds.targets)
+    hard = targets.argmax(axis=1) if targets.ndim == 2 else targets.astype(int)
+    return np.bincount(hard, minlength=len(ds.classes)).tolist()
+
+
+def check_classes(train: FERDataset, root: Any, say: Any, user_data: bool) -> None:
+    """Refuse training data that cannot make a classifier (fewer than two classes, a class without images) and
+    warn about classes too small to learn, with the counts. Subsampled benchmark recipes (``max_samples``) may
+    miss a rare class on purpose, so the empty and small checks apply to the datasets people bring."""
+    counts = dict(zip(train.classes, class_counts(train), strict=True))
+    listed = ", ".join(f"{c} {n}" for c, n in counts.items())
+    if len(counts) < 2:
+        raise DatasetError(f"only one class ({listed} images): a classifier needs at least two classes, each a "
+                           "folder of face images (or a label in the CSV)", root)
+    if not user_data:
+        return
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        raise DatasetError(f"no training images for class {', '.join(map(repr, empty))} (images per class: "
+                           f"{listed}): add face images for it, or remove its folder (or its CSV rows)", root)
+    small = {c: n for c, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+    if small:
+        say(f"[data] warning: fewer than {MIN_IMAGES_PER_CLASS} training images for "
+            f"{', '.join(f'{c} ({n})' for c, n in small.items())}: expect those classes to be guessed, not "
+            f"learned (images per class: {listed})")
 
 
 def preload_images(ds: FERDataset, size: int, grayscale: bool, channel_order: str = "RGB") -> torch.Tensor:

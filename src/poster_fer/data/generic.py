@@ -94,8 +94,12 @@ class ImageFolderDataset(ImageFileDataset):
         rows = []
         for label, cls in enumerate(names):
             for path in sorted((self.root / cls).rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not path.name.startswith("."):
+                if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+                    continue
+                if path.is_file():
                     rows.append((path, label, path, None, None))
+                elif path.is_symlink():  # a loop or a missing target: counted, never silently passed over
+                    issues.error("broken link", "symbolic link to no file (a loop or a missing target)", path)
         paths, labels, _, report = finish_files(
             self.name, split, self.root, names, rows, len(rows), issues, verify
         )
