@@ -200,3 +200,52 @@ def test_command_choices_match_the_library():
     predict.register(parser.add_subparsers())
     (action,) = [a for a in parser._subparsers._group_actions[0].choices["predict"]._actions if a.dest == "draw"]
     assert tuple(action.choices) == DRAW_MODES and action.default == "auto"
+
+
+def _dense_grid() -> list[FaceResult]:
+    """A 4 x 4 grid of 60 px faces 12 px apart (a class photo): captions above a face land on the row above."""
+    return [_face(20 + 72 * c, 30 + 80 * r, 60, 62, CLASSES[(r + c) % 3]) for r in range(4) for c in range(4)]
+
+
+@pytest.mark.parametrize("draw", ["label", "bars"])
+def test_no_caption_covers_another_face_or_caption_on_a_dense_grid(draw):
+    """Issue 39 item 7: on a dense grid every label stays clear of the other faces' boxes and labels."""
+    faces = _dense_grid()
+    layout = layout_predictions((360, 320, 3), faces, CLASSES, draw=draw)
+    for i, a in enumerate(layout):
+        assert a.caption is not None and _inside(a.caption, 320, 360)
+        for j, b in enumerate(layout):
+            if i != j:
+                assert not _overlap(a.caption, b.box), (i, j)
+                assert not _overlap(a.caption, b.caption), (i, j)
+                if a.panel is not None:
+                    assert not _overlap(a.panel, b.box) and not _overlap(a.panel, b.caption)
+
+
+def test_every_face_of_a_three_face_frame_gets_its_panel():
+    """Issue 39 item 7: three tall faces across a 720 x 360 video frame, with room for one panel left of the first
+    face and one in each gap, none right of the last: each face gets its panel (before, the first two took the
+    gaps on their right and the last face had none)."""
+    faces = [_face(140 + 220 * k, 120, 80, 150) for k in range(3)]
+    layout = layout_predictions((360, 720, 3), faces, CLASSES, draw="bars")
+    panels = [lay.panel for lay in layout]
+    assert all(p is not None and _inside(p, 720, 360) for p in panels), panels
+    rects = [lay.box for lay in layout] + [lay.caption for lay in layout]
+    for i, p in enumerate(panels):
+        assert not any(_overlap(p, r) for r in rects)
+        assert not any(_overlap(p, q) for j, q in enumerate(panels) if j != i)
+
+
+def test_tracks_are_numbered_in_reading_order():
+    """Issue 39 item 7: new faces get ids as a reader meets them (rows from the top, left to right), whatever
+    order the detector lists them in; a face that stays keeps its id."""
+    from poster_fer.inference.tracking import IoUTracker, reading_order
+
+    boxes = [(400, 20, 80, 90), (220, 30, 80, 90), (40, 25, 80, 90), (300, 200, 80, 90), (60, 210, 80, 90)]
+    assert reading_order(boxes) == [2, 1, 0, 4, 3]
+    tracker = IoUTracker()
+    probs = [np.full(8, 1 / 8)] * len(boxes)
+    ids = [t for t, _ in tracker.update(0, boxes, probs)]
+    assert ids == [2, 1, 0, 4, 3]
+    again = [t for t, _ in tracker.update(1, boxes[::-1], probs)]
+    assert again == ids[::-1]

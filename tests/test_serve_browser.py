@@ -16,6 +16,7 @@ import json
 import re
 import signal
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -155,7 +156,38 @@ def test_upload_the_portrait_and_see_its_label_drawn_and_listed(server, browser,
     # worded for a person; the server's own message stays in the tooltip
     assert status.text.startswith("notes.jpg: This file is not a picture we can read.")
     assert "the upload is not an image" in status.get_attribute("title")
-    assert _boxes_count(browser) == 0 and browser.find_element(By.CSS_SELECTOR, "#faces .empty")
+    assert _boxes_count(browser) == 0
+    assert browser.find_element(By.ID, "faces").text == ""  # no "No face found.": no image was read (issue 39)
+    assert browser.find_element(By.ID, "dl-csv").get_attribute("disabled")  # an error alone is nothing to download
+    assert browser.find_element(By.ID, "dl-json").get_attribute("disabled")
+
+
+def test_tags_on_a_dense_group_photo_cover_no_face_and_no_other_tag(server, browser, tmp_path):
+    """Issue 39 item 7: a 5 x 2 tiling of the portrait, faces 115 px wide 130 px apart, shown at full size: the
+    tags ("3: disgust 97.5%") are wider than the spacing; every tag stays clear of the other faces and tags."""
+    from selenium.webdriver.common.by import By
+
+    tile = cv2.resize(cv2.imread(str(sample_path()))[90:370, 175:365], (130, 190), interpolation=cv2.INTER_AREA)
+    grid = tmp_path / "grid.jpg"
+    cv2.imwrite(str(grid), np.tile(tile, (2, 5, 1)))
+    browser.get(server + "/")
+    _wait(browser, lambda d: "poster_v1_tiny" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "file").send_keys(str(grid))
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#faces .face")) == 10)
+    rects = browser.execute_script("""
+        const r = (e) => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.width, b.height]; };
+        return [...document.querySelectorAll('#overlay .box')].map((b) => [r(b), r(b.querySelector('.box-label'))]);""")
+    assert len(rects) == 10
+    browser.save_screenshot(str(tmp_path / "dense.png"))  # what a person sees, kept with the test run
+
+    def hit(a, b):  # a shared edge (sub-pixel rounding) is no overlap
+        return a[0] < b[0] + b[2] - 0.5 and b[0] < a[0] + a[2] - 0.5 and a[1] < b[1] + b[3] - 0.5 and \
+            b[1] < a[1] + a[3] - 0.5
+
+    for i, (_, tag) in enumerate(rects):
+        for j, (box, other) in enumerate(rects):
+            if i != j:
+                assert not hit(tag, box) and not hit(tag, other), (i, j)
 
 
 def test_webcam_shows_live_labels(server, browser):

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from .recognizer import FaceResult
+from .tracking import reading_order
 
 __all__ = [
     "AUTO_BARS_MAX_FACES", "DRAW_MODES", "FaceLayout", "caption_height", "check_draw", "class_colour",
@@ -171,10 +172,13 @@ def layout_predictions(
 ) -> list[FaceLayout]:
     """Plan the drawing of ``faces`` on an image of ``shape`` (``rgb.shape``, height first), one entry per face.
 
-    Captions go above the face (else below, else inside its top edge), preferring a spot that covers no other
-    face, and are moved and if need be shrunk to stay inside the image. Panels (``bars``) are tried right, left,
-    below and above the face and kept only where they lie inside the image and overlap no other face's box, no
-    caption and no panel already placed; otherwise that face gets none (see the module docstring for why).
+    Captions are placed face by face in reading order, above the face (else below, else inside its top or bottom
+    edge), left-, right- or centre-aligned, at the first spot inside the image that covers no other face's box and
+    no caption already placed; where none is free at full size the text is shrunk to the face's width and tried
+    again, and as a last resort it goes inside the top of its own box. Panels (``bars``) slide along each side of
+    the face (right, left, below, above) and are kept only where they cover no face, no caption and no other panel;
+    the face with the fewest free spots chooses first, and a face without one gets a smaller panel or none (see the
+    module docstring for why).
     """
     h, w = int(shape[0]), int(shape[1])
     mode = resolve_draw(draw, len(faces))
@@ -183,57 +187,85 @@ def layout_predictions(
     boxes = [_clip_box(f.box, w, h) for f in faces]
     caps = [caption_height(b, (h, w)) for b in boxes]
     texts = [_caption_text(f, tracks[i] if tracks is not None else None) for i, f in enumerate(faces)]
-
-    captions: list[Rect | None] = []
-    scales: list[float] = []
-    for i, (box, cap, text) in enumerate(zip(boxes, caps, texts, strict=True)):
-        scale = _scale_for(cap)
-        if mode == "none":
-            captions.append(None)
-            scales.append(scale)
-            continue
-        cap = min(cap, h)
-        thick = max(1, round(cap / 16))
-        tw = cv2.getTextSize(text, _FONT, scale, thick)[0][0]
-        pad = max(2, cap // 5)
-        if tw + 2 * pad > w:  # wider than the image: shrink the text until it fits
-            scale *= max(1, w - 2 * pad) / tw
-            tw = cv2.getTextSize(text, _FONT, scale, thick)[0][0]
-        cw = min(w, tw + 2 * pad)
-        x, y, bw, bh = box
-        cx = _clamp(x, 0, w - cw)
-        spots = [(cx, y - cap), (cx, y + bh), (cx, _clamp(y, 0, h - cap))]  # above, below, inside the top
-        fits = [(sx, sy, cw, cap) for sx, sy in spots if _inside((sx, sy, cw, cap), w, h)]
-        others = [b for j, b in enumerate(boxes) if j != i]
-        free = [r for r in fits if not any(_overlaps(r, b) for b in others)]
-        captions.append((free or fits)[0])
-        scales.append(scale)
-
-    panels: list[Rect | None] = [None] * len(faces)
+    captions: list[Rect | None] = [None] * len(faces)
+    scales = [_scale_for(c) for c in caps]
+    if mode != "none":
+        for i in reading_order(boxes):
+            captions[i], scales[i] = _place_caption(i, boxes, texts[i], caps[i], captions, (h, w))
     rows = [max(12, round(0.65 * c)) for c in caps]  # panel rows: a little smaller than the caption
+    panels: list[Rect | None] = [None] * len(faces)
     if mode == "bars":
-        taken: list[Rect] = [c for c in captions if c is not None]
-        for i, box in enumerate(boxes):
-            geo = _panel_geometry(classes, rows[i])
-            pw, ph = geo.width, geo.height
-            x, y, bw, bh = box
-            gap = max(3, caps[i] // 4)
-            spots = [
-                (x + bw + gap, _clamp(y, 0, h - ph)), (x + bw + gap, _clamp(y + bh - ph, 0, h - ph)),  # right
-                (x - gap - pw, _clamp(y, 0, h - ph)), (x - gap - pw, _clamp(y + bh - ph, 0, h - ph)),  # left
-                (_clamp(x, 0, w - pw), y + bh + gap), (_clamp(x + bw - pw, 0, w - pw), y + bh + gap),  # below
-                (_clamp(x, 0, w - pw), y - gap - ph), (_clamp(x + bw - pw, 0, w - pw), y - gap - ph),  # above
-            ]
-            blocked = [b for j, b in enumerate(boxes) if j != i] + taken
-            for sx, sy in spots:
-                r = (sx, sy, pw, ph)
-                if _inside(r, w, h) and not _overlaps(r, box) and not any(_overlaps(r, b) for b in blocked):
-                    panels[i] = r
-                    taken.append(r)
-                    break
+        panels, rows = _place_panels(boxes, caps, rows, [c for c in captions if c is not None], classes, (h, w))
     return [FaceLayout(box=boxes[i], caption_text=texts[i], caption=captions[i], caption_scale=scales[i],
                        panel=panels[i], row=rows[i], thickness=max(2, round(caps[i] / 8)))
             for i in range(len(faces))]
+
+
+def _caption_size(text: str, cap: int, width: int) -> tuple[int, float]:
+    """(bar width, font scale) of a caption ``cap`` px high, its text shrunk to fit ``width`` when wider."""
+    scale, thick, pad = _scale_for(cap), max(1, round(cap / 16)), max(2, cap // 5)
+    tw = cv2.getTextSize(text, _FONT, scale, thick)[0][0]
+    if tw + 2 * pad > width:
+        scale *= max(1, width - 2 * pad) / tw
+        tw = cv2.getTextSize(text, _FONT, scale, thick)[0][0]
+    return min(width, tw + 2 * pad), scale
+
+
+def _place_caption(i: int, boxes: Sequence[Rect], text: str, cap: int, placed: Sequence[Rect | None],
+                   shape: tuple[int, int]) -> tuple[Rect, float]:
+    """The caption rectangle of face ``i`` and its font scale (see :func:`layout_predictions`)."""
+    h, w = shape
+    x, y, bw, bh = boxes[i]
+    blocked = [b for j, b in enumerate(boxes) if j != i] + [c for c in placed if c is not None]
+    cap = min(cap, h)
+    for width_limit in (w, min(w, bw)):
+        ch = cap if width_limit == w else max(MIN_CAPTION_PX // 2, min(cap, bh // 4))
+        cw, scale = _caption_size(text, ch, width_limit)
+        xs = [_clamp(x, 0, w - cw), _clamp(x + bw - cw, 0, w - cw), _clamp(x + (bw - cw) // 2, 0, w - cw)]
+        ys = [y - ch, y + bh, _clamp(y, 0, h - ch), _clamp(y + bh - ch, 0, h - ch)]
+        for sy in ys:
+            for sx in xs:
+                r = (sx, sy, cw, ch)
+                if _inside(r, w, h) and not any(_overlaps(r, b) for b in blocked):
+                    return r, scale
+    return (_clamp(x, 0, w - cw), _clamp(y, 0, h - ch), cw, ch), scale  # inside its own box: overlapping boxes
+
+
+def _panel_spots(box: Rect, pw: int, ph: int, gap: int, shape: tuple[int, int]) -> list[Rect]:
+    """Panel positions beside ``box``, right, left, below then above, each sliding from the face's centre out."""
+    h, w = shape
+    x, y, bw, bh = box
+    cy, cx = y + bh // 2 - ph // 2, x + bw // 2 - pw // 2
+    along_y = sorted({_clamp(cy + d, 0, h - ph) for d in range(-ph, ph + 1, max(1, ph // 4))},
+                     key=lambda v: abs(v - cy))
+    along_x = sorted({_clamp(cx + d, 0, w - pw) for d in range(-pw, pw + 1, max(1, pw // 4))},
+                     key=lambda v: abs(v - cx))
+    spots = [(x + bw + gap, sy) for sy in along_y] + [(x - gap - pw, sy) for sy in along_y]
+    spots += [(sx, y + bh + gap) for sx in along_x] + [(sx, y - gap - ph) for sx in along_x]
+    return [(sx, sy, pw, ph) for sx, sy in spots if _inside((sx, sy, pw, ph), w, h)]
+
+
+def _place_panels(boxes: Sequence[Rect], caps: Sequence[int], rows: Sequence[int], captions: Sequence[Rect],
+                  classes: Sequence[str], shape: tuple[int, int]) -> tuple[list[Rect | None], list[int]]:
+    """Panels that cover no face, caption or other panel; the most constrained face chooses first. A face with no
+    free spot at its row height tries the smallest legible one (12 px rows)."""
+    rows = list(rows)
+    free: list[list[Rect]] = []
+    for i, box in enumerate(boxes):
+        options: list[Rect] = []
+        for row in dict.fromkeys((rows[i], 12)):
+            geo = _panel_geometry(classes, row)
+            options = [r for r in _panel_spots(box, geo.width, geo.height, max(3, caps[i] // 4), shape)
+                       if not any(_overlaps(r, b) for b in boxes) and not any(_overlaps(r, c) for c in captions)]
+            if options:
+                rows[i] = row
+                break
+        free.append(options)
+    panels: list[Rect | None] = [None] * len(boxes)
+    for i in sorted(range(len(boxes)), key=lambda k: (len(free[k]), k)):
+        taken = [p for p in panels if p is not None]
+        panels[i] = next((r for r in free[i] if not any(_overlaps(r, p) for p in taken)), None)
+    return panels, rows
 
 
 def draw_predictions(

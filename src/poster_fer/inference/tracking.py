@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["IoUTracker", "Track", "box_iou"]
+__all__ = ["IoUTracker", "Track", "box_iou", "reading_order"]
 
 
 def _xyxy(boxes: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
@@ -55,6 +55,21 @@ class Track:
     probs: np.ndarray
     last_frame: int
     hits: int = 1
+
+
+def reading_order(boxes: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of ``boxes`` (x, y, w, h) in reading order: rows from the top, left to right within a row. Two
+    faces share a row when the lower one's centre is above the middle of the row's first face's lower half."""
+    order = sorted(range(len(boxes)), key=lambda i: float(boxes[i][1]) + float(boxes[i][3]) / 2)
+    rows: list[list[int]] = []
+    limit = -np.inf
+    for i in order:
+        centre = float(boxes[i][1]) + float(boxes[i][3]) / 2
+        if not rows or centre > limit:
+            rows.append([])
+            limit = centre + float(boxes[i][3]) / 2
+        rows[-1].append(i)
+    return [i for row in rows for i in sorted(row, key=lambda i: float(boxes[i][0]))]
 
 
 class IoUTracker:
@@ -100,15 +115,19 @@ class IoUTracker:
                 continue
             used.add(ti)
             assigned[di] = self.tracks[ti]
+        started: set[int] = set()
+        for di in reading_order(boxes):  # new faces are numbered as a reader meets them: rows, then left to right
+            if di not in assigned:
+                assigned[di] = Track(self._next_id, tuple(float(v) for v in boxes[di]),  # type: ignore[arg-type]
+                                     np.asarray(probs[di], dtype=np.float64).copy(), frame)
+                self._next_id += 1
+                self.tracks.append(assigned[di])
+                started.add(di)
         out = []
         for di, box in enumerate(boxes):
-            p = np.asarray(probs[di], dtype=np.float64)
-            track = assigned.get(di)
-            if track is None:
-                track = Track(self._next_id, tuple(float(v) for v in box), p.copy(), frame)  # type: ignore[arg-type]
-                self._next_id += 1
-                self.tracks.append(track)
-            else:
+            track = assigned[di]
+            if di not in started:
+                p = np.asarray(probs[di], dtype=np.float64)
                 track.probs = self.alpha * p + (1.0 - self.alpha) * track.probs
                 track.box = tuple(float(v) for v in box)  # type: ignore[assignment]
                 track.last_frame = frame
