@@ -20,6 +20,7 @@ under bf16 autocast. Writes JSON with the command, git revision, machine descrip
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -65,10 +66,10 @@ def build(config: dict[str, Any], num_classes: int = 8) -> torch.nn.Module:
     name = cfg.pop("name")
     model = create_model(name, num_classes=num_classes, **cfg).eval()
     size = int(model.cfg.input_size)
-    model.meta = {"classes": [f"c{i}" for i in range(num_classes)],
-                  "preprocessing": {"input_size": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                    "channel_order": "RGB", "grayscale": False,
-                                    "crop_geometry": get_geometry("rafdb").to_dict()}}
+    model.card = dataclasses.replace(
+        model.card, classes=tuple(f"c{i}" for i in range(num_classes)),
+        preprocessing={"input_size": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                       "channel_order": "RGB", "grayscale": False, "crop_geometry": get_geometry("rafdb").to_dict()})
     return model
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import shlex
 import sys
@@ -60,8 +61,7 @@ def _half_rounded(model: torch.nn.Module) -> torch.nn.Module:
         for t in list(out.state_dict(keep_vars=True).values()):
             if t.dtype.is_floating_point:
                 t.data.copy_(t.data.half().float())
-    out.meta = copy.deepcopy(getattr(model, "meta", {}))
-    return out
+    return out  # the card travels with the copy
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if config_to_dict(named.cfg) != config_to_dict(model.cfg):
         raise SystemExit(f"{run / 'best'} does not have the config of architecture {args.name.split('.')[0]!r}")
     named.load_state_dict(model.state_dict())
-    named.meta = copy.deepcopy(model.meta)
+    named.card = model.card
     named.eval()
     model = named
 
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[val] raw accuracy {raw_acc:.4f} / mean class {raw_mca:.4f}; prior correction tau {best['tau']}: "
           f"{acc:.4f} / {mca:.4f}; temperature {temperature:.4f}; ECE {val_record['ece']:.4f} -> "
           f"{val_record['ece_calibrated']:.4f}")
-    model.meta["temperature"] = temperature
-    model.meta["logit_bias"] = [round(float(b), 6) for b in bias]
+    model.card = dataclasses.replace(model.card, calibration={
+        **model.card.calibration, "temperature": temperature, "logit_bias": [round(float(b), 6) for b in bias]})
 
     # 2. float16 storage, decided on validation
     half = _half_rounded(model)
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                              "storage": "float16"})
     test_tta = evaluate_dataset(half, test, batch_size=args.batch_size, tta="flip", make_plots=False)
     no_bias = copy.deepcopy(half)
-    no_bias.meta.pop("logit_bias")
+    no_bias.card = dataclasses.replace(no_bias.card, calibration={
+        k: v for k, v in no_bias.card.calibration.items() if k != "logit_bias"})
     test_raw = evaluate_dataset(no_bias, test, batch_size=args.batch_size, make_plots=False)
     for tag, m in (("fp32", test_fp32), ("fp16 (shipped)", test_fp16), ("fp16 + flip TTA", test_tta),
                    ("fp16 without the prior correction", test_raw)):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import shlex
 import sys
@@ -32,6 +33,7 @@ from bench_runtime import fer_test_crops  # a sibling script (this folder is on 
 
 from poster_fer import create_transform, load_model
 from poster_fer.assets import shared_path
+from poster_fer.card import ModelCard
 from poster_fer.data import build_dataset
 from poster_fer.evaluation import evaluate_dataset, expected_calibration_error, fit_temperature, run_evaluation
 from poster_fer.evaluation.operating import (
@@ -76,8 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_model(record.verify())
     classes = list(model.meta["classes"])
     raw = copy.deepcopy(model)
-    for key in ("logit_bias", "temperature"):
-        raw.meta.pop(key, None)
+    raw.card = dataclasses.replace(raw.card, calibration={})  # the raw logits: no bias, no temperature
     tf = create_transform(model.meta["preprocessing"])
 
     def split(name: str, **kw: Any) -> Any:
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 3. test, once, at the new point
     report_dir = REPO / "benchmarks" / "results" / "eval" / f"{args.weights}.{args.point}"
-    model.meta = with_operating_point({**model.meta, POINTS_KEY: {args.point: entry}}, args.point)
+    model.card = ModelCard.from_meta(with_operating_point({**model.card.to_meta(), POINTS_KEY: {args.point: entry}},
+                                                          args.point))
     test_metrics = evaluate_dataset(model, split("test"), None if args.limit else report_dir,
                                     batch_size=args.batch_size, provenance={"operating_point": args.point})
     test = _scores(test_metrics, classes)

@@ -15,7 +15,7 @@ from pathlib import Path
 import poster_fer
 
 SRC = Path(poster_fer.__file__).parent
-LIBRARY = {"_lazy", "architectures", "assets", "bulk", "checksums", "classes", "constants", "data", "devices",
+LIBRARY = {"_lazy", "architectures", "assets", "bulk", "card", "checksums", "classes", "constants", "data", "devices",
            "distributed", "errors", "evaluation", "export", "faces", "fastpath", "hub", "inference", "jsonable",
            "models", "naming", "options", "precision", "pretrained", "probabilities", "provenance", "samples",
            "weights"}
@@ -150,3 +150,24 @@ def test_the_root_checker_fires():
     assert not _outside_package(ast.parse("C = Path(__file__).resolve().parents[1] / 'configs'\n"), 1)
     assert not _outside_package(ast.parse("C = Path(__file__).parent / 'pretrained'\n"), 0)
     assert not _outside_package(ast.parse("d = Path(user_file).parent.parent\n"), 0)
+
+
+def test_every_file_and_function_docs_architecture_names_exists():
+    """docs/architecture.md is how a newcomer finds things: every ``file.py`` it names exists (in the library,
+    the training app, the repository, tests or benchmarks), and every ``file.py:name`` defines ``name``."""
+    import re
+
+    repo = SRC.parents[1]
+    text = (repo / "docs" / "architecture.md").read_text()
+    roots = [SRC, repo / "src" / TRAIN_APP, repo / "src", repo, repo / "tests", repo / "benchmarks"]
+    missing = []
+    for path, _, name in set(re.findall(r"((?:[\w]+/)*[\w]+\.py)(:(\w+))?", text)):
+        found = [r / path for r in roots if (r / path).is_file()]
+        if "/" not in path:  # a bare name in a sentence about its folder: any file of that name in the package
+            found += list((repo / "src").rglob(path))
+        if not found:
+            missing.append(path)
+        elif name and not any(re.search(rf"^\s*(def|class) {name}\b|^{name}\s*[:=]", f.read_text(), re.M)
+                              for f in found):
+            missing.append(f"{path}:{name}")
+    assert not missing, f"docs/architecture.md names what does not exist: {sorted(missing)}"

@@ -492,12 +492,13 @@ def test_a_shipped_folder_gains_an_operating_point_as_data(tmp_path, monkeypatch
     with the tensors unchanged; the backends then offer it by name and refuse an unknown one."""
     from safetensors import safe_open
 
+    import poster_fer.card as card
     import poster_fer.weights.records as records
     import poster_fer_train.release as release
     from poster_fer.inference import InferenceError, load_backend
 
-    monkeypatch.setattr(records, "pretrained_root", lambda: tmp_path)
-    monkeypatch.setattr(release, "pretrained_root", lambda: tmp_path)
+    for module in (records, release, card):
+        monkeypatch.setattr(module, "pretrained_root", lambda: tmp_path)
     (tmp_path / "records.json").write_text("{}\n")
     records.load_records.cache_clear()
     try:

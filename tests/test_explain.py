@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -154,7 +155,7 @@ def test_relevance_maps_report_calibrated_probabilities():
                          image_tokens="pool", classes=_CLASS_NAMES[3])
     x = torch.randn(2, 3, 32, 32)
     raw = relevance_maps(model, x)
-    model.meta = {"temperature": 0.5, "logit_bias": [5.0, -5.0, 0.0]}
+    model.card = dataclasses.replace(model.card, calibration={"temperature": 0.5, "logit_bias": [5.0, -5.0, 0.0]})
     cal = relevance_maps(model, x)
     np.testing.assert_allclose(cal["logits"], raw["logits"], atol=1e-5)
     expected = torch.from_numpy((raw["logits"] + np.array([5.0, -5.0, 0.0], dtype=np.float32)) / 0.5).softmax(1)

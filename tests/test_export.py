@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -38,7 +39,8 @@ def test_round_trip_dynamic_batch_and_metadata(name, tmp_path):
     torch.manual_seed(0)
     model = create_model(name, num_classes=4, classes=_CLASS_NAMES[4]).eval()
     classes = ["calm", "glad", "cross", "shocked"]
-    model.meta = {"classes": classes, "preprocessing": PREPROCESSING, "provenance": {"note": "test"}}
+    model.card = dataclasses.replace(model.card, classes=tuple(classes), preprocessing=PREPROCESSING,
+                                     provenance={"note": "test"})
     path = tmp_path / "model.onnx"
     report = export_onnx(model, path, batch_size=2, check_batch_sizes=(3,))
     assert path.is_file() and report["bytes"] == path.stat().st_size

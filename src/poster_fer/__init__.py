@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 # checkers and for the import-direction test; tests/test_lazy_imports.py keeps the two lists equal.
 _EXPORTS: dict[str, str] = {
     "DEFAULT_MODEL": "constants",
+    "ModelCard": "card",
     "create_model": "hub",
     "list_models": "hub",
     "list_pretrained": "hub",
@@ -44,6 +45,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from .card import ModelCard
     from .constants import DEFAULT_MODEL
     from .hub import create_model, list_models, list_pretrained, pretrained_path
     from .inference import Recognizer, predict
@@ -59,9 +61,9 @@ if TYPE_CHECKING:
         save_model,
     )
 
-__all__ = ["DEFAULT_MODEL", "CheckpointError", "Recognizer", "WeightsRecord", "create_model", "create_transform",
-           "get_weights", "list_models", "list_pretrained", "load_model", "load_official", "predict",
-           "pretrained_path", "read_metadata", "save_model", "to_frame", "__version__"]
+__all__ = ["DEFAULT_MODEL", "CheckpointError", "ModelCard", "Recognizer", "WeightsRecord", "create_model",
+           "create_transform", "get_weights", "list_models", "list_pretrained", "load_model", "load_official",
+           "predict", "pretrained_path", "read_metadata", "save_model", "to_frame", "__version__"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, __all__)

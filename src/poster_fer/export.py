@@ -76,7 +76,7 @@ def export_onnx(
         tolerance: largest accepted ``||ort - torch|| / ||torch||`` on the check batches.
         optimize: export the exact fast paths (BN folding, trivial layers, single resize) instead of the
             eager graph; attention stays explicit (plain MatMul/Softmax nodes every runtime has).
-        metadata: extra metadata merged over ``model.meta`` (e.g. ``provenance``).
+        metadata: extra metadata merged over the model's card (e.g. ``provenance``).
         sample: an optional float32 (B,3,S,S) batch to check on instead of seeded random normals.
         storage: "float16" stores every float32 weight that float16 holds exactly as float16 with a Cast to
             float32 in the graph (values unchanged; weights with BatchNorm folded in mostly stay float32, so a
@@ -125,10 +125,7 @@ def export_onnx(
 def _cpu_copy(model: Any) -> Any:
     import copy
 
-    clone = copy.deepcopy(model).to("cpu")
-    if hasattr(model, "meta"):
-        clone.meta = model.meta
-    return clone
+    return copy.deepcopy(model).to("cpu")  # the card travels with it (an immutable attribute)
 
 
 def _trace_to_onnx(graph: Any, example: Any, dest: str, opset: int) -> None:

@@ -8,6 +8,7 @@ trained weight sets (docs/model-card.md) are package data in ``poster_fer/pretra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,9 +94,9 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     With pretrained weights, ``num_classes`` or ``classes`` (names) different from the weights' replace the
     head and keep everything else (:meth:`~poster_fer.models.base.FERModel.reset_classifier`: rows of classes
     whose names match are kept; a log line says which). Other config overrides cannot be combined with weights
-    (they would not fit them). The model comes back in eval mode with ``model.pretrained_cfg``
-    (the weights' record) and ``model.meta`` set; without ``pretrained`` it is randomly initialised and its
-    ``pretrained_cfg`` is None.
+    (they would not fit them). The model comes back in eval mode with ``model.card`` (also
+    ``model.pretrained_cfg``: the weights' card; a new head derives its own, without the old calibration,
+    metrics or name); without ``pretrained`` it is randomly initialised and its ``pretrained_cfg`` is None.
     """
     from .models import create_model as create_registered
     from .weights import load_model
@@ -106,7 +107,7 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
         kwargs = {**overrides, **({"num_classes": int(num_classes)} if num_classes is not None else {})}
         model = create_registered(name, **kwargs)
         if classes is not None:
-            model.meta["classes"] = [str(c) for c in classes]
+            model.card = dataclasses.replace(model.card, classes=tuple(str(c) for c in classes))
         return model
     record = get_weights(name)
     model = load_model(record.verify())
@@ -114,7 +115,6 @@ def create_model(name: str, pretrained: bool = False, num_classes: int | None = 
     if clashing:
         raise ValueError(f"{record.name!r} weights fit their config; cannot override {clashing} (build with "
                          "pretrained=False to train that architecture from scratch)")
-    model.pretrained_cfg = record
     if classes is not None and [str(c) for c in classes] != list(record.classes):
         model.reset_classifier(classes=classes)
     elif num_classes is not None and int(num_classes) != record.num_classes:

@@ -41,20 +41,19 @@ def get_temperature(meta: Any) -> float:
 
 
 def set_temperature(target: Any, temperature: float) -> dict[str, Any]:
-    """Store ``temperature`` in a metadata dict, or in a model's ``meta`` (created if missing); returns the dict.
+    """Store ``temperature`` in a metadata dict, or in a model's card; returns the metadata dict.
 
     The value is saved by :func:`save_model` and carried into ONNX exports.
     """
     value = validate_temperature(temperature)
     if isinstance(target, dict):
-        meta = target
-    else:
-        meta = getattr(target, "meta", None)
-        if meta is None:
-            meta = {}
-            target.meta = meta
-    meta["temperature"] = value
-    return meta
+        target["temperature"] = value
+        return target
+    import dataclasses
+
+    card = target.card  # a model: its card gets the temperature (the one description)
+    target.card = dataclasses.replace(card, calibration={**card.calibration, "temperature": value})
+    return target.card.to_meta()
 
 
 def get_logit_bias(meta: Any) -> list[float] | None:

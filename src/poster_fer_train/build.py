@@ -103,14 +103,14 @@ def init_model(init: str, classes: list[str], report: list[str]) -> nn.Module:
     """Fine-tuning's start: the trained model of ``init`` with a head for ``classes`` (rows of classes whose
     names it knows are kept). Its calibration and metrics described the old head and training data: dropped."""
     model = _open_init(init)
+    source = (model.pretrained_cfg.name if model.pretrained_cfg is not None else None) or init
     old = model.classes or []
     if old != list(classes):
         info = model.reset_classifier(classes=classes)
         kept, new = info["kept"], info["new"]
     else:
         kept, new = list(classes), []
-    model.meta = {"classes": list(classes)}
-    source = model.pretrained_cfg.name if model.pretrained_cfg is not None else init
+        model.card = model.card.with_new_head(classes)  # fine-tuning: the old calibration and metrics go
     report.append(f"init {source}: every trained weight loaded; head {len(classes)} classes: trained rows kept for "
                   f"{', '.join(kept) or 'none'}; new rows for {', '.join(new) or 'none'}")
     return model.train()

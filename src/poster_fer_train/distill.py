@@ -228,12 +228,12 @@ def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequen
     for name, w in zip(cfg.teachers, weights, strict=True):
         path = resolve_weights(name)
         model = load_model(path, device=device)
-        meta = model.meta
-        mapping = match_classes(meta.get("classes") or [], list(classes))
-        prep = Preprocessing.from_meta(meta)
+        card = model.card
+        mapping = match_classes(list(card.classes), list(classes))
+        prep = Preprocessing.from_dict(card.preprocessing, int(model.cfg.input_size))
         transform = create_transform(prep)
         sha = sha256_of(weights_file(path))
-        record: dict[str, Any] = {"teacher": name, "path": str(path), "model": meta.get("model"), "sha256": sha,
+        record: dict[str, Any] = {"teacher": name, "path": str(path), "model": card.architecture, "sha256": sha,
                                   "weight": round(float(w), 4)}
         t = time.monotonic()
         for split, ds in splits.items():

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from poster_fer.card import thaw
 from poster_fer.distributed import DistEnv, barrier
 from poster_fer.evaluation.loop import predict_split, unwrap
 from poster_fer.jsonable import to_jsonable
@@ -96,7 +97,7 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
         results = {
             "recipe": recipe["name"],
             "model": unwrap(model).model_name,
-            "model_config": best.meta["config"],
+            "model_config": thaw(best.card.config),
             "params": {"total": n_params, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)},
             "command": run.sessions[0]["command"],
             "git_revision": git_revision(),
@@ -118,9 +119,9 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
             "recipe_config": recipe,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        meta = best.meta
-        save_model(best, best_dir, classes=meta["classes"], preprocessing=meta["preprocessing"],
-                   provenance=meta.get("provenance"),
+        card = best.card
+        save_model(best, best_dir, classes=list(card.classes), preprocessing=thaw(card.preprocessing),
+                   provenance=card.provenance_record() or None,
                    metrics={s: _summary(m) for s, m in metrics.items()})
         (run_dir / RESULTS_FILE).write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
         if history:

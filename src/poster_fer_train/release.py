@@ -7,12 +7,14 @@ shipped before weights had records. Shipping writes data only: a record and a sa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from poster_fer.card import ModelCard
 from poster_fer.checksums import sha256_of
 from poster_fer.constants import ONNX_FILE
 from poster_fer.models.stats import model_stats
@@ -25,7 +27,7 @@ from poster_fer.weights.io import (
     rewrite_metadata,
     save_model,
 )
-from poster_fer.weights.records import RECORDS_FILE, WeightsRecord, load_records, pretrained_root
+from poster_fer.weights.records import RECORDS_FILE, load_records, pretrained_root
 
 __all__ = ["METRIC_KEYS", "ONNX_FILE", "add_operating_point", "portable", "record_for_folder", "ship_folder",
            "ship_onnx", "write_record"]
@@ -66,32 +68,31 @@ def _metrics_summary(metrics: Mapping[str, Any], splits: Mapping[str, str]) -> d
 
 
 def record_for_folder(folder: str | Path, name: str, *, splits: Mapping[str, str], **fields: Any) -> dict[str, Any]:
-    """The stored form of a shipped folder's record, read from the folder itself (sha256, classes,
-    preprocessing, calibration, metrics, parameters, GFLOPs); ``fields`` add the rest (licence, recipe,
-    command, origin, description, aliases, default)."""
+    """Complete a shipped folder's card and return its records.json entry.
+
+    The card is stored once, in the folder (meta.json and the safetensors header): this adds what it was missing
+    (each metric split described in words, parameters, GFLOPs, and ``fields``: licence, recipe, command, origin,
+    description), rewriting the metadata with the tensors byte for byte. The entry keeps only what the index
+    needs: the file and its sha256, and ``aliases`` / ``default`` from ``fields``."""
     folder = Path(folder)
     model = load_model(folder)
-    meta = model.meta
     stats = model_stats(model)
-    calibration = {k: meta[k] for k in ("logit_bias", "temperature", POINTS_KEY) if meta.get(k) is not None}
-    record = {
-        "architecture": name.split(".", 1)[0],
-        "file": f"{folder.name}/{WEIGHTS_FILE}",
-        "sha256": sha256_of(folder / WEIGHTS_FILE),
-        "classes": list(meta["classes"]),
-        "preprocessing": meta["preprocessing"],
-        "calibration": calibration,
-        "metrics": _metrics_summary(meta.get("metrics") or {}, splits),
-        "num_params": stats["params_total"],
-        "gflops": stats["gflops"],
-        **fields,
-    }
-    WeightsRecord.from_dict(name, record)  # refuse a malformed record before it is written
-    return record
+    card = model.card
+    index = {k: fields.pop(k) for k in ("aliases", "default") if k in fields}
+    metrics = {split: {**dict(card.metrics.get(split) or {}), **summary}
+               for split, summary in _metrics_summary(card.metrics, splits).items()}
+    card = dataclasses.replace(card, name=name, metrics={**card.metrics, **metrics},
+                               num_params=stats["params_total"], gflops=stats["gflops"], **fields)
+    weights = rewrite_metadata(folder, card.to_meta()) / WEIGHTS_FILE
+    entry = {"architecture": name.split(".", 1)[0], "file": f"{folder.name}/{WEIGHTS_FILE}",
+             "sha256": sha256_of(weights), **index}
+    ModelCard.from_dict(name, entry)  # refuse a malformed entry before it is written
+    return entry
 
 
 def write_record(name: str, record: Mapping[str, Any], root: str | Path | None = None) -> Path:
-    """Add or replace ``name`` in ``records.json`` (sorted, atomically)."""
+    """Add or replace ``name`` in ``records.json`` (sorted, atomically): a shipped model's index entry, or a
+    download record's whole card."""
     path = Path(root or pretrained_root()) / RECORDS_FILE
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[name] = dict(record)
@@ -105,9 +106,9 @@ def ship_folder(model: Any, name: str, repo: str | Path, **metadata: Any) -> Pat
     """Save ``model`` as the package-data folder of weight set ``name`` (``pretrained/<name>/``), with its
     metadata's paths made portable relative to ``repo`` and ``weights`` naming the record."""
     out = pretrained_root() / name
-    meta = portable({**(getattr(model, "meta", None) or {}), **metadata}, repo)
-    model.meta = {**meta, "weights": name}
+    meta = portable({**model.card.to_meta(), **metadata}, repo)
     model.model_name = name.split(".", 1)[0]
+    model.card = dataclasses.replace(ModelCard.from_meta(meta), name=name)
     return save_model(model, out)
 
 
@@ -132,15 +133,16 @@ def ship_onnx(name: str, sample: Any = None, tolerance: float = 1e-4) -> dict[st
     folder = record.path()
     model = load_model(folder)
     out = folder / ONNX_FILE
+    meta = model.card.to_meta()
     report = export_onnx(model, out, optimize=True, storage="float16", sample=sample,
-                         metadata={"provenance": {**(model.meta.get("provenance") or {}), "exported_from": name}})
+                         metadata={"provenance": {**(meta.get("provenance") or {}), "exported_from": name}})
     worst = 0.0
     if sample is not None:
         import torch
 
         with torch.inference_mode():
-            ref = calibrated_probabilities(model(torch.from_numpy(np.ascontiguousarray(sample))).numpy(), model.meta)
-        got = calibrated_probabilities(OnnxRuntimeModel(out)(sample), model.meta)
+            ref = calibrated_probabilities(model(torch.from_numpy(np.ascontiguousarray(sample))).numpy(), meta)
+        got = calibrated_probabilities(OnnxRuntimeModel(out)(sample), meta)
         worst = float(np.abs(got - ref).max())
         if not worst <= tolerance or not np.array_equal(got.argmax(1), ref.argmax(1)):
             out.unlink()
@@ -149,23 +151,19 @@ def ship_onnx(name: str, sample: Any = None, tolerance: float = 1e-4) -> dict[st
     entry = {"file": f"{folder.name}/{ONNX_FILE}", "sha256": sha256_of(out), "bytes": out.stat().st_size,
              "opset": report["opset"], "storage": "float16", "max_rel_logit_error": report["max_rel_error"],
              "max_abs_prob_diff": worst, "checked_on": 0 if sample is None else int(len(sample))}
-    write_record(name, {**record.to_dict(), "architecture": record.architecture, "onnx": entry})
+    write_record(name, {**record.index_entry(), "onnx": entry})
     return entry
 
 
 def add_operating_point(name: str, point: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Add (or replace) operating point ``point`` of shipped weights ``name``: in the folder's meta.json, in the
-    metadata copy inside model.safetensors (the tensors are written back byte for byte) and in the record's
-    calibration, whose sha256 is refreshed. Returns the new metadata. Run :func:`ship_onnx` after it, so the
-    ONNX file (which carries the metadata too) offers the point as well."""
+    """Add (or replace) operating point ``point`` of shipped weights ``name`` in its card: the folder's meta.json
+    and the metadata copy inside model.safetensors (the tensors are written back byte for byte); the index entry
+    gets the new sha256. Returns the new metadata. Run :func:`ship_onnx` after it, so the ONNX file (which carries
+    the metadata too) offers the point as well."""
     record = load_records()[name]
     folder = record.path()
     meta = read_metadata(folder, check=False)
     meta[POINTS_KEY] = {**(meta.get(POINTS_KEY) or {}), point: dict(entry)}
     weights = rewrite_metadata(folder, meta) / WEIGHTS_FILE
-    data = record.to_dict()
-    calibration = dict(data.get("calibration") or {})
-    calibration[POINTS_KEY] = meta[POINTS_KEY]
-    write_record(name, {**data, "architecture": record.architecture, "calibration": calibration,
-                        "sha256": sha256_of(weights)})
+    write_record(name, {**record.index_entry(), "sha256": sha256_of(weights)})
     return meta

@@ -110,10 +110,11 @@ def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
             raise UserError(str(e).strip("'\"")) from None
     point = getattr(args, "operating_point", None)
     if point is not None:
+        from ..card import ModelCard
         from ..probabilities import with_operating_point
 
         try:
-            model.meta = with_operating_point(dict(getattr(model, "meta", None) or {}), point)
+            model.card = ModelCard.from_meta(with_operating_point(model.card.to_meta(), point))
         except ValueError as err:
             raise UserError(f"{path}: {err}") from None
     return model

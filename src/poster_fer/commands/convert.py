@@ -40,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     if report.dropped:
         print(f"dropped (never run by the official forward pass): {len(report.dropped)} keys, e.g. "
               f"{', '.join(report.dropped[:3])}")
-    print(f"wrote {out} ({model.meta['preprocessing']['channel_order']} input, classes: "
-          f"{', '.join(model.meta['classes'])})")
+    print(f"wrote {out} ({model.card.preprocessing['channel_order']} input, classes: "
+          f"{', '.join(model.card.classes)})")
     return 0

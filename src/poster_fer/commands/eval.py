@@ -103,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
     except DeviceError as e:  # no CUDA, or not a device name
         raise UserError(f"--device: {e}") from None
     model = load_weights(args, device)
-    meta = getattr(model, "meta", None) or {}
-    kind, root, options = _dataset_choice(args, meta)
+    kind, root, options = _dataset_choice(args, model.card.to_meta())
     options["on_error"] = args.on_error
     if args.label_mode:
         if kind != "ferplus":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -49,14 +50,13 @@ def run(args: argparse.Namespace) -> int:
     except DeviceError as e:  # no CUDA, or not a device name
         raise UserError(f"--device: {e}") from None
     model = load_weights(args, device)
-    meta = dict(getattr(model, "meta", None) or {})
     if args.geometry:
         try:
             geometry = get_geometry(args.geometry).to_dict()
         except (TypeError, ValueError) as e:
             raise UserError(f"--geometry: {e}") from None
-        meta["preprocessing"] = {**(meta.get("preprocessing") or {}), "crop_geometry": geometry}
-        model.meta = meta
+        model.card = dataclasses.replace(model.card, preprocessing={**model.card.preprocessing,
+                                                                    "crop_geometry": geometry})
     # The predict pipeline (detection, alignment, grey conversion) gives the crops, so a map explains
     # exactly the prediction `poster-fer predict` makes.
     rec = Recognizer.from_model(model, device=str(device), detector=None if args.no_detect else args.detector,

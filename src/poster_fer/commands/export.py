@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         report = export_onnx(model, out, opset=args.opset or DEFAULT_OPSET,
                              check_batch_sizes=(3,) if args.batch_size_check else (),
                              tolerance=args.tolerance, optimize=not args.no_optimize, storage=args.storage,
-                             metadata={"provenance": {**(getattr(model, "meta", {}) or {}).get("provenance", {}),
+                             metadata={"provenance": {**model.card.provenance_record(),
                                                       "exported_from": str(weights)}})
     except ExportError as err:
         raise UserError(str(err)) from None

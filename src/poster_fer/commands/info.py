@@ -68,9 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models.stats import model_stats
 
     stats = model_stats(model)
-    meta = getattr(model, "meta", None) or {}
-    if meta.get("classes"):
-        stats["operating_points"] = _points_with_scores(meta)
+    if model.card.classes:
+        stats["operating_points"] = _points_with_scores(model.card.to_meta())
     if args.json:
         print(json.dumps(stats, indent=2))
     else:

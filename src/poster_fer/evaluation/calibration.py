@@ -181,7 +181,7 @@ def expected_calibration_error(probs: Any, targets: Any, n_bins: int = DEFAULT_B
 
 
 def calibrate_model(model: Any, logits_val: Any, targets_val: Any) -> float:
-    """Fit a temperature on validation logits and store it in ``model.meta`` (saved by ``save_model``).
+    """Fit a temperature on validation logits and store it in the model's card (saved by ``save_model``).
 
     For the trainer after model selection: the logits must be the model's raw (uncalibrated) outputs on a
     split that is not reported. Returns the temperature.

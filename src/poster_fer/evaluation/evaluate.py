@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..card import card_of, thaw
 from ..devices import resolve_device
 from ..precision import autocast as precision_autocast
 from ..precision import resolve_precision
-from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, softmax, validate_temperature
+from ..probabilities import calibrate_logits, softmax, validate_temperature
 from ..provenance import git_revision
 from ..weights.preprocessing import Preprocessing, create_transform
 from .calibration import calibration_metrics, fit_temperature
@@ -115,13 +116,13 @@ def run_evaluation(
 
 
 def _checkpoint_record(model: nn.Module, checkpoint: str | os.PathLike[str] | None) -> dict[str, Any]:
-    meta = getattr(model, "meta", None) or {}
+    card = card_of(model)
     return {
         "path": None if checkpoint is None else str(Path(checkpoint).resolve()),
         "model": getattr(model, "model_name", None),
         "family": getattr(model, "family", None),
-        "provenance": meta.get("provenance"),
-        "training_metrics": meta.get("metrics"),
+        "provenance": card.provenance_record() or None,
+        "training_metrics": thaw(card.metrics) or None,
     }
 
 
@@ -129,9 +130,9 @@ def _resolve_classes_and_preprocessing(
     model: nn.Module, dataset: Any, classes: Sequence[str] | None,
     preprocessing: Preprocessing | Mapping[str, Any] | None, classes_by_position: bool,
 ) -> tuple[list[str], np.ndarray | None, Preprocessing]:
-    """(model class names, dataset-to-model label map, eval preprocessing), defaulting to ``model.meta``."""
-    meta = getattr(model, "meta", None) or {}
-    names = [str(n) for n in (classes if classes is not None else meta.get("classes") or [])]
+    """(model class names, dataset-to-model label map, eval preprocessing), defaulting to the model's card."""
+    card = card_of(model)
+    names = [str(n) for n in (classes if classes is not None else card.classes)]
     num_classes = int(model.cfg.num_classes)
     if not names:
         if not classes_by_position:
@@ -142,7 +143,7 @@ def _resolve_classes_and_preprocessing(
         raise ClassMismatchError(f"{len(names)} class names for a {num_classes}-class model")
     mapping = match_classes(names, dataset.classes, by_position=classes_by_position)
     if preprocessing is None:
-        preprocessing = meta.get("preprocessing") or {}
+        preprocessing = thaw(card.preprocessing)
     if not isinstance(preprocessing, Preprocessing):
         preprocessing = Preprocessing.from_dict(preprocessing, int(model.cfg.input_size))
     return names, mapping, preprocessing
@@ -176,7 +177,7 @@ def fit_dataset_temperature(
                          indices=idx, num_workers=num_workers, progress=progress, desc="fit temperature")
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 
-    bias = get_logit_bias(getattr(model, "meta", None) or {})
+    bias = card_of(model).logit_bias
     logits = out["logits"] if bias is None else out["logits"] + np.asarray(bias, dtype=np.float32)
     return fit_temperature(logits, y_true), int(idx.size)
 
@@ -204,29 +205,29 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Evaluate a model on a dataset and (with ``out_dir``) write the full record; returns the metrics.
 
-    ``classes`` and ``preprocessing`` default to ``model.meta``; images go through :func:`poster_fer.create_transform`
+    ``classes`` and ``preprocessing`` default to the model's card; images go through :func:`poster_fer.create_transform`
     of that preprocessing, so the checkpoint's input size, statistics, channel order and grey conversion
     are applied whatever transform the dataset carries. Dataset labels are mapped onto the model's classes
-    by :func:`match_classes`. ``temperature`` (default: ``model.meta["temperature"]``, else 1) scales the
+    by :func:`match_classes`. ``temperature`` (default: the card's temperature, else 1) scales the
     logits as every inference path does, so probabilities, NLL and ``predictions.csv`` are the calibrated
     ones the deployed model reports; ``ece`` (T = 1) and ``ece_calibrated`` show what the temperature buys.
     ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``, ``confusion.png``,
     ``reliability.png`` (and ``tsne.png`` with ``tsne``); ``provenance`` is merged into what they record.
     """
 
-    meta = getattr(model, "meta", None) or {}
+    card = card_of(model)
     names, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
                                                               classes_by_position)
     if temperature is not None:
         source = "given"
     else:
-        source = "checkpoint metadata" if meta.get("temperature") is not None else "none stored (T = 1)"
-        temperature = get_temperature(meta)
+        source = "checkpoint metadata" if card.temperature is not None else "none stored (T = 1)"
+        temperature = 1.0 if card.temperature is None else float(card.temperature)
     idx = subsample_indices(len(dataset), max_samples)
     start = time.perf_counter()
     out = run_evaluation(model, dataset, batch_size=batch_size, tta=tta, device=device, collect_features=tsne,
                          transform=create_transform(prep), indices=idx, num_workers=num_workers, progress=progress,
-                         temperature=temperature, logit_bias=get_logit_bias(meta))
+                         temperature=temperature, logit_bias=card.logit_bias)
     seconds = time.perf_counter() - start
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 

@@ -104,7 +104,7 @@ class TorchBackend:
     ``autocast`` ("bf16" or "fp16") runs the forward pass under :func:`torch.autocast` on the model's device;
     logits are always returned as float32. ``fused_attention`` switches attention to PyTorch's fused kernel,
     which is faster and equal to the explicit softmax up to float rounding. Logits are divided by the
-    model's calibration temperature (``model.meta["temperature"]``, 1 when absent), after adding its logit bias;
+    model's calibration temperature (the card's ``temperature``, 1 when absent), after adding its logit bias;
     ``operating_point`` picks another of the calibrations the record offers (:mod:`poster_fer.probabilities`).
     ``fast`` runs a copy through the exact fast paths of :mod:`poster_fer.fastpath` (``self.net``; ``self.model``
     is the original).
@@ -119,7 +119,8 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         if fused_attention:
             set_fused_attention(self.model, True)
-        self.meta: dict[str, Any] = dict(getattr(model, "meta", None) or {})
+        card = getattr(model, "card", None)
+        self.meta: dict[str, Any] = card.to_meta() if card is not None else dict(getattr(model, "meta", None) or {})
         self.meta.setdefault("model", getattr(model, "model_name", None))
         if "preprocessing" not in self.meta:
             self.meta["preprocessing"] = {"input_size": int(model.cfg.input_size)}

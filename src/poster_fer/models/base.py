@@ -4,10 +4,11 @@ Declared once here (timm keeps ``pretrained_cfg`` and ``reset_classifier`` on ev
 code sets ad-hoc attributes on a model:
 
 - ``model_name`` / ``family``: the registered architecture that rebuilds it (set by the registry);
-- ``pretrained_cfg``: the frozen :class:`poster_fer.weights.records.WeightsRecord` of the weights it was
-  loaded from, or None when randomly initialised;
-- ``meta``: the metadata record stored beside the weights (classes, preprocessing, calibration, provenance,
-  metrics); empty for a new model.
+- ``card``: its :class:`poster_fer.weights.card.ModelCard`, the one description (classes, preprocessing,
+  calibration, metrics, provenance, licence); ``pretrained_cfg`` is the same card (timm's name) when the weights
+  came from a file, None when randomly initialised;
+- ``meta``: the card as the old metadata dict, a read-only view kept for one release (writing to it warns and
+  goes through the card).
 
 Methods: :meth:`FERModel.reset_classifier` (new head, rows of classes that keep their name carried over) and
 :meth:`FERModel.predict_proba` (calibrated probabilities, equal to the Recognizer's).
@@ -24,15 +25,45 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..card import ModelCard, freeze
 from ..classes import match_by_name
+from ..naming import warn_deprecated
 from ..probabilities import calibrated_probabilities
 
 __all__ = ["FERModel"]
 
 log = logging.getLogger("poster_fer")
 
-#: Metadata that describes the trained head; a new head invalidates it.
-HEAD_META_KEYS = ("logit_bias", "temperature", "metrics")
+
+class MetaView(dict):
+    """``model.meta`` for code written before the card: reads as the old dict; a write warns and becomes a new
+    card (so the card stays the one description)."""
+
+    def __init__(self, model: FERModel) -> None:
+        super().__init__(model.card.to_meta())
+        self._model = model
+
+    def _write(self, name: str, *args: Any) -> Any:
+        warn_deprecated(f"changing model.meta ({name}) is deprecated: build a card with dataclasses.replace("
+                        "model.card, ...) and assign model.card")
+        result = getattr(super(), name)(*args)
+        self._model.card = ModelCard.from_meta(self)
+        return result
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._write("__setitem__", key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._write("__delitem__", key)
+
+    def pop(self, *args: Any) -> Any:
+        return self._write("pop", *args)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._write("update", dict(*args, **kwargs))
+
+    def setdefault(self, *args: Any) -> Any:
+        return self._write("setdefault", *args)
 
 
 class FERModel(nn.Module):
@@ -45,14 +76,58 @@ class FERModel(nn.Module):
         super().__init__()
         self.model_name: str | None = None
         self.family: str | None = None
-        self.pretrained_cfg: Any = None
-        self.meta: dict[str, Any] = {}
+        self._card = ModelCard()
+        self._from_weights = False  # whether the weights came from a file (pretrained_cfg is then the card)
+
+    @property
+    def card(self) -> ModelCard:
+        """The model's card, its architecture and config always those of the network as it is now."""
+        from .registry import config_to_dict
+
+        cfg = getattr(self, "cfg", None)
+        if cfg is None:
+            return self._card
+        live = {"architecture": self.model_name or self._card.architecture,
+                "family": self.family or self._card.family, "config": freeze(config_to_dict(cfg))}
+        if all(getattr(self._card, k) == v for k, v in live.items()):
+            return self._card  # the stored card, itself (a shipped model's pretrained_cfg is its record)
+        return dataclasses.replace(self._card, **live)
+
+    @card.setter
+    def card(self, card: ModelCard) -> None:
+        if not isinstance(card, ModelCard):
+            raise TypeError(f"model.card takes a ModelCard, not {type(card).__name__}")
+        n = int(self.cfg.num_classes) if getattr(self, "cfg", None) is not None else None
+        if card.classes and n is not None and len(card.classes) != n:
+            raise ValueError(f"{len(card.classes)} class names for a {n}-class head")
+        self._card = card
+
+    @property
+    def pretrained_cfg(self) -> ModelCard | None:
+        """The card of the weights this model was loaded from (timm's name for it); None when randomly
+        initialised."""
+        return self.card if self._from_weights else None
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, card: ModelCard | None) -> None:
+        self._from_weights = card is not None
+        if card is not None:
+            self.card = card
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The card as the metadata dict of earlier releases (see :class:`MetaView`); prefer ``model.card``."""
+        return MetaView(self)
+
+    @meta.setter
+    def meta(self, meta: dict[str, Any]) -> None:
+        warn_deprecated("assigning model.meta is deprecated: assign model.card (poster_fer.weights.ModelCard)")
+        self.card = ModelCard.from_meta(meta)
 
     @property
     def classes(self) -> list[str] | None:
-        """The class names of the outputs, when the model records them (``meta["classes"]``)."""
-        names = self.meta.get("classes")
-        return None if names is None else [str(n) for n in names]
+        """The class names of the outputs, when the model records them."""
+        return list(self._card.classes) or None
 
     def get_classifier(self) -> nn.Linear:
         return self.head.linear
@@ -62,8 +137,9 @@ class FERModel(nn.Module):
 
         With ``classes`` (names) and a model that knows its own, each new class whose expression the old head
         had (compared by :func:`poster_fer.classes.canonical_class_name`: ``happy`` = ``happiness``) keeps its
-        trained row; the others start fresh. The calibration and metrics in ``meta`` described the old head and
-        are dropped. Returns ``{"kept": [...], "new": [...]}`` (class names) and logs one line saying so.
+        trained row; the others start fresh. The card follows :meth:`ModelCard.with_new_head`: the calibration,
+        operating points, metrics and published name described the old head and are dropped. Returns
+        ``{"kept": [...], "new": [...]}`` (class names) and logs one line saying so.
         """
         if classes is not None:
             classes = [str(c) for c in classes]
@@ -86,12 +162,7 @@ class FERModel(nn.Module):
                         kept.append(classes[i])
         self.head.linear = new
         self.cfg = dataclasses.replace(self.cfg, num_classes=n)
-        for key in HEAD_META_KEYS:
-            self.meta.pop(key, None)
-        if classes is not None:
-            self.meta["classes"] = list(classes)
-        else:
-            self.meta.pop("classes", None)
+        self._card = self.card.with_new_head(classes, n)  # the one rule: no stale calibration, metrics or name
         fresh = [c for c in (classes or []) if c not in kept] if classes is not None else [f"{n} new outputs"]
         log.info("%s: new %d-class head (kept the trained rows of %s; new rows for %s); backbone and fusion "
                  "weights unchanged", self.model_name, n, ", ".join(kept) or "no class", ", ".join(fresh) or "none")
@@ -100,7 +171,7 @@ class FERModel(nn.Module):
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> np.ndarray:
         """Calibrated class probabilities (float32 numpy, ``(B, num_classes)``) of a preprocessed batch, as the
-        Recognizer reports them: ``softmax((logits + logit_bias) / temperature)`` from ``meta``.
+        Recognizer reports them: ``softmax((logits + logit_bias) / temperature)`` from the card.
 
         Runs in eval mode and restores the previous mode. Use it (not ``softmax(model(x))``) wherever the
         probabilities are shown or thresholded: the shipped models' raw softmax is over-confident.
@@ -111,4 +182,4 @@ class FERModel(nn.Module):
             logits = self(x).float().cpu().numpy()
         finally:
             self.train(was_training)
-        return calibrated_probabilities(logits, self.meta)
+        return calibrated_probabilities(logits, self.card.to_meta())

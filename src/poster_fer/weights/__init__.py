@@ -16,12 +16,13 @@ _EXPORTS: dict[str, str] = {
     "load_pretrained_mobilefacenet": "official",
     "IMAGENET_MEAN": "..constants", "IMAGENET_STD": "..constants", "Preprocessing": "preprocessing",
     "create_transform": "preprocessing",
-    "WeightsRecord": "records", "get_weights": "records", "list_weights": "records",
+    "WeightsRecord": "records", "ModelCard": "..card", "get_weights": "records", "list_weights": "records",
     "CheckpointError": "..errors", "safe_torch_load": "safe_load",
     "load_model": "io", "read_metadata": "io", "save_model": "io",
 }
 
 if TYPE_CHECKING:
+    from ..card import ModelCard
     from ..constants import IMAGENET_MEAN, IMAGENET_STD
     from ..errors import CheckpointError
     from .io import load_model, read_metadata, save_model
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
     from .safe_load import safe_torch_load
 
 __all__ = [
-    "AFFECTNET_CLASSES", "CheckpointError", "ConversionReport", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing",
-    "RAFDB_CLASSES", "WeightsRecord", "convert_official_state_dict", "create_transform", "get_weights",
+    "AFFECTNET_CLASSES", "CheckpointError", "ConversionReport", "IMAGENET_MEAN", "IMAGENET_STD", "ModelCard",
+    "Preprocessing", "RAFDB_CLASSES", "WeightsRecord", "convert_official_state_dict", "create_transform", "get_weights",
     "list_weights", "load_model", "load_official", "load_pretrained_ir50", "load_pretrained_mobilefacenet",
     "read_metadata", "safe_torch_load", "save_model",
 ]

@@ -10,6 +10,7 @@ Loading rebuilds the model from the record alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -36,9 +37,9 @@ _HEADER_KEY = "poster_fer_meta"
 
 
 def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
-    """The record stored beside the weights: the model's ``meta`` (if any) updated with ``metadata``."""
-    meta: dict[str, Any] = {}
-    meta.update(getattr(model, "meta", {}) or {})
+    """The record stored beside the weights: the model's card as meta.json, updated with ``metadata``."""
+    card = getattr(model, "card", None)
+    meta: dict[str, Any] = card.to_meta() if card is not None else {}
     meta.update({k: v for k, v in metadata.items() if v is not None})
     num_classes = int(model.cfg.num_classes)
     if not meta.get("classes"):
@@ -69,7 +70,7 @@ def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
     """Save ``model`` to directory ``path`` (``model.safetensors`` + ``meta.json``); returns the directory.
 
     Keyword arguments become metadata (``classes=[...]``, ``preprocessing={...}``, ``provenance={...}``,
-    ``metrics={...}``, ``temperature=1.7``), merged over ``model.meta``.
+    ``metrics={...}``, ``temperature=1.7``), merged over the model's card.
     """
     path = Path(path)
     meta = build_metadata(model, **metadata)
@@ -175,9 +176,9 @@ def read_metadata(path: str | Path, check: bool = True) -> dict[str, Any]:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True,
                classes: Sequence[str] | None = None) -> nn.Module:
-    """Rebuild and load a model saved by :func:`save_model` (eval mode, ``model.meta`` and
-    ``model.pretrained_cfg`` set). ``classes`` names the outputs of a checkpoint that records none (it is refused
-    otherwise: class names are never guessed) and must agree with one that does.
+    """Rebuild and load a model saved by :func:`save_model` (eval mode; ``model.card``, which is also
+    ``model.pretrained_cfg``, from :func:`card_of`). ``classes`` names the outputs of a checkpoint that records
+    none (it is refused otherwise: class names are never guessed) and must agree with one that does.
 
     The metadata is checked first, then the config against the file's tensor shapes on PyTorch's meta device
     (:mod:`poster_fer.weights.checks`), so a bad checkpoint is one :class:`CheckpointError` naming the file and the
@@ -208,21 +209,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
     model.load_state_dict(state, strict=False)  # shapes and names were checked above
     model.to(device).eval()
-    model.meta = meta
-    model.pretrained_cfg = _record_of(meta, weights)
+    model.pretrained_cfg = card_of(meta, weights)
     return model
 
 
-def _record_of(meta: dict[str, Any], weights: Path) -> Any:
-    """The weight record of a loaded checkpoint: the shipped record it names, else one made from its metadata."""
-    from .records import WeightsRecord, load_records
+def card_of(meta: dict[str, Any], weights: Path) -> Any:
+    """The card of a loaded checkpoint: the published card its metadata names when the file is that model (same
+    architecture, classes and sha256), else the card its own metadata describes, which then names no published
+    weights (a re-headed or retrained copy does not inherit the original's name, calibration or metrics)."""
+    from ..card import ModelCard
+    from ..checksums import sha256_of
+    from .records import load_records
 
-    named = meta.get("weights")
-    records = load_records()
-    if named in records and records[named].architecture == meta.get("model"):
-        return records[named]
-    calibration = {k: meta[k] for k in ("logit_bias", "temperature") if meta.get(k) is not None}
-    prov = meta.get("provenance") or {}
-    return WeightsRecord.from_dict(f"{meta.get('model')}.local", {
-        "classes": list(meta["classes"]), "preprocessing": meta.get("preprocessing") or {}, "calibration": calibration,
-        "recipe": prov.get("recipe"), "command": prov.get("command"), "origin": str(weights)})
+    card = ModelCard.from_meta(meta)
+    named = load_records().get(card.name) if card.name else None
+    if named is not None and named.architecture == card.architecture and named.classes == card.classes:
+        if named.sha256 is None or named.sha256 == sha256_of(weights):
+            return named
+    if named is not None:
+        card = dataclasses.replace(card, name=None, parent=card.parent or card.name)
+    return card

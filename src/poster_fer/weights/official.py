@@ -168,6 +168,7 @@ def load_official(
     POSTER++ RAF-DB and AffectNet-7, are refused with both names). The model gets ``meta`` (classes,
     preprocessing, provenance) for :func:`poster_fer.save_model` and ``pretrained_cfg`` (the record).
     """
+    from ..card import ModelCard
     from .records import find_official, get_weights
 
     if "." in model:
@@ -206,13 +207,14 @@ def load_official(
             else Preprocessing.default(net.cfg.input_size, default_channel_order(model)))
     if channel_order is not None:
         prep = dataclasses.replace(prep, channel_order=str(channel_order).upper())
-    net.meta = {
-        "classes": names,
-        "preprocessing": prep.to_meta(),
-        "provenance": {"source": "official", "file": path.name, "container": info,
-                       "weights": record.name if record else None, "conversion": report.summary()},
-    }
-    net.pretrained_cfg = record
+    card = dataclasses.replace(
+        record or ModelCard(), classes=tuple(names), preprocessing=prep.to_meta(),
+        provenance={"source": "official", "file": path.name, "container": info,
+                    "weights": record.name if record else None, "conversion": report.summary()})
+    if record is not None:
+        net.pretrained_cfg = card  # the published checkpoint it is
+    else:
+        net.card = card  # classes given for a head no record covers: no published card (pretrained_cfg None)
     net.conversion_report = report
     return net
 

@@ -220,14 +220,11 @@ def resolve_preprocessing(source: Any) -> Preprocessing:
     prep = getattr(source, "preprocessing", None)
     if prep is not None and not callable(prep):  # a WeightsRecord
         return Preprocessing.from_dict(prep)
-    meta = getattr(source, "meta", None)
     cfg = getattr(source, "cfg", None)
-    if cfg is not None:  # a model: its metadata, else the defaults at its input size
-        if meta and meta.get("preprocessing"):
-            return Preprocessing.from_meta(meta, int(cfg.input_size))
-        record = getattr(source, "pretrained_cfg", None)
-        if record is not None:
-            return Preprocessing.from_dict(record.preprocessing, int(cfg.input_size))
+    if cfg is not None:  # a model: its card's preprocessing, else the defaults at its input size
+        card = getattr(source, "card", None)
+        if card is not None and card.preprocessing:
+            return Preprocessing.from_dict(card.preprocessing, int(cfg.input_size))
         return Preprocessing.default(int(cfg.input_size))
     if isinstance(source, Mapping):
         return Preprocessing.from_meta(source) if "preprocessing" in source else Preprocessing.from_dict(source)
