@@ -133,3 +133,64 @@ def test_a_retrained_copy_does_not_inherit_the_published_name(tmp_path):
     loaded = poster_fer.load_model(folder)
     assert loaded.card.name is None and loaded.card.parent == poster_fer.DEFAULT_MODEL
     assert loaded.card.file is None and not loaded.card.shipped
+
+
+# Calibrated probabilities on the shipped sample before the card moved into the folders (2026-12-07, torch
+# backend): moving the description changed each file's header, never a tensor or a calibration.
+BEFORE = {
+    "poster_v1_mfn64_image.ferplus": {"neutral": 0.9246, "sadness": 0.062, "contempt": 0.0057},
+    "poster_v1_mfn_image.ferplus": {"neutral": 0.8904, "sadness": 0.082, "contempt": 0.0198},
+    "poster_v1_s.ferplus": {"neutral": 0.9498, "sadness": 0.0218, "contempt": 0.0158},
+    "poster_v1_s_image.ferplus": {"neutral": 0.929, "sadness": 0.0601, "contempt": 0.0041},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_shipped_weights_give_the_probabilities_they_gave_before(name):
+    (face,) = Recognizer.from_checkpoint(name, backend="torch").predict(str(sample_path()))
+    for cls, p in BEFORE[name].items():
+        assert face.probabilities[cls] == pytest.approx(p, abs=1e-4), cls
+
+
+def _earlier_layouts(folder, tmp_path):
+    """One folder of each layout earlier releases wrote, from one saved tiny model."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    meta = json.loads((folder / "meta.json").read_text())
+    with safe_open(str(folder / "model.safetensors"), "numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+
+    def layout(name, record, with_side=True, header=True):
+        out = tmp_path / name
+        out.mkdir()
+        save_file(tensors, str(out / "model.safetensors"),
+                  metadata={_HEADER_KEY: json.dumps(record)} if header else None)
+        if with_side:
+            (out / "meta.json").write_text(json.dumps(record))
+        return out
+
+    first = {k: meta[k] for k in ("format", "model", "family", "config", "classes")}  # the first format
+    return {
+        "first record: no preprocessing, calibration or provenance": (layout("first", first), None),
+        "a lone .safetensors (the record only in its header)": (layout("lone", meta, with_side=False)
+                                                                / "model.safetensors", None),
+        "meta.json only (a header without the record)": (layout("side", meta, header=False), None),
+        "no class names (load_model(classes=...) names them)": (
+            layout("nameless", {k: v for k, v in meta.items() if k != "classes"}), meta["classes"]),
+        "a calibrated record with a retired weights name": (
+            layout("retired", {**meta, "temperature": 1.5, "weights": "poster_v1_ferplus_s"}), None),
+    }
+
+
+def test_every_earlier_saved_layout_still_loads_and_labels(tmp_path):
+    model = poster_fer.create_model("poster_v1_tiny", num_classes=3, classes=["a", "b", "c"], input_size=48,
+                                    backbone_size=48, image_tokens="pool")
+    folder = poster_fer.save_model(model, tmp_path / "now")
+    x = torch.rand(2, 3, 48, 48)
+    for what, (path, classes) in _earlier_layouts(folder, tmp_path).items():
+        loaded = poster_fer.load_model(path, classes=classes)
+        assert loaded.classes == ["a", "b", "c"], what
+        assert loaded.card.name is None, what  # a retired or foreign name is not the shipped card
+        assert loaded.predict_proba(x).shape == (2, 3), what
+        torch.testing.assert_close(loaded(x), model.eval()(x)), what

@@ -205,7 +205,7 @@ class ModelCard:
             self, classes=names, config=config, calibration={}, metrics={}, name=None, description="",
             recipe=None, command=None, origin=f"fine-tuned from {parent}" if parent else "", parent=parent,
             provenance={}, num_params=None, gflops=None, file=None, sha256=None, onnx={}, aliases=(), default=False,
-            extra={k: v for k, v in self.extra.items() if k != "operating_point"})
+            extra={k: v for k, v in self.extra.items() if k not in ("operating_point", "weights")})
 
     # -- meta.json ------------------------------------------------------------------------------------------
 
@@ -214,16 +214,26 @@ class ModelCard:
         """The card of a meta.json record (as :func:`~poster_fer.weights.checks.check_metadata` accepted it)."""
         prov = dict(meta.get("provenance") or {})
         typed = {k: prov.pop(k) for k in _PROVENANCE_FIELDS if k in prov}
+        name = meta.get("weights")
+        arch, dot, tag = str(name).partition(".") if name else ("", "", "")
+        if name and (not dot or not tag or (meta.get("model") and arch != meta.get("model"))):
+            # a name from before weights were named architecture.tag (poster_v1_ferplus_s), or another
+            # architecture's: kept as where the model came from, never as its own published name
+            typed.setdefault("parent", name)
+            extra = {"weights": name}
+            name = None
+        else:
+            extra = {}
         return cls(
             architecture=meta.get("model"), family=meta.get("family"), config=meta.get("config") or {},
             classes=tuple(str(c) for c in meta.get("classes") or ()),
             preprocessing=meta.get("preprocessing") or {},
             calibration={k: meta[k] for k in CALIBRATION_KEYS if meta.get(k) is not None},
-            metrics=meta.get("metrics") or {}, name=meta.get("weights"), description=meta.get("description") or "",
+            metrics=meta.get("metrics") or {}, name=name, description=meta.get("description") or "",
             licence=meta.get("licence") or "", recipe=typed.get("recipe"), command=typed.get("command"),
             origin=typed.get("origin") or "", parent=typed.get("parent"), provenance=prov,
             num_params=meta.get("num_params"), gflops=meta.get("gflops"),
-            extra={k: v for k, v in meta.items() if k not in _META_FIELDS})
+            extra={**{k: v for k, v in meta.items() if k not in _META_FIELDS}, **extra})
 
     def to_meta(self) -> dict[str, Any]:
         """The meta.json record (plain JSON values; empty fields left out, as saved folders always had them)."""
