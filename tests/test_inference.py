@@ -23,6 +23,7 @@ from poster_fer.faces import (
     load_image,
 )
 from poster_fer.faces import download as download_module
+from poster_fer.hub import OfficialOptions, open_checkpoint
 from poster_fer.inference import (
     FaceResult,
     InferenceError,
@@ -281,12 +282,19 @@ def test_official_pth_checkpoint_loads_with_default_geometry(tmp_path, yunet, as
     path = tmp_path / "official.pth"
     torch.save({"iter": 1, "model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
     with pytest.raises(CheckpointError, match="which dataset's class order"):  # no record names a tiny head
-        Recognizer.from_checkpoint(path, model="poster_v1_tiny", detector="yunet", detector_model=yunet)
-    r = Recognizer.from_checkpoint(path, model="poster_v1_tiny", detector="yunet", detector_model=yunet,
-                                   classes=_CLASS_NAMES[7])
+        Recognizer.from_checkpoint(path, official=OfficialOptions(model="poster_v1_tiny"), detector="yunet",
+                                   detector_model=yunet)
+    r = Recognizer.from_checkpoint(path, official=OfficialOptions(model="poster_v1_tiny", classes=_CLASS_NAMES[7]),
+                                   detector="yunet", detector_model=yunet)
     assert r.preprocessing.geometry.name == "rafdb" and r.preprocessing.geometry_assumed
     assert r.classes[0] == "Surprise"
     assert len(r.predict(str(astronaut))) == 1
+    # the keywords of earlier releases still work, and say what replaced them
+    with pytest.warns(DeprecationWarning, match="official=poster_fer.hub.OfficialOptions"):
+        old = Recognizer.from_checkpoint(path, model="poster_v1_tiny", classes=_CLASS_NAMES[7], detector=None)
+    assert old.classes == r.classes
+    with pytest.raises(ValueError, match="this is a poster-fer model"):  # ours describe themselves
+        open_checkpoint(_save(tmp_path, "ours"), OfficialOptions(num_classes=3))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,18 +11,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .architectures import list_architectures
-from .constants import DEFAULT_MODEL, OFFICIAL_SUFFIXES
+from .constants import DEFAULT_MODEL, OFFICIAL_DEFAULT_MODEL, OFFICIAL_SUFFIXES
+from .naming import warn_deprecated
 from .weights.records import get_weights, list_weights, pretrained_root
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["DEFAULT_MODEL", "create_model", "is_official_checkpoint", "list_models", "list_pretrained",
-           "pretrained_path", "pretrained_root", "resolve_weights"]
+__all__ = ["DEFAULT_MODEL", "OfficialOptions", "create_model", "is_official_checkpoint", "list_models",
+           "list_pretrained", "open_checkpoint", "pretrained_path", "pretrained_root", "resolve_weights"]
 
 log = logging.getLogger("poster_fer")
 
@@ -84,6 +86,51 @@ def is_official_checkpoint(path: str | Path, model: str | None = None) -> bool:
                          f"({', '.join(OFFICIAL_SUFFIXES)}); this is a poster-fer model, which records its own: "
                          "drop --model")
     return official
+
+
+@dataclass(frozen=True)
+class OfficialOptions:
+    """How to read one of the authors' ``.pth`` checkpoints, which (unlike ours) do not describe themselves:
+    ``model`` the architecture or an official weights name (default ``poster_v1``), ``num_classes`` / ``classes``
+    the head (default: from the file and the record), ``channel_order`` the input's (default: what their code
+    used). Given for one of ours, it is refused (ours record all of this)."""
+
+    model: str | None = None
+    num_classes: int | None = None
+    classes: tuple[str, ...] | None = None
+    channel_order: str | None = None
+
+    @classmethod
+    def from_legacy(cls, options: dict[str, Any], where: str) -> OfficialOptions | None:
+        """The options passed the old way (``model=``, ``num_classes=``, ``classes=``, ``channel_order=`` as
+        separate keywords), popped from ``options``; warns once per call that they are deprecated."""
+        given = {k: options.pop(k) for k in ("model", "num_classes", "classes", "channel_order") if k in options}
+        given = {k: v for k, v in given.items() if v is not None}
+        if not given:
+            return None
+        warn_deprecated(f"{where}({', '.join(f'{k}=' for k in given)}) is deprecated: pass "
+                        f"official=poster_fer.hub.OfficialOptions({', '.join(f'{k}=...' for k in given)})")
+        if given.get("classes") is not None:
+            given["classes"] = tuple(given["classes"])
+        return cls(**given)
+
+
+def open_checkpoint(path: str | Path, official: OfficialOptions | None = None, device: Any = "cpu") -> nn.Module:
+    """The one way a PyTorch model is opened from a file, by :func:`is_official_checkpoint`'s rule: ours through
+    :func:`poster_fer.load_model` (the card says everything), the authors' through
+    :func:`poster_fer.load_official` with ``official``. Every command, the Recognizer, the server, evaluation
+    and training's init open checkpoints here."""
+    from .weights import load_model, load_official
+
+    opts = official or OfficialOptions()
+    if not is_official_checkpoint(path, opts.model):
+        if opts != OfficialOptions():
+            raise ValueError(f"{path}: {opts} describe an official .pth checkpoint; this is a poster-fer model, "
+                             "which records its own classes and input: drop them")
+        return load_model(path, device=device)
+    return load_official(path, model=opts.model or OFFICIAL_DEFAULT_MODEL, num_classes=opts.num_classes,
+                         classes=None if opts.classes is None else list(opts.classes),
+                         channel_order=opts.channel_order).to(device)
 
 
 def create_model(name: str, pretrained: bool = False, num_classes: int | None = None,

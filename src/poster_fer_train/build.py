@@ -92,11 +92,12 @@ def _resolve_init(init: str) -> Any:
 
 
 def _open_init(init: str) -> nn.Module:
-    """The model ``model.init`` names, loaded."""
-    from poster_fer import create_model, load_model
+    """The model ``model.init`` names, loaded (a path through the one checkpoint opener)."""
+    from poster_fer import create_model
+    from poster_fer.hub import open_checkpoint
 
     source = _resolve_init(init)
-    return load_model(source) if isinstance(source, Path) else create_model(source.name, pretrained=True)
+    return open_checkpoint(source) if isinstance(source, Path) else create_model(source.name, pretrained=True)
 
 
 def init_model(init: str, classes: list[str], report: list[str]) -> nn.Module:

@@ -7,6 +7,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 __all__ = ["add_backend_argument", "add_device_argument", "add_weights_arguments", "command_line", "load_weights",
            "output_dir", "output_file",
            "weights_path"]
@@ -52,7 +54,6 @@ def add_weights_arguments(p: argparse.ArgumentParser, onnx: bool = False) -> Non
 def weights_path(args: argparse.Namespace) -> Path:
     """``--weights`` (a path or a shipped model's name), or the shipped default model when it is absent
     (recorded back into ``args`` as a path)."""
-    from ..cli import UserError
     from ..hub import resolve_weights
 
     path = resolve_weights(args.weights)
@@ -67,7 +68,6 @@ def check_operating_point(args: argparse.Namespace) -> None:
     ``meta.json`` (shipped and saved models); other checkpoints are checked when they open, as before."""
     import json
 
-    from ..cli import UserError
     from ..hub import resolve_weights
     from ..probabilities import with_operating_point
 
@@ -88,26 +88,28 @@ def check_operating_point(args: argparse.Namespace) -> None:
         raise UserError(f"--operating-point: {path}: {err}") from None
 
 
+def official_options(args: argparse.Namespace) -> Any:
+    """``--model``, ``--num-classes``, ``--channel-order`` as one :class:`poster_fer.hub.OfficialOptions` (None
+    when none is given)."""
+    from ..hub import OfficialOptions
+
+    given = {k: getattr(args, k, None) for k in ("model", "num_classes", "channel_order")}
+    given = {k: v for k, v in given.items() if v is not None}
+    return OfficialOptions(**given) if given else None
+
+
 def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
-    """Our format, or an official checkpoint via load_official, by :func:`poster_fer.hub.is_official_checkpoint`."""
-    from ..cli import UserError
-    from ..constants import OFFICIAL_DEFAULT_MODEL
-    from ..hub import is_official_checkpoint
-    from ..weights import load_model, load_official
+    """``--weights`` opened by :func:`poster_fer.hub.open_checkpoint` (ours or an official checkpoint), with
+    ``--operating-point`` applied."""
+    from ..hub import open_checkpoint
 
     path = weights_path(args)
     try:
-        official = is_official_checkpoint(path, args.model)
+        model = open_checkpoint(path, official_options(args), device=device)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if not official:
-        model = load_model(path, device=device)
-    else:
-        try:
-            model = load_official(path, model=args.model or OFFICIAL_DEFAULT_MODEL, num_classes=args.num_classes,
-                                  channel_order=args.channel_order).to(device)
-        except KeyError as e:
-            raise UserError(str(e).strip("'\"")) from None
+    except KeyError as e:
+        raise UserError(str(e).strip("'\"")) from None
     point = getattr(args, "operating_point", None)
     if point is not None:
         from ..card import ModelCard
@@ -143,7 +145,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``key=value`` pairs with YAML-typed values (``depth=4``, ``dims=[256,128,64]``)."""
     import yaml
 
-    from ..cli import UserError
 
     out = {}
     for item in items:
@@ -160,7 +161,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def output_dir(path: str | Path, flag: str) -> Path:
     """Create the folder an option names before any work starts, so a bad path fails in a second with one line
     (a file in the way, no permission) rather than after the model has run."""
-    from ..cli import UserError
 
     p = Path(path)
     try:
@@ -174,7 +174,6 @@ def output_dir(path: str | Path, flag: str) -> Path:
 
 def output_file(path: str | Path, flag: str) -> Path:
     """Check the file an option names can be written (not a folder; its folder created) before any work starts."""
-    from ..cli import UserError
 
     p = Path(path)
     if p.is_dir():

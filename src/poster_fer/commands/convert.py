@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an official POSTER / POSTER++ checkpoint to poster-fer format",
@@ -27,7 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import load_official, save_model
-    from ..cli import UserError
     from ..models import list_models
 
     if args.model.split(".", 1)[0] not in list_models():

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .common import add_device_argument, add_weights_arguments, check_operating_point, command_line, load_weights
 
 
@@ -64,7 +65,6 @@ def _dataset_choice(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str
     Options include the loader options and held-out validation split of that training (so ``--split val``
     is the split the checkpoint was selected on) unless another layout was asked for.
     """
-    from ..cli import UserError
 
     data = recorded_data(meta)
     kind = args.dataset or data.get("kind")
@@ -86,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
     check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
 
-    from ..cli import UserError
     from ..data import build_dataset
     from ..devices import DeviceError, resolve_device
     from ..evaluation.class_match import ClassMismatchError
@@ -142,7 +141,6 @@ def _fit_temperature(args: argparse.Namespace, model: Any, kind: str, root: str,
     """Fit the temperature on ``--fit-temperature-on`` and record where it came from in ``provenance``."""
     import sys
 
-    from ..cli import UserError
     from ..data import build_dataset
     from ..evaluation.class_match import ClassMismatchError
     from ..evaluation.evaluate import fit_dataset_temperature

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from .common import add_device_argument, add_weights_arguments, check_operating_point, command_line, load_weights
 
 
@@ -39,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from ..cli import UserError
     from ..devices import DeviceError, resolve_device
     from ..evaluation.explain import explain_figure, relevance_maps, resolve_target
     from ..faces import get_geometry

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UserError
 from .common import add_weights_arguments, check_operating_point, load_weights
 
 
@@ -32,7 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
-    from ..cli import UserError
 
     try:
         from ..export import DEFAULT_OPSET, ExportError, export_onnx

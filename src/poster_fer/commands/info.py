@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 
 def print_list(as_json: bool) -> int:
     """Architectures and weight sets, marked by where their weights are; torch-free (the light runtime lists them
@@ -88,7 +90,6 @@ def _build(args: argparse.Namespace) -> Any:
     The name is checked against the torch-free tables first, so a typo is reported before PyTorch loads."""
     from .. import create_model, load_model
     from ..architectures import list_architectures
-    from ..errors import UserError
     from ..weights.records import get_weights
     from .common import parse_overrides
 

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
@@ -109,11 +111,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
     from ..inference import InferenceError, Recognizer, RecordWriter, collect_sources
     from ..inference.job import JobOptions, JobStats, run_job
     from ..inference.sources import CameraError, camera_problem
-    from .common import check_operating_point, output_dir, output_file
+    from .common import check_operating_point, official_options, output_dir, output_file
 
     if args.from_list is not None:
         args.paths = [*args.paths, *_read_list(args.from_list, args.list_column)]
@@ -143,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         rec = Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=None if args.no_detect else args.detector,
-            detector_model=args.detector_model, backend=args.backend, model=args.model,
-            num_classes=args.num_classes, channel_order=args.channel_order, batch_size=args.batch_size,
+            detector_model=args.detector_model, backend=args.backend, official=official_options(args),
+            batch_size=args.batch_size,
             operating_point=args.operating_point,
             max_faces=args.max_faces, detect_size=args.detect_size, score_threshold=args.threshold,
             max_pixels=args.max_pixels, whole_image_fallback=not args.no_whole_image)
@@ -194,7 +195,6 @@ def _finish(args: argparse.Namespace, stats: Any, skipped: list[Path]) -> int:
 
 def _read_list(path: Path, column: str | None) -> list[str]:
     from ..bulk import read_list
-    from ..cli import UserError
 
     try:
         return read_list(path, column)
@@ -207,7 +207,6 @@ def _read_list(path: Path, column: str | None) -> list[str]:
 def _check_bulk(args: argparse.Namespace, fmt: str) -> None:
     """Refuse option combinations the archive paths cannot honour, before anything loads."""
     from .._lazy import module_available
-    from ..cli import UserError
 
     if args.resume and args.output is None:
         raise UserError("--resume needs --output FILE (stdout cannot be resumed)")
@@ -234,7 +233,6 @@ def _run_resumable(args: argparse.Namespace, rec: Any, fmt: str, sources: list[A
     """``--output`` as .jsonl / .csv / .parquet: committed input by input, so ``--resume`` can carry on."""
     from ..bulk import open_output, run_metadata
     from ..bulk.parquet import OutputMismatch
-    from ..cli import UserError
     from ..inference.job import run_job
 
     try:
@@ -264,11 +262,10 @@ def _run_ray(args: argparse.Namespace, rec: Any, sources: list[Any], skipped: li
     from ..bulk import run_metadata
     from ..bulk.parquet import OutputMismatch
     from ..bulk.ray_engine import RayOptions, run_ray
-    from ..cli import UserError
+    from .common import official_options
 
     kwargs = {"path": args.weights, "backend": "onnxruntime" if args.backend in (None, "auto") else args.backend,
-              "device": args.device, "model": args.model, "num_classes": args.num_classes,
-              "channel_order": args.channel_order, "batch_size": args.batch_size,
+              "device": args.device, "official": official_options(args), "batch_size": args.batch_size,
               "operating_point": args.operating_point, "max_faces": args.max_faces, "detect_size": args.detect_size,
               "score_threshold": args.threshold, "max_pixels": args.max_pixels,
               "detector": None if args.no_detect else args.detector, "detector_model": args.detector_model,
@@ -297,7 +294,6 @@ def record_format(output: Path | None, fmt: str | None) -> str:
     """The record format: ``--output``'s extension decides (.jsonl, .json, .csv); ``--format`` may repeat it,
     or name the format of a file whose extension says nothing, but never contradict it (a results.csv full of
     JSON lines is worse than an error). Without ``--output``: ``--format``, else JSON lines."""
-    from ..cli import UserError
     from ..inference.records import EXTENSION_FORMATS, format_for_path
 
     if output is None:

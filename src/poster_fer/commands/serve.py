@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from ..errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
@@ -73,7 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
 
     try:
         import uvicorn  # noqa: F401  (checked here so a missing extra is one clear line)
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ..faces import build_detector
     from ..inference import InferenceError, Recognizer
     from ..inference.backends import torch_available
-    from .common import check_operating_point
+    from .common import check_operating_point, official_options
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     if not 0 <= args.port <= 65535:
@@ -119,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         rec = Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
-            backend=args.backend, model=args.model, num_classes=args.num_classes,
-            channel_order=args.channel_order, batch_size=args.batch_size, detect_size=args.detect_size,
+            backend=args.backend, official=official_options(args), batch_size=args.batch_size,
+            detect_size=args.detect_size,
             operating_point=args.operating_point,
             score_threshold=args.threshold, max_pixels=settings.max_pixels)
         extra = [build_detector(args.detector, model_path=args.detector_model, score_threshold=args.threshold)

@@ -23,15 +23,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .._lazy import module_available
-from ..constants import BACKENDS, OFFICIAL_DEFAULT_MODEL, ONNX_FILE
+from ..constants import BACKENDS, ONNX_FILE
 from ..errors import InferenceError
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, with_operating_point
 from ..weights.checks import check_metadata
+
+if TYPE_CHECKING:
+    from ..hub import OfficialOptions
 
 __all__ = ["BACKENDS", "Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "onnx_file",
            "resolve_backend", "resolve_device", "torch_available"]
@@ -251,47 +254,43 @@ def load_backend(
     path: str | os.PathLike[str],
     backend: str | None = "auto",
     device: str = "auto",
-    model: str | None = None,
-    num_classes: int | None = None,
-    classes: list[str] | None = None,
-    channel_order: str | None = None,
+    official: OfficialOptions | None = None,
     autocast: str | None = None,
     operating_point: str | None = None,
     threads: int | None = None,
+    **legacy: Any,
 ) -> Backend:
     """Open a checkpoint for inference.
 
-    ``backend="torch"``: a poster-fer model directory or ``.safetensors`` file (:func:`poster_fer.load_model`),
-    or an official ``.pth``/``.pth.tar`` checkpoint (:func:`poster_fer.load_official`; ``model`` names the
-    registered variant, default ``poster_v1``, with ``num_classes``/``classes``/``channel_order`` as there).
-    ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported model with its embedded metadata, or a model
-    directory's ``model.onnx``. ``"auto"`` (default): torch when PyTorch is installed, else onnxruntime.
-    ``operating_point``: one of the calibrations the weights record (``poster-fer info NAME``); None: its default.
-    ``threads``: ONNX Runtime's intra-op threads (None: one per core); one for each of many workers (Ray actors).
+    ``backend="torch"``: a poster-fer model directory or ``.safetensors`` file, or an official
+    ``.pth``/``.pth.tar`` checkpoint read with ``official`` (:class:`poster_fer.hub.OfficialOptions`), both
+    through :func:`poster_fer.hub.open_checkpoint`. ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported
+    model with its embedded metadata, or a model directory's ``model.onnx``. ``"auto"`` (default): torch when
+    PyTorch is installed, else onnxruntime. ``operating_point``: one of the calibrations the weights record
+    (``poster-fer info NAME``); None: its default. ``threads``: ONNX Runtime's intra-op threads (None: one per
+    core); one for each of many workers (Ray actors). ``model=``, ``num_classes=``, ``classes=`` and
+    ``channel_order=`` still work, with a DeprecationWarning.
     """
-    from ..hub import is_official_checkpoint
+    from ..hub import OfficialOptions, is_official_checkpoint, open_checkpoint
 
+    official = OfficialOptions.from_legacy(legacy, "load_backend") or official
+    if legacy:
+        raise TypeError(f"load_backend() got unexpected keyword arguments {sorted(legacy)}")
     p = Path(path)
     try:
-        official = is_official_checkpoint(p, model)
+        is_official = is_official_checkpoint(p, official.model if official else None)
     except ValueError as err:
         raise InferenceError(str(err)) from None
     kind = "onnxruntime" if p.suffix.lower() == ".onnx" else resolve_backend(backend)
-    if official and kind == "onnxruntime":
+    if is_official and kind == "onnxruntime":
         kind = "torch"  # the authors' checkpoints have no ONNX file: only PyTorch reads them
     if kind == "onnxruntime":
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such checkpoint")
         return OnnxBackend(onnx_file(p), device=device, operating_point=operating_point, threads=threads)
     _need_torch(f"{p} (backend 'torch')")
-    from ..weights import load_model, load_official
-
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
     dev = resolve_device(device)
-    if official:
-        net = load_official(p, model=model or OFFICIAL_DEFAULT_MODEL, num_classes=num_classes, classes=classes,
-                            channel_order=channel_order)
-    else:
-        net = load_model(p, device=dev)
+    net = open_checkpoint(p, official, device=dev)
     return TorchBackend(net, device=dev, autocast=autocast, operating_point=operating_point)

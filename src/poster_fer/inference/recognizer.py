@@ -14,7 +14,7 @@ import os
 import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -35,6 +35,9 @@ from ..options import check_count, check_detect_size, check_limit, check_probabi
 from ..probabilities import softmax
 from ..weights.preprocessing import Preprocessing
 from .backends import Backend, InferenceError, TorchBackend, load_backend
+
+if TYPE_CHECKING:
+    from ..hub import OfficialOptions
 
 __all__ = ["DEFAULT_DETECT_SIZE", "FaceResult", "ImageLike", "ImagePrediction", "Recognizer"]
 
@@ -283,13 +286,8 @@ class Recognizer:
         cls,
         path: str | os.PathLike[str] | None = None,
         device: str = "auto",
-        detector: FaceDetector | str | None = "yunet",
-        detector_model: str | os.PathLike[str] | None = None,
         backend: str = "auto",
-        model: str | None = None,
-        num_classes: int | None = None,
-        classes: list[str] | None = None,
-        channel_order: str | None = None,
+        official: OfficialOptions | None = None,
         autocast: str | None = None,
         operating_point: str | None = None,
         threads: int | None = None,
@@ -297,20 +295,23 @@ class Recognizer:
     ) -> Recognizer:
         """Open a checkpoint (None: the shipped default model; a shipped model's name, see
         :func:`poster_fer.hub.list_pretrained`): a poster-fer directory / ``.safetensors``, an
-        official ``.pth`` (``model`` names its variant, default ``poster_v1``), or an ``.onnx`` export.
+        official ``.pth`` (read with ``official``, a :class:`poster_fer.hub.OfficialOptions`: its architecture,
+        default ``poster_v1``, head and channel order), or an ``.onnx`` export.
         ``backend``: "auto" (PyTorch when installed, else ONNX Runtime on the folder's ``model.onnx``), "torch"
         or "onnxruntime".
 
-        ``detector_model`` is the YuNet file (default: the one bundled in the package; ``"zoo"``: the OpenCV
-        Zoo file in the per-user cache, downloaded on first use). Other keyword
-        arguments (``batch_size``, ``max_faces``, ``detect_size``, ``max_pixels``, ``score_threshold``) go to
-        the constructor.
+        Other keyword arguments are the constructor's (``detector``, ``detector_model``: the YuNet file,
+        default the one bundled in the package, ``"zoo"`` the OpenCV Zoo file in the per-user cache;
+        ``batch_size``, ``max_faces``, ``detect_size``, ``max_pixels``, ``score_threshold``, ...).
+        ``model=``, ``num_classes=``, ``classes=`` and ``channel_order=`` still work, with a DeprecationWarning.
         """
+        from ..hub import OfficialOptions
+
+        official = OfficialOptions.from_legacy(kwargs, "Recognizer.from_checkpoint") or official
         path = resolve_weights(path)  # None: the default model; a shipped model's name: its folder
-        be = load_backend(path, backend=backend, device=device, model=model, num_classes=num_classes,
-                          classes=classes, channel_order=channel_order, autocast=autocast,
+        be = load_backend(path, backend=backend, device=device, official=official, autocast=autocast,
                           operating_point=operating_point, threads=threads)
-        return cls(be, detector=detector, detector_model=detector_model, **kwargs)
+        return cls(be, **kwargs)
 
     @classmethod
     def from_model(cls, model: Any, device: str = "auto", autocast: str | None = None, **kwargs: Any) -> Recognizer:

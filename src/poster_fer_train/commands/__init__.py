@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from poster_fer._lazy import module_available
+from poster_fer.errors import UserError
 
 
 def require_training_extra(command: str) -> None:
     """Refuse in one line, naming the extra, when what training needs (PyTorch, PyYAML) is not installed: the
     light runtime (``pip install poster-fer``) registers these commands but cannot run them."""
-    from poster_fer.cli import UserError
 
     missing = [label for module, label in (("torch", "PyTorch"), ("yaml", "PyYAML")) if not module_available(module)]
     if missing:

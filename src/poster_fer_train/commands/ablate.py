@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from poster_fer.commands.common import command_line
+from poster_fer.errors import UserError
 
 DEFAULT_VARIANTS = "landmark_only,image_only,baseline,baseline_pyramid,baseline_crossfusion,poster"
 
@@ -29,7 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from poster_fer.cli import UserError
     from poster_fer.commands.common import parse_overrides
     from poster_fer_train.commands import require_training_extra
 

@@ -7,6 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from poster_fer.errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -39,7 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from poster_fer.cli import UserError
     from poster_fer.commands.common import parse_overrides
     from poster_fer_train.commands import require_training_extra
 
