@@ -449,13 +449,13 @@ def test_dataloader_batches(tmp_path: Path) -> None:
 def test_class_lists_have_one_definition() -> None:
     """Readers and the official-checkpoint loader share one object per class list (poster_fer.constants)."""
     from poster_fer import constants
-    from poster_fer.data import affectnet, fer2013, rafdb
+    from poster_fer.data import affectnet, fer2013, ferplus, rafdb
     from poster_fer.weights import AFFECTNET_CLASSES, RAFDB_CLASSES
 
     assert rafdb.RAFDB_CLASSES is RAFDB_CLASSES is constants.RAFDB_CLASSES
     assert affectnet.AFFECTNET8_CLASSES is AFFECTNET_CLASSES is constants.AFFECTNET8_CLASSES
     assert affectnet.AFFECTNET7_CLASSES is constants.AFFECTNET7_CLASSES == AFFECTNET_CLASSES[:7]
-    assert fer2013.FERPLUS_CLASSES is constants.FERPLUS_CLASSES == fer2013.FERPLUS_VOTE_COLUMNS[:8]
+    assert ferplus.FERPLUS_CLASSES is constants.FERPLUS_CLASSES == ferplus.FERPLUS_VOTE_COLUMNS[:8]
     assert fer2013.FER2013_CLASSES is constants.FER2013_CLASSES
 
 

@@ -9,16 +9,13 @@ from .affectnet import AFFECTNET7_CLASSES, AFFECTNET8_CLASSES, AffectNetCsvDatas
 from .base import FERDataset, ImageFileDataset, normalize_split
 from .errors import DatasetError, LoadReport, MissingSplitError
 from .factory import DATASET_KINDS, DatasetSubset, build_dataset, class_balanced_sampler, holdout_split
-from .fer2013 import (
-    FER2013_CLASSES,
+from .fer2013 import FER2013_CLASSES, Fer2013Dataset, Fer2013Table, load_fer2013_table
+from .ferplus import (
     FERPLUS_CLASSES,
     FERPLUS_LABEL_MODES,
-    Fer2013Dataset,
-    Fer2013Table,
     FerPlusDataset,
     ferplus_majority,
     ferplus_target,
-    load_fer2013_table,
     load_ferplus_votes,
 )
 from .generic import CsvManifestDataset, ImageFolderDataset

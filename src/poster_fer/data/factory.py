@@ -15,7 +15,8 @@ from torch.utils.data import WeightedRandomSampler
 from .affectnet import AffectNetCsvDataset, AffectNetListDataset
 from .base import FERDataset, Transform, normalize_split
 from .errors import DatasetError, LoadReport, MissingSplitError
-from .fer2013 import Fer2013Dataset, FerPlusDataset
+from .fer2013 import Fer2013Dataset
+from .ferplus import FerPlusDataset
 from .generic import CsvManifestDataset, ImageFolderDataset, find_split_dir
 from .rafdb import RafDbDataset
 
