@@ -178,7 +178,7 @@ def _compile_blocker(device: torch.device) -> str | None:
 
 
 #: On CPU, torch.compile of a training step took 156 s (a 2-core machine, idle) to 370 s (under load) and made
-#: steps ~24% faster (docs/training.md "Throughput settings"), so it repays its compile time only after
+#: steps ~24% faster (docs/experiments/ferplus_cpu.md, "Throughput settings"), so it repays its compile time only after
 #: 14-32 minutes of eager training. Shorter runs skip it.
 
 

@@ -170,7 +170,7 @@ class Freezer:
     Why: fine-tuning a pretrained network on a few hundred images is commonly done in two phases, a new head
     trained on frozen features first (a gradient into the backbone from a random head is noise), then everything.
     The alternative is layer-wise learning rates from the start (the ``finetune`` recipe's ``lr_mult``);
-    docs/training.md records which one won here. Frozen parameters get ``requires_grad = False``, so their
+    docs/experiments/finetune.md records which one won here. Frozen parameters get ``requires_grad = False``, so their
     backward pass is not computed at all (faster epochs on a CPU) and the optimiser, which skips parameters
     without gradients, neither moves them nor decays them. The optimiser's own parameter list is the source of
     truth for what is trainable, so a network frozen for good (the landmark stream) is never switched on. Batch
