@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset
     from ..devices import DeviceError, resolve_device
     from ..evaluation.class_match import ClassMismatchError
-    from ..evaluation.evaluate import evaluate_dataset
+    from ..evaluation.evaluate import EvalOptions, evaluate_dataset
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
@@ -122,11 +122,12 @@ def run(args: argparse.Namespace) -> int:
         temperature = args.temperature
         if args.fit_temperature_on:
             temperature = _fit_temperature(args, model, kind, root, options, device, provenance)
-        metrics = evaluate_dataset(
-            model, dataset, args.out, classes_by_position=args.classes_by_position, batch_size=args.batch_size,
+        options = EvalOptions(
+            classes_by_position=args.classes_by_position, batch_size=args.batch_size,
             tta=None if args.tta == "none" else args.tta, device=device, max_samples=args.max_samples,
             tsne=args.tsne, tsne_max_points=args.tsne_max_points, num_workers=args.workers,
             provenance=provenance, checkpoint=args.weights, temperature=temperature)
+        metrics = evaluate_dataset(model, dataset, args.out, options)
     except ClassMismatchError as e:
         raise UserError(f"{args.weights} vs {root}: {e}") from None
     print(f"accuracy {100 * metrics['accuracy']:.2f}% · mean class accuracy "

@@ -14,7 +14,7 @@ from .calibration import (
     softmax_with_temperature,
 )
 from .class_match import ClassMismatchError, match_classes
-from .evaluate import evaluate_dataset, fit_dataset_temperature, run_evaluation
+from .evaluate import EvalOptions, evaluate_dataset, fit_dataset_temperature, run_evaluation
 from .explain import explain_figure, relevance_maps
 from .loop import EvalOutput, predict_split
 from .metrics import (
@@ -40,6 +40,7 @@ __all__ = [
     "calibrate_model",
     "compute_metrics",
     "confusion_matrix",
+    "EvalOptions",
     "evaluate_dataset",
     "expected_calibration_error",
     "explain_figure",

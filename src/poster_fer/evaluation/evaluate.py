@@ -13,10 +13,12 @@ output files and their provenance.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from .metrics import compute_metrics
 from .report import write_eval_outputs
 from .samples import EvalImages, sample_ids, subsample_indices
 
-__all__ = ["TTA_MODES", "evaluate_dataset", "fit_dataset_temperature", "run_evaluation"]
+__all__ = ["TTA_MODES", "EvalOptions", "evaluate_dataset", "fit_dataset_temperature", "run_evaluation"]
 
 TTA_MODES = (None, "flip")
 
@@ -182,105 +184,138 @@ def fit_dataset_temperature(
     return fit_temperature(logits, y_true), int(idx.size)
 
 
-def evaluate_dataset(
-    model: nn.Module,
-    dataset: Any,
-    out_dir: str | os.PathLike[str] | None = None,
-    *,
-    classes: Sequence[str] | None = None,
-    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
-    classes_by_position: bool = False,
-    batch_size: int = 64,
-    tta: str | None = None,
-    device: str | torch.device | None = "cpu",
-    max_samples: int | None = None,
-    tsne: bool = False,
-    tsne_max_points: int = 5000,
-    num_workers: int = 0,
-    provenance: Mapping[str, Any] | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    make_plots: bool = True,
-    progress: bool = True,
-    temperature: float | None = None,
-) -> dict[str, Any]:
-    """Evaluate a model on a dataset and (with ``out_dir``) write the full record; returns the metrics.
+@dataclass(frozen=True)
+class EvalOptions:
+    """How :func:`evaluate_dataset` evaluates: one typed object that the command line, training and the
+    benchmarks fill in, instead of eighteen keywords passed along.
 
-    ``classes`` and ``preprocessing`` default to the model's card; images go through :func:`poster_fer.create_transform`
-    of that preprocessing, so the checkpoint's input size, statistics, channel order and grey conversion
-    are applied whatever transform the dataset carries. Dataset labels are mapped onto the model's classes
-    by :func:`match_classes`. ``temperature`` (default: the card's temperature, else 1) scales the
-    logits as every inference path does, so probabilities, NLL and ``predictions.csv`` are the calibrated
-    ones the deployed model reports; ``ece`` (T = 1) and ``ece_calibrated`` show what the temperature buys.
-    ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``, ``confusion.png``,
-    ``reliability.png`` (and ``tsne.png`` with ``tsne``); ``provenance`` is merged into what they record.
+    ``classes`` and ``preprocessing`` default to the model's card; ``classes_by_position`` maps dataset labels
+    by index instead of by name; ``temperature`` overrides the card's; ``provenance`` is merged into the record;
+    ``checkpoint`` is the file the record names; ``tsne`` adds a t-SNE picture of the features.
     """
 
+    classes: Sequence[str] | None = None
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None
+    classes_by_position: bool = False
+    batch_size: int = 64
+    tta: str | None = None
+    device: str | torch.device | None = "cpu"
+    max_samples: int | None = None
+    tsne: bool = False
+    tsne_max_points: int = 5000
+    num_workers: int = 0
+    provenance: Mapping[str, Any] | None = None
+    checkpoint: str | os.PathLike[str] | None = None
+    make_plots: bool = True
+    progress: bool = True
+    temperature: float | None = None
+
+
+def evaluate_dataset(model: nn.Module, dataset: Any, out_dir: str | os.PathLike[str] | None = None,
+                     options: EvalOptions | None = None, **settings: Any) -> dict[str, Any]:
+    """Evaluate a model on a dataset and (with ``out_dir``) write the full record; returns the metrics.
+
+    ``options`` (an :class:`EvalOptions`; its fields may also be given as keywords, which override it). Images go
+    through :func:`poster_fer.create_transform` of the model's preprocessing, so the checkpoint's input size,
+    statistics, channel order and grey conversion are applied whatever transform the dataset carries. Dataset
+    labels are mapped onto the model's classes by :func:`match_classes`. The temperature (the card's, else 1)
+    scales the logits as every inference path does, so probabilities, NLL and ``predictions.csv`` are the
+    calibrated ones the deployed model reports; ``ece`` (T = 1) and ``ece_calibrated`` show what it buys.
+    ``out_dir`` receives ``metrics.json``, ``report.md``, ``predictions.csv``, ``confusion.png``,
+    ``reliability.png`` (and ``tsne.png`` with ``tsne``).
+    """
+    opts = dataclasses.replace(options or EvalOptions(), **settings)  # an unknown keyword is a TypeError
+    scored = _score(model, dataset, opts)
+    if out_dir is None:
+        return scored.metrics
+    record = _eval_record(model, dataset, opts, scored)
+    out, metrics = scored.out, scored.metrics
+    predictions = {"true": scored.y_true, "pred": out["y_pred"], "probs": out["probs"], "path": out["paths"],
+                   "index": out["indices"]}
+    paths = write_eval_outputs(out_dir, metrics, predictions, provenance=record, make_plots=opts.make_plots)
+    if opts.make_plots:
+        from .plots import plot_reliability
+
+        paths["reliability"] = plot_reliability(
+            out["probs_uncalibrated"], scored.y_true, Path(out_dir) / "reliability.png",
+            calibrated_probs=out["probs"], temperature=out["temperature"],
+            n_bins=metrics["calibration"]["n_bins"], title=record["name"])
+    if opts.tsne:
+        from .plots import write_tsne
+
+        paths["tsne"] = Path(out_dir) / "tsne.png"
+        write_tsne(out["features"], scored.y_true, scored.names, paths["tsne"], max_points=opts.tsne_max_points)
+    return {**metrics, "files": {k: str(v) for k, v in paths.items()}}
+
+
+@dataclass
+class _Scored:
+    """What one evaluation pass produced: the metrics and what the record and the pictures are made of."""
+
+    metrics: dict[str, Any]
+    out: dict[str, Any]
+    y_true: np.ndarray
+    names: list[str]
+    mapping: np.ndarray | None
+    prep: Preprocessing
+    idx: np.ndarray
+    seconds: float
+
+
+def _score(model: nn.Module, dataset: Any, opts: EvalOptions) -> _Scored:
+    """Predict the (sub)set once and compute the metrics, calibrated as the deployed model is."""
     card = card_of(model)
-    names, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
-                                                              classes_by_position)
+    names, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, opts.classes, opts.preprocessing,
+                                                              opts.classes_by_position)
+    temperature = opts.temperature
     if temperature is not None:
         source = "given"
     else:
         source = "checkpoint metadata" if card.temperature is not None else "none stored (T = 1)"
         temperature = 1.0 if card.temperature is None else float(card.temperature)
-    idx = subsample_indices(len(dataset), max_samples)
+    idx = subsample_indices(len(dataset), opts.max_samples)
     start = time.perf_counter()
-    out = run_evaluation(model, dataset, batch_size=batch_size, tta=tta, device=device, collect_features=tsne,
-                         transform=create_transform(prep), indices=idx, num_workers=num_workers, progress=progress,
-                         temperature=temperature, logit_bias=card.logit_bias)
+    out = run_evaluation(model, dataset, batch_size=opts.batch_size, tta=opts.tta, device=opts.device,
+                         collect_features=opts.tsne, transform=create_transform(prep), indices=idx,
+                         num_workers=opts.num_workers, progress=opts.progress, temperature=temperature,
+                         logit_bias=card.logit_bias)
     seconds = time.perf_counter() - start
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
-
-
     metrics = compute_metrics(y_true, out["y_pred"], names, probs=out["probs"])
     metrics.update(calibration_metrics(y_true, out, out["temperature"], source))
-    if out_dir is None:
-        return metrics
+    return _Scored(metrics, out, y_true, names, mapping, prep, idx, seconds)
 
 
+def _eval_record(model: nn.Module, dataset: Any, opts: EvalOptions, scored: _Scored) -> dict[str, Any]:
+    """What metrics.json and report.md say about the run: model, data, preprocessing, machine, provenance."""
     report = getattr(dataset, "report", None)
+    idx, mapping, seconds = scored.idx, scored.mapping, scored.seconds
     record: dict[str, Any] = {
         "name": f"{getattr(model, 'model_name', 'model')} on {getattr(report, 'dataset', 'data')}"
                 f"[{getattr(report, 'split', '?')}]",
-        "checkpoint": _checkpoint_record(model, checkpoint),
+        "checkpoint": _checkpoint_record(model, opts.checkpoint),
         "dataset": {
             "classes": list(dataset.classes),
             "num_samples": len(dataset),
             "evaluated": int(idx.size),
             "subset": None if idx.size == len(dataset) else f"random {idx.size} of {len(dataset)} (seed 0)",
             "class_mapping": None if mapping is None else {
-                str(d): names[int(m)] for d, m in zip(dataset.classes, mapping, strict=True)},
-            "classes_by_position": bool(classes_by_position),
+                str(d): scored.names[int(m)] for d, m in zip(dataset.classes, mapping, strict=True)},
+            "classes_by_position": bool(opts.classes_by_position),
             "load_report": report.as_dict() if report is not None else None,
         },
-        "preprocessing": prep.to_meta(),
-        "tta": tta or "none",
-        "device": str(resolve_device(device)),
+        "preprocessing": scored.prep.to_meta(),
+        "tta": opts.tta or "none",
+        "device": str(resolve_device(opts.device)),
         "seconds": round(seconds, 2),
         "images_per_second": round(idx.size / seconds, 2) if seconds > 0 else None,
         "git_revision": git_revision(),
         "torch": torch.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    for key, value in (provenance or {}).items():
+    for key, value in (opts.provenance or {}).items():
         if isinstance(value, Mapping) and isinstance(record.get(key), dict):
             record[key] = {**record[key], **value}
         else:
             record[key] = value
-    predictions = {"true": y_true, "pred": out["y_pred"], "probs": out["probs"], "path": out["paths"],
-                   "index": out["indices"]}
-    paths = write_eval_outputs(out_dir, metrics, predictions, provenance=record, make_plots=make_plots)
-    if make_plots:
-        from .plots import plot_reliability
-
-        paths["reliability"] = plot_reliability(
-            out["probs_uncalibrated"], y_true, Path(out_dir) / "reliability.png", calibrated_probs=out["probs"],
-            temperature=out["temperature"], n_bins=metrics["calibration"]["n_bins"], title=record["name"])
-    if tsne:
-        from .plots import write_tsne
-
-        paths["tsne"] = Path(out_dir) / "tsne.png"
-        write_tsne(out["features"], y_true, names, paths["tsne"], max_points=tsne_max_points)
-    metrics = dict(metrics)
-    metrics["files"] = {k: str(v) for k, v in paths.items()}
-    return metrics
+    return record
