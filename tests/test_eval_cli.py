@@ -240,3 +240,13 @@ def test_eval_transform_honours_grey_and_channel_order():
     assert torch.allclose(nearest[:, 0, 0], torch.tensor([200, 10, 30]) / 255.0, atol=1e-5)
     with pytest.raises(ValueError, match="resize_interpolation"):
         eval_transform({"input_size": 8, "resize_interpolation": "cubic-ish"})
+
+
+def test_evaluate_dataset_takes_typed_options_and_refuses_an_unknown_setting():
+    """Issue 36: one EvalOptions instead of eighteen keywords; the keywords still work and override it, and a
+    misspelt one is refused before anything runs."""
+    from poster_fer.evaluation import EvalOptions, evaluate_dataset
+
+    with pytest.raises(TypeError, match="batchsize"):
+        evaluate_dataset(None, None, None, EvalOptions(batch_size=8), batchsize=4)
+    assert EvalOptions().batch_size == 64 and EvalOptions(tta="flip").tta == "flip"
