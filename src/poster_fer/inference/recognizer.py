@@ -30,6 +30,7 @@ from ..faces import (
     to_rgb_array,
 )
 from ..faces.io import check_channels
+from ..faces.scale import DEFAULT_DETECT_SIZE, detect_scaled
 from ..hub import resolve_weights
 from ..options import check_count, check_detect_size, check_limit, check_probability
 from ..probabilities import softmax
@@ -45,22 +46,12 @@ log = logging.getLogger(__name__)
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
-#: Longest image side the detector runs at. YuNet finds faces from about 10 px up to about 450 px boxes and its
-#: cost grows with the pixel count; a 12-megapixel photo at full size takes seconds and can miss a face that
-#: fills the frame, so larger images are detected on a downscaled copy (alignment still uses full resolution).
-DEFAULT_DETECT_SIZE = 1280
-#: Images smaller than this (longest side) are upscaled for detection: a face filling a 64-px thumbnail is
-#: below the sizes YuNet's anchors are tuned for.
-MIN_DETECT_SIZE = 320
 
 #: An input is "face-sized" (a pre-cropped face, as every FER dataset and many archives hold them) when its longer
 #: side is at most this many pixels and its sides differ by at most 2x; see ``whole_image_fallback``. 256 covers
 #: FER2013's 48 px enlarged up to 4x and the 100-256 px crops other datasets ship; a scene that small with no face
 #: found is classified whole too, and its record says so (``detection: whole_image``).
 FACE_SIZED_MAX = 256
-#: Small inputs (longer side under MIN_DETECT_SIZE) are padded by this fraction of their longer side on every
-#: side before detection when ``pad_small`` is on: a face that fills its image gets the margin YuNet expects.
-PAD_FRACTION = 0.25
 
 
 #: A face-sized image whose grey levels vary less than this (standard deviation) is blank, not a face.
@@ -350,27 +341,7 @@ class Recognizer:
             raise InferenceError("this recognizer has no face detector; give one, or pass detect=False for "
                                  "inputs that are already aligned face crops")
         h, w = rgb.shape[:2]
-        side = max(h, w)
-        pad = round(PAD_FRACTION * side) if self.pad_small and side < MIN_DETECT_SIZE else 0
-        if pad:  # edge-replicated margin, so a face that fills the image is not cut by its border
-            rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            h, w = rgb.shape[:2]
-            side = max(h, w)
-        scale = 1.0
-        if self.detect_size and side > self.detect_size:
-            scale = self.detect_size / side
-        elif side < MIN_DETECT_SIZE:
-            scale = MIN_DETECT_SIZE / side
-        if scale != 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-            sx, sy = size[0] / w, size[1] / h
-            faces = [_rescale(f, sx, sy) for f in self.detector.detect(small)]
-        else:
-            faces = self.detector.detect(rgb)
-        if pad:
-            faces = [_shift(f, -pad) for f in faces]
-            w, h = w - 2 * pad, h - 2 * pad
+        faces = detect_scaled(self.detector, rgb, self.detect_size, self.pad_small)
         # checked before max_faces, so garbage (YuNet gives it score 1.0) cannot take a real face's place
         faces, dropped = drop_invalid_faces(faces, (w, h))
         if dropped:
@@ -504,18 +475,3 @@ class Recognizer:
         name = self.meta.get("weights") or self.meta.get("model")  # keep the weights' tag (.ferplus)
         return (f"Recognizer(model={name!r}, classes={len(self.classes)}, device={self.device!r}, "
                 f"detector={det!r}, geometry={self.preprocessing.geometry.name!r}, batch_size={self.batch_size})")
-
-
-def _shift(face: Face, d: float) -> Face:
-    """Move a face found on a padded copy by ``d`` pixels on both axes (back to the unpadded image)."""
-    x, y, w, h = face.box
-    return Face(box=(x + d, y + d, w, h), landmarks=np.asarray(face.landmarks) + d, score=face.score,
-                landmarks_estimated=face.landmarks_estimated)
-
-
-def _rescale(face: Face, sx: float, sy: float) -> Face:
-    """Map a face found on a resized copy back to the original pixels (cv2.resize's pixel-centre convention)."""
-    x, y, w, h = face.box
-    lm = (np.asarray(face.landmarks) + 0.5) / (sx, sy) - 0.5
-    return Face(box=((x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5, w / sx, h / sy), landmarks=lm, score=face.score,
-                landmarks_estimated=face.landmarks_estimated)
