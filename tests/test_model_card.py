@@ -194,3 +194,16 @@ def test_every_earlier_saved_layout_still_loads_and_labels(tmp_path):
         assert loaded.card.name is None, what  # a retired or foreign name is not the shipped card
         assert loaded.predict_proba(x).shape == (2, 3), what
         torch.testing.assert_close(loaded(x), model.eval()(x)), what
+
+
+def test_docs_models_table_is_the_cards():
+    """docs/models.md's table of shipped weights is generated from the cards: a card edited alone fails here."""
+    from pathlib import Path
+
+    from poster_fer_train.release import TABLE_BEGIN, TABLE_END, models_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    generated = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert generated == models_table()
+    for name in SHIPPED:
+        assert f"`{name}`" in generated

@@ -29,8 +29,8 @@ from poster_fer.weights.io import (
 )
 from poster_fer.weights.records import RECORDS_FILE, load_records, pretrained_root
 
-__all__ = ["METRIC_KEYS", "ONNX_FILE", "add_operating_point", "portable", "record_for_folder", "ship_folder",
-           "ship_onnx", "write_record"]
+__all__ = ["METRIC_KEYS", "ONNX_FILE", "TABLE_BEGIN", "TABLE_END", "add_operating_point", "models_table",
+           "portable", "record_for_folder", "ship_folder", "ship_onnx", "write_models_table", "write_record"]
 
 #: The headline metrics a record keeps per split (the full report stays in the folder's meta.json).
 METRIC_KEYS = ("accuracy", "mean_class_accuracy", "macro_f1", "ece", "ece_calibrated", "nll", "num_samples")
@@ -167,3 +167,39 @@ def add_operating_point(name: str, point: str, entry: Mapping[str, Any]) -> dict
     weights = rewrite_metadata(folder, meta) / WEIGHTS_FILE
     write_record(name, {**record.index_entry(), "sha256": sha256_of(weights)})
     return meta
+
+
+#: The markers around docs/models.md's table of shipped weights, which :func:`models_table` writes.
+TABLE_BEGIN = "<!-- shipped weights: generated from the cards by poster_fer_train.release.write_models_table -->"
+TABLE_END = "<!-- end of the generated table -->"
+
+
+def models_table() -> str:
+    """The table of shipped weights, made from their cards (so docs/models.md cannot drift from them)."""
+    from poster_fer.constants import DEFAULT_MODEL
+
+    rows = ["| weights | what | classes | test accuracy / mean class (split) | parameters | GFLOPs |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name in sorted(load_records()):
+        card = load_records()[name]
+        if not card.shipped:
+            continue
+        test = card.metrics.get("test") or {}
+        score = ""
+        if "accuracy" in test and "mean_class_accuracy" in test:
+            score = (f"{test['accuracy'] * 100:.2f}% / {test['mean_class_accuracy'] * 100:.2f}% "
+                     f"({test.get('split', 'test')})")
+        default = " **(the default)**" if name == DEFAULT_MODEL else ""
+        rows.append(f"| `{name}`{default} | {card.description} | {card.num_classes} | {score} | "
+                    f"{card.num_params:,} | {card.gflops} |")
+    return "\n".join(rows)
+
+
+def write_models_table(doc: str | Path | None = None) -> Path:
+    """Rewrite the generated table in docs/models.md (between :data:`TABLE_BEGIN` and :data:`TABLE_END`)."""
+    path = Path(doc) if doc else Path(__file__).resolve().parents[2] / "docs" / "models.md"
+    text = path.read_text()
+    head, rest = text.split(TABLE_BEGIN, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    path.write_text(f"{head}{TABLE_BEGIN}\n{models_table()}\n{TABLE_END}{tail}")
+    return path
