@@ -171,3 +171,16 @@ def test_every_file_and_function_docs_architecture_names_exists():
                               for f in found):
             missing.append(f"{path}:{name}")
     assert not missing, f"docs/architecture.md names what does not exist: {sorted(missing)}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A leading underscore means "this module's own": what another module needs is public there (issue 36)."""
+    import ast
+
+    offenders = []
+    for path in sorted((SRC.parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                offenders += [f"{path.relative_to(SRC.parent)}: {node.module or '.'} {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders

@@ -107,14 +107,14 @@ def test_a_model_without_class_names_is_refused_not_guessed(tmp_path):
 
 
 def test_compile_is_skipped_where_it_cannot_repay_itself():
-    from poster_fer_train.build import _compile_not_worth
+    from poster_fer_train.build import compile_not_worth
     from poster_fer_train.recipe import TrainSettings
 
     cpu = torch.device("cpu")
-    assert "budget cannot repay" in _compile_not_worth(TrainSettings(time_budget_min=3), cpu, 10_000)
-    assert "steps cannot repay" in _compile_not_worth(TrainSettings(time_budget_min=None), cpu, 500)
-    assert _compile_not_worth(TrainSettings(time_budget_min=110), cpu, 10_000) is None
-    assert _compile_not_worth(TrainSettings(time_budget_min=3), torch.device("meta"), 10) is None
+    assert "budget cannot repay" in compile_not_worth(TrainSettings(time_budget_min=3), cpu, 10_000)
+    assert "steps cannot repay" in compile_not_worth(TrainSettings(time_budget_min=None), cpu, 500)
+    assert compile_not_worth(TrainSettings(time_budget_min=110), cpu, 10_000) is None
+    assert compile_not_worth(TrainSettings(time_budget_min=3), torch.device("meta"), 10) is None
 
 
 def test_freeze_epochs_train_only_the_head_first_then_everything(tmp_path, capsys):

@@ -160,13 +160,13 @@ def preprocessing_meta(recipe: dict[str, Any], model: nn.Module) -> dict[str, An
 # -------------------------------------------------------------------------------------------------- fit ----
 
 
-def _ema_args(cfg: Any) -> dict[str, Any]:
+def ema_args(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, dict):
         return {"decay": float(cfg.get("decay", 0.999)), "warmup": bool(cfg.get("warmup", True))}
     return {"decay": float(cfg)}
 
 
-def _compile_blocker(device: torch.device) -> str | None:
+def compile_blocker(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot work here, or None. On CPU it builds C++ kernels, so a machine without a C++
     compiler (a plain Windows or macOS laptop) would otherwise crash at the first training step."""
     if device.type != "cpu":
@@ -188,7 +188,7 @@ COMPILE_MIN_BUDGET_MIN = 30
 COMPILE_MIN_STEPS = 3000
 
 
-def _compile_not_worth(tr: TrainSettings, device: torch.device, total_steps: int) -> str | None:
+def compile_not_worth(tr: TrainSettings, device: torch.device, total_steps: int) -> str | None:
     """Why compiling would cost more than it saves on this run (CPU only), or None."""
     if device.type != "cpu":
         return None
@@ -202,7 +202,7 @@ def _compile_not_worth(tr: TrainSettings, device: torch.device, total_steps: int
     return None
 
 
-def _build_caches(tr: TrainSettings, model: nn.Module, data: TrainingData, device: torch.device,
+def build_caches(tr: TrainSettings, model: nn.Module, data: TrainingData, device: torch.device,
                   amp_dtype: torch.dtype | None, say: Any, progress: bool) -> dict[str, Any] | None:
     if not tr.landmark_cache:
         return None
@@ -243,7 +243,7 @@ def _build_caches(tr: TrainSettings, model: nn.Module, data: TrainingData, devic
     return info
 
 
-def _build_teacher(tr: TrainSettings, data: TrainingData, device: torch.device, amp_dtype: torch.dtype | None,
+def build_teacher(tr: TrainSettings, data: TrainingData, device: torch.device, amp_dtype: torch.dtype | None,
                    say: Any, progress: bool) -> dict[str, Any] | None:
     """Teacher distributions for ``train.distill`` (see ``distill.py``), attached to the training preparer."""
     cfg = DistillConfig.from_dict(tr.distill)

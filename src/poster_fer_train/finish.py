@@ -21,12 +21,12 @@ from poster_fer.precision import autocast as precision_autocast
 from poster_fer.provenance import git_revision
 
 from .loaders import TrainingData
-from .runlog import BEST_DIR, RESULTS_FILE, RunLog, _finite, _metrics, _summary, machine_info
+from .runlog import BEST_DIR, RESULTS_FILE, RunLog, finite, machine_info, metric_summary, split_metrics
 from .state import TrainState
 
 
 @dataclass(kw_only=True)
-class _Run:
+class RunContext:
     """What the end-of-epoch and end-of-run steps need from the set-up (instead of long argument lists)."""
 
     recipe: dict[str, Any]
@@ -53,15 +53,15 @@ class _Run:
                 "landmark_cache": self.cache_info, "distill": self.distill_info}
 
 
-def _save_best(run: _Run, model: nn.Module, epoch: int, vm: dict[str, Any]) -> None:
+def save_best(run: RunContext, model: nn.Module, epoch: int, vm: dict[str, Any]) -> None:
     from poster_fer import save_model
 
     save_model(unwrap(model), run.run_dir / BEST_DIR, classes=run.data.classes, preprocessing=run.preprocessing,
                provenance={**run.provenance(), "epoch": epoch},
-               metrics={"val": _summary(vm), "test": None})
+               metrics={"val": metric_summary(vm), "test": None})
 
 
-def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: str | None,
+def finish_run(run: RunContext, ts: TrainState, model: nn.Module, select: str, stopped: str | None,
             wall_time_s: float) -> dict[str, Any]:
     """Evaluate val and test once with the best model; write results.json, curves.png and the best model's
     metrics."""
@@ -87,7 +87,7 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
         out = predict_split(best, data.loaders[split], data.preparers[split], device=device, env=env,
                             criterion=run.criterion, autocast=precision_autocast(device, run.amp_dtype),
                             progress=run.progress, desc=split, tta_flip=tta)
-        metrics[split] = _metrics(out, data.classes)
+        metrics[split] = split_metrics(out, data.classes)
         metrics[split]["epoch"] = best_epoch
     if "test" not in data.loaders:
         say("[test] the dataset has no test split: nothing was tested; results.json holds validation metrics only")
@@ -110,7 +110,7 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
             "history": history,
             "epochs_run": len(history),
             "stopped": stopped,
-            "throughput": {"train_img_s_mean": _finite(np.mean([h["train_img_s"] for h in history]))
+            "throughput": {"train_img_s_mean": finite(np.mean([h["train_img_s"] for h in history]))
                            if history else None},
             "landmark_cache": run.cache_info,
             "distill": run.distill_info,
@@ -122,7 +122,7 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
         card = best.card
         save_model(best, best_dir, classes=list(card.classes), preprocessing=thaw(card.preprocessing),
                    provenance=card.provenance_record() or None,
-                   metrics={s: _summary(m) for s, m in metrics.items()})
+                   metrics={s: metric_summary(m) for s, m in metrics.items()})
         (run_dir / RESULTS_FILE).write_text(json.dumps(to_jsonable(results), indent=2) + "\n")
         if history:
             with contextlib.suppress(Exception):  # figures are a convenience; never lose results over them
@@ -131,7 +131,7 @@ def _finish(run: _Run, ts: TrainState, model: nn.Module, select: str, stopped: s
                 keep = ("epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_mean_class_acc")
                 rows = [{k: v for k, v in h.items() if k in keep or (k == "lr" and v and v > 0)} for h in history]
                 plot_curves(rows, run_dir / "curves.png")
-        log({"type": "final", "metrics": {s: _summary(m) for s, m in metrics.items()}, "best_epoch": best_epoch,
+        log({"type": "final", "metrics": {s: metric_summary(m) for s, m in metrics.items()}, "best_epoch": best_epoch,
              "wall_time_s": results["wall_time_s"]})
         for split, m in metrics.items():
             say(f"[{split}] best epoch {best_epoch}: accuracy {m['accuracy']:.4f}, mean class accuracy "

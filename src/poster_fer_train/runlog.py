@@ -81,21 +81,21 @@ class RunLog:
             self.tb.close()
 
 
-def _finite(x: float) -> float | None:
+def finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
 # -------------------------------------------------------------------------------------------------- model ----
 
 
-def _metrics(out: EvalOutput, classes: list[str]) -> dict[str, Any]:
+def split_metrics(out: EvalOutput, classes: list[str]) -> dict[str, Any]:
     from poster_fer.evaluation import compute_metrics
 
     m = compute_metrics(out.y_true, out.y_pred, classes, probs=out.probs)
-    m["loss"] = _finite(out.loss)
+    m["loss"] = finite(out.loss)
     return m
 
 
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
+def metric_summary(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "mean_class_accuracy", "macro_f1", "nll", "loss", "num_samples")
     return {k: m.get(k) for k in keys if k in m}

@@ -41,24 +41,24 @@ from poster_fer.provenance import git_revision
 
 from .budget import TimeBudget
 from .build import (
-    _build_caches,
-    _build_teacher,
-    _compile_blocker,
-    _compile_not_worth,
-    _ema_args,
+    build_caches,
     build_model,
+    build_teacher,
     check_inputs_exist,
+    compile_blocker,
+    compile_not_worth,
+    ema_args,
     init_preprocessing,
     preprocessing_meta,
 )
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .engine import EpochOptions, ModelEma, NonFiniteLossError, TrainParts, train_one_epoch
-from .finish import _finish, _Run, _save_best
+from .finish import RunContext, finish_run, save_best
 from .loaders import TrainingData, build_training_data, load_splits
 from .losses import build_loss
 from .optim import Freezer, build_optimizer, build_schedule
 from .recipe import TrainSettings, load_recipe
-from .runlog import RESULTS_FILE, RunLog, _finite, _metrics
+from .runlog import RESULTS_FILE, RunLog, finite, split_metrics
 from .state import TrainState
 
 # ------------------------------------------------------------------------------------------ environment ----
@@ -204,8 +204,8 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"[model] {model.model_name}: {n_params:,} parameters ({n_train:,} trainable)")
 
-    cache_info = _build_caches(tr, model, data, device, amp_dtype, say, progress)
-    distill_info = _build_teacher(tr, data, device, amp_dtype, say, progress)
+    cache_info = build_caches(tr, model, data, device, amp_dtype, say, progress)
+    distill_info = build_teacher(tr, data, device, amp_dtype, say, progress)
 
     criterion = build_loss(recipe["loss"])
     optimizer = build_optimizer(model, recipe["optimizer"])
@@ -219,7 +219,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     epochs = int(tr.epochs)
     schedule = build_schedule(optimizer, recipe["schedule"], epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEma(model, **_ema_args(tr.ema)) if tr.ema else None
+    ema = ModelEma(model, **ema_args(tr.ema)) if tr.ema else None
 
     ts = TrainState(model, optimizer, schedule, scaler, ema, planned_epochs=epochs)
     if ckpt is not None:
@@ -241,7 +241,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
 
         train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tr.compile:
-        missing = _compile_blocker(device) or _compile_not_worth(tr, device, steps_per_epoch * epochs)
+        missing = compile_blocker(device) or compile_not_worth(tr, device, steps_per_epoch * epochs)
         if missing:
             say(f"[train] train.compile skipped: {missing}; training eagerly (same results, slower)")
             log({"type": "note", "compile_skipped": missing})
@@ -249,7 +249,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
     select = str(tr.select_metric)
-    run = _Run(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
+    run = RunContext(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
                criterion=criterion, counts=counts, sessions=sessions, cache_info=cache_info,
                distill_info=distill_info, pre=pre,
                preprocessing=preprocessing_meta(recipe, model), say=say, log=log, progress=progress)
@@ -294,16 +294,16 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         val = predict_split(eval_model, data.loaders["val"], data.preparers["val"], device=device, env=env,
                             criterion=criterion, autocast=precision_autocast(device, amp_dtype), progress=progress,
                             desc=f"val {epoch}", tta_flip=bool(tr.tta_flip))
-        vm = _metrics(val, data.classes)
+        vm = split_metrics(val, data.classes)
         score = float(vm.get(select) or 0.0)
         improved = score > ts.best
         if improved:
             ts.best, ts.best_epoch = score, epoch
         row = {
             "epoch": epoch,
-            "train_loss": _finite(stats["loss"]),
-            "train_acc": _finite(stats["accuracy"]),
-            "val_loss": _finite(val.loss),
+            "train_loss": finite(stats["loss"]),
+            "train_acc": finite(stats["accuracy"]),
+            "val_loss": finite(val.loss),
             "val_acc": vm["accuracy"],
             "val_mean_class_acc": vm["mean_class_accuracy"],
             "val_macro_f1": vm["macro_f1"],
@@ -318,7 +318,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         budget.end_epoch(time.monotonic() - t_epoch, val.seconds, counts["val"], counts.get("test", 0))
         if main:
             if improved:
-                _save_best(run, eval_model, epoch, vm)
+                save_best(run, eval_model, epoch, vm)
             if planning and epoch == plan_at:
                 ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], epochs, done=epoch)
         ts.planned_epochs = int(broadcast_object(ts.planned_epochs, env))
@@ -359,7 +359,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         say(f"[train] {stopped}")
         log({"type": "stopped", "reason": stopped})
     barrier(env)
-    results = _finish(run, ts, model, select, stopped, elapsed())
+    results = finish_run(run, ts, model, select, stopped, elapsed())
     if main and results_out:
         out = Path(results_out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -257,7 +257,7 @@ def explain_figure(
     title: str | None = None,
 ) -> Path:
     """Fig.-7-style panel: crop | image-stream map | landmark-stream map, titled with the prediction."""
-    from .plots import _figure, _save
+    from .plots import new_figure, save_figure
 
     probs = maps["probs"][index]
     pred, tgt = int(np.argmax(probs)), int(maps["target"][index])
@@ -267,7 +267,7 @@ def explain_figure(
             m = maps[stream][index]
             note = maps[f"{stream}_method"]
             panels.append((f"{stream} stream ({m.shape[0]}x{m.shape[1]})\n{_wrap(note, 34)}", overlay(crop, m)))
-    fig = _figure(3.2 * len(panels), 4.4)
+    fig = new_figure(3.2 * len(panels), 4.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, img) in zip(axes, panels, strict=True):
         ax.imshow(img)
@@ -277,7 +277,7 @@ def explain_figure(
     if tgt != pred:
         head += f" · maps for {classes[tgt]} ({100 * probs[tgt]:.1f}%)"
     fig.suptitle(f"{title}\n{head}" if title else head, fontsize=9)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _wrap(text: str, width: int) -> str:

@@ -24,7 +24,7 @@ __all__ = ["plot_confusion", "plot_curves", "plot_reliability", "tsne_subsample_
 _ANALYSIS_HINT = "install the analysis extra: pip install 'poster-fer[analysis]'"
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     """A standalone Agg figure (no pyplot), with a clear message when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,7 +36,7 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, out_path: str | Path, dpi: int = 150) -> Path:
+def save_figure(fig: Any, out_path: str | Path, dpi: int = 150) -> Path:
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -94,7 +94,7 @@ def plot_confusion(
     percent = row_normalised(counts)
     c = len(labels)
     side = max(4.0, 0.6 * c + 2.0)
-    fig = _figure(2 * side + 2.5, side + 0.4)
+    fig = new_figure(2 * side + 2.5, side + 0.4)
     ax_counts, ax_pct = fig.subplots(1, 2)
     im = _draw_matrix(ax_counts, counts, labels, "d", "Counts", float(counts.max(initial=0)))
     fig.colorbar(im, ax=ax_counts, shrink=0.8)
@@ -102,7 +102,7 @@ def plot_confusion(
     fig.colorbar(im, ax=ax_pct, shrink=0.8)
     if title:
         fig.suptitle(title)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _openmp_limit(num_threads: int | None) -> Any:
@@ -177,7 +177,7 @@ def write_tsne(
     with _openmp_limit(num_threads):
         embedding = TSNE(**kwargs).fit_transform(feats)
 
-    fig = _figure(7.0, 6.0)
+    fig = new_figure(7.0, 6.0)
     ax = fig.subplots()
     colours = _class_colours(len(names))
     for k, name in enumerate(names):
@@ -188,7 +188,7 @@ def write_tsne(
     ax.set_yticks([])
     ax.set_title(f"t-SNE of features ({n} points)")
     ax.legend(markerscale=3, fontsize=8, loc="best", frameon=True)
-    _save(fig, out_path)
+    save_figure(fig, out_path)
     return embedding
 
 
@@ -233,7 +233,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], out_path: str | Path) -> P
         raise ValueError(f"history has no plottable loss/accuracy/lr values (keys: {keys})")
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(5.0 * len(panels), 4.0)
+    fig = new_figure(5.0 * len(panels), 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, ks) in zip(axes, panels, strict=True):
         for key in ks:
@@ -247,7 +247,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], out_path: str | Path) -> P
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
 
 
 def _draw_reliability(ax: Any, bins: Mapping[str, np.ndarray], ece: float, title: str, colour: str) -> None:
@@ -295,10 +295,10 @@ def plot_reliability(
         panels.append((calibrated_probs, label, "tab:green"))
     data = [(reliability_bins(p, targets, n_bins), expected_calibration_error(p, targets, n_bins), name, colour)
             for p, name, colour in panels]
-    fig = _figure(5.0 * len(data), 5.4)
+    fig = new_figure(5.0 * len(data), 5.4)
     axes = np.atleast_1d(fig.subplots(1, len(data)))
     for ax, (bins, ece, name, colour) in zip(axes, data, strict=True):
         _draw_reliability(ax, bins, ece, name, colour)
     if title:
         fig.suptitle(title)
-    return _save(fig, out_path)
+    return save_figure(fig, out_path)
