@@ -62,7 +62,7 @@ def save_best(run: RunContext, model: nn.Module, epoch: int, vm: dict[str, Any])
 
 
 def finish_run(run: RunContext, ts: TrainState, model: nn.Module, select: str, stopped: str | None,
-            wall_time_s: float) -> dict[str, Any]:
+               wall_time_s: float) -> dict[str, Any]:
     """Evaluate val and test once with the best model; write results.json, curves.png and the best model's
     metrics."""
     from poster_fer import load_model, save_model

@@ -250,9 +250,9 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     eval_model = ema.module if ema is not None else model
     select = str(tr.select_metric)
     run = RunContext(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
-               criterion=criterion, counts=counts, sessions=sessions, cache_info=cache_info,
-               distill_info=distill_info, pre=pre,
-               preprocessing=preprocessing_meta(recipe, model), say=say, log=log, progress=progress)
+                     criterion=criterion, counts=counts, sessions=sessions, cache_info=cache_info,
+                     distill_info=distill_info, pre=pre, preprocessing=preprocessing_meta(recipe, model), say=say,
+                     log=log, progress=progress)
     stopped: str | None = None
     log({"type": "start", "recipe": recipe["name"], "counts": counts, "world_size": env.world_size,
          "global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "landmark_cache": cache_info})
