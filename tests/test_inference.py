@@ -275,7 +275,7 @@ def test_no_detector_means_crops_only(ckpt, astronaut):
     assert len(r.predict(str(astronaut), detect=False)) == 1
 
 
-def test_official_pth_checkpoint_loads_with_default_geometry(tmp_path, yunet, astronaut):
+def test_official_pth_checkpoint_loads_with_default_geometry(tmp_path, yunet, astronaut, caplog):
     torch.manual_seed(3)
     # the official layout: 224 input, 112 backbones
     model = create_model("poster_v1_tiny", num_classes=7, classes=_CLASS_NAMES[7])
@@ -293,8 +293,9 @@ def test_official_pth_checkpoint_loads_with_default_geometry(tmp_path, yunet, as
     with pytest.warns(DeprecationWarning, match="official=poster_fer.hub.OfficialOptions"):
         old = Recognizer.from_checkpoint(path, model="poster_v1_tiny", classes=_CLASS_NAMES[7], detector=None)
     assert old.classes == r.classes
-    with pytest.raises(ValueError, match="this is a poster-fer model"):  # ours describe themselves
-        open_checkpoint(_save(tmp_path, "ours"), OfficialOptions(num_classes=3))
+    with caplog.at_level("WARNING", logger="poster_fer"):  # ours describe themselves: said, then ignored
+        ours = open_checkpoint(_save(tmp_path, "ours"), OfficialOptions(num_classes=3))
+    assert "ignoring num_classes" in caplog.text and ours.cfg.num_classes == 7
 
 
 # ---------------------------------------------------------------------------------------------------------

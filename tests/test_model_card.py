@@ -207,3 +207,54 @@ def test_docs_models_table_is_the_cards():
     assert generated == models_table()
     for name in SHIPPED:
         assert f"`{name}`" in generated
+
+
+def test_review_findings_stay_fixed(tmp_path):
+    """Found by reviewing the card change: a converted official checkpoint keeps its own card; a retired name in
+    ``extra`` never overrides the card's name; copying ``model.meta`` copies a dict, not the model; a write through
+    a stale view does not undo a newer change; an unreadable shipped card does not break the index."""
+    import copy
+    import pickle
+
+    from poster_fer.probabilities import set_temperature
+    from poster_fer.weights.io import card_of
+
+    meta = {"format": "poster-fer/1", "model": "poster_v1", "family": "poster_v1", "config": {"num_classes": 7},
+            "classes": list(poster_fer.get_weights("poster_v1.rafdb_official").classes),
+            "preprocessing": {"input_size": 224, "channel_order": "RGB"}, "temperature": 1.7,
+            "weights": "poster_v1.rafdb_official", "provenance": {"source": "official", "file": "rafdb.pth"}}
+    card = card_of(meta, tmp_path / "unused.safetensors")
+    assert card.preprocessing["channel_order"] == "RGB" and card.temperature == 1.7
+    assert card.name == "poster_v1.rafdb_official" and card.provenance["file"] == "rafdb.pth"
+
+    retired = ModelCard.from_meta({"model": "poster_v1_s", "classes": ["a"], "weights": "poster_v1_ferplus_s"})
+    assert retired.name is None and retired.to_meta()["weights"] == "poster_v1_ferplus_s"
+    assert dataclasses.replace(retired, name="poster_v1_s.mine").to_meta()["weights"] == "poster_v1_s.mine"
+
+    model = poster_fer.create_model(poster_fer.DEFAULT_MODEL, pretrained=True)
+    assert type(copy.copy(model.meta)) is dict and len(pickle.dumps(model.meta)) < 100_000
+    assert model.pretrained_cfg.shipped
+    view = model.meta
+    set_temperature(model, 3.0)
+    with pytest.warns(DeprecationWarning):
+        view["note"] = 1
+    assert model.card.temperature == 3.0 and model.card.extra["note"] == 1 and model.card.shipped
+
+
+def test_an_unreadable_shipped_card_lists_and_says_what_is_wrong(tmp_path, monkeypatch):
+    import poster_fer.card as card_module
+    import poster_fer.weights.records as records
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "meta.json").write_text("{ not json")
+    (tmp_path / RECORDS_FILE).write_text(json.dumps({"poster_v1_s.x": {"file": "x/model.safetensors"}}))
+    for module in (records, card_module):
+        monkeypatch.setattr(module, "pretrained_root", lambda: tmp_path)
+    records.load_records.cache_clear()
+    try:
+        card = records.load_records()["poster_v1_s.x"]
+        assert "unusable" in card.description and "meta.json" in card.description
+        with pytest.raises(poster_fer.CheckpointError, match="missing from this installation"):
+            card.verify()
+    finally:
+        records.load_records.cache_clear()

@@ -238,15 +238,16 @@ class ModelCard:
     def to_meta(self) -> dict[str, Any]:
         """The meta.json record (plain JSON values; empty fields left out, as saved folders always had them)."""
         prov = {k: getattr(self, k) for k in _PROVENANCE_FIELDS if getattr(self, k)}
-        values = {
+        typed = {
             "format": FORMAT if self.architecture else None, "model": self.architecture, "family": self.family,
             "config": self.config or None, "classes": list(self.classes) or None,
             "preprocessing": self.preprocessing or None, **{k: self.calibration.get(k) for k in CALIBRATION_KEYS},
             "metrics": self.metrics or None, "weights": self.name, "description": self.description or None,
             "licence": self.licence or None, "provenance": {**self.provenance, **prov} or None,
-            "num_params": self.num_params, "gflops": self.gflops, **self.extra,
+            "num_params": self.num_params, "gflops": self.gflops,
         }
-        return thaw({k: v for k, v in values.items() if v is not None})
+        # kept keys of later versions (and a retired name, in ``extra``) never override what the card types
+        return thaw({**self.extra, **{k: v for k, v in typed.items() if v is not None}})
 
     # -- records.json -----------------------------------------------------------------------------------------
 

@@ -101,18 +101,20 @@ class OfficialOptions:
     channel_order: str | None = None
 
     @classmethod
-    def from_legacy(cls, options: dict[str, Any], where: str) -> OfficialOptions | None:
-        """The options passed the old way (``model=``, ``num_classes=``, ``classes=``, ``channel_order=`` as
-        separate keywords), popped from ``options``; warns once per call that they are deprecated."""
+    def from_legacy(cls, official: OfficialOptions | None, options: dict[str, Any],
+                    where: str) -> OfficialOptions | None:
+        """``official`` with the options passed the old way (``model=``, ``num_classes=``, ``classes=``,
+        ``channel_order=`` as separate keywords, popped from ``options``) merged in; warns that they are
+        deprecated."""
         given = {k: options.pop(k) for k in ("model", "num_classes", "classes", "channel_order") if k in options}
         given = {k: v for k, v in given.items() if v is not None}
         if not given:
-            return None
+            return official
         warn_deprecated(f"{where}({', '.join(f'{k}=' for k in given)}) is deprecated: pass "
                         f"official=poster_fer.hub.OfficialOptions({', '.join(f'{k}=...' for k in given)})")
         if given.get("classes") is not None:
             given["classes"] = tuple(given["classes"])
-        return cls(**given)
+        return dataclasses.replace(official or cls(), **given)
 
 
 def open_checkpoint(path: str | Path, official: OfficialOptions | None = None, device: Any = "cpu") -> nn.Module:
@@ -123,10 +125,11 @@ def open_checkpoint(path: str | Path, official: OfficialOptions | None = None, d
     from .weights import load_model, load_official
 
     opts = official or OfficialOptions()
-    if not is_official_checkpoint(path, opts.model):
-        if opts != OfficialOptions():
-            raise ValueError(f"{path}: {opts} describe an official .pth checkpoint; this is a poster-fer model, "
-                             "which records its own classes and input: drop them")
+    if not is_official_checkpoint(path, opts.model):  # naming an architecture for one of ours is refused there
+        ignored = [f.name for f in dataclasses.fields(opts) if getattr(opts, f.name) is not None]
+        if ignored:  # as before: ours record their own head and input; said, not silently dropped
+            log.warning("%s: a poster-fer model records its own classes and input; ignoring %s", path,
+                        ", ".join(ignored))
         return load_model(path, device=device)
     return load_official(path, model=opts.model or OFFICIAL_DEFAULT_MODEL, num_classes=opts.num_classes,
                          classes=None if opts.classes is None else list(opts.classes),

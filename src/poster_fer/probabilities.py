@@ -53,7 +53,7 @@ def set_temperature(target: Any, temperature: float) -> dict[str, Any]:
 
     card = target.card  # a model: its card gets the temperature (the one description)
     target.card = dataclasses.replace(card, calibration={**card.calibration, "temperature": value})
-    return target.card.to_meta()
+    return target.meta
 
 
 def get_logit_bias(meta: Any) -> list[float] | None:

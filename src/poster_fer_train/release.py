@@ -73,19 +73,24 @@ def record_for_folder(folder: str | Path, name: str, *, splits: Mapping[str, str
     The card is stored once, in the folder (meta.json and the safetensors header): this adds what it was missing
     (each metric split described in words, parameters, GFLOPs, and ``fields``: licence, recipe, command, origin,
     description), rewriting the metadata with the tensors byte for byte. The entry keeps only what the index
-    needs: the file and its sha256, and ``aliases`` / ``default`` from ``fields``."""
+    needs: the file and its sha256, and ``aliases`` / ``default`` / ``onnx`` from ``fields`` or the entry it
+    replaces. The ONNX twin carries the metadata too: run :func:`ship_onnx` afterwards."""
     folder = Path(folder)
     model = load_model(folder)
     stats = model_stats(model)
     card = model.card
-    index = {k: fields.pop(k) for k in ("aliases", "default") if k in fields}
+    if card.parent == name:  # the index listed an older file under this name: not its own parent
+        card = dataclasses.replace(card, parent=None)
+    previous = load_records().get(name)
+    index = {**(previous.index_entry() if previous is not None and previous.shipped else {}),
+             **{k: fields.pop(k) for k in ("aliases", "default", "onnx") if k in fields}}
     metrics = {split: {**dict(card.metrics.get(split) or {}), **summary}
                for split, summary in _metrics_summary(card.metrics, splits).items()}
     card = dataclasses.replace(card, name=name, metrics={**card.metrics, **metrics},
                                num_params=stats["params_total"], gflops=stats["gflops"], **fields)
     weights = rewrite_metadata(folder, card.to_meta()) / WEIGHTS_FILE
-    entry = {"architecture": name.split(".", 1)[0], "file": f"{folder.name}/{WEIGHTS_FILE}",
-             "sha256": sha256_of(weights), **index}
+    entry = {**index, "architecture": name.split(".", 1)[0], "file": f"{folder.name}/{WEIGHTS_FILE}",
+             "sha256": sha256_of(weights)}
     ModelCard.from_dict(name, entry)  # refuse a malformed entry before it is written
     return entry
 
@@ -190,8 +195,9 @@ def models_table() -> str:
             score = (f"{test['accuracy'] * 100:.2f}% / {test['mean_class_accuracy'] * 100:.2f}% "
                      f"({test.get('split', 'test')})")
         default = " **(the default)**" if name == DEFAULT_MODEL else ""
-        rows.append(f"| `{name}`{default} | {card.description} | {card.num_classes} | {score} | "
-                    f"{card.num_params:,} | {card.gflops} |")
+        params = "" if card.num_params is None else f"{card.num_params:,}"
+        rows.append(f"| `{name}`{default} | {card.description} | {card.num_classes} | {score} | {params} | "
+                    f"{'' if card.gflops is None else card.gflops} |")
     return "\n".join(rows)
 
 

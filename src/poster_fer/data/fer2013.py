@@ -229,3 +229,18 @@ class Fer2013Dataset(FERDataset):
 
     def get_image(self, index: int) -> Image.Image:
         return gray_to_rgb(self.table.pixels[self.rows[index]])
+
+
+_MOVED_TO_FERPLUS = ("FERPLUS_LABEL_MODES", "FERPLUS_VOTE_COLUMNS", "FerPlusDataset", "FerPlusVotes",
+                     "ferplus_majority", "ferplus_target", "load_ferplus_votes")
+
+
+def __getattr__(name: str) -> object:
+    """FER+ moved to :mod:`poster_fer.data.ferplus`; its old address still answers, with a warning."""
+    if name in _MOVED_TO_FERPLUS:
+        from . import ferplus
+
+        warnings.warn(f"poster_fer.data.fer2013.{name} moved to poster_fer.data.ferplus.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(ferplus, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ import numpy as np
 
 from .._lazy import module_available
 from ..constants import BACKENDS, ONNX_FILE
-from ..errors import InferenceError
+from ..errors import CheckpointError, InferenceError
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, with_operating_point
 from ..weights.checks import check_metadata
 
@@ -254,6 +254,7 @@ def load_backend(
     path: str | os.PathLike[str],
     backend: str | None = "auto",
     device: str = "auto",
+    *,
     official: OfficialOptions | None = None,
     autocast: str | None = None,
     operating_point: str | None = None,
@@ -273,7 +274,7 @@ def load_backend(
     """
     from ..hub import OfficialOptions, is_official_checkpoint, open_checkpoint
 
-    official = OfficialOptions.from_legacy(legacy, "load_backend") or official
+    official = OfficialOptions.from_legacy(official, legacy, "load_backend")
     if legacy:
         raise TypeError(f"load_backend() got unexpected keyword arguments {sorted(legacy)}")
     p = Path(path)
@@ -292,5 +293,10 @@ def load_backend(
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
     dev = resolve_device(device)
-    net = open_checkpoint(p, official, device=dev)
+    try:
+        net = open_checkpoint(p, official, device=dev)
+    except CheckpointError:
+        raise  # the file's own problem, said as such
+    except ValueError as err:  # an option that does not fit the file
+        raise InferenceError(str(err)) from None
     return TorchBackend(net, device=dev, autocast=autocast, operating_point=operating_point)

@@ -30,7 +30,7 @@ from ..faces import (
     to_rgb_array,
 )
 from ..faces.io import check_channels
-from ..faces.scale import DEFAULT_DETECT_SIZE, detect_scaled
+from ..faces.scale import DEFAULT_DETECT_SIZE, MIN_DETECT_SIZE, PAD_FRACTION, detect_scaled
 from ..hub import resolve_weights
 from ..options import check_count, check_detect_size, check_limit, check_probability
 from ..probabilities import softmax
@@ -40,7 +40,8 @@ from .backends import Backend, InferenceError, TorchBackend, load_backend
 if TYPE_CHECKING:
     from ..hub import OfficialOptions
 
-__all__ = ["DEFAULT_DETECT_SIZE", "FaceResult", "ImageLike", "ImagePrediction", "Recognizer"]
+__all__ = ["DEFAULT_DETECT_SIZE", "MIN_DETECT_SIZE", "PAD_FRACTION", "FaceResult", "ImageLike", "ImagePrediction",
+           "Recognizer"]
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,7 @@ class Recognizer:
         cls,
         path: str | os.PathLike[str] | None = None,
         device: str = "auto",
+        *,
         backend: str = "auto",
         official: OfficialOptions | None = None,
         autocast: str | None = None,
@@ -298,7 +300,7 @@ class Recognizer:
         """
         from ..hub import OfficialOptions
 
-        official = OfficialOptions.from_legacy(kwargs, "Recognizer.from_checkpoint") or official
+        official = OfficialOptions.from_legacy(official, kwargs, "Recognizer.from_checkpoint")
         path = resolve_weights(path)  # None: the default model; a shipped model's name: its folder
         be = load_backend(path, backend=backend, device=device, official=official, autocast=autocast,
                           operating_point=operating_point, threads=threads)

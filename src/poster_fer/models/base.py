@@ -4,7 +4,7 @@ Declared once here (timm keeps ``pretrained_cfg`` and ``reset_classifier`` on ev
 code sets ad-hoc attributes on a model:
 
 - ``model_name`` / ``family``: the registered architecture that rebuilds it (set by the registry);
-- ``card``: its :class:`poster_fer.weights.card.ModelCard`, the one description (classes, preprocessing,
+- ``card``: its :class:`poster_fer.card.ModelCard`, the one description (classes, preprocessing,
   calibration, metrics, provenance, licence); ``pretrained_cfg`` is the same card (timm's name) when the weights
   came from a file, None when randomly initialised;
 - ``meta``: the card as the old metadata dict, a read-only view kept for one release (writing to it warns and
@@ -16,6 +16,7 @@ Methods: :meth:`FERModel.reset_classifier` (new head, rows of classes that keep 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -36,8 +37,9 @@ log = logging.getLogger("poster_fer")
 
 
 class MetaView(dict):
-    """``model.meta`` for code written before the card: reads as the old dict; a write warns and becomes a new
-    card (so the card stays the one description)."""
+    """``model.meta`` for code written before the card: reads as the old dict; a write warns and is applied to the
+    model's current card (so the card stays the one description). Copies and pickles are plain dicts. Nested
+    values are copies: change a nested field through ``dataclasses.replace(model.card, ...)``."""
 
     def __init__(self, model: FERModel) -> None:
         super().__init__(model.card.to_meta())
@@ -46,8 +48,13 @@ class MetaView(dict):
     def _write(self, name: str, *args: Any) -> Any:
         warn_deprecated(f"changing model.meta ({name}) is deprecated: build a card with dataclasses.replace("
                         "model.card, ...) and assign model.card")
-        result = getattr(super(), name)(*args)
-        self._model.card = ModelCard.from_meta(self)
+        card = self._model.card
+        current = card.to_meta()
+        result = getattr(current, name)(*args)  # the change, on the card as it is now (not a stale view)
+        index = {k: getattr(card, k) for k in ("file", "sha256", "onnx", "aliases", "default")}
+        self._model.card = dataclasses.replace(ModelCard.from_meta(current), **index)
+        super().clear()
+        super().update(current)
         return result
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -59,11 +66,26 @@ class MetaView(dict):
     def pop(self, *args: Any) -> Any:
         return self._write("pop", *args)
 
+    def popitem(self) -> tuple[str, Any]:
+        return self._write("popitem")
+
+    def clear(self) -> None:
+        self._write("clear")
+
     def update(self, *args: Any, **kwargs: Any) -> None:
         self._write("update", dict(*args, **kwargs))
 
     def setdefault(self, *args: Any) -> Any:
         return self._write("setdefault", *args)
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
 
 
 class FERModel(nn.Module):
@@ -101,6 +123,15 @@ class FERModel(nn.Module):
         if card.classes and n is not None and len(card.classes) != n:
             raise ValueError(f"{len(card.classes)} class names for a {n}-class head")
         self._card = card
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A whole model pickled before the card (``meta`` and ``pretrained_cfg`` attributes) gets its card."""
+        old_meta = state.pop("meta", None)
+        old_record = state.pop("pretrained_cfg", None)
+        super().__setstate__(state)
+        if "_card" not in self.__dict__:
+            self._card = ModelCard.from_meta(old_meta or {})
+            self._from_weights = old_record is not None
 
     @property
     def pretrained_cfg(self) -> ModelCard | None:

@@ -214,18 +214,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
 
 
 def card_of(meta: dict[str, Any], weights: Path) -> Any:
-    """The card of a loaded checkpoint: the published card its metadata names when the file is that model (same
-    architecture, classes and sha256), else the card its own metadata describes, which then names no published
-    weights (a re-headed or retrained copy does not inherit the original's name, calibration or metrics)."""
+    """The card of a loaded checkpoint: the shipped card its metadata names when the file is that model (the same
+    description and sha256), else the card its own metadata describes. A copy whose tensors or description
+    differ names no published weights (a retrained, re-headed or hand-edited copy does not inherit the
+    original's name: it becomes the parent); a download record's name (an official checkpoint converted
+    here) stays with the file's own card."""
     from ..card import ModelCard
     from ..checksums import sha256_of
     from .records import load_records
 
     card = ModelCard.from_meta(meta)
     named = load_records().get(card.name) if card.name else None
-    if named is not None and named.architecture == card.architecture and named.classes == card.classes:
-        if named.sha256 is None or named.sha256 == sha256_of(weights):
-            return named
-    if named is not None:
-        card = dataclasses.replace(card, name=None, parent=card.parent or card.name)
-    return card
+    if named is None or not named.shipped:
+        return card  # a file of its own (an official checkpoint converted here keeps its own card and name)
+    if named.to_meta() == card.to_meta() and named.sha256 == sha256_of(weights):
+        return named  # the shipped file itself, its description untouched
+    return dataclasses.replace(card, name=None, parent=card.parent or card.name)

@@ -7,7 +7,7 @@ model is adding a record, never registering a new architecture; ``poster-fer inf
 ``poster_fer.list_models(pretrained=True)`` read these, and tests check every record against its file.
 
 The records live in ``poster_fer/pretrained/records.json``, and a record is a
-:class:`~poster_fer.weights.card.ModelCard` (``WeightsRecord`` is its older name). Two kinds:
+:class:`~poster_fer.card.ModelCard` (``WeightsRecord`` is its older name). Two kinds:
 
 - weights that ship in the package: the index entry is ``file`` (relative to ``poster_fer/pretrained``), its
   ``sha256``, the ONNX twin, ``default`` and ``aliases``; the description is the folder's ``meta.json`` (stored
@@ -51,14 +51,15 @@ def _index_card(name: str, entry: Mapping[str, Any]) -> ModelCard:
     if entry.get("file") is None:
         return ModelCard.from_dict(name, entry)
     side = pretrained_root() / Path(str(entry["file"])).parent / "meta.json"
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise RuntimeError(f"{side}: unreadable card of {name!r} ({e}); reinstall poster-fer") from None
-    card = ModelCard.from_meta(meta)
-    if card.name != name:
-        raise RuntimeError(f"{side}: names the weights {card.name!r}, but records.json lists it as {name!r}")
     index = {k: v for k, v in entry.items() if k != "architecture"}
+    try:
+        card = ModelCard.from_meta(json.loads(side.read_text(encoding="utf-8")))
+        problem = None if card.name == name else f"it names the weights {card.name!r}"
+    except (OSError, json.JSONDecodeError, ValueError) as e:
+        problem = str(e)
+    if problem is not None:  # the others still list and load; this one says what is wrong when used
+        return ModelCard.from_dict(name, {**index, "description": f"(unusable: {side}: {problem}; reinstall "
+                                                                  "poster-fer)"})
     return dataclasses.replace(card, **index)
 
 
