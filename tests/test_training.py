@@ -198,6 +198,11 @@ def test_train_one_epoch_records_its_second_half():
                             opts=EpochOptions(device=torch.device("cpu"), progress=False))
     assert stats["steps"] == 4 and stats["tail_steps"] == 2
     assert 0 < stats["tail_s"] <= stats["seconds"]
+    # a typed result (issue 36) that still reads as the dict earlier releases returned
+    from poster_fer_train import EpochResult
+
+    assert isinstance(stats, EpochResult) and stats.steps == 4 and dict(stats)["samples"] == 16 == stats.samples
+    assert stats.stopped is None and set(stats) >= {"loss", "accuracy", "lr", "img_s", "first_step_s"}
 
 
 def test_schedules_lr_values():

@@ -29,7 +29,7 @@ _EXPORTS: dict[str, str] = {
     "SAM": "optim",
     "SoftTargetCrossEntropy": "losses",
     "StepSchedule": "optim",
-    "EpochOptions": "engine",
+    "EpochOptions": "engine", "EpochResult": "engine",
     "StepState": "engine",
     "TrainParts": "engine",
     "TrainingData": "loaders",
@@ -54,7 +54,7 @@ _EXPORTS: dict[str, str] = {
 if TYPE_CHECKING:
     from .augment import BatchAugment, BatchAugmentConfig
     from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
-    from .engine import EpochOptions, ModelEma, NonFiniteLossError, StepState, TrainParts, train_one_epoch
+    from .engine import EpochOptions, EpochResult, ModelEma, NonFiniteLossError, StepState, TrainParts, train_one_epoch
     from .landmark_cache import LandmarkCache
     from .loaders import TrainingData, build_training_data, load_splits
     from .losses import (
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from .trainer import FitResult, fit
 
 __all__ = [
-    "DEFAULTS", "SAM", "BatchAugment", "BatchAugmentConfig", "EpochOptions", "TrainParts",
+    "DEFAULTS", "SAM", "BatchAugment", "BatchAugmentConfig", "EpochOptions", "EpochResult", "TrainParts",
     "FitResult", "LabelSmoothingCrossEntropy", "LandmarkCache", "ModelEma", "NonFiniteLossError", "OfficialV1Loss",
     "RecipeError", "SoftTargetCrossEntropy", "StepSchedule", "StepState", "TrainingData",
     "build_loss", "build_optimizer", "build_schedule", "build_training_data", "capture_rng_state", "configs_dir",

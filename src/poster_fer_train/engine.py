@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,10 +66,43 @@ class EpochOptions:
     max_steps: int | None = None
 
 
+@dataclass(frozen=True)
+class EpochResult(Mapping):
+    """What one epoch of training did. Typed fields; also a read-only mapping (``result["loss"]``), the form
+    earlier releases returned, so code written for the dict keeps working.
+
+    ``tail_steps`` / ``tail_s``: the steps after the epoch's midpoint and their time (the steady rate the time
+    budget plans with); ``first_step_s`` includes compilation and warm-up; ``stopped`` says why the epoch ended
+    early (None: it ran to the end)."""
+
+    loss: float
+    accuracy: float
+    samples: int
+    steps: int
+    seconds: float
+    img_s: float
+    lr: float
+    stopped: str | None
+    first_step_s: float
+    tail_steps: int
+    tail_s: float
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+
 def train_one_epoch(parts: TrainParts, loader: Any, state: StepState, *, epoch: int, opts: EpochOptions,
-                    deadline: float | None = None) -> dict[str, Any]:
-    """One epoch of training; returns ``{loss, accuracy, samples, steps, seconds, img_s, lr, stopped, first_step_s,
-    tail_steps, tail_s}`` (the last two: the steps after the epoch's midpoint and their time).
+                    deadline: float | None = None) -> EpochResult:
+    """One epoch of training; returns an :class:`EpochResult` (loss, accuracy, samples, steps, seconds, img_s, lr,
+    stopped, first_step_s, tail_steps, tail_s).
 
     ``deadline`` is a ``time.monotonic()`` value: past it the epoch ends early (``stopped: "time budget"``).
     Loss sums, sample counts and the stop decision are all-reduced every step, so all ranks stop together and
@@ -169,19 +202,11 @@ def train_one_epoch(parts: TrainParts, loader: Any, state: StepState, *, epoch: 
             break
     bar.close()
     seconds = time.perf_counter() - t0
-    return {
-        "loss": loss_sum / seen if seen else float("nan"),
-        "accuracy": correct / seen if seen else float("nan"),
-        "samples": int(seen),
-        "steps": steps,
-        "seconds": seconds,
-        "img_s": seen / seconds if seconds > 0 else 0.0,
-        "lr": optimizer.param_groups[0]["lr"],
-        "stopped": stopped,
-        "first_step_s": first_step_s,
-        "tail_steps": steps - mid_step if mid_step else 0,
-        "tail_s": (t0 + seconds - mid_t) if mid_step else 0.0,
-    }
+    return EpochResult(
+        loss=loss_sum / seen if seen else float("nan"), accuracy=correct / seen if seen else float("nan"),
+        samples=int(seen), steps=steps, seconds=seconds, img_s=seen / seconds if seconds > 0 else 0.0,
+        lr=optimizer.param_groups[0]["lr"], stopped=stopped, first_step_s=first_step_s,
+        tail_steps=steps - mid_step if mid_step else 0, tail_s=(t0 + seconds - mid_t) if mid_step else 0.0)
 
 
 class ModelEma:

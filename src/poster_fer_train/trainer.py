@@ -301,18 +301,18 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             ts.best, ts.best_epoch = score, epoch
         row = {
             "epoch": epoch,
-            "train_loss": finite(stats["loss"]),
-            "train_acc": finite(stats["accuracy"]),
+            "train_loss": finite(stats.loss),
+            "train_acc": finite(stats.accuracy),
             "val_loss": finite(val.loss),
             "val_acc": vm["accuracy"],
             "val_mean_class_acc": vm["mean_class_accuracy"],
             "val_macro_f1": vm["macro_f1"],
-            "lr": stats["lr"],
-            "train_img_s": round(stats["img_s"], 2),
+            "lr": stats.lr,
+            "train_img_s": round(stats.img_s, 2),
             "epoch_s": round(time.monotonic() - t_epoch, 2),
             "elapsed_s": round(elapsed(), 2),
         }
-        if stats["stopped"]:
+        if stats.stopped:
             row["partial"] = True
         ts.history.append(row)
         budget.end_epoch(time.monotonic() - t_epoch, val.seconds, counts["val"], counts.get("test", 0))
@@ -345,8 +345,8 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
                 f"took {row['epoch_s']:.0f}s); the schedule now ends at epoch {ts.planned_epochs}")
             log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": minutes, "after_epoch": epoch})
         barrier(env)
-        if stats["stopped"]:
-            stopped = f"time budget: stopped inside epoch {epoch} after {stats['steps']} steps"
+        if stats.stopped:
+            stopped = f"time budget: stopped inside epoch {epoch} after {stats.steps} steps"
             break
         if tr.stop_after_epoch and epoch >= int(tr.stop_after_epoch) and epoch < ts.planned_epochs:
             say(f"[train] paused after epoch {epoch} (train.stop_after_epoch); continue with --resume {run_dir}")
