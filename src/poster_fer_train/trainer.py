@@ -223,30 +223,9 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
 
     ts = TrainState(model, optimizer, schedule, scaler, ema, planned_epochs=epochs)
     if ckpt is not None:
-        ts.load_state_dict(ckpt)
-        rng = ckpt.get("rng_per_rank", {})
-        if env.rank in rng or str(env.rank) in rng:
-            restore_rng_state(rng.get(env.rank, rng.get(str(env.rank))))
-        if ts.planned_epochs != epochs and not tr.epochs_from_budget:
-            ts.planned_epochs = epochs  # an override asked for more (or fewer) epochs
-        schedule.total_steps = ts.planned_epochs * steps_per_epoch
-        say(f"[resume] from epoch {ts.epoch} (step {ts.step.global_step}, best "
-            f"{tr.select_metric} {ts.best:.4f} at epoch {ts.best_epoch})")
-        log({"type": "resume", "epoch": ts.epoch, "step": ts.step.global_step})
+        resume_state(ts, ckpt, env, tr, steps_per_epoch, say, log)
     start_epoch = ts.epoch + 1
-
-    train_model: nn.Module = model
-    if env.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tr.compile:
-        missing = compile_blocker(device) or compile_not_worth(tr, device, steps_per_epoch * epochs)
-        if missing:
-            say(f"[train] train.compile skipped: {missing}; training eagerly (same results, slower)")
-            log({"type": "note", "compile_skipped": missing})
-        else:
-            train_model = torch.compile(train_model)
+    train_model = training_module(model, env, device, tr, steps_per_epoch * epochs, say, log)
     eval_model = ema.module if ema is not None else model
     select = str(tr.select_metric)
     run = RunContext(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
@@ -271,17 +250,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         if stopped:
             break
         t_epoch = time.monotonic()
-        data.set_epoch(epoch)
-        es = epoch_seed(seed, env.rank, epoch)
-        seed_all(es)
-        loader = data.loaders["train"]
-        if getattr(loader, "generator", None) is not None:
-            loader.generator.manual_seed(es)
-        frozen = freezer.set_epoch(epoch)
-        if freezer.epochs and (epoch == start_epoch or epoch in (1, freezer.epochs + 1)):
-            say(f"[train] epoch {epoch}: " + (f"{frozen:,} parameters frozen, training only "
-                f"{', '.join(freezer.keep)} (train.freeze_epochs={freezer.epochs})"
-                if frozen else "every trainable parameter trains"))
+        loader = begin_epoch(data, freezer, seed, env, epoch, start_epoch, say)
         deadline = budget.deadline()
         try:
             stats = train_one_epoch(parts, loader, ts.step, epoch=epoch, opts=epoch_opts, deadline=deadline)
@@ -299,21 +268,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         improved = score > ts.best
         if improved:
             ts.best, ts.best_epoch = score, epoch
-        row = {
-            "epoch": epoch,
-            "train_loss": finite(stats.loss),
-            "train_acc": finite(stats.accuracy),
-            "val_loss": finite(val.loss),
-            "val_acc": vm["accuracy"],
-            "val_mean_class_acc": vm["mean_class_accuracy"],
-            "val_macro_f1": vm["macro_f1"],
-            "lr": stats.lr,
-            "train_img_s": round(stats.img_s, 2),
-            "epoch_s": round(time.monotonic() - t_epoch, 2),
-            "elapsed_s": round(elapsed(), 2),
-        }
-        if stats.stopped:
-            row["partial"] = True
+        row = epoch_row(epoch, stats, val, vm, time.monotonic() - t_epoch, elapsed())
         ts.history.append(row)
         budget.end_epoch(time.monotonic() - t_epoch, val.seconds, counts["val"], counts.get("test", 0))
         if main:
@@ -335,10 +290,7 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
             })
         log({"type": "epoch", **row, "improved": improved, "step": ts.step.global_step})
         of = f"{ts.planned_epochs}" if not planning or epoch >= plan_at else f"<={epochs}"
-        say(f"[epoch {epoch}/{of}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
-            f"val_acc {row['val_acc']:.4f} val_mca {row['val_mean_class_acc']:.4f} "
-            f"({row['train_img_s']:.0f} img/s, {row['epoch_s']:.0f}s, elapsed {elapsed() / 60:.1f} min)"
-            + (" *" if improved else ""))
+        say(epoch_line(row, of, elapsed(), improved))
         if planning and epoch == plan_at:
             minutes = (budget.seconds or 0.0) / 60
             say(f"[plan] {ts.planned_epochs} epochs fit the {minutes:g}-minute budget on this machine (epoch {epoch} "
@@ -367,6 +319,82 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
         say(f"[train] results copied to {out}")
     return FitResult(run_dir, results, ts.history)
 
+
+
+def resume_state(ts: TrainState, ckpt: dict[str, Any], env: DistEnv, tr: TrainSettings, steps_per_epoch: int,
+                 say: Any, log: Any) -> None:
+    """Carry an interrupted run on exactly: its state, this rank's random streams, its epoch plan (unless an
+    override changed the epochs and no budget plans them), and the schedule's length."""
+    epochs = int(tr.epochs)
+    ts.load_state_dict(ckpt)
+    rng = ckpt.get("rng_per_rank", {})
+    if env.rank in rng or str(env.rank) in rng:
+        restore_rng_state(rng.get(env.rank, rng.get(str(env.rank))))
+    if ts.planned_epochs != epochs and not tr.epochs_from_budget:
+        ts.planned_epochs = epochs  # an override asked for more (or fewer) epochs
+    ts.schedule.total_steps = ts.planned_epochs * steps_per_epoch
+    say(f"[resume] from epoch {ts.epoch} (step {ts.step.global_step}, best "
+        f"{tr.select_metric} {ts.best:.4f} at epoch {ts.best_epoch})")
+    log({"type": "resume", "epoch": ts.epoch, "step": ts.step.global_step})
+
+
+def training_module(model: nn.Module, env: DistEnv, device: torch.device, tr: TrainSettings, total_steps: int,
+                    say: Any, log: Any) -> nn.Module:
+    """The module the steps run: the model, wrapped in DDP across processes and compiled where that repays
+    itself (a line says why not, otherwise)."""
+    train_model: nn.Module = model
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tr.compile:
+        missing = compile_blocker(device) or compile_not_worth(tr, device, total_steps)
+        if missing:
+            say(f"[train] train.compile skipped: {missing}; training eagerly (same results, slower)")
+            log({"type": "note", "compile_skipped": missing})
+        else:
+            train_model = torch.compile(train_model)
+    return train_model
+
+
+def begin_epoch(data: TrainingData, freezer: Freezer, seed: int, env: DistEnv, epoch: int, start_epoch: int,
+                say: Any) -> Any:
+    """Seed the epoch (every rank its own, the same after a resume), freeze or unfreeze by the schedule (saying
+    so when it changes), and return the training loader."""
+    data.set_epoch(epoch)
+    es = epoch_seed(seed, env.rank, epoch)
+    seed_all(es)
+    loader = data.loaders["train"]
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(es)
+    frozen = freezer.set_epoch(epoch)
+    if freezer.epochs and (epoch == start_epoch or epoch in (1, freezer.epochs + 1)):
+        say(f"[train] epoch {epoch}: " + (f"{frozen:,} parameters frozen, training only "
+            f"{', '.join(freezer.keep)} (train.freeze_epochs={freezer.epochs})"
+            if frozen else "every trainable parameter trains"))
+    return loader
+
+
+def epoch_row(epoch: int, stats: Any, val: Any, vm: dict[str, Any], epoch_s: float, elapsed_s: float
+              ) -> dict[str, Any]:
+    """One epoch's line of the run's history (log.jsonl, results.json, curves.png)."""
+    row = {
+        "epoch": epoch, "train_loss": finite(stats.loss), "train_acc": finite(stats.accuracy),
+        "val_loss": finite(val.loss), "val_acc": vm["accuracy"], "val_mean_class_acc": vm["mean_class_accuracy"],
+        "val_macro_f1": vm["macro_f1"], "lr": stats.lr, "train_img_s": round(stats.img_s, 2),
+        "epoch_s": round(epoch_s, 2), "elapsed_s": round(elapsed_s, 2),
+    }
+    if stats.stopped:
+        row["partial"] = True
+    return row
+
+
+def epoch_line(row: dict[str, Any], of: str, elapsed_s: float, improved: bool) -> str:
+    """What the run prints after an epoch (``of``: the planned epochs, or ``<=N`` before the plan is set)."""
+    return (f"[epoch {row['epoch']}/{of}] loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
+            f"val_acc {row['val_acc']:.4f} val_mca {row['val_mean_class_acc']:.4f} "
+            f"({row['train_img_s']:.0f} img/s, {row['epoch_s']:.0f}s, elapsed {elapsed_s / 60:.1f} min)"
+            + (" *" if improved else ""))
 
 
 def plan_message(epochs: int, budget_s: float | None, from_budget: bool, plan_at: int) -> str:
