@@ -403,7 +403,6 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
     """
     settings = settings or ServeSettings()
     service = _Service(recognizer, settings, detectors)
-    page = resources.files("poster_fer.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -415,8 +414,15 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
 
     app = _new_fastapi(lifespan)
     app.state.service = service
-    metrics = service.metrics
+    _install_error_handlers(app, service.metrics)
+    _install_middleware(app, settings, service.metrics)
+    _add_public_routes(app, service, settings)
+    app.include_router(_v1_router(service, settings, recognizer))
+    return app
 
+
+def _install_error_handlers(app: FastAPI, metrics: Any) -> None:
+    """Every error as the API's one JSON shape (kind, message), counted by kind in /metrics."""
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, err: ApiError) -> JSONResponse:
         metrics.error(err.kind)
@@ -443,12 +449,21 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
         metrics.error("internal")
         return _error_response(ApiError(500, "internal", f"internal error ({type(err).__name__})"))
 
+
+def _install_middleware(app: FastAPI, settings: ServeSettings, metrics: Any) -> None:
+    """CORS when origins are allowed, and the request observer (latency, status, slow-client guard)."""
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"], max_age=600)
     app.add_middleware(_Observe, metrics=metrics)
+
+
+def _add_public_routes(app: FastAPI, service: _Service, settings: ServeSettings) -> None:
+    """The page, liveness and Prometheus metrics: no key needed."""
+    page = resources.files("poster_fer.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    metrics = service.metrics
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -469,6 +484,9 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
         return PlainTextResponse(metrics.render(service.inflight, settings.max_queue),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
+
+def _v1_router(service: _Service, settings: ServeSettings, recognizer: Recognizer) -> APIRouter:
+    """The versioned API (behind the key when one is set): the model's description and prediction."""
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(_auth(settings))] if settings.api_key else [])
 
     @v1.get("/model", summary="The served model: name, classes, preprocessing, model-card metrics, limits",
@@ -480,74 +498,81 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
              responses={200: {"model": PredictOut, "description": "the faces, best detection first"}, **_ERRORS},
              openapi_extra=_predict_openapi(settings))
     async def predict(request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
-        can_detect = recognizer.detector is not None
-        query = request.query_params.multi_items()
-        options_from(query, (), settings.max_faces, can_detect)  # refuse bad options before reading the body
-        client = request.client.host if request.client else "unknown"
-        refusal = service.upload_refusal(client)
-        if refusal is not None:
-            if refusal.status == 429:
-                # answered slowly: a client over its cap that reconnects at once would otherwise spin the server
-                # answering 429s; a second's wait costs an idle coroutine and caps that loop at 1/s per connection
-                await asyncio.sleep(_REFUSAL_DELAY_S)
-            raise refusal
-        with service.upload_place(client):
-            try:
-                body = await read_body(request.stream(), request.headers.get("content-length"),
-                                       settings.max_body_bytes, settings.body_timeout_s)
-            except ClientDisconnect:
-                raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
-        upload = parse_body(body, request.headers.get("content-type"))
-        del body
-        max_faces, detect = options_from(query, upload.fields.items(), settings.max_faces, can_detect)
-        if service.inflight >= settings.max_queue:
-            raise ApiError(503, "queue_full", f"the server is busy ({service.inflight} requests in progress); retry "
-                           "shortly", headers={"Retry-After": str(service.retry_after())})
-        service.inflight += 1
-        announced = False
-        try:
-            service.start()  # no-op once running (the lifespan starts it; embedding without lifespan still works)
-            service.batcher.expect()
-            announced = True
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(service.executor, service.prepare, upload.data, max_faces, detect)
-            batch_info = None
-            probs = np.zeros((0, len(recognizer.classes)), np.float32)
-            queue_s = forward_s = 0.0
-            if prepared.crops:
-                future = service.batcher.submit(prepared.crops)
-                announced = False
-                try:
-                    res = await asyncio.wrap_future(future)
-                except Exception as err:
-                    raise ApiError(500, "inference_failed", f"the model failed ({type(err).__name__}: "
-                                   f"{str(err)[:200]})") from None
-                probs, queue_s, forward_s = res.probabilities, res.queued_s, res.forward_s
-                batch_info = {"faces": res.batch_faces, "requests": res.batch_requests}
-            else:
-                service.batcher.cancel()
-                announced = False
-        finally:
-            if announced:
-                service.batcher.cancel()
-            service.inflight -= 1
-        faces = [service.result(f, p, prepared.width, prepared.height)
-                 for f, p in zip(prepared.faces, probs, strict=True)] if prepared.crops else []
-        total = time.perf_counter() - t0
-        service.note_latency(total)
-        metrics.prediction(total, len(faces))
-        body_out = {
-            "model": service.model_name,
-            "image": {"width": prepared.width, "height": prepared.height, "format": prepared.format},
-            "detect": detect,
-            "faces": faces,
-            "timings_ms": {k: round(v * 1000, 2) for k, v in (
-                ("decode", prepared.decode_s), ("detect", prepared.detect_s), ("queue", queue_s),
-                ("forward", forward_s), ("total", total))},
-            "batch": batch_info,
-        }
-        return JSONResponse(body_out, headers={"Cache-Control": "no-store"})
+        return await _predict(request, service, settings, recognizer)
 
-    app.include_router(v1)
-    return app
+    return v1
+
+
+async def _predict(request: Request, service: _Service, settings: ServeSettings,
+                   recognizer: Recognizer) -> JSONResponse:
+    """POST /v1/predict: check the options, read the upload within its limits, detect and align in a worker,
+    classify in the shared micro-batch, and answer with every face."""
+    metrics = service.metrics
+    t0 = time.perf_counter()
+    can_detect = recognizer.detector is not None
+    query = request.query_params.multi_items()
+    options_from(query, (), settings.max_faces, can_detect)  # refuse bad options before reading the body
+    client = request.client.host if request.client else "unknown"
+    refusal = service.upload_refusal(client)
+    if refusal is not None:
+        if refusal.status == 429:
+            # answered slowly: a client over its cap that reconnects at once would otherwise spin the server
+            # answering 429s; a second's wait costs an idle coroutine and caps that loop at 1/s per connection
+            await asyncio.sleep(_REFUSAL_DELAY_S)
+        raise refusal
+    with service.upload_place(client):
+        try:
+            body = await read_body(request.stream(), request.headers.get("content-length"),
+                                   settings.max_body_bytes, settings.body_timeout_s)
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
+    upload = parse_body(body, request.headers.get("content-type"))
+    del body
+    max_faces, detect = options_from(query, upload.fields.items(), settings.max_faces, can_detect)
+    if service.inflight >= settings.max_queue:
+        raise ApiError(503, "queue_full", f"the server is busy ({service.inflight} requests in progress); retry "
+                       "shortly", headers={"Retry-After": str(service.retry_after())})
+    service.inflight += 1
+    announced = False
+    try:
+        service.start()  # no-op once running (the lifespan starts it; embedding without lifespan still works)
+        service.batcher.expect()
+        announced = True
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(service.executor, service.prepare, upload.data, max_faces, detect)
+        batch_info = None
+        probs = np.zeros((0, len(recognizer.classes)), np.float32)
+        queue_s = forward_s = 0.0
+        if prepared.crops:
+            future = service.batcher.submit(prepared.crops)
+            announced = False
+            try:
+                res = await asyncio.wrap_future(future)
+            except Exception as err:
+                raise ApiError(500, "inference_failed", f"the model failed ({type(err).__name__}: "
+                               f"{str(err)[:200]})") from None
+            probs, queue_s, forward_s = res.probabilities, res.queued_s, res.forward_s
+            batch_info = {"faces": res.batch_faces, "requests": res.batch_requests}
+        else:
+            service.batcher.cancel()
+            announced = False
+    finally:
+        if announced:
+            service.batcher.cancel()
+        service.inflight -= 1
+    faces = [service.result(f, p, prepared.width, prepared.height)
+             for f, p in zip(prepared.faces, probs, strict=True)] if prepared.crops else []
+    total = time.perf_counter() - t0
+    service.note_latency(total)
+    metrics.prediction(total, len(faces))
+    body_out = {
+        "model": service.model_name,
+        "image": {"width": prepared.width, "height": prepared.height, "format": prepared.format},
+        "detect": detect,
+        "faces": faces,
+        "timings_ms": {k: round(v * 1000, 2) for k, v in (
+            ("decode", prepared.decode_s), ("detect", prepared.detect_s), ("queue", queue_s),
+            ("forward", forward_s), ("total", total))},
+        "batch": batch_info,
+    }
+    return JSONResponse(body_out, headers={"Cache-Control": "no-store"})
