@@ -24,18 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from .._lazy import module_available
+from ..errors import EXTRAS
 
 __all__ = ["BulkResult", "ENGINES", "label", "need", "open_output", "read_list", "run_metadata"]
 
 ENGINES = ("local", "ray")
 LIST_COLUMN = "path"  # the column --from-list reads from a CSV or Parquet file unless told otherwise
-EXTRAS = {"pyarrow": "parquet", "ray": "ray"}
 
 
 def need(module: str, what: str) -> None:
     """Raise ImportError naming the extra to install when ``module`` is missing."""
     if not module_available(module):
-        raise ImportError(f"{what} needs {module}: pip install 'poster-fer[{EXTRAS.get(module, module)}]'")
+        extra = EXTRAS[module][1] if module in EXTRAS else module
+        raise ImportError(f"{what} needs {module}: pip install 'poster-fer[{extra}]'")
 
 
 def read_list(path: str | os.PathLike[str], column: str | None = None) -> list[str]:
