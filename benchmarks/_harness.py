@@ -89,8 +89,8 @@ def command_line(script: str, argv: list[str]) -> str:
 def parse_overrides(items: list[str], error: Callable[[str], Any]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs with YAML values (as ``poster-fer train`` and ``info`` take them); ``error`` reports a
     bad one (``argparse.ArgumentParser.error``)."""
-    from poster_fer.cli import UserError
-    from poster_fer.commands.common import parse_overrides as parse
+    from poster_fer_apps.cli import UserError
+    from poster_fer_apps.commands.common import parse_overrides as parse
 
     try:
         return parse(items)

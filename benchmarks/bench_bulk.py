@@ -105,7 +105,7 @@ class PeakRSS:
 
 def run_cli(args: list[str]) -> dict[str, Any]:
     """Run ``poster-fer predict ARGS`` in a fresh process: wall seconds, peak RSS of its tree, its summary."""
-    cmd = [sys.executable, "-m", "poster_fer.cli", "predict", "--no-progress", *args]
+    cmd = [sys.executable, "-m", "poster_fer_apps.cli", "predict", "--no-progress", *args]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rss = PeakRSS(proc.pid)

@@ -26,7 +26,7 @@ Training steps are measured by ``bench_train_step.py`` (the one training-step be
         --variants reference,eager,sdpa,fold_bn,channels_last,fp32_opt,bf16,onnxruntime,compile \\
         --agreement-images 256 --out result.json
 
-Decisions: this script was ``poster-fer bench`` (``poster_fer/commands/bench.py``); it left the CLI because a
+Decisions: this script was ``poster-fer bench`` (``poster_fer_apps/commands/bench.py``); it left the CLI because a
 benchmark is not part of what the package offers its users. ``poster_fer`` must be importable (installed, or
 ``PYTHONPATH=src``); there is no stand-in for missing dependencies. Timing moved from hand-rolled
 ``perf_counter`` calls to ``Timer``; the CPU-time ratio the old harness also reported is gone (``Timer``

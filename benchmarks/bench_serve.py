@@ -46,7 +46,7 @@ from poster_fer.assets import shared_path  # noqa: E402
 from poster_fer.faces import load_image  # noqa: E402
 from poster_fer.provenance import cpu_flags, cpu_model, git_state, load_average  # noqa: E402
 from poster_fer.samples import sample_path  # noqa: E402
-from poster_fer.serve.metrics import resident_memory_bytes  # noqa: E402
+from poster_fer_apps.serve.metrics import resident_memory_bytes  # noqa: E402
 
 TARGETS = {"scaling_16_vs_1": 2.0, "p99_s_16": 1.0, "errors": 0, "rss_growth_mb": 50.0}
 
@@ -56,7 +56,7 @@ TARGETS = {"scaling_16_vs_1": 2.0, "p99_s_16": 1.0, "errors": 0, "rss_growth_mb"
 
 def start_server(extra: list[str]) -> tuple[subprocess.Popen, str, int]:
     """``poster-fer serve --port 0`` in a subprocess; returns it, its host and port once it listens."""
-    cmd = [sys.executable, "-m", "poster_fer.cli", "serve", "--port", "0", *extra]
+    cmd = [sys.executable, "-m", "poster_fer_apps.cli", "serve", "--port", "0", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()

@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image
 
 from poster_fer.assets import shared_path
-from poster_fer.cli import main as cli_main
 from poster_fer.faces import load_image
 from poster_fer.inference import Recognizer
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 FPS, SECONDS, PANEL = 10, 7.0, (200, 240)  # panel (w, h)

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from poster_fer.cli import main
 from poster_fer.models import create_model
+from poster_fer_apps.cli import main
 from poster_fer_train.ablation import (
     VARIANTS,
     parse_variants,

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-from poster_fer.cli import main
 from poster_fer.faces import load_image
 from poster_fer.inference import FaceResult
 from poster_fer.inference.annotate import (
@@ -20,6 +19,7 @@ from poster_fer.inference.annotate import (
 )
 from poster_fer.inference.job import JobOptions
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main
 
 CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 
@@ -194,7 +194,7 @@ def test_predict_command_takes_draw(tmp_path, capsys):
 def test_command_choices_match_the_library():
     import argparse
 
-    from poster_fer.commands import predict
+    from poster_fer_apps.commands import predict
 
     parser = argparse.ArgumentParser()
     predict.register(parser.add_subparsers())

@@ -1,6 +1,6 @@
-"""Import direction: the library (models, weights, data, faces, evaluation, inference, ...) never imports the apps
-(serving, commands, CLI; and never the training app, the separate package ``poster_fer_train``), and the package's
-top-level parts form no import cycle.
+"""Import direction: the library (``poster_fer``: models, weights, data, faces, evaluation, inference, ...) never
+imports the apps (``poster_fer_apps``: the CLI, its commands, the server; ``poster_fer_train``: training), and the
+library's top-level parts form no import cycle.
 
 Every import is read from the source, including those inside functions, so a lazy import cannot hide a
 dependency that points the wrong way.
@@ -19,8 +19,11 @@ LIBRARY = {"_lazy", "architectures", "assets", "bulk", "card", "checksums", "cla
            "distributed", "errors", "evaluation", "export", "faces", "fastpath", "hub", "inference", "jsonable",
            "models", "naming", "options", "precision", "pretrained", "probabilities", "provenance", "samples",
            "weights"}
-APPS = {"cli", "commands", "serve"}
+# Left in the library's folder for one release: deprecated aliases that import the moved app and nothing else.
+ALIASES = {"cli", "serve"}
+APPS_PACKAGE = "poster_fer_apps"
 TRAIN_APP = "poster_fer_train"
+APPS = SRC.parent / APPS_PACKAGE
 FACADE = "__init__"  # ``poster_fer/__init__.py``: re-exports the library
 
 
@@ -62,26 +65,52 @@ def import_edges() -> dict[str, set[tuple[str, str]]]:
 
 def test_every_part_is_classified():
     parts = {_part(p.relative_to(SRC)) for p in SRC.rglob("*.py")}
-    assert parts - LIBRARY - APPS - {FACADE} == set(), "classify new top-level parts as LIBRARY or APPS"
+    assert parts - LIBRARY - ALIASES - {FACADE} == set(), "classify new top-level parts as LIBRARY or ALIASES"
 
 
-def test_library_never_imports_apps_or_the_facade():
+def test_library_never_imports_the_facade_or_an_alias():
     bad = sorted(f"{where}: {part} -> {target}" for part, es in import_edges().items() if part in LIBRARY
-                 for target, where in es if target in APPS or target == FACADE)
-    assert not bad, "library code importing an app (or the package facade, which imports it back):\n" + "\n".join(bad)
+                 for target, where in es if target in ALIASES or target == FACADE)
+    assert not bad, "library code importing an alias (or the package facade, which imports it back):\n" + "\n".join(bad)
 
 
-def test_no_poster_fer_module_imports_the_training_app():
-    """The training app is a second package; the library and its CLI reach it only by name (cli.COMMANDS)."""
-    bad = []
-    for path in SRC.rglob("*.py"):
+def absolute_imports(folder: Path) -> list[tuple[str, str]]:
+    """(module imported, 'file:line') for every absolute import under ``folder``, inside functions too."""
+    found = []
+    for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            bad += [f"{path.relative_to(SRC)}:{node.lineno}: {n}" for n in names if n.split(".")[0] == TRAIN_APP]
-    assert not bad, "poster_fer importing poster_fer_train:\n" + "\n".join(bad)
+            found += [(n, f"{path.relative_to(folder.parent)}:{node.lineno}") for n in names]
+    return found
+
+
+def _top(where: str) -> str:
+    """'poster_fer/serve/runner.py:7' -> 'serve': the library's top-level part a location is in."""
+    return Path(where.split(":")[0]).parts[1].removesuffix(".py")
+
+
+def test_the_library_imports_no_app():
+    """The apps are packages of their own; the library reaches neither (the aliases only point at the app)."""
+    bad = [f"{where}: {name}" for name, where in absolute_imports(SRC)
+           if name.split(".")[0] in (TRAIN_APP, APPS_PACKAGE) and _top(where) not in ALIASES]
+    assert not bad, "poster_fer importing an app:\n" + "\n".join(bad)
+    aliased = {name.split(".")[0] for name, where in absolute_imports(SRC) if _top(where) in ALIASES}
+    assert aliased <= {"poster_fer", APPS_PACKAGE, "__future__", "importlib", "typing", "sys"}, aliased
     train = SRC.parent / TRAIN_APP
     assert (train / "__init__.py").is_file() and not (SRC / "training").exists() and not (SRC / "experiments").exists()
+    assert not (SRC / "commands").exists() and not (SRC / "serve" / "app.py").exists()
+
+
+def test_the_cli_finds_the_training_commands_through_entry_points_only():
+    """poster_fer_apps never imports the training app: ``train`` and ``ablate`` come from the entry-point group."""
+    from poster_fer_apps.cli import command_modules
+
+    bad = [f"{where}: {name}" for name, where in absolute_imports(APPS) if name.split(".")[0] == TRAIN_APP]
+    assert not bad, "poster_fer_apps importing poster_fer_train:\n" + "\n".join(bad)
+    modules = command_modules()
+    assert modules["train"].__name__ == "poster_fer_train.commands.train"
+    assert modules["predict"].__name__ == "poster_fer_apps.commands.predict"
 
 
 def test_facade_reexports_only_the_library():

@@ -54,7 +54,7 @@ def make_archive(root: Path, images: int, videos: int = 0, frames: int = 8, bad:
 
 
 def predict(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "poster_fer.cli", "predict", "--no-progress", "--backend", "onnxruntime", *args]
+    cmd = [sys.executable, "-m", "poster_fer_apps.cli", "predict", "--no-progress", "--backend", "onnxruntime", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     if check:
         assert res.returncode in (0, 1), res.stderr
@@ -149,7 +149,7 @@ def test_resume_after_sigkill_writes_each_input_exactly_once(tmp_path, ext):
     ref = tmp_path / f"ref.{ext}"
     predict(str(data), "--output", str(ref))  # the uninterrupted run, in the same format
     out = tmp_path / f"killed.{ext}"
-    cmd = [sys.executable, "-m", "poster_fer.cli", "predict", "--no-progress", "--backend", "onnxruntime",
+    cmd = [sys.executable, "-m", "poster_fer_apps.cli", "predict", "--no-progress", "--backend", "onnxruntime",
            str(data), "--output", str(out)]
     env = {**os.environ, "POSTER_FER_PART_SECONDS": "0.5"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from poster_fer import create_model, load_model, read_metadata, save_model
-from poster_fer.cli import main
 from poster_fer.data import FER2013_CLASSES, build_dataset
 from poster_fer.evaluation import (
     apply_temperature,
@@ -23,6 +22,7 @@ from poster_fer.evaluation import (
 )
 from poster_fer.probabilities import get_temperature, set_temperature
 from poster_fer.weights import create_transform as eval_transform
+from poster_fer_apps.cli import main
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}

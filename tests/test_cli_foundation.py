@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from poster_fer import create_model, load_model
-from poster_fer.cli import main
+from poster_fer_apps.cli import main
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
@@ -109,7 +109,7 @@ def test_convert_errors(tmp_path, capsys):
 
 def test_every_command_with_a_device_defaults_to_auto():
     """One rule in every command: --device auto (the GPU when PyTorch sees one), never a silent CPU default."""
-    from poster_fer.cli import build_parser
+    from poster_fer_apps.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     with_device = {}

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import poster_fer
-from poster_fer.cli import main
 from poster_fer.hub import DEFAULT_MODEL, pretrained_path, pretrained_root
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-from poster_fer.cli import main
 from poster_fer.data import build_dataset
 from poster_fer.weights import create_transform as eval_transform
 from poster_fer.weights.io import load_model
 from poster_fer.weights.preprocessing import Preprocessing
+from poster_fer_apps.cli import main
 from poster_fer_train.distill import DistillConfig, TeacherTargets, teacher_logits
 from poster_fer_train.loaders import BatchPreparer
 from test_training import _synthetic_folder, _synthetic_recipe

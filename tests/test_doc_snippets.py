@@ -144,7 +144,7 @@ def stubs(monkeypatch):
     calls: list[tuple] = []
     import uvicorn
 
-    import poster_fer.serve.runner as runner
+    import poster_fer_apps.serve.runner as runner
 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(("uvicorn", app, kw)))
     monkeypatch.setattr(runner, "run", lambda app, sockets, **kw: calls.append(("runner", app, sockets, kw)))

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from poster_fer import create_model, save_model
-from poster_fer.cli import main
 from poster_fer.data import FER2013_CLASSES, IMAGENET_MEAN, IMAGENET_STD, RAFDB_CLASSES, build_dataset
 from poster_fer.evaluation.class_match import ClassMismatchError, canonical_class_name, match_classes
 from poster_fer.evaluation.evaluate import run_evaluation
 from poster_fer.evaluation.samples import subsample_indices
+from poster_fer_apps.cli import main
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from poster_fer import create_model, save_model
-from poster_fer.cli import main
 from poster_fer.evaluation.explain import _mass_resize, _rollout, relevance_maps, resolve_target
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}

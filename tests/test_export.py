@@ -13,9 +13,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from poster_fer import create_model, save_model  # noqa: E402
-from poster_fer.cli import main  # noqa: E402
 from poster_fer.export import ExportError, OnnxRuntimeModel, export_onnx  # noqa: E402
 from poster_fer.faces import get_geometry
+from poster_fer_apps.cli import main  # noqa: E402
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import poster_fer
-from poster_fer.cli import main
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

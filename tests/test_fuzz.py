@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from poster_fer.inference import Recognizer
-from poster_fer.serve import ServeSettings, create_app
-from poster_fer.serve.errors import ApiError
-from poster_fer.serve.uploads import decode_image, parse_body
 from poster_fer.weights import CheckpointError
 from poster_fer.weights.checks import check_metadata
+from poster_fer_apps.serve import ServeSettings, create_app
+from poster_fer_apps.serve.errors import ApiError
+from poster_fer_apps.serve.uploads import decode_image, parse_body
 
 SEED = 20261202
 CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear"]

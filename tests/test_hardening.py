@@ -15,16 +15,16 @@ import torch
 from PIL import Image
 
 from poster_fer import create_model, load_model, save_model
-from poster_fer.cli import main
 from poster_fer.faces import ImageLoadError, get_geometry, load_image
 from poster_fer.faces.io import _composite, _scale_u16, decoded_bytes
 from poster_fer.inference import InferenceError, Recognizer
 from poster_fer.inference.backends import OnnxBackend
 from poster_fer.options import check_count, check_detect_size, check_limit, check_probability
-from poster_fer.serve.errors import ApiError
-from poster_fer.serve.uploads import decode_image
 from poster_fer.weights import CheckpointError, read_metadata
 from poster_fer.weights.checks import check_metadata
+from poster_fer_apps.cli import main
+from poster_fer_apps.serve.errors import ApiError
+from poster_fer_apps.serve.uploads import decode_image
 
 SIZE = 56
 CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear"]

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from poster_fer import CheckpointError, create_model, save_model
-from poster_fer.cli import main
 from poster_fer.faces import (
     HAAR_LANDMARK_RATIOS,
     Face,
@@ -37,6 +36,7 @@ from poster_fer.inference import (
 )
 from poster_fer.inference import recognizer as recognizer_module
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}

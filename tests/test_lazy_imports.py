@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import poster_fer
-from poster_fer.cli import COMMANDS, build_parser
+from poster_fer_apps.cli import build_parser, command_modules
 
 HEAVY = ("torch", "cv2", "onnxruntime", "matplotlib", "fastapi")
 REPORT = f"import json, sys; print('HEAVY=' + json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
@@ -83,7 +83,7 @@ def test_constants_the_help_shows_keep_their_old_homes():
             "from poster_fer.faces import DEFAULT_MAX_PIXELS as a\n"
             "from poster_fer.faces.io import DEFAULT_MAX_PIXELS as b\n"
             "from poster_fer.hub import DEFAULT_MODEL\n"
-            "from poster_fer.serve import ServeSettings\n"
+            "from poster_fer_apps.serve import ServeSettings\n"
             "assert a == b == ServeSettings().max_pixels == constants.DEFAULT_MAX_PIXELS == 50_000_000\n"
             "assert DEFAULT_MODEL == constants.DEFAULT_MODEL\n")
     run_python(code)
@@ -93,7 +93,7 @@ def test_constants_the_help_shows_keep_their_old_homes():
 def test_help_loads_no_heavy_module(command):
     argv = ([command] if command else []) + ["--help"]
     code = ("import contextlib, io\n"
-            "from poster_fer.cli import main\n"
+            "from poster_fer_apps.cli import main\n"
             "out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out):\n"
             "    try:\n"
@@ -109,20 +109,20 @@ def test_help_loads_no_heavy_module(command):
 def test_each_command_registers_without_heavy_modules(command):
     """One command's ``register`` alone, so a failure names the command whose parser pulls in a heavy module."""
     code = ("import argparse, importlib\n"
-            f"module = importlib.import_module({COMMANDS[command]!r})\n"
+            f"module = importlib.import_module({command_modules()[command].__name__!r})\n"
             "module.register(argparse.ArgumentParser().add_subparsers())\n"
             f"{REPORT}")
     assert heavy_loaded(run_python(code).stdout) == []
 
 
 def test_module_entry_point_help_loads_no_heavy_module():
-    """``python -m poster_fer.cli --help`` (runpy imports the package first, then runs the module as __main__)."""
+    """``python -m poster_fer_apps.cli --help`` (runpy imports the package first, then runs the module as __main__)."""
     code = ("import contextlib, io, runpy, sys\n"
-            "sys.argv = ['poster_fer.cli', '--help']\n"
+            "sys.argv = ['poster_fer_apps.cli', '--help']\n"
             "out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out):\n"
             "    try:\n"
-            "        runpy.run_module('poster_fer.cli', run_name='__main__', alter_sys=True)\n"
+            "        runpy.run_module('poster_fer_apps.cli', run_name='__main__', alter_sys=True)\n"
             "    except SystemExit as e:\n"
             "        assert e.code == 0, e.code\n"
             "assert 'predict' in out.getvalue() and 'serve' in out.getvalue(), out.getvalue()\n"

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from poster_fer import create_model, save_model
-from poster_fer.cli import main
 from poster_fer.faces import get_geometry, load_image
 from poster_fer.faces.download import bundled_yunet_path
 from poster_fer.inference import RECORD_KEYS, box_iou, csv_columns
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
@@ -275,7 +275,8 @@ def test_a_face_sized_crop_without_a_detection_is_labelled_whole_unless_told_not
 
     crop = tmp_path / "crop.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 48), dtype=np.uint8)).save(crop)
-    base = [sys.executable, "-m", "poster_fer.cli", "predict", str(crop), "--backend", "onnxruntime", "--no-progress"]
+    base = [sys.executable, "-m", "poster_fer_apps.cli", "predict", str(crop), "--backend", "onnxruntime",
+            "--no-progress"]
     out = subprocess.run(base, capture_output=True, text=True, check=True).stdout
     (rec,) = [_json.loads(x) for x in out.splitlines() if x]
     assert rec["status"] == "ok" and rec["detection"] == "whole_image" and rec["box"] == [0, 0, 48, 48]

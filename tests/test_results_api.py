@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 import poster_fer
-from poster_fer.cli import main
 from poster_fer.faces import load_image, to_rgb_array
 from poster_fer.inference import FaceResult, ImagePrediction, RecordWriter, Source, sources
 from poster_fer.inference.job import JobOptions, JobStats, run_job
 from poster_fer.samples import sample_path
+from poster_fer_apps.cli import main
 
 CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 

@@ -37,7 +37,7 @@ MASKED_MAIN = (
     "import sys, json\n"
     f"for m in {MASKED!r}:\n"
     "    sys.modules[m] = None\n"
-    "from poster_fer.cli import main\n"
+    "from poster_fer_apps.cli import main\n"
     "rc = main(sys.argv[1:])\n"
     "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'safetensors', 'yaml')"
     " and sys.modules[m] is not None)\n"
@@ -47,7 +47,7 @@ MASKED_MAIN = (
 
 
 def run_cli(args: list[str], masked: bool, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    code = MASKED_MAIN if masked else "import sys; from poster_fer.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = MASKED_MAIN if masked else "import sys; from poster_fer_apps.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
 
@@ -208,7 +208,7 @@ def test_serve_app_without_torch(tmp_path):
         "from fastapi.testclient import TestClient\n"
         "from poster_fer.inference import Recognizer\n"
         "from poster_fer.samples import sample_path\n"
-        "from poster_fer.serve import create_app\n"
+        "from poster_fer_apps.serve import create_app\n"
         "with TestClient(create_app(Recognizer())) as client:\n"
         "    r = client.post('/v1/predict', content=sample_path().read_bytes(), "
         "headers={'Content-Type': 'image/jpeg'})\n"

@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 
 from poster_fer import create_model, save_model
-from poster_fer.cli import main
 from poster_fer.faces import get_geometry, load_image
 from poster_fer.inference import Recognizer
 from poster_fer.samples import sample_path
-from poster_fer.serve import ServeSettings, create_app
+from poster_fer_apps.cli import main
+from poster_fer_apps.serve import ServeSettings, create_app
 
 #: class names for the tiny models these tests build (save_model refuses a model without any)
 _CLASS_NAMES = {n: [f"c{i}" for i in range(n)] for n in range(1, 11)}
@@ -574,7 +574,7 @@ def test_several_workers_each_with_a_detector(rec, portrait):
 
 
 def test_batcher_waits_only_for_requests_on_their_way():
-    from poster_fer.serve.batching import MicroBatcher
+    from poster_fer_apps.serve.batching import MicroBatcher
 
     calls: list[int] = []
 
@@ -654,7 +654,7 @@ def test_cli_refuses_bad_setup(ckpt, tmp_path, capsys):
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
     """``poster-fer serve --port 0 ARGS`` in a subprocess; returns it and its base URL once it listens."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "poster_fer.cli", "serve", "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "poster_fer_apps.cli", "serve", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []
 
@@ -716,7 +716,7 @@ def test_cli_server_on_a_free_loopback_port(ckpt, portrait):
 def test_cli_without_the_serve_extra(ckpt):
     script = ("import sys\n"
               "sys.modules['fastapi'] = None  # as if the serve extra were not installed\n"
-              "from poster_fer.cli import build_parser, main\n"
+              "from poster_fer_apps.cli import build_parser, main\n"
               "print(build_parser().format_help())\n"
               "print('status', main(['serve', '--weights', sys.argv[1], '--port', '0']))\n")
     done = subprocess.run([sys.executable, "-c", script, ckpt], capture_output=True, text=True, timeout=120)
@@ -733,7 +733,7 @@ def test_cli_help_lists_serve(capsys):
 
 
 def test_runner_listens_and_names_a_taken_port():
-    from poster_fer.serve.runner import is_loopback, listen
+    from poster_fer_apps.serve.runner import is_loopback, listen
 
     sock = listen("127.0.0.1", 0)
     try:
@@ -755,7 +755,7 @@ def test_openapi_has_no_duplicate_operation_ids_and_healthz_answers_head():
 
     from fastapi.testclient import TestClient
 
-    from poster_fer.serve.app import create_app
+    from poster_fer_apps.serve.app import create_app
 
     app = create_app(Recognizer(backend=None))
     with warnings.catch_warnings():

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from poster_fer.cli import main
 from poster_fer.inference import Recognizer
-from poster_fer.serve import ServeSettings, create_app
-from poster_fer.serve.runner import build_server, listen
+from poster_fer_apps.cli import main
+from poster_fer_apps.serve import ServeSettings, create_app
+from poster_fer_apps.serve.runner import build_server, listen
 
 CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear"]
 

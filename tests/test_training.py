@@ -19,8 +19,8 @@ import yaml
 from PIL import Image
 
 from conftest import need_shared
-from poster_fer.cli import main
 from poster_fer.distributed import DistEnv, DistributedWeightedSampler, ShardSampler
+from poster_fer_apps.cli import main
 from poster_fer_train import (
     SAM,
     BatchAugment,
@@ -557,7 +557,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, synthetic):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "poster_fer.cli", "train", "--recipe", str(recipe), "--out", str(tmp_path / "two")]
+           "-m", "poster_fer_apps.cli", "train", "--recipe", str(recipe), "--out", str(tmp_path / "two")]
     # A new session, so a hang is killed with its workers (torchrun's children) when the timeout hits.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

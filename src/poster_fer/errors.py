@@ -15,7 +15,7 @@ __all__ = ["EXTRAS", "USER_ERRORS", "CheckpointError", "DatasetError", "Detector
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported without a traceback (also ``poster_fer.cli.UserError``)."""
+    """A problem with the user's input, reported without a traceback (also ``poster_fer_apps.cli.UserError``)."""
 
 
 class CheckpointError(ValueError):

@@ -1,33 +1,22 @@
-"""``poster-fer serve``: an HTTP API and a web page over a :class:`~poster_fer.inference.Recognizer`.
+"""Deprecated alias of :mod:`poster_fer_apps.serve` (the server moved out of the library; kept one release).
 
-Typical use (needs the ``serve`` extra: ``pip install 'poster-fer[serve]'``)::
-
-    from poster_fer import Recognizer
-    from poster_fer.serve import ServeSettings, create_app
-
-    app = create_app(Recognizer(), ServeSettings(api_key="secret"))   # any ASGI server runs it
-
-This package is an application on top of the library; the library never imports it. ``create_app`` is imported
-on first use, so the settings (and ``poster-fer --help``) work without the optional web dependencies.
-See docs/serving.md.
+``from poster_fer.serve import ServeSettings, create_app`` and ``from poster_fer.serve.runner import listen, run``
+(the forms docs/serving.md showed) keep working and warn once per import.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import Any
 
-from .errors import ApiError
-from .settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, ServeSettings
-
-if TYPE_CHECKING:
-    from .app import create_app
+from poster_fer.naming import warn_deprecated
 
 __all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "ApiError", "ServeSettings", "create_app"]
 
+warn_deprecated("poster_fer.serve moved to poster_fer_apps.serve; the old name goes in the next release")
+
 
 def __getattr__(name: str) -> Any:
-    if name == "create_app":
-        from .app import create_app
-
-        return create_app
+    if name in __all__:
+        return getattr(importlib.import_module("poster_fer_apps.serve"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

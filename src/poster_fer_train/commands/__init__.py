@@ -1,4 +1,4 @@
-"""The training app's subcommands, registered into ``poster-fer`` by :mod:`poster_fer.cli`."""
+"""The training app's subcommands, registered into ``poster-fer`` by :mod:`poster_fer_apps.cli`."""
 
 from __future__ import annotations
 

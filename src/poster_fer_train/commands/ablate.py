@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from poster_fer.commands.common import command_line
 from poster_fer.errors import UserError
+from poster_fer_apps.commands.common import command_line
 
 DEFAULT_VARIANTS = "landmark_only,image_only,baseline,baseline_pyramid,baseline_crossfusion,poster"
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from poster_fer.commands.common import parse_overrides
+    from poster_fer_apps.commands.common import parse_overrides
     from poster_fer_train.commands import require_training_extra
 
     require_training_extra("ablate")

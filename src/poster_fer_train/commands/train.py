@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train from a recipe: data, model, loss, optimiser, schedule. Writes RUN_DIR/last.pt every epoch "
         "(resumable), RUN_DIR/best/ (the best model on the validation split, poster-fer format), log.jsonl, "
         "results.json (test split evaluated once, with the best model) and curves.png. Multi-GPU: "
-        "torchrun --nproc_per_node N -m poster_fer.cli train ... (batch_size is the global batch).")
+        "torchrun --nproc_per_node N -m poster_fer_apps.cli train ... (batch_size is the global batch).")
     p.add_argument("--recipe", help="recipe name in configs/ or a YAML file (not needed with --resume)")
     p.add_argument("--list", action="store_true", help="list the named recipes")
     p.add_argument("--data", help="dataset root (overrides data.root)")
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from poster_fer.commands.common import parse_overrides
+    from poster_fer_apps.commands.common import parse_overrides
     from poster_fer_train.commands import require_training_extra
 
     require_training_extra("train")

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from poster_fer.errors import UserError
+
 from .common import add_device_argument, add_weights_arguments, check_operating_point, command_line, load_weights
 
 
@@ -86,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
 
-    from ..data import build_dataset
-    from ..devices import DeviceError, resolve_device
-    from ..evaluation.class_match import ClassMismatchError
-    from ..evaluation.evaluate import EvalOptions, evaluate_dataset
+    from poster_fer.data import build_dataset
+    from poster_fer.devices import DeviceError, resolve_device
+    from poster_fer.evaluation.class_match import ClassMismatchError
+    from poster_fer.evaluation.evaluate import EvalOptions, evaluate_dataset
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
@@ -142,9 +143,9 @@ def _fit_temperature(args: argparse.Namespace, model: Any, kind: str, root: str,
     """Fit the temperature on ``--fit-temperature-on`` and record where it came from in ``provenance``."""
     import sys
 
-    from ..data import build_dataset
-    from ..evaluation.class_match import ClassMismatchError
-    from ..evaluation.evaluate import fit_dataset_temperature
+    from poster_fer.data import build_dataset
+    from poster_fer.evaluation.class_match import ClassMismatchError
+    from poster_fer.evaluation.evaluate import fit_dataset_temperature
 
     split = args.fit_temperature_on
     if split == args.split:

@@ -1,7 +1,7 @@
 """Limits and switches of the HTTP service, in one validated record.
 
 Why a record of its own: the command line, tests and embedding applications all build the app through
-:func:`poster_fer.serve.create_app`, and every limit that protects the server (body size, pixel count, queue
+:func:`poster_fer_apps.serve.create_app`, and every limit that protects the server (body size, pixel count, queue
 length) must be checked once, in one place, before the server accepts its first request.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..constants import DEFAULT_MAX_PIXELS  # not from faces, which imports OpenCV: settings feed --help
+from poster_fer.constants import DEFAULT_MAX_PIXELS  # not from faces, which imports OpenCV: settings feed --help
 
 __all__ = ["API_KEY_ENV", "DEFAULT_MAX_BODY_BYTES", "ServeSettings"]
 
@@ -42,7 +42,7 @@ class ServeSettings:
         max_uploads_per_client: bodies being received at once from one client address (429 beyond), so one
             client that stalls its uploads cannot take every upload place.
         header_timeout_s: a connection must send a complete request head within this time of connecting (or of
-            its previous response), else it is closed (:mod:`poster_fer.serve.protocol`).
+            its previous response), else it is closed (:mod:`poster_fer_apps.serve.protocol`).
     """
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import UserError
+from poster_fer.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
-    from ..options import arg, check_detect_size, check_limit, count_arg, probability_arg
+    from poster_fer.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
+    from poster_fer.options import arg, check_detect_size, check_limit, count_arg, probability_arg
+
     from .common import add_backend_argument, add_device_argument, add_weights_arguments
 
     p = sub.add_parser(
@@ -111,9 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import InferenceError, Recognizer, RecordWriter, collect_sources
-    from ..inference.job import JobOptions, JobStats, run_job
-    from ..inference.sources import CameraError, camera_problem
+    from poster_fer.inference import InferenceError, Recognizer, RecordWriter, collect_sources
+    from poster_fer.inference.job import JobOptions, JobStats, run_job
+    from poster_fer.inference.sources import CameraError, camera_problem
+
     from .common import check_operating_point, official_options, output_dir, output_file
 
     if args.from_list is not None:
@@ -194,7 +196,7 @@ def _finish(args: argparse.Namespace, stats: Any, skipped: list[Path]) -> int:
 
 
 def _read_list(path: Path, column: str | None) -> list[str]:
-    from ..bulk import read_list
+    from poster_fer.bulk import read_list
 
     try:
         return read_list(path, column)
@@ -206,7 +208,7 @@ def _read_list(path: Path, column: str | None) -> list[str]:
 
 def _check_bulk(args: argparse.Namespace, fmt: str) -> None:
     """Refuse option combinations the archive paths cannot honour, before anything loads."""
-    from .._lazy import module_available
+    from poster_fer._lazy import module_available
 
     if args.resume and args.output is None:
         raise UserError("--resume needs --output FILE (stdout cannot be resumed)")
@@ -231,9 +233,9 @@ def _check_bulk(args: argparse.Namespace, fmt: str) -> None:
 def _run_resumable(args: argparse.Namespace, rec: Any, fmt: str, sources: list[Any], skipped: list[Path],
                    options: Any, stats: Any) -> int:
     """``--output`` as .jsonl / .csv / .parquet: committed input by input, so ``--resume`` can carry on."""
-    from ..bulk import open_output, run_metadata
-    from ..bulk.parquet import OutputMismatch
-    from ..inference.job import run_job
+    from poster_fer.bulk import open_output, run_metadata
+    from poster_fer.bulk.parquet import OutputMismatch
+    from poster_fer.inference.job import run_job
 
     try:
         sink = open_output(args.output, fmt, rec.classes,
@@ -259,9 +261,10 @@ def _run_resumable(args: argparse.Namespace, rec: Any, fmt: str, sources: list[A
 
 def _run_ray(args: argparse.Namespace, rec: Any, sources: list[Any], skipped: list[Path]) -> int:
     """``--engine ray``: the same pipeline on Ray Data (poster_fer.bulk.ray_engine), Parquet parts in --output."""
-    from ..bulk import run_metadata
-    from ..bulk.parquet import OutputMismatch
-    from ..bulk.ray_engine import RayOptions, run_ray
+    from poster_fer.bulk import run_metadata
+    from poster_fer.bulk.parquet import OutputMismatch
+    from poster_fer.bulk.ray_engine import RayOptions, run_ray
+
     from .common import official_options
 
     kwargs = {"path": args.weights, "backend": "onnxruntime" if args.backend in (None, "auto") else args.backend,
@@ -294,7 +297,7 @@ def record_format(output: Path | None, fmt: str | None) -> str:
     """The record format: ``--output``'s extension decides (.jsonl, .json, .csv); ``--format`` may repeat it,
     or name the format of a file whose extension says nothing, but never contradict it (a results.csv full of
     JSON lines is worse than an error). Without ``--output``: ``--format``, else JSON lines."""
-    from ..inference.records import EXTENSION_FORMATS, format_for_path
+    from poster_fer.inference.records import EXTENSION_FORMATS, format_for_path
 
     if output is None:
         return fmt or "jsonl"

@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from poster_fer.errors import UserError
 
 __all__ = ["add_backend_argument", "add_device_argument", "add_weights_arguments", "command_line", "load_weights",
            "output_dir", "output_file",
@@ -22,7 +22,7 @@ def add_device_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) ->
 
 def add_backend_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--backend`` for the commands that label faces (predict, serve): the same choices and default."""
-    from ..constants import BACKENDS  # imports nothing: --help stays light
+    from poster_fer.constants import BACKENDS  # imports nothing: --help stays light
 
     p.add_argument("--backend", choices=(*BACKENDS, "onnx"), default="auto",
                    help="auto (default): PyTorch when installed, else ONNX Runtime with the model's model.onnx; "
@@ -32,7 +32,7 @@ def add_backend_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
 def add_weights_arguments(p: argparse.ArgumentParser, onnx: bool = False) -> None:
     """``--weights`` plus what an official .pth needs, declared once for every command (``onnx``: the command
     also runs ``.onnx`` files). The rule that reads them is :func:`poster_fer.hub.is_official_checkpoint`."""
-    from ..constants import DEFAULT_MODEL, OFFICIAL_DEFAULT_MODEL
+    from poster_fer.constants import DEFAULT_MODEL, OFFICIAL_DEFAULT_MODEL
 
     p.add_argument("--weights", default=None, metavar="CKPT",
                    help="a shipped model's name (e.g. poster_v1_mfn_image.ferplus; `poster-fer info --list`), a "
@@ -54,7 +54,7 @@ def add_weights_arguments(p: argparse.ArgumentParser, onnx: bool = False) -> Non
 def weights_path(args: argparse.Namespace) -> Path:
     """``--weights`` (a path or a shipped model's name), or the shipped default model when it is absent
     (recorded back into ``args`` as a path)."""
-    from ..hub import resolve_weights
+    from poster_fer.hub import resolve_weights
 
     path = resolve_weights(args.weights)
     args.weights = str(path)
@@ -68,8 +68,8 @@ def check_operating_point(args: argparse.Namespace) -> None:
     ``meta.json`` (shipped and saved models); other checkpoints are checked when they open, as before."""
     import json
 
-    from ..hub import resolve_weights
-    from ..probabilities import with_operating_point
+    from poster_fer.hub import resolve_weights
+    from poster_fer.probabilities import with_operating_point
 
     point = getattr(args, "operating_point", None)
     if point is None:
@@ -91,7 +91,7 @@ def check_operating_point(args: argparse.Namespace) -> None:
 def official_options(args: argparse.Namespace) -> Any:
     """``--model``, ``--num-classes``, ``--channel-order`` as one :class:`poster_fer.hub.OfficialOptions` (None
     when none is given)."""
-    from ..hub import OfficialOptions
+    from poster_fer.hub import OfficialOptions
 
     given = {k: getattr(args, k, None) for k in ("model", "num_classes", "channel_order")}
     given = {k: v for k, v in given.items() if v is not None}
@@ -101,7 +101,7 @@ def official_options(args: argparse.Namespace) -> Any:
 def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
     """``--weights`` opened by :func:`poster_fer.hub.open_checkpoint` (ours or an official checkpoint), with
     ``--operating-point`` applied."""
-    from ..hub import open_checkpoint
+    from poster_fer.hub import open_checkpoint
 
     path = weights_path(args)
     try:
@@ -112,8 +112,8 @@ def load_weights(args: argparse.Namespace, device: Any = "cpu") -> Any:
         raise UserError(str(e).strip("'\"")) from None
     point = getattr(args, "operating_point", None)
     if point is not None:
-        from ..card import ModelCard
-        from ..probabilities import with_operating_point
+        from poster_fer.card import ModelCard
+        from poster_fer.probabilities import with_operating_point
 
         try:
             model.card = ModelCard.from_meta(with_operating_point(model.card.to_meta(), point))

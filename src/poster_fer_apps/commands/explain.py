@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from poster_fer.errors import UserError
+
 from .common import add_device_argument, add_weights_arguments, check_operating_point, command_line, load_weights
 
 
@@ -40,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from ..devices import DeviceError, resolve_device
-    from ..evaluation.explain import explain_figure, relevance_maps, resolve_target
-    from ..faces import get_geometry
-    from ..inference import Recognizer
+    from poster_fer.devices import DeviceError, resolve_device
+    from poster_fer.evaluation.explain import explain_figure, relevance_maps, resolve_target
+    from poster_fer.faces import get_geometry
+    from poster_fer.inference import Recognizer
 
     try:
         device = resolve_device(args.device)

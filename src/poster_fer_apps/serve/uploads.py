@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..faces.io import DEFAULT_MAX_DECODED_BYTES, ImageLoadError, check_decoded_size, to_rgb_array
+from poster_fer.faces.io import DEFAULT_MAX_DECODED_BYTES, ImageLoadError, check_decoded_size, to_rgb_array
+
 from .errors import ApiError
 
 __all__ = [

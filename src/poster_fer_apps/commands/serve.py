@@ -10,12 +10,13 @@ import argparse
 import os
 import sys
 
-from ..errors import UserError
+from poster_fer.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
-    from ..options import arg, check_detect_size, count_arg, probability_arg
+    from poster_fer.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
+    from poster_fer.options import arg, check_detect_size, count_arg, probability_arg
+
     from ..serve.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES
     from .common import add_backend_argument, add_device_argument, add_weights_arguments
 
@@ -85,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as err:
         raise UserError(f"the 'serve' extra is not installed ({err.name} is missing); install it with "
                         "pip install 'poster-fer[serve]'") from None
-    from ..faces import build_detector
-    from ..inference import InferenceError, Recognizer
-    from ..inference.backends import torch_available
+    from poster_fer.faces import build_detector
+    from poster_fer.inference import InferenceError, Recognizer
+    from poster_fer.inference.backends import torch_available
+
     from .common import check_operating_point, official_options
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)

@@ -7,15 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from poster_fer.errors import UserError
 
 
 def print_list(as_json: bool) -> int:
     """Architectures and weight sets, marked by where their weights are; torch-free (the light runtime lists them
     too, in a tenth of a second)."""
-    from ..architectures import describe_architecture, list_architectures
-    from ..constants import DEFAULT_MODEL
-    from ..weights.records import get_weights, list_weights
+    from poster_fer.architectures import describe_architecture, list_architectures
+    from poster_fer.constants import DEFAULT_MODEL
+    from poster_fer.weights.records import get_weights, list_weights
 
     names = list_architectures()
     weights = {n: get_weights(n) for n in list_weights()}
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list or not args.model:
         return print_list(args.json)
     model = _build(args)
-    from ..models.stats import model_stats
+    from poster_fer.models.stats import model_stats
 
     stats = model_stats(model)
     if model.card.classes:
@@ -88,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> Any:
     """The model ``info NAME`` describes: a saved folder, shipped weights, or an architecture with overrides.
     The name is checked against the torch-free tables first, so a typo is reported before PyTorch loads."""
-    from .. import create_model, load_model
-    from ..architectures import list_architectures
-    from ..weights.records import get_weights
+    from poster_fer import create_model, load_model
+    from poster_fer.architectures import list_architectures
+    from poster_fer.weights.records import get_weights
+
     from .common import parse_overrides
 
     if Path(args.model).exists():
@@ -114,8 +115,8 @@ def _build(args: argparse.Namespace) -> Any:
 
 def _points_with_scores(meta: dict) -> dict:
     """The record's operating points; the default one with the scores of the record's own metrics."""
-    from ..evaluation.operating import called_as
-    from ..probabilities import DEFAULT_POINT, operating_points
+    from poster_fer.evaluation.operating import called_as
+    from poster_fer.probabilities import DEFAULT_POINT, operating_points
 
     points = operating_points(meta)
     scores = {}

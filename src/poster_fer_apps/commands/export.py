@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from poster_fer.errors import UserError
+
 from .common import add_weights_arguments, check_operating_point, load_weights
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
 
     try:
-        from ..export import DEFAULT_OPSET, ExportError, export_onnx
+        from poster_fer.export import DEFAULT_OPSET, ExportError, export_onnx
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise UserError(f"ONNX export needs onnx and onnxruntime ({err}); pip install 'poster-fer[onnx]'") from None
     model = load_weights(args)

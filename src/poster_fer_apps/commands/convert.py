@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UserError
+from poster_fer.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import load_official, save_model
-    from ..models import list_models
+    from poster_fer import load_official, save_model
+    from poster_fer.models import list_models
 
     if args.model.split(".", 1)[0] not in list_models():
         raise UserError(f"unknown model {args.model!r} (registered: {', '.join(list_models())})")

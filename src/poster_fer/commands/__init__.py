@@ -1,1 +1,0 @@
-"""Subcommands of the ``poster-fer`` CLI, one module each (see :mod:`poster_fer.cli`)."""

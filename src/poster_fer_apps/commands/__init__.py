@@ -1,0 +1,1 @@
+"""Subcommands of the ``poster-fer`` CLI, one module each (see :mod:`poster_fer_apps.cli`)."""
