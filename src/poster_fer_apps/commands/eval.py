@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +53,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def recorded_data(meta: dict[str, Any]) -> dict[str, Any]:
-    """The ``data`` section of the recipe a poster-fer training run recorded in the checkpoint (or {})."""
-    prov = meta.get("provenance") or {}
-    recipe = prov.get("recipe") if isinstance(prov.get("recipe"), dict) else {}
+def recorded_data(card: Any) -> dict[str, Any]:
+    """The ``data`` section of the recipe a poster-fer training run recorded in the checkpoint's card (or {})."""
+    from poster_fer.card import thaw
+
+    recipe = thaw(card.recipe) if isinstance(card.recipe, Mapping) else {}
     data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
     return data
 
 
-def _dataset_choice(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+def _dataset_choice(args: argparse.Namespace, card: Any) -> tuple[str, str, dict[str, Any]]:
     """(kind, root, options): the command line first, else what the checkpoint's training recorded.
 
     Options include the loader options and held-out validation split of that training (so ``--split val``
     is the split the checkpoint was selected on) unless another layout was asked for.
     """
 
-    data = recorded_data(meta)
+    data = recorded_data(card)
     kind = args.dataset or data.get("kind")
     if not kind:
         raise UserError("the checkpoint does not record its dataset kind: pass --dataset (rafdb, fer2013, ferplus, "
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     except DeviceError as e:  # no CUDA, or not a device name
         raise UserError(f"--device: {e}") from None
     model = load_weights(args, device)
-    kind, root, options = _dataset_choice(args, model.card.to_meta())
+    kind, root, options = _dataset_choice(args, model.card)
     options["on_error"] = args.on_error
     if args.label_mode:
         if kind != "ferplus":

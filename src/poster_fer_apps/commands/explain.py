@@ -37,12 +37,50 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_operating_point(args)  # an unknown point is refused before PyTorch or the weights load
-    import numpy as np
     import torch
-    from PIL import Image
 
+    from poster_fer.evaluation.explain import resolve_target
+
+    model, rec, device = _load(args)
+    target = None
+    if args.target:
+        try:
+            target = resolve_target(args.target, rec.classes)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    skipped: dict[str, int] = {}
+    name = getattr(model, "model_name", "model")
+    for pred in rec.iter_predict(((p, p) for p in args.images), detect=not args.no_detect, return_crops=True):
+        problem = pred.error if pred.error is not None else None if pred.faces else "no face found"
+        if problem is not None:
+            print(f"explain: skipped {pred.key}: {problem}", file=sys.stderr)
+            reason = "unreadable image" if pred.error is not None else "no face"
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        faces = sorted(pred.faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
+        faces = faces if args.all_faces else faces[:1]
+        for k, face in enumerate(faces):
+            stem = Path(pred.key).stem + (f"_face{k + 1}" if len(faces) > 1 else "")
+            records.append(_explain_face(model, rec, face, target, out / f"{stem}_explain.png", f"{name}: {stem}",
+                                         str(pred.key)))
+    summary = {"command": command_line(args, "explain", positional=("images",)), "model": name,
+               "classes": rec.classes, "preprocessing": rec.preprocessing.to_dict(), "device": str(device),
+               "torch": torch.__version__, "skipped": skipped, "results": records}
+    (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if skipped:
+        print(f"explain: {len(records)} explained, skipped {skipped}", file=sys.stderr)
+    if not records:
+        raise UserError("no image could be explained (" + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
+    return 1 if skipped else 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The model, a Recognizer around it (the predict pipeline gives the crops, so a map explains exactly the
+    prediction ``poster-fer predict`` makes) and the device."""
     from poster_fer.devices import DeviceError, resolve_device
-    from poster_fer.evaluation.explain import explain_figure, relevance_maps, resolve_target
     from poster_fer.faces import get_geometry
     from poster_fer.inference import Recognizer
 
@@ -58,60 +96,35 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--geometry: {e}") from None
         model.card = dataclasses.replace(model.card, preprocessing={**model.card.preprocessing,
                                                                     "crop_geometry": geometry})
-    # The predict pipeline (detection, alignment, grey conversion) gives the crops, so a map explains
-    # exactly the prediction `poster-fer predict` makes.
     rec = Recognizer.from_model(model, device=str(device), detector=None if args.no_detect else args.detector,
                                 detector_model=args.detector_model)
     pre = rec.preprocessing
     if pre.geometry_assumed and not args.no_detect:
         print(f"explain: the checkpoint records no crop geometry; aligning with {pre.geometry.name!r} "
               "(set --geometry)", file=sys.stderr)
-    classes = rec.classes
-    target = None
-    if args.target:
-        try:
-            target = resolve_target(args.target, classes)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
-    skipped: dict[str, int] = {}
-    name = getattr(model, "model_name", "model")
-    for pred in rec.iter_predict(((p, p) for p in args.images), detect=not args.no_detect, return_crops=True):
-        if pred.error is not None:
-            print(f"explain: skipped {pred.key}: {pred.error}", file=sys.stderr)
-            skipped["unreadable image"] = skipped.get("unreadable image", 0) + 1
-            continue
-        if not pred.faces:
-            print(f"explain: skipped {pred.key}: no face found", file=sys.stderr)
-            skipped["no face"] = skipped.get("no face", 0) + 1
-            continue
-        faces = sorted(pred.faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
-        faces = faces if args.all_faces else faces[:1]
-        for k, face in enumerate(faces):
-            x = torch.from_numpy(pre.to_input(face.crop))[None].to(device)
-            maps = relevance_maps(model, x, target)
-            stem = Path(pred.key).stem + (f"_face{k + 1}" if len(faces) > 1 else "")
-            size = x.shape[-1]
-            shown = np.asarray(Image.fromarray(face.crop).resize((size, size), Image.BILINEAR))
-            figure = explain_figure(shown, maps, 0, classes, out / f"{stem}_explain.png", title=f"{name}: {stem}")
-            probs = maps["probs"][0]
-            record = face.to_record()  # the documented record keys ("scores")
-            record.update({
-                "image": str(pred.key), "figure": str(figure), "target": classes[int(maps["target"][0])],
-                "maps": {s: None if maps[s] is None else {"method": maps[f"{s}_method"],
-                                                          "values": np.round(maps[s][0], 5).tolist()}
-                         for s in ("image", "landmark")},
-            })
-            records.append(record)
-            print(f"{figure}: {face.label} ({100 * float(probs.max()):.1f}%)")
-    summary = {"command": command_line(args, "explain", positional=("images",)), "model": name, "classes": classes,
-               "preprocessing": pre.to_dict(), "device": str(device), "torch": torch.__version__,
-               "skipped": skipped, "results": records}
-    (out / "explain.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    if skipped:
-        print(f"explain: {len(records)} explained, skipped {skipped}", file=sys.stderr)
-    if not records:
-        raise UserError("no image could be explained (" + ", ".join(f"{k}: {v}" for k, v in skipped.items()) + ")")
-    return 1 if skipped else 0
+    return model, rec, device
+
+
+def _explain_face(model: Any, rec: Any, face: Any, target: int | None, figure_path: Path, title: str,
+                  image: str) -> dict[str, Any]:
+    """One face's relevance maps, drawn to ``figure_path``; its record for explain.json."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from poster_fer.evaluation.explain import explain_figure, relevance_maps
+
+    x = torch.from_numpy(rec.preprocessing.to_input(face.crop))[None].to(rec.device)
+    maps = relevance_maps(model, x, target)
+    size = x.shape[-1]
+    shown = np.asarray(Image.fromarray(face.crop).resize((size, size), Image.BILINEAR))
+    figure = explain_figure(shown, maps, 0, rec.classes, figure_path, title=title)
+    record = face.to_record()  # the documented record keys ("scores")
+    record.update({
+        "image": image, "figure": str(figure), "target": rec.classes[int(maps["target"][0])],
+        "maps": {s: None if maps[s] is None else {"method": maps[f"{s}_method"],
+                                                  "values": np.round(maps[s][0], 5).tolist()}
+                 for s in ("image", "landmark")},
+    })
+    print(f"{figure}: {face.label} ({100 * float(maps['probs'][0].max()):.1f}%)")
+    return record

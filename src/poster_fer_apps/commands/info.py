@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     stats = model_stats(model)
     if model.card.classes:
-        stats["operating_points"] = _points_with_scores(model.card.to_meta())
+        stats["operating_points"] = _points_with_scores(model.card)
     if args.json:
         print(json.dumps(stats, indent=2))
     else:
@@ -113,18 +113,20 @@ def _build(args: argparse.Namespace) -> Any:
                     f"(see poster-fer info --list)")
 
 
-def _points_with_scores(meta: dict) -> dict:
-    """The record's operating points; the default one with the scores of the record's own metrics."""
+def _points_with_scores(card: Any) -> dict:
+    """The card's operating points; the default one with the scores of the card's own metrics."""
+    from poster_fer.card import thaw
     from poster_fer.evaluation.operating import called_as
     from poster_fer.probabilities import DEFAULT_POINT, operating_points
 
-    points = operating_points(meta)
+    points = operating_points(card)
     scores = {}
-    for split, m in (meta.get("metrics") or {}).items():
+    classes = list(card.classes)
+    for split, m in thaw(card.metrics).items():
         if isinstance(m, dict) and "accuracy" in m:
             scores[split] = {k: m.get(k) for k in ("accuracy", "mean_class_accuracy")}
-            if m.get("confusion") and "neutral" in meta["classes"]:
-                scores[split]["neutral_overprediction"] = called_as(m["confusion"], meta["classes"])["rate"]
+            if m.get("confusion") and "neutral" in classes:
+                scores[split]["neutral_overprediction"] = called_as(m["confusion"], classes)["rate"]
     points[DEFAULT_POINT] = {**points[DEFAULT_POINT], **scores}
     return points
 

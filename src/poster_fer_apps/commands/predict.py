@@ -20,8 +20,8 @@ from poster_fer.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from poster_fer.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
-    from poster_fer.options import arg, check_detect_size, check_limit, count_arg, probability_arg
+    from poster_fer.constants import DEFAULT_MODEL  # torch- and OpenCV-free, so --help stays fast
+    from poster_fer.options import count_arg
 
     from .common import add_backend_argument, add_device_argument, add_weights_arguments
 
@@ -42,6 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_argument(p)
     p.add_argument("--batch-size", type=count_arg("--batch-size"), default=32,
                    help="faces per forward pass (default 32)")
+    _add_output_arguments(p)
+    _add_archive_arguments(p.add_argument_group("archives (docs/bulk.md)"))
+    _add_face_arguments(p.add_argument_group("faces"))
+    _add_video_arguments(p.add_argument_group("video"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write annotated images/videos (box, label, probability bars) here")
     p.add_argument("--draw", choices=("auto", "label", "bars", "none"), default="auto",
@@ -55,7 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("jsonl", "json", "csv", "parquet"), default=None,
                    help="record format: jsonl (default on stdout), json, csv or parquet; with --output it must agree "
                    "with the file's extension, and is needed only for other extensions")
-    bulk = p.add_argument_group("archives (docs/bulk.md)")
+
+
+def _add_archive_arguments(bulk: argparse._ArgumentGroup) -> None:
+    from poster_fer.options import count_arg
+
     bulk.add_argument("--resume", action="store_true",
                       help="with --output: skip the inputs the output already holds whole (after a crash, kill or "
                       "Ctrl-C) and add the rest; .jsonl, .csv, .parquet and Ray output directories")
@@ -77,7 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     bulk.add_argument("--segment-frames", type=count_arg("--segment-frames", minimum=0), default=1500, metavar="N",
                       help="--engine ray: cut videos into segments of N frames so one video spreads over the "
                       "cluster; tracks restart at each segment (default 1500; 0: whole videos)")
-    det = p.add_argument_group("faces")
+
+
+def _add_face_arguments(det: argparse._ArgumentGroup) -> None:
+    from poster_fer.constants import DEFAULT_MAX_PIXELS
+    from poster_fer.options import arg, check_detect_size, check_limit, count_arg, probability_arg
+
     det.add_argument("--detector", choices=("yunet", "haar"), default="yunet",
                      help="yunet (default; boxes + 5 landmarks) or haar (weaker fallback, no download)")
     det.add_argument("--detector-model", default=None, metavar="PATH",
@@ -98,7 +116,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "detector finds no face in it (default: do, and mark the record detection=whole_image)")
     det.add_argument("--require-face", action="store_true",
                      help="count images without a face as failures (exit status 1)")
-    vid = p.add_argument_group("video")
+
+
+def _add_video_arguments(vid: argparse._ArgumentGroup) -> None:
+    from poster_fer.options import count_arg, probability_arg
+
     vid.add_argument("--every", type=count_arg("--every"), default=1, metavar="N",
                      help="process every Nth frame (default 1)")
     vid.add_argument("--max-frames", type=count_arg("--max-frames"), default=None, metavar="N",
@@ -107,16 +129,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="read camera INDEX until Ctrl-C (or --max-frames)")
     vid.add_argument("--ema", type=probability_arg("--ema", high_open=False), default=0.5, metavar="ALPHA",
                      help="weight of the newest frame in the per-track moving average (1 = no smoothing)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from poster_fer.inference import InferenceError, Recognizer, RecordWriter, collect_sources
-    from poster_fer.inference.job import JobOptions, JobStats, run_job
-    from poster_fer.inference.sources import CameraError, camera_problem
+    from poster_fer.inference import collect_sources
+    from poster_fer.inference.job import JobOptions, JobStats
 
-    from .common import check_operating_point, official_options, output_dir, output_file
+    fmt = _check_arguments(args)
+    options = JobOptions(out=args.out, save_crops=args.save_crops, detect=not args.no_detect, every=args.every,
+                         max_frames=args.max_frames, ema=args.ema, progress=False if args.no_progress else None,
+                         draw=args.draw)
+    sources, skipped = collect_sources(args.paths, args.webcam)
+    if not sources:
+        raise UserError(f"no images or videos found in {', '.join(args.paths)}"
+                        + (f" ({len(skipped)} other files skipped)" if skipped else ""))
+    rec = _load_recognizer(args)
+    if args.engine == "ray":
+        return _run_ray(args, rec, sources, skipped)
+    stats = JobStats()
+    if args.output is not None and fmt != "json":  # resumable: a journal (.jsonl, .csv) or parts (.parquet)
+        return _run_resumable(args, rec, fmt, sources, skipped, options, stats)
+    if _write_records(args, rec, fmt, sources, options, stats):
+        return 0  # the reader of stdout went away
+    return _finish(args, stats, skipped)
+
+
+def _check_arguments(args: argparse.Namespace) -> str:
+    """Refuse what cannot work before the model loads (seconds of waiting for a typo); the record format."""
+    from poster_fer.inference.sources import camera_problem
+
+    from .common import check_operating_point, output_dir, output_file
 
     if args.from_list is not None:
         args.paths = [*args.paths, *_read_list(args.from_list, args.list_column)]
@@ -136,32 +178,33 @@ def run(args: argparse.Namespace) -> int:
     fmt = "parquet" if args.engine == "ray" and args.output is not None and args.format is None and \
         args.output.suffix.lower() not in (".jsonl", ".json", ".csv") else record_format(args.output, args.format)
     _check_bulk(args, fmt)
-    options = JobOptions(out=args.out, save_crops=args.save_crops, detect=not args.no_detect, every=args.every,
-                         max_frames=args.max_frames, ema=args.ema, progress=False if args.no_progress else None,
-                         draw=args.draw)
-    sources, skipped = collect_sources(args.paths, args.webcam)
-    if not sources:
-        raise UserError(f"no images or videos found in {', '.join(args.paths)}"
-                        + (f" ({len(skipped)} other files skipped)" if skipped else ""))
+    return fmt
+
+
+def _load_recognizer(args: argparse.Namespace) -> Any:
+    from poster_fer.inference import InferenceError, Recognizer
+
+    from .common import official_options
+
     try:
-        rec = Recognizer.from_checkpoint(
+        return Recognizer.from_checkpoint(
             args.weights, device=args.device, detector=None if args.no_detect else args.detector,
             detector_model=args.detector_model, backend=args.backend, official=official_options(args),
-            batch_size=args.batch_size,
-            operating_point=args.operating_point,
+            batch_size=args.batch_size, operating_point=args.operating_point,
             max_faces=args.max_faces, detect_size=args.detect_size, score_threshold=args.threshold,
             max_pixels=args.max_pixels, whole_image_fallback=not args.no_whole_image)
     except (InferenceError, ValueError) as err:
         raise UserError(str(err)) from None
-    if args.engine == "ray":
-        return _run_ray(args, rec, sources, skipped)
 
-    stats = JobStats()
-    out_stream: TextIO = sys.stdout
-    if args.output is not None and fmt != "json":  # resumable: a journal (.jsonl, .csv) or parts (.parquet)
-        return _run_resumable(args, rec, fmt, sources, skipped, options, stats)
-    if args.output is not None:
-        out_stream = open(args.output, "w", encoding="utf-8", newline="")
+
+def _write_records(args: argparse.Namespace, rec: Any, fmt: str, sources: list[Any], options: Any,
+                   stats: Any) -> bool:
+    """Label everything into stdout or a .json file; True when stdout's reader went away (stop quietly)."""
+    from poster_fer.inference import RecordWriter
+    from poster_fer.inference.job import run_job
+    from poster_fer.inference.sources import CameraError
+
+    out_stream: TextIO = sys.stdout if args.output is None else open(args.output, "w", encoding="utf-8", newline="")
     try:
         writer = RecordWriter(out_stream, fmt, rec.classes)  # in the try: the CSV header can meet a closed pipe
         try:
@@ -172,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
         with contextlib.suppress(OSError, ValueError):  # keep Python's exit-time flush from failing again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return True
     except CameraError as err:  # a camera that looked present but did not open (busy, not a capture node)
         raise UserError(str(err)) from None
     except OSError as err:
@@ -185,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
                 out_stream.close()
             except OSError as err:  # buffered records flushed at close: a full disk shows here
                 raise UserError(f"--output {args.output}: cannot write the records ({err.strerror or err})") from None
-    return _finish(args, stats, skipped)
+    return False
 
 
 def _finish(args: argparse.Namespace, stats: Any, skipped: list[Path]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from poster_fer.errors import UserError
 
@@ -76,21 +77,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     try:
         import uvicorn  # noqa: F401  (checked here so a missing extra is one clear line)
 
-        from ..serve import API_KEY_ENV, ServeSettings, create_app
+        from ..serve import API_KEY_ENV, create_app
         from ..serve.runner import is_loopback, listen
         from ..serve.runner import run as run_server
     except ModuleNotFoundError as err:
         raise UserError(f"the 'serve' extra is not installed ({err.name} is missing); install it with "
                         "pip install 'poster-fer[serve]'") from None
-    from poster_fer.faces import build_detector
-    from poster_fer.inference import InferenceError, Recognizer
-    from poster_fer.inference.backends import torch_available
-
-    from .common import check_operating_point, official_options
+    from .common import check_operating_point
 
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     if not 0 <= args.port <= 65535:
@@ -100,37 +96,14 @@ def run(args: argparse.Namespace) -> int:
         # meant, and a warning scrolls away; the explicit flag keeps the rare deliberate case possible.
         raise UserError(f"--host {args.host} accepts connections from other machines: set an API key (--api-key or "
                         f"${API_KEY_ENV}), or pass --insecure-no-key to serve without one")
-    try:
-        settings = ServeSettings(
-            max_body_bytes=int(args.max_body_mb * 2**20), max_faces=args.max_faces, max_batch=args.batch_size,
-            max_pixels=args.max_pixels,
-            max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, workers=args.workers, api_key=api_key,
-            max_uploads_per_client=args.max_uploads_per_client, body_timeout_s=args.body_timeout,
-            header_timeout_s=args.header_timeout,
-            cors_origins=tuple(args.cors_origin))
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if args.threads is not None and torch_available():  # ONNX Runtime sizes its own pool (one thread per core)
-        import torch
-
-        torch.set_num_threads(args.threads)
+    settings = _settings(args, api_key)
     check_operating_point(args)
     try:
         sock = listen(args.host, args.port)  # first, so a taken port fails before the model loads
     except OSError as err:
         raise UserError(str(err).replace("resolve host", "resolve --host")) from None
     try:
-        rec = Recognizer.from_checkpoint(
-            args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
-            backend=args.backend, official=official_options(args), batch_size=args.batch_size,
-            detect_size=args.detect_size,
-            operating_point=args.operating_point,
-            score_threshold=args.threshold, max_pixels=settings.max_pixels)
-        extra = [build_detector(args.detector, model_path=args.detector_model, score_threshold=args.threshold)
-                 for _ in range(settings.workers - 1)]
-    except (InferenceError, ValueError) as err:
-        sock.close()
-        raise UserError(str(err)) from None
+        rec, extra = _load(args, settings)
     except BaseException:
         sock.close()
         raise
@@ -140,8 +113,48 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not api_key:
         print(f"poster-fer serve: warning: listening on {args.host} without an API key (--insecure-no-key): "
               "anyone who can reach this machine can use the model", file=sys.stderr)
-    print(f"poster-fer serve: {rec.meta.get('model')} ({len(rec.classes)} classes, {rec.device}) on "
+    print(f"poster-fer serve: {rec.card.architecture} ({len(rec.classes)} classes, {rec.device}) on "
           f"http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)", flush=True)
     run_server(app, sock, access_log=args.access_log, header_timeout_s=settings.header_timeout_s)
     print("poster-fer serve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _settings(args: argparse.Namespace, api_key: str | None) -> Any:
+    """The server's limits from the options (a bad combination is one line, not a traceback)."""
+    from ..serve import ServeSettings
+
+    try:
+        return ServeSettings(
+            max_body_bytes=int(args.max_body_mb * 2**20), max_faces=args.max_faces, max_batch=args.batch_size,
+            max_pixels=args.max_pixels, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+            workers=args.workers, api_key=api_key, max_uploads_per_client=args.max_uploads_per_client,
+            body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+            cors_origins=tuple(args.cors_origin))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _load(args: argparse.Namespace, settings: Any) -> tuple[Any, list[Any]]:
+    """The recognizer and one extra detector per further worker thread (OpenCV detectors are not thread-safe)."""
+    from poster_fer.faces import build_detector
+    from poster_fer.inference import InferenceError, Recognizer
+    from poster_fer.inference.backends import torch_available
+
+    from .common import official_options
+
+    if args.threads is not None and torch_available():  # ONNX Runtime sizes its own pool (one thread per core)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        rec = Recognizer.from_checkpoint(
+            args.weights, device=args.device, detector=args.detector, detector_model=args.detector_model,
+            backend=args.backend, official=official_options(args), batch_size=args.batch_size,
+            detect_size=args.detect_size, operating_point=args.operating_point,
+            score_threshold=args.threshold, max_pixels=settings.max_pixels)
+        extra = [build_detector(args.detector, model_path=args.detector_model, score_threshold=args.threshold)
+                 for _ in range(settings.workers - 1)]
+    except (InferenceError, ValueError) as err:
+        raise UserError(str(err)) from None
+    return rec, extra

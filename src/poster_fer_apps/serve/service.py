@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from poster_fer import __version__
+from poster_fer.card import thaw
 from poster_fer.faces import Face, FaceDetector
 from poster_fer.inference import Recognizer
 from poster_fer.jsonable import to_jsonable
@@ -51,7 +52,7 @@ class Service:
         self.rec = recognizer
         self.settings = settings
         # the weights' name with its tag (poster_v1_mfn64_image.ferplus), else the architecture's
-        self.model_name = str(recognizer.meta.get("weights") or recognizer.meta.get("model") or "model")
+        self.model_name = str(recognizer.card.display_name or "model")
         self.metrics = Metrics(self.model_name, str(recognizer.device))
         # Detectors wrap OpenCV objects that are not thread-safe: each worker borrows one recognizer view,
         # which shares the model and preprocessing but owns its detector.
@@ -146,20 +147,20 @@ class Service:
     @functools.cached_property
     def model_record(self) -> dict[str, Any]:
         """What ``GET /v1/model`` answers (built once: the model does not change while serving)."""
-        meta = self.rec.meta
+        card = self.rec.card
         s = self.settings
         record = {
             "name": self.model_name,
             "classes": list(self.rec.classes),
             "num_classes": len(self.rec.classes),
             "preprocessing": self.rec.preprocessing.to_dict(),
-            "temperature": meta.get("temperature"),
-            "logit_bias": meta.get("logit_bias"),
-            "operating_point": meta.get("operating_point", "default"),
-            "metrics": meta.get("metrics"),
-            "weights": meta.get("weights"),
-            "licence": meta.get("licence"),
-            "provenance": public_provenance(meta.get("provenance")),
+            "temperature": card.temperature,
+            "logit_bias": card.logit_bias,
+            "operating_point": card.operating_point,
+            "metrics": thaw(card.metrics) or None,
+            "weights": card.name or card.extra.get("weights"),  # a retired name a file recorded, as read
+            "licence": card.licence or None,
+            "provenance": public_provenance(card.provenance_record() or None),
             "device": str(self.rec.device),
             "backend": type(self.rec.backend).__name__,
             "detector": getattr(self.rec.detector, "name", None),
