@@ -71,17 +71,23 @@ def guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol] | None:
             self.transport.close()  # silent or half-sent: nothing a response could help
 
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"error": {"kind": "bad_http", "message": f"malformed HTTP request ({msg})"}})
-            data = body.encode("utf-8")
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                       (b"connection", b"close")]
-            try:
-                self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers,
-                                                                 reason=b"Bad Request")))
-                self.transport.write(self.conn.send(h11.Data(data=data)))
-                self.transport.write(self.conn.send(h11.EndOfMessage()))
-            except h11.LocalProtocolError:  # the connection is past answering
-                pass
-            self.transport.close()
+            _answer_bad_request(self, h11, msg)
 
     return GuardedH11Protocol
+
+
+def _answer_bad_request(protocol: Any, h11: Any, msg: str) -> None:
+    """A malformed request head gets the API's JSON error shape (uvicorn's own answer is plain text), then the
+    connection closes."""
+    body = json.dumps({"error": {"kind": "bad_http", "message": f"malformed HTTP request ({msg})"}})
+    data = body.encode("utf-8")
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+               (b"connection", b"close")]
+    try:
+        protocol.transport.write(protocol.conn.send(h11.Response(status_code=400, headers=headers,
+                                                                 reason=b"Bad Request")))
+        protocol.transport.write(protocol.conn.send(h11.Data(data=data)))
+        protocol.transport.write(protocol.conn.send(h11.EndOfMessage()))
+    except h11.LocalProtocolError:  # the connection is past answering
+        pass
+    protocol.transport.close()

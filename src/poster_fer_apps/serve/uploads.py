@@ -14,6 +14,7 @@ import io
 import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -115,8 +116,6 @@ def _media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
 
 
 def _parse_multipart(body: bytes, boundary: str | None) -> Upload:
-    from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
-
     if not boundary:
         raise ApiError(400, "bad_multipart", "multipart/form-data without a boundary parameter")
     if len(boundary) > MAX_BOUNDARY or not boundary.isascii():  # RFC 2046: 1 to 70 ASCII characters
@@ -125,43 +124,65 @@ def _parse_multipart(body: bytes, boundary: str | None) -> Upload:
     if not body:
         raise ApiError(400, "empty_body", "the request body is empty; send the image in a form field named "
                        f"'{FILE_FIELD}'")
-    parts: list[dict] = []
-    state: dict = {}
+    return _upload_of(_split_parts(body, boundary))
 
-    def on_part_begin() -> None:
-        if len(parts) >= MAX_PARTS:
+
+class _PartCollector:
+    """python-multipart's callbacks, collecting each part's headers and bytes (at most MAX_PARTS parts)."""
+
+    def __init__(self) -> None:
+        self.parts: list[dict] = []
+        self.part: dict = {}
+        self.field = bytearray()
+        self.value = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_part_begin": self.begin, "on_header_field": self.header_field,
+                "on_header_value": self.header_value, "on_header_end": self.header_end,
+                "on_part_data": self.data, "on_part_end": self.end}
+
+    def begin(self) -> None:
+        if len(self.parts) >= MAX_PARTS:
             raise ApiError(400, "bad_multipart", f"more than {MAX_PARTS} form fields")
-        state["part"] = {"headers": {}, "data": bytearray()}
-        state["field"] = bytearray()
-        state["value"] = bytearray()
+        self.part = {"headers": {}, "data": bytearray()}
+        self.field, self.value = bytearray(), bytearray()
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
 
-    def on_header_end() -> None:
-        state["part"]["headers"][bytes(state["field"]).decode("latin-1").lower()] = bytes(state["value"])
-        state["field"] = bytearray()
-        state["value"] = bytearray()
+    def header_end(self) -> None:
+        self.part["headers"][bytes(self.field).decode("latin-1").lower()] = bytes(self.value)
+        self.field, self.value = bytearray(), bytearray()
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        state["part"]["data"] += data[start:end]
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self.part["data"] += data[start:end]
 
-    def on_part_end() -> None:
-        parts.append(state.pop("part"))
+    def end(self) -> None:
+        self.parts.append(self.part)
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end})
+
+def _split_parts(body: bytes, boundary: str) -> list[dict]:
+    """The body's parts (headers by lower-case name, data), or a 400 naming what is malformed."""
+    from python_multipart.multipart import MultipartParseError, MultipartParser
+
+    collector = _PartCollector()
+    parser = MultipartParser(boundary, collector.callbacks())
     try:
         parser.write(body)
         parser.finalize()
     except MultipartParseError as err:
         raise ApiError(400, "bad_multipart", f"malformed multipart body ({err})") from None
-    if not parts:
+    if not collector.parts:
         raise ApiError(400, "bad_multipart", "the multipart body has no parts (is the boundary right?)")
+    return collector.parts
+
+
+def _upload_of(parts: list[dict]) -> Upload:
+    """The image (the one ``file`` field) and the text fields; any other file field is refused."""
+    from python_multipart.multipart import parse_options_header
 
     image: bytes | None = None
     fields: dict[str, str] = {}
