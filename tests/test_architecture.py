@@ -18,7 +18,7 @@ SRC = Path(poster_fer.__file__).parent
 LIBRARY = {"_lazy", "architectures", "assets", "bulk", "card", "checksums", "classes", "constants", "data", "devices",
            "distributed", "errors", "evaluation", "export", "faces", "fastpath", "hub", "inference", "jsonable",
            "models", "naming", "options", "precision", "pretrained", "probabilities", "provenance", "samples",
-           "weights"}
+           "web", "weights"}
 # Left in the library's folder for one release: deprecated aliases that import the moved app and nothing else.
 ALIASES = {"cli", "serve"}
 APPS_PACKAGE = "poster_fer_apps"

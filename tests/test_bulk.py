@@ -260,3 +260,15 @@ def test_plan_items_cuts_long_videos_into_segments_on_kept_frames(tmp_path):
     assert [it["segment"] for it in items if it["kind"] == "image"] == [None]
     whole = plan_items(collect_sources([data])[0], segment_frames=0)
     assert [(it["segment"], it["start"], it["stop"]) for it in whole if it["kind"] == "video"] == [(0, 0, None)]
+
+
+def test_run_ray_takes_one_plan():
+    from poster_fer.bulk.ray_engine import RayOptions, RayPlan, run_ray
+    from poster_fer.inference.job import JobOptions
+
+    plan = RayPlan({"backend": "torch"}, JobOptions(every=2), CLASSES, {}, RayOptions(actors=2), resume=True)
+    assert plan.on_gpu and not RayPlan({"backend": "onnxruntime"}, JobOptions(), CLASSES, {}).on_gpu
+    with pytest.raises(TypeError, match="must be a RayPlan"):  # the pre-plan positional form is gone (internal)
+        run_ray([], Path("unused"), {"backend": "onnxruntime"})
+    with pytest.raises(ValueError, match="every"):  # the job's options are checked when the plan is made
+        RayPlan({"backend": "onnxruntime"}, JobOptions(every=0), CLASSES, {})

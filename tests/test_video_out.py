@@ -23,13 +23,20 @@ from PIL import Image
 
 from conftest import _require, browser_paths
 from poster_fer import create_model, save_model
-from poster_fer.cli import main
 from poster_fer.faces import get_geometry
 from poster_fer.inference import video_out
 from poster_fer.inference.recognizer import FaceResult
-from poster_fer.inference.records import RecordWriter, error_record, face_record, format_for_path, no_face_record
+from poster_fer.inference.records import (
+    RecordWriter,
+    VideoPosition,
+    error_record,
+    face_record,
+    format_for_path,
+    no_face_record,
+)
 from poster_fer.inference.summary import VideoTimeline, plot_timeline, summarize_records, summary_line
 from poster_fer.inference.video_out import AnnotatedVideo, pad_to_even
+from poster_fer_apps.cli import main
 
 FPS, W, H, N = 16, 96, 80, 32
 CLASSES = ["neutral", "happy", "sad"]
@@ -217,11 +224,10 @@ def script_records(every: int = 1, fps: float = 10.0):
             recs.append(no_face_record("clip.mp4", frame=f, time=t))
             continue
         label, raw_p = ("happy", 0.7) if i < 12 else ("sad", 0.6)
-        recs.append(face_record("clip.mp4", 0, _face(label, raw_p), frame=f, time=t, track=1,
-                                scores=_probs(label, 0.5)))
+        recs.append(face_record("clip.mp4", 0, _face(label, raw_p), VideoPosition(f, t, 1), scores=_probs(label, 0.5)))
         if 5 <= i <= 9:
-            recs.append(face_record("clip.mp4", 1, _face("neutral", 0.8, box=(60, 10, 30, 30)), frame=f, time=t,
-                                    track=2, scores=_probs("neutral", 0.9)))
+            recs.append(face_record("clip.mp4", 1, _face("neutral", 0.8, box=(60, 10, 30, 30)), VideoPosition(f, t, 2),
+                                    scores=_probs("neutral", 0.9)))
     return recs
 
 
@@ -239,6 +245,21 @@ def test_summary_against_a_hand_count():
     assert t1["mean_probabilities"]["sad"] == pytest.approx((12 * 0.15 + 8 * 0.6) / 20, abs=1e-4)
     assert (t2["track"], t2["frames"], t2["seconds"], t2["first_frame"], t2["last_frame"]) == (2, 5, 0.5, 5, 9)
     assert (t2["start"], t2["end"], t2["dominant"], t2["shares"]["neutral"]) == (0.5, 1.0, "neutral", 1.0)
+
+
+def test_face_record_still_takes_frame_time_and_track_with_a_warning():
+    face = _face("happy")
+    new = face_record("clip.mp4", 0, face, VideoPosition(frame=12, time=1.2345, track=3), scores=_probs("sad"))
+    assert (new["frame"], new["time"], new["track"], new["label"]) == (12, 1.234, 3, "sad")
+    with pytest.warns(DeprecationWarning, match="VideoPosition"):
+        old = face_record("clip.mp4", 0, face, frame=12, time=1.2345, track=3, scores=_probs("sad"))
+    assert old == new
+    image = face_record("photo.jpg", 1, face)
+    assert (image["frame"], image["time"], image["track"], image["face"]) == (None, None, None, 1)
+    with pytest.raises(TypeError, match="either"):
+        face_record("clip.mp4", 0, face, VideoPosition(frame=1), frame=1)
+    with pytest.raises(TypeError, match="tracks"):
+        face_record("clip.mp4", 0, face, tracks=1)
 
 
 def test_summary_reads_fps_and_every_off_the_records():

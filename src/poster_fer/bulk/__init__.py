@@ -21,10 +21,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._lazy import module_available
+from ..card import ModelCard
 from ..errors import EXTRAS
+
+if TYPE_CHECKING:
+    from ..inference.job import JobOptions
+    from ..inference.sources import Source
+    from .ray_engine import RayOptions
 
 __all__ = ["BulkResult", "ENGINES", "label", "need", "open_output", "read_list", "run_metadata"]
 
@@ -82,11 +88,19 @@ def run_metadata(rec: Any, weights: str | os.PathLike[str] | None, operating_poi
         path = Path(onnx) if onnx is not None else path / "model.safetensors"
         if not path.is_file():
             path = path.parent / ONNX_FILE
-    return {"weights": rec.meta.get("weights") or rec.meta.get("model"), "weights_file": str(path),
+    card = _model_card(rec)
+    return {"weights": card.name or card.architecture, "weights_file": str(path),
             "weights_sha256": sha256_of(path) if path.is_file() else None,
             "operating_point": operating_point or "default", "classes": list(rec.classes),
             "poster_fer_version": _version(version, PackageNotFoundError), "engine": engine,
             "command": command if command is not None else " ".join(["poster-fer", *sys.argv[1:]])}
+
+
+def _model_card(rec: Any) -> ModelCard:
+    """The recognizer's model card: its own where it carries one, else the card of its metadata record (the one
+    typed reading of it), so what the output records comes from named fields."""
+    card = getattr(rec, "card", None)
+    return card if isinstance(card, ModelCard) else ModelCard.from_meta(rec.meta)
 
 
 def _version(version: Any, missing: type[Exception]) -> str | None:
@@ -136,40 +150,76 @@ def label(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[st
     ``resume=True`` skips inputs the output already holds whole. Other keywords (``max_faces``, ``detect_size``,
     ``threshold`` as ``score_threshold``, ``max_pixels``, ``detector``, ``detector_model``) go to the
     :class:`~poster_fer.inference.Recognizer`. ``on_input(n)`` is called after each input is written.
-    """
-    import time
 
-    from ..inference import Recognizer, collect_sources
-    from ..inference.job import JobOptions, JobStats, run_job
-    from ..inference.records import format_for_path
+    Why so many parameters: this is the documented call (docs/bulk.md), made with keywords that mirror
+    ``poster-fer predict``'s flags, so they stay as they are (a deliberate exception to the seven-parameter
+    rule); the body only checks them and bundles them once into the typed objects the engines take
+    (:class:`~poster_fer.inference.job.JobOptions`, and for Ray a :class:`~poster_fer.bulk.ray_engine.RayPlan`).
+    """
+    from ..inference import collect_sources
+    from ..inference.job import JobOptions
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     out = Path(output)
     sources, _ = collect_sources(list(inputs))
-    if engine == "ray":
-        need("ray", "engine 'ray'")
-        need("pyarrow", "engine 'ray'")
-        from .ray_engine import RayOptions, run_ray
+    model = _Model(weights, backend, operating_point, {"batch_size": batch_size, **recognizer})
+    job = JobOptions(detect=detect, every=every, max_frames=max_frames, ema=ema, progress=progress)
+    if engine == "local":
+        return _label_local(sources, out, model, job, resume, on_input)
+    need("ray", "engine 'ray'")
+    need("pyarrow", "engine 'ray'")
+    from .ray_engine import RayOptions
 
-        backend = "onnxruntime" if backend in (None, "auto") else backend
-        kwargs = {"path": weights, "backend": backend, "operating_point": operating_point,
-                  "batch_size": batch_size, **recognizer}
-        probe = Recognizer.from_checkpoint(**{**kwargs, "detector": None})
-        meta = run_metadata(probe, weights, operating_point, "ray")
-        job = {"detect": detect, "every": every, "max_frames": max_frames, "ema": ema}
-        res = run_ray(sources, out, kwargs, job, probe.classes, meta,
-                      RayOptions(address=address, actors=actors, detect_actors=detect_actors,
-                                 segment_frames=segment_frames), resume=resume, progress=progress,
-                      on_input=on_input)
-        return BulkResult(out, engine, dict(res.rows), res.inputs, res.skipped, res.failures, res.seconds)
+    pools = RayOptions(address=address, actors=actors, detect_actors=detect_actors, segment_frames=segment_frames)
+    return _label_ray(sources, out, model, job, pools, resume, on_input)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model :func:`label` loads: its weights, operating point and the recognizer's other keywords."""
+
+    weights: str | os.PathLike[str] | None
+    backend: str
+    operating_point: str | None
+    keywords: dict[str, Any]  # batch_size and label()'s other keywords
+
+    def kwargs(self, **override: Any) -> dict[str, Any]:
+        """``Recognizer.from_checkpoint``'s keywords (``override`` replacing some)."""
+        return {"path": self.weights, "backend": self.backend, "operating_point": self.operating_point,
+                **self.keywords, **override}
+
+
+def _label_ray(sources: list[Source], out: Path, model: _Model, job: JobOptions, pools: RayOptions, resume: bool,
+               on_input: Callable[[int], None] | None) -> BulkResult:
+    """``engine="ray"``: a probe recognizer (no detector) names the classes and the metadata, then Ray runs."""
+    from ..inference import Recognizer
+    from .ray_engine import RayPlan, run_ray
+
+    kwargs = model.kwargs(backend="onnxruntime" if model.backend in (None, "auto") else model.backend)
+    probe = Recognizer.from_checkpoint(**{**kwargs, "detector": None})
+    plan = RayPlan(kwargs, job, probe.classes, run_metadata(probe, model.weights, model.operating_point, "ray"),
+                   pools, resume)
+    res = run_ray(sources, out, plan, on_input=on_input)
+    return BulkResult(out, "ray", dict(res.rows), res.inputs, res.skipped, res.failures, res.seconds)
+
+
+def _label_local(sources: list[Source], out: Path, model: _Model, job: JobOptions, resume: bool,
+                 on_input: Callable[[int], None] | None) -> BulkResult:
+    """``engine="local"``: this process, committing input by input into a .parquet, .jsonl or .csv file."""
+    import time
+
+    from ..inference import Recognizer
+    from ..inference.job import JobStats, run_job
+    from ..inference.records import format_for_path
+
     t0 = time.monotonic()
-    rec = Recognizer.from_checkpoint(weights, backend=backend, operating_point=operating_point,
-                                     batch_size=batch_size, **recognizer)
+    rec = Recognizer.from_checkpoint(**model.kwargs())
     fmt = "parquet" if out.suffix.lower() == ".parquet" else format_for_path(out)
     if fmt is None:
         raise ValueError(f"{out}: name the output .parquet, .jsonl or .csv")
-    sink = open_output(out, fmt, rec.classes, run_metadata(rec, weights, operating_point, "local"), resume)
+    sink = open_output(out, fmt, rec.classes, run_metadata(rec, model.weights, model.operating_point, "local"),
+                       resume)
     done = sink.done_sources()
     todo = [s for s in sources if s.name not in done]
     stats = JobStats()
@@ -182,9 +232,8 @@ def label(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[st
 
         sink.end_input = end_input
     try:
-        run_job(rec, todo, sink, JobOptions(detect=detect, every=every, max_frames=max_frames, ema=ema,
-                                            progress=progress), stats)
+        run_job(rec, todo, sink, job, stats)
     finally:
         sink.close()
-    return BulkResult(out, engine, dict(stats.rows), stats.inputs_done, len(sources) - len(todo),
+    return BulkResult(out, "local", dict(stats.rows), stats.inputs_done, len(sources) - len(todo),
                       list(stats.failures), time.monotonic() - t0)

@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..inference.job import JobOptions
 from ..inference.sources import Source
 from .parquet import PartStore, check_same_weights, row_keys
 from .table import records_to_table, schema
 
-__all__ = ["RayOptions", "plan_items", "pool_sizes", "run_ray"]
+__all__ = ["RayOptions", "RayPlan", "plan_items", "pool_sizes", "run_ray"]
 
 ROWS_COLUMN = "_item_rows"  # rows the input produced in all: the driver writes an input once it has them all
 STAGE1 = pa.schema([("source", pa.string()), ("segment", pa.int32()), ("kind", pa.string()),
@@ -56,6 +57,25 @@ class RayOptions:
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs and the backend is PyTorch
     rows_per_part: int = 50_000
     seconds_per_part: float = 30.0
+
+
+@dataclass
+class RayPlan:
+    """Everything a Ray job needs besides its inputs and output, built once from :func:`poster_fer.bulk.label`'s
+    or the command line's arguments. Why one object: the recognizer's keywords, the per-input work and the pool
+    settings travel together from the caller to the driver and on to each actor."""
+
+    recognizer: dict[str, Any]  # Recognizer.from_checkpoint keywords, as every actor loads the model
+    job: JobOptions  # detect, every, max_frames, ema; progress: the driver's bar (None: when stderr is a terminal)
+    classes: list[str]
+    metadata: dict[str, Any]  # the output's run metadata (poster_fer.bulk.run_metadata)
+    options: RayOptions = field(default_factory=RayOptions)
+    resume: bool = False  # skip the inputs the output already holds whole
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the classify actors want GPUs: PyTorch can use them, ONNX Runtime here runs on CPUs."""
+        return self.recognizer.get("backend") == "torch"
 
 
 @dataclass
@@ -125,7 +145,7 @@ def _face_json(face: Any) -> dict[str, Any] | None:
 class DetectStage:
     """Stage 1 actor: decode, detect and align (the detector and preprocessing loaded once)."""
 
-    def __init__(self, recognizer_kwargs: dict[str, Any], job: dict[str, Any]) -> None:
+    def __init__(self, recognizer_kwargs: dict[str, Any], job: JobOptions) -> None:
         import cv2
 
         from ..inference import Recognizer
@@ -138,7 +158,7 @@ class DetectStage:
         return pa.Table.from_pylist([self.item(it) for it in batch.to_pylist()], schema=STAGE1)
 
     def _faces(self, rgb: np.ndarray) -> tuple[dict[str, Any], list[np.ndarray]]:
-        faces, crops, dropped = self.rec.faces_and_crops(rgb, self.job["detect"])
+        faces, crops, dropped = self.rec.faces_and_crops(rgb, self.job.detect)
         h, w = rgb.shape[:2]
         return {"size": [w, h], "dropped": dropped, "faces": [_face_json(f) for f in faces]}, crops
 
@@ -156,7 +176,7 @@ class DetectStage:
                 payload = {"error": reason_for(err, it["source"])}
         else:
             try:
-                reader = VideoReader(it["path"], every=self.job["every"], max_pixels=self.rec.max_pixels,
+                reader = VideoReader(it["path"], every=self.job.every, max_pixels=self.rec.max_pixels,
                                      start=it["start"], stop=it["stop"])
             except VideoError as err:
                 payload = {"open_error": str(err)}
@@ -179,7 +199,7 @@ class DetectStage:
 class ClassifyStage:
     """Stage 2 actor: classify every crop of a call's inputs (the model loaded once), then their records."""
 
-    def __init__(self, recognizer_kwargs: dict[str, Any], job: dict[str, Any], table_schema: pa.Schema) -> None:
+    def __init__(self, recognizer_kwargs: dict[str, Any], job: JobOptions, table_schema: pa.Schema) -> None:
         from ..inference import Recognizer
 
         if recognizer_kwargs.get("backend") == "torch" and recognizer_kwargs.get("device") != "cuda":
@@ -229,7 +249,7 @@ class ClassifyStage:
             return image_records(source, self._prediction(0, payload, probs))
         if "open_error" in payload:
             return [error_record(source, payload["open_error"])]
-        tracker = new_tracker(self.job["ema"], self.job["every"])
+        tracker = new_tracker(self.job.ema, self.job.every)
         out, used = [], 0
         for entry in payload["frames"]:
             n = len(entry.get("faces", []))
@@ -273,62 +293,82 @@ def pool_sizes(opts: RayOptions, use_gpu: bool, cpus: int, gpus: int) -> tuple[i
     return actors, classify_cpus, detect, min(1.0, left / detect), gpu_each
 
 
-def run_ray(sources: list[Source], output: Path, recognizer_kwargs: dict[str, Any], job: dict[str, Any],
-            classes: list[str], metadata: dict[str, Any], opts: RayOptions, resume: bool = False,
-            progress: bool | None = None, on_input: Callable[[int], None] | None = None) -> RayResult:
-    """Label ``sources`` on Ray into Parquet parts under ``output``; see the module docstring."""
-    import ray
-    import ray.data as rd
-    from tqdm import tqdm
-
+def run_ray(sources: list[Source], output: Path, plan: RayPlan,
+            on_input: Callable[[int], None] | None = None) -> RayResult:
+    """Label ``sources`` on Ray into Parquet parts under ``output`` as ``plan`` says; see the module docstring.
+    ``on_input(n)`` is called after each input is written."""
+    if not isinstance(plan, RayPlan):
+        raise TypeError(f"run_ray(sources, output, plan, on_input=None): plan must be a RayPlan, not "
+                        f"{type(plan).__name__}")
     started = time.monotonic()
     result = RayResult()
-    items = plan_items(sources, opts.segment_frames, job["every"], job.get("max_frames"))
-    table_schema = schema(classes, metadata)
+    opts = plan.options
+    items = plan_items(sources, opts.segment_frames, plan.job.every, plan.job.max_frames)
+    table_schema = schema(plan.classes, plan.metadata)
     store = PartStore(output, table_schema, opts.rows_per_part, opts.seconds_per_part)
     try:
-        done = set()
-        if resume:
-            earlier = store.metadata()
-            if earlier is not None:
-                check_same_weights(earlier, metadata, output)
-            done = store.done_keys()
+        done = _done_keys(store, plan, output)
         todo = [it for it in items if (it["source"], it["segment"]) not in done]
         result.skipped, result.items = len(items) - len(todo), len(todo)
-        _init_ray(opts.address)
-        resources = ray.cluster_resources()
-        cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-        use_gpu = recognizer_kwargs.get("backend") == "torch"
-        actors, classify_cpus, detect, detect_cpus, gpu_each = pool_sizes(opts, use_gpu, cpus, gpus)
-        result.actors, result.detect_actors = actors, detect
-        if gpu_each:
-            recognizer_kwargs = {**recognizer_kwargs, "device": "cuda"}
-        ctx = rd.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        if todo:
-            ds = rd.from_items(todo, override_num_blocks=min(len(todo), 64 * (actors + detect)))
-            ds = ds.map_batches(DetectStage, batch_size=1, batch_format="pyarrow", num_cpus=detect_cpus,
-                                compute=rd.ActorPoolStrategy(min_size=1, max_size=detect),
-                                fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job})
-            ds = ds.map_batches(ClassifyStage, batch_size=opts.items_per_call, batch_format="pyarrow",
-                                num_cpus=classify_cpus, num_gpus=gpu_each or None,
-                                compute=rd.ActorPoolStrategy(size=actors),
-                                fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job,
-                                                       "table_schema": table_schema})
-            _drain(ds, store, done, result, len(todo), progress, on_input, tqdm)
+        ds = _pipeline(todo, plan, table_schema, result)
+        if ds is not None:
+            _drain(ds, store, done, result, _bar(len(todo), plan.job.progress), on_input)
     finally:
         store.close()
     result.seconds = time.monotonic() - started
     return result
 
 
-def _drain(ds: Any, store: PartStore, done: set, result: RayResult, total: int, progress: bool | None,
-           on_input: Callable[[int], None] | None, tqdm: Any) -> None:
+def _done_keys(store: PartStore, plan: RayPlan, output: Path) -> set:
+    """The inputs a resumed output already holds (refusing one another model wrote); none without resume."""
+    if not plan.resume:
+        return set()
+    earlier = store.metadata()
+    if earlier is not None:
+        check_same_weights(earlier, plan.metadata, output)
+    return store.done_keys()
+
+
+def _pipeline(todo: list[dict[str, Any]], plan: RayPlan, table_schema: pa.Schema, result: RayResult) -> Any:
+    """Start (or join) Ray, size the two actor pools (noted in ``result``) and chain the stages over ``todo``:
+    the Ray dataset of classified rows, None when there is nothing to do."""
+    import ray
+    import ray.data as rd
+
+    _init_ray(plan.options.address)
+    resources = ray.cluster_resources()
+    cpus, gpus = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    actors, classify_cpus, detect, detect_cpus, gpu_each = pool_sizes(plan.options, plan.on_gpu, cpus, gpus)
+    result.actors, result.detect_actors = actors, detect
+    recognizer_kwargs = {**plan.recognizer, "device": "cuda"} if gpu_each else plan.recognizer
+    ctx = rd.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    if not todo:
+        return None
+    job = plan.job
+    ds = rd.from_items(todo, override_num_blocks=min(len(todo), 64 * (actors + detect)))
+    ds = ds.map_batches(DetectStage, batch_size=1, batch_format="pyarrow", num_cpus=detect_cpus,
+                        compute=rd.ActorPoolStrategy(min_size=1, max_size=detect),
+                        fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job})
+    return ds.map_batches(ClassifyStage, batch_size=plan.options.items_per_call, batch_format="pyarrow",
+                          num_cpus=classify_cpus, num_gpus=gpu_each or None, compute=rd.ActorPoolStrategy(size=actors),
+                          fn_constructor_kwargs={"recognizer_kwargs": recognizer_kwargs, "job": job,
+                                                 "table_schema": table_schema})
+
+
+def _bar(total: int, progress: bool | None) -> Any:
+    """The driver's progress bar over inputs (``progress`` None: shown when stderr is a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="input", desc="inputs", disable=None if progress is None else not progress,
+                leave=False, dynamic_ncols=True)
+
+
+def _drain(ds: Any, store: PartStore, done: set, result: RayResult, bar: Any,
+           on_input: Callable[[int], None] | None) -> None:
     """Read the classified rows as they stream in and write each input once, whole."""
     pending: dict[tuple[str, int | None], list[pa.Table]] = {}
-    bar = tqdm(total=total, unit="input", desc="inputs", disable=None if progress is None else not progress,
-               leave=False, dynamic_ncols=True)
     t0, faces = time.monotonic(), 0
     with bar:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):

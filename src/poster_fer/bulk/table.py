@@ -88,8 +88,9 @@ def records_to_table(records: Sequence[Mapping[str, Any]], classes: Sequence[str
     return pa.table(cols, schema=sch)
 
 
-def read_run_metadata(meta: Mapping[bytes, bytes] | None) -> dict[str, Any]:
-    """The :data:`METADATA_KEY` object of a Parquet file's or schema's metadata ({} when absent)."""
-    if not meta or METADATA_KEY not in meta:
+def read_run_metadata(schema_metadata: Mapping[bytes, bytes] | None) -> dict[str, Any]:
+    """The :data:`METADATA_KEY` object of a Parquet file's or schema's key-value metadata ({} when absent): the
+    output's record of its run, not a model's description (that is the model card)."""
+    if not schema_metadata or METADATA_KEY not in schema_metadata:
         return {}
-    return json.loads(meta[METADATA_KEY].decode())
+    return json.loads(schema_metadata[METADATA_KEY].decode())

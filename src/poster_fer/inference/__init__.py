@@ -18,7 +18,15 @@ from .backends import InferenceError, OnnxBackend, TorchBackend, load_backend, r
 from .job import JobOptions, JobStats, run_job
 from .quick import default_recognizer, predict
 from .recognizer import DEFAULT_DETECT_SIZE, FaceResult, ImagePrediction, Recognizer
-from .records import RECORD_KEYS, RecordWriter, csv_columns, error_record, face_record, no_face_record
+from .records import (
+    RECORD_KEYS,
+    RecordWriter,
+    VideoPosition,
+    csv_columns,
+    error_record,
+    face_record,
+    no_face_record,
+)
 from .sources import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Source, VideoError, VideoReader, collect_sources
 from .tracking import IoUTracker, Track, box_iou
 
@@ -42,6 +50,7 @@ __all__ = [
     "TorchBackend",
     "Track",
     "VideoError",
+    "VideoPosition",
     "VideoReader",
     "box_iou",
     "class_colour",

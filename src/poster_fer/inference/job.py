@@ -22,7 +22,7 @@ from typing import Any
 
 from ..options import check_count, check_probability
 from .annotate import check_draw, draw_predictions
-from .records import RecordWriter, error_record, face_record, no_face_record
+from .records import RecordWriter, VideoPosition, error_record, face_record, no_face_record
 from .sources import CameraError, Source, VideoError, VideoReader
 from .summary import VideoTimeline, summary_line
 from .tracking import IoUTracker
@@ -146,7 +146,7 @@ def frame_records(source: str, pred: Any, tracker: IoUTracker, classes: list[str
     for i, (face, (tid, probs)) in enumerate(zip(pred.faces, smoothed, strict=True)):
         scores = dict(zip(classes, (float(p) for p in probs), strict=True))
         crop = crop_for(face, f"f{idx:06d}_t{tid}") if crop_for is not None else None
-        records.append(face_record(source, i, face, frame=idx, time=t, track=tid, scores=scores, crop=crop))
+        records.append(face_record(source, i, face, VideoPosition(idx, t, tid), scores=scores, crop=crop))
         face.probabilities, face.label = scores, max(scores, key=scores.__getitem__)
     return records, [tid for tid, _ in smoothed]
 
@@ -291,11 +291,11 @@ class _Job:
         else:
             self.stats.videos += 1
 
-    def video(self, src: Source) -> None:
-        opt = self.opt
+    def _open_video(self, src: Source) -> VideoReader | None:
+        """The reader of ``src``; None (the failure counted and recorded, the input ended) when it cannot open."""
         try:
-            reader = VideoReader(src.index if src.kind == "webcam" else src.path, every=opt.every,
-                                 max_frames=opt.max_frames, max_pixels=self.rec.max_pixels)
+            return VideoReader(src.index if src.kind == "webcam" else src.path, every=self.opt.every,
+                               max_frames=self.opt.max_frames, max_pixels=self.rec.max_pixels)
         except CameraError:  # no camera: the command cannot do what was asked, so no record and no count
             raise
         except VideoError as err:
@@ -303,6 +303,12 @@ class _Job:
             self.stats.fail(src.name, str(err))
             self._emit(error_record(src.name, str(err)))
             self._end(src)
+            return None
+
+    def video(self, src: Source) -> None:
+        opt = self.opt
+        reader = self._open_video(src)
+        if reader is None:
             return
         self._count_stream(src)
         tracker = new_tracker(opt.ema, opt.every)
@@ -341,6 +347,12 @@ class _Job:
             if sink is not None:
                 sink.close()
             timeline.close()
+        self._video_done(src, reader, frames_seen, tracker.total_tracks, timeline, sink, write)
+
+    def _video_done(self, src: Source, reader: VideoReader, frames_seen: int, tracks: int,
+                    timeline: VideoTimeline, sink: AnnotatedVideo | None, write: Any) -> None:
+        """After the last frame: count the frames, record how the video ended (``write`` also feeds the timeline),
+        keep its summary and commit the input."""
         self.stats.frames += frames_seen
         if sink is not None and sink.error:
             self.stats.fail(src.name, sink.error)
@@ -348,7 +360,7 @@ class _Job:
         if end is not None:
             self.stats.fail(src.name, end["error"])
             (self._emit if frames_seen == 0 else write)(end)
-        elif frames_seen and not tracker.total_tracks:
+        elif frames_seen and not tracks:
             self.stats.no_face.append(src.name)
         if frames_seen:
             self._summarize(src, timeline, sink)

@@ -39,15 +39,17 @@ import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
 from ..faces import LANDMARK_NAMES
+from ..naming import warn_deprecated
 from .recognizer import FaceResult
 
-__all__ = ["EXTENSION_FORMATS", "FORMATS", "RECORD_KEYS", "RecordWriter", "csv_columns", "error_record",
-           "face_record", "format_for_path", "no_face_record"]
+__all__ = ["EXTENSION_FORMATS", "FORMATS", "RECORD_KEYS", "RecordWriter", "VideoPosition", "csv_columns",
+           "error_record", "face_record", "format_for_path", "no_face_record"]
 
 RECORD_KEYS = ("source", "frame", "time", "face", "track", "status", "error", "box", "landmarks",
                "landmarks_estimated", "score", "label", "confidence", "scores", "raw_scores", "crop", "detection")
@@ -69,11 +71,46 @@ def _base(source: str, frame: int | None, time: float | None, status: str, error
     return rec
 
 
-def face_record(source: str, face_index: int, result: FaceResult, frame: int | None = None,
-                time: float | None = None, track: int | None = None,
-                scores: Mapping[str, float] | None = None, crop: str | None = None) -> dict[str, Any]:
-    """Record for one face; ``scores`` (smoothed probabilities) replaces the face's own when given."""
-    rec = _base(source, frame, time, "ok", None)
+@dataclass(frozen=True)
+class VideoPosition:
+    """Where a face record sits in a video: frame index, seconds and track id (all None for an image).
+
+    Why a type: the three travel together from the tracker to the record, and as one value they keep
+    :func:`face_record` to a call a reader can follow."""
+
+    frame: int | None = None
+    time: float | None = None
+    track: int | None = None
+
+
+_POSITION_KEYWORDS = ("frame", "time", "track")
+
+
+def _position(at: VideoPosition | int | None, legacy: dict[str, Any]) -> VideoPosition:
+    """``at`` as a :class:`VideoPosition`, accepting (with a DeprecationWarning) the separate ``frame``, ``time``
+    and ``track`` arguments of the form before it, or a frame index where the position goes."""
+    unknown = sorted(set(legacy) - set(_POSITION_KEYWORDS))
+    if unknown:
+        raise TypeError(f"face_record() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    if isinstance(at, VideoPosition) and not legacy:
+        return at
+    if at is None and not legacy:
+        return VideoPosition()
+    if isinstance(at, VideoPosition):
+        raise TypeError("face_record(): give the position either as at=VideoPosition(...) or as frame/time/track")
+    warn_deprecated("face_record(..., frame=, time=, track=) is deprecated: pass "
+                    "at=VideoPosition(frame=..., time=..., track=...)")
+    values = {"frame": at, **legacy} if at is not None else legacy
+    return VideoPosition(**values)
+
+
+def face_record(source: str, face_index: int, result: FaceResult, at: VideoPosition | None = None, *,
+                scores: Mapping[str, float] | None = None, crop: str | None = None, **legacy: Any) -> dict[str, Any]:
+    """Record for one face, at position ``at`` in a video (None: an image); ``scores`` (smoothed probabilities)
+    replaces the face's own when given. ``frame=``, ``time=`` and ``track=`` still work, with a
+    DeprecationWarning."""
+    where = _position(at, legacy)
+    rec = _base(source, where.frame, where.time, "ok", None)
     d = result.to_record()  # the wire form: probabilities under "scores"
     if scores is not None:
         raw = d["scores"]
@@ -81,7 +118,7 @@ def face_record(source: str, face_index: int, result: FaceResult, frame: int | N
         d.update(label=label, confidence=round(float(scores[label]), 4),
                  scores={k: round(float(v), 4) for k, v in scores.items()}, raw_scores=raw)
     rec.update(d)
-    rec.update(face=face_index, track=track, crop=crop)
+    rec.update(face=face_index, track=where.track, crop=crop)
     return rec
 
 

@@ -272,9 +272,8 @@ def _pct(share: float) -> str:
     return f"{100 * share:.0f}%" if share >= 0.01 or share == 0 else "<1%"
 
 
-def plot_timeline(timeline: VideoTimeline, path: Path, summary: Mapping[str, Any] | None = None) -> bool:
-    """Draw the expression-over-time picture (module doc) to ``path``; False (one line on stderr, once per run)
-    when matplotlib is missing. Uses matplotlib's object API (no pyplot): no GUI backend, no global state."""
+def _matplotlib() -> tuple[Any, Any, Any] | None:
+    """matplotlib's (FigureCanvasAgg, Figure, Patch); None, saying so on stderr once per run, when it is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -284,7 +283,17 @@ def plot_timeline(timeline: VideoTimeline, path: Path, summary: Mapping[str, Any
             _warned.add("matplotlib")
             print("poster-fer: matplotlib is not installed: no timeline pictures (pip install matplotlib, or "
                   "poster-fer[analysis])", file=sys.stderr)
+        return None
+    return FigureCanvasAgg, Figure, Patch
+
+
+def plot_timeline(timeline: VideoTimeline, path: Path, summary: Mapping[str, Any] | None = None) -> bool:
+    """Draw the expression-over-time picture (module doc) to ``path``; False (one line on stderr, once per run)
+    when matplotlib is missing. Uses matplotlib's object API (no pyplot): no GUI backend, no global state."""
+    mpl = _matplotlib()
+    if mpl is None:
         return False
+    canvas, figure, patch = mpl
     from .annotate import class_colour
 
     summary = timeline.summary() if summary is None else summary
@@ -293,33 +302,14 @@ def plot_timeline(timeline: VideoTimeline, path: Path, summary: Mapping[str, Any
     rate = timeline.frame_rate
     step = timeline.frame_interval if rate else float(timeline.frame_step)
     colours = [tuple(v / 255 for v in class_colour(i)) for i in range(len(timeline.classes))]
-    all_frames = sorted(timeline._frames) or [0]
-    x_end = (all_frames[-1] / rate if rate else all_frames[-1]) + step
-    x_start = all_frames[0] / rate if rate else all_frames[0]
+    first, last = (min(timeline._frames), max(timeline._frames)) if timeline._frames else (0, 0)
+    x_range = (first / rate if rate else first, (last / rate if rate else last) + step)
 
-    fig = Figure(figsize=(9, 0.75 + 1.25 * len(tracks)), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = figure(figsize=(9, 0.75 + 1.25 * len(tracks)), dpi=100)
+    canvas(fig)
     axes = fig.subplots(len(tracks), 1, sharex=True, squeeze=False)[:, 0]
-    gap = timeline.frame_step
     for ax, track in zip(axes, tracks, strict=True):
-        tid = -1 if track["track"] is None else track["track"]
-        frames, x, probs = timeline.track_series(tid)
-        xs, ys = _stepped(frames, x, probs, gap, step)
-        cum = np.nancumsum(ys, axis=1)
-        cum[np.isnan(ys).any(axis=1)] = np.nan
-        lower = np.zeros(len(xs))
-        lower[np.isnan(cum[:, 0])] = np.nan
-        for k, colour in enumerate(colours):
-            ax.fill_between(xs, lower, cum[:, k], step="post", color=colour, linewidth=0)
-            lower = cum[:, k]
-        ax.set_ylim(0, 1)
-        ax.set_xlim(x_start, x_end)
-        ax.set_yticks([0, 0.5, 1])
-        ax.tick_params(labelsize=7)
-        name = "face" if track["track"] is None else f"track {track['track']}"
-        share = track["shares"].get(track["dominant"], 0.0)
-        length = f"{track['seconds']:.1f} s" if track["seconds"] is not None else f"{track['frames']} frames"
-        ax.set_title(f"{name}: {track['dominant']} {_pct(share)} of {length}", fontsize=8, loc="left", pad=2)
+        _draw_track(ax, timeline, track, colours, step, x_range)
     axes[-1].set_xlabel("seconds" if rate else "frame", fontsize=8)
     shown = len(tracks)
     more = len(summary["tracks"]) - shown
@@ -327,12 +317,35 @@ def plot_timeline(timeline: VideoTimeline, path: Path, summary: Mapping[str, Any
     if more > 0:
         title += f" (the {shown} longest of {len(summary['tracks'])} tracks)"
     fig.suptitle(title, fontsize=9, x=0.01, ha="left")
-    fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, timeline.classes, strict=True)],
+    fig.legend(handles=[patch(color=c, label=n) for c, n in zip(colours, timeline.classes, strict=True)],
                loc="upper right", ncol=min(len(colours), 8), fontsize=7, frameon=False, handlelength=1,
                columnspacing=0.8, bbox_to_anchor=(0.995, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()), h_pad=0.6)
     fig.savefig(path, format="png")
     return True
+
+
+def _draw_track(ax: Any, timeline: VideoTimeline, track: Mapping[str, Any], colours: list[tuple[float, ...]],
+                step: float, x_range: tuple[float, float]) -> None:
+    """One track's panel: its class probabilities stacked over time, titled with its dominant expression."""
+    tid = -1 if track["track"] is None else track["track"]
+    frames, x, probs = timeline.track_series(tid)
+    xs, ys = _stepped(frames, x, probs, timeline.frame_step, step)
+    cum = np.nancumsum(ys, axis=1)
+    cum[np.isnan(ys).any(axis=1)] = np.nan
+    lower = np.zeros(len(xs))
+    lower[np.isnan(cum[:, 0])] = np.nan
+    for k, colour in enumerate(colours):
+        ax.fill_between(xs, lower, cum[:, k], step="post", color=colour, linewidth=0)
+        lower = cum[:, k]
+    ax.set_ylim(0, 1)
+    ax.set_xlim(*x_range)
+    ax.set_yticks([0, 0.5, 1])
+    ax.tick_params(labelsize=7)
+    name = "face" if track["track"] is None else f"track {track['track']}"
+    share = track["shares"].get(track["dominant"], 0.0)
+    length = f"{track['seconds']:.1f} s" if track["seconds"] is not None else f"{track['frames']} frames"
+    ax.set_title(f"{name}: {track['dominant']} {_pct(share)} of {length}", fontsize=8, loc="left", pad=2)
 
 
 def _stepped(frames: np.ndarray, x: np.ndarray, probs: np.ndarray, gap: int,

@@ -306,7 +306,8 @@ def _run_ray(args: argparse.Namespace, rec: Any, sources: list[Any], skipped: li
     """``--engine ray``: the same pipeline on Ray Data (poster_fer.bulk.ray_engine), Parquet parts in --output."""
     from poster_fer.bulk import run_metadata
     from poster_fer.bulk.parquet import OutputMismatch
-    from poster_fer.bulk.ray_engine import RayOptions, run_ray
+    from poster_fer.bulk.ray_engine import RayOptions, RayPlan, run_ray
+    from poster_fer.inference.job import JobOptions
 
     from .common import official_options
 
@@ -316,13 +317,14 @@ def _run_ray(args: argparse.Namespace, rec: Any, sources: list[Any], skipped: li
               "score_threshold": args.threshold, "max_pixels": args.max_pixels,
               "detector": None if args.no_detect else args.detector, "detector_model": args.detector_model,
               "whole_image_fallback": not args.no_whole_image}
-    job = {"detect": not args.no_detect, "every": args.every, "max_frames": args.max_frames, "ema": args.ema}
+    job = JobOptions(detect=not args.no_detect, every=args.every, max_frames=args.max_frames, ema=args.ema,
+                     progress=False if args.no_progress else None)
     opts = RayOptions(address=args.address, actors=args.actors, detect_actors=args.detect_actors,
                       segment_frames=args.segment_frames)
     meta = run_metadata(rec, args.weights, args.operating_point, "ray")
+    plan = RayPlan(kwargs, job, rec.classes, meta, opts, resume=args.resume)
     try:
-        res = run_ray(sources, args.output, kwargs, job, rec.classes, meta, opts, resume=args.resume,
-                      progress=False if args.no_progress else None)
+        res = run_ray(sources, args.output, plan)
     except (OutputMismatch, ValueError) as err:
         raise UserError(str(err)) from None
     rows = ", ".join(f"{k} {res.rows[k]}" for k in sorted(res.rows)) or "none"
