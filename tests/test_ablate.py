@@ -9,6 +9,7 @@ import yaml
 
 from poster_fer.models import create_model
 from poster_fer_apps.cli import main
+from poster_fer_train import RecipeRequest, RunOutput
 from poster_fer_train.ablation import (
     VARIANTS,
     parse_variants,
@@ -81,7 +82,7 @@ def test_interrupted_variant_resumes_and_changed_recipe_is_refused(tmp_path):
     out = tmp_path / "abl"
     (out / "baseline" / "run").mkdir(parents=True)
     (out / "baseline" / "run" / "last.pt").write_bytes(b"x")  # an interrupted run left its checkpoint
-    record = run_ablation(recipe, "baseline,landmark_only", out, train_fn=train, log=lambda m: None)
+    record = run_ablation(recipe, "baseline,landmark_only", out, train_fn=train, output=RunOutput(echo=lambda m: None))
     assert calls == [("landmark", False), ("both", True)]
     # landmark variants share one on-disk landmark-token cache inside OUT (when the recipe caches at all)
     stored_train = yaml.safe_load((out / "baseline" / "recipe.yaml").read_text()).get("train") or {}
@@ -97,7 +98,8 @@ def test_interrupted_variant_resumes_and_changed_recipe_is_refused(tmp_path):
     assert stored["model"]["name"] == "poster_v1_landmark_only"  # plain poster_v1 -> the registered variant
 
     with pytest.raises(Exception, match="different recipe"):
-        run_ablation(recipe, "baseline", out, overrides={"train.epochs": 3}, train_fn=train, log=lambda m: None)
+        run_ablation(RecipeRequest(recipe, {"train.epochs": 3}), "baseline", out, train_fn=train,
+                     output=RunOutput(echo=lambda m: None))
 
 
 def test_variant_recipe_switches_only_table4_fields():

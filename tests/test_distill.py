@@ -15,6 +15,7 @@ from poster_fer.weights import create_transform as eval_transform
 from poster_fer.weights.io import load_model
 from poster_fer.weights.preprocessing import Preprocessing
 from poster_fer_apps.cli import main
+from poster_fer_train import InferencePass
 from poster_fer_train.distill import DistillConfig, TeacherTargets, teacher_logits
 from poster_fer_train.loaders import BatchPreparer
 from test_training import _synthetic_folder, _synthetic_recipe
@@ -78,9 +79,13 @@ def test_teacher_pass_equals_the_model_on_its_own_preprocessing(synthetic, teach
     model = load_model(teacher_dir)
     ds = build_dataset("folder", str(synthetic), "val")
     transform = eval_transform(Preprocessing.from_meta(model.meta))
-    logits = teacher_logits(model, ds, transform, device=torch.device("cpu"), mirror=True, batch_size=4,
-                            progress=False)
+    run = InferencePass(device=torch.device("cpu"), batch_size=4, progress=False)
+    logits = teacher_logits(model, ds, transform, mirror=True, run=run)
     assert logits.shape == (len(ds), 2, len(ds.classes))
+    with pytest.warns(DeprecationWarning, match="run=InferencePass"):  # the earlier keywords still work
+        legacy = teacher_logits(model, ds, transform, device=torch.device("cpu"), mirror=True, batch_size=4,
+                                progress=False)
+    torch.testing.assert_close(legacy, logits)
     x = torch.stack([transform(ds.get_image(i)) for i in range(len(ds))])
     with torch.no_grad():
         torch.testing.assert_close(logits[:, 0], model(x), atol=1e-5, rtol=1e-5)
@@ -124,8 +129,8 @@ def test_teacher_logits_on_disk_are_reused_and_keyed_by_their_inputs(tmp_path, s
     def build(**cfg):
         config = DistillConfig.from_dict({"teachers": [str(teacher_dir)], "cache_dir": str(tmp_path / "cache"),
                                           "batch_size": 8, **cfg})
-        return distill.build_teacher_targets(config, train, train.classes, device=torch.device("cpu"),
-                                             say=lambda _: None, progress=False)
+        run = distill.TeacherRun(torch.device("cpu"), say=lambda _: None, progress=False)
+        return distill.build_teacher_targets(config, train, train.classes, run=run)
 
     first, info = build(alpha=0.5)
     assert calls == [True] and info["teachers"][0]["source"] == {"train": "computed"}

@@ -28,6 +28,7 @@ from poster_fer_train import (
     LabelSmoothingCrossEntropy,
     LandmarkCache,
     OfficialV1Loss,
+    ScheduleShape,
     SoftTargetCrossEntropy,
     StepSchedule,
     build_optimizer,
@@ -208,7 +209,7 @@ def test_train_one_epoch_records_its_second_half():
 def test_schedules_lr_values():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    exp = StepSchedule(opt, "exponential", total_steps=30, steps_per_epoch=10, gamma=0.5)
+    exp = StepSchedule(opt, "exponential", total_steps=30, steps_per_epoch=10, shape=ScheduleShape(gamma=0.5))
     lrs = []
     for _ in range(25):
         lrs.append(opt.param_groups[0]["lr"])
@@ -216,21 +217,22 @@ def test_schedules_lr_values():
     assert lrs[0] == lrs[9] == 1.0 and lrs[10] == lrs[19] == 0.5 and lrs[20] == 0.25
 
     opt = torch.optim.SGD([p], lr=2.0)
-    cos = StepSchedule(opt, "cosine", total_steps=21, steps_per_epoch=10, warmup_epochs=0.5, warmup_start=0.0,
-                       min_lr_ratio=0.1)
+    cosine = ScheduleShape(warmup_epochs=0.5, warmup_start=0.0, min_lr_ratio=0.1)
+    cos = StepSchedule(opt, "cosine", total_steps=21, steps_per_epoch=10, shape=cosine)
     assert cos.factor(0) == 0.0 and cos.factor(4) == pytest.approx(0.8)
     assert cos.factor(5) == pytest.approx(1.0) and cos.factor(20) == pytest.approx(0.1)
     assert cos.factor(5 + 15 // 2) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 15)))
     for _ in range(5):
         cos.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(2.0)
-    again = StepSchedule(opt, "cosine", total_steps=21, steps_per_epoch=10, warmup_epochs=0.5, warmup_start=0.0,
-                         min_lr_ratio=0.1)
+    with pytest.warns(DeprecationWarning, match="shape=ScheduleShape"):  # the earlier keyword form still works
+        again = StepSchedule(opt, "cosine", total_steps=21, steps_per_epoch=10, warmup_epochs=0.5,
+                             warmup_start=0.0, min_lr_ratio=0.1)
     again.load_state_dict(cos.state_dict())
     assert opt.param_groups[0]["lr"] == pytest.approx(2.0)
 
-    one = StepSchedule(opt, "onecycle", total_steps=101, steps_per_epoch=10, pct_start=0.2, div_factor=10,
-                       final_div_factor=100)
+    one = StepSchedule(opt, "onecycle", total_steps=101, steps_per_epoch=10,
+                       shape=ScheduleShape(pct_start=0.2, div_factor=10, final_div_factor=100))
     assert one.factor(0) == pytest.approx(0.1) and one.factor(20) == pytest.approx(1.0)
     assert one.factor(100) == pytest.approx(1e-3)
 
@@ -298,7 +300,7 @@ def test_recipes_load_and_overrides_apply():
     assert aff["optimizer"]["lr"] == 2e-6
     from poster_fer_train import RecipeError
 
-    with pytest.raises(RecipeError, match="unknown key"):
+    with pytest.raises(RecipeError, match=r"unknown train key\(s\) \['epoch'\]"):
         load_recipe("tiny", {"train.epoch": 2})
 
 
@@ -486,7 +488,9 @@ def test_landmark_cache_matches_live_features_and_trains(tmp_path, synthetic):
     def to_input(u8):
         return ((u8.float() / 255).expand(-1, 3, -1, -1) - 0.5) / 0.25
 
-    cache = LandmarkCache.build(model, images, to_input, mirror=True, batch_size=2, progress=False)
+    from poster_fer_train import InferencePass
+
+    cache = LandmarkCache.build(model, images, to_input, mirror=True, run=InferencePass(batch_size=2, progress=False))
     with torch.no_grad():
         live = model.landmark_features(to_input(images))
         mirrored = model.landmark_features(to_input(images).flip(-1))
@@ -507,7 +511,8 @@ def test_landmark_cache_matches_live_features_and_trains(tmp_path, synthetic):
 
 def test_landmark_cache_on_disk_is_reused_and_keyed_by_its_inputs(tmp_path):
     from poster_fer import create_model
-    from poster_fer_train.landmark_cache import load_or_build
+    from poster_fer_train import InferencePass
+    from poster_fer_train.landmark_cache import TokenSpec, load_or_build
 
     model = create_model("poster_v1_tiny", input_size=32, backbone_size=32, landmark_size=32, image_tokens="pool")
     images = torch.randint(0, 255, (6, 1, 32, 32), dtype=torch.uint8)
@@ -515,32 +520,33 @@ def test_landmark_cache_on_disk_is_reused_and_keyed_by_its_inputs(tmp_path):
     def to_input(u8):
         return ((u8.float() / 255).expand(-1, 3, -1, -1) - 0.5) / 0.25
 
-    kw = {"batch_size": 4, "progress": False}
-    first, rec = load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)
+    kw = {"run": InferencePass(batch_size=4, progress=False)}
+    fp32 = TokenSpec(True, torch.float32)
+    first, rec = load_or_build(tmp_path, "train", model, images, to_input, fp32, **kw)
     assert rec["source"] == "computed" and Path(rec["file"]).is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
-    again, rec2 = load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)
+    again, rec2 = load_or_build(tmp_path, "train", model, images, to_input, fp32, **kw)
     assert rec2 == {"file": rec["file"], "source": "disk"}
     torch.testing.assert_close(again.tokens, first.tokens, rtol=0, atol=0)
     # any ingredient that changes the tokens changes the file: pixels, preprocessing, landmark weights, mirror
     other = images.clone()
     other[0, 0, 0, 0] ^= 1
     variants = [
-        load_or_build(tmp_path, "train", model, other, to_input, True, torch.float32, **kw)[1],
-        load_or_build(tmp_path, "train", model, images, lambda u: to_input(u) * 2, True, torch.float32, **kw)[1],
-        load_or_build(tmp_path, "train", model, images, to_input, False, torch.float32, **kw)[1],
+        load_or_build(tmp_path, "train", model, other, to_input, fp32, **kw)[1],
+        load_or_build(tmp_path, "train", model, images, lambda u: to_input(u) * 2, fp32, **kw)[1],
+        load_or_build(tmp_path, "train", model, images, to_input, TokenSpec(False, torch.float32), **kw)[1],
     ]
     with torch.no_grad():
         next(model.face_landback.parameters()).add_(0.01)
-    variants.append(load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)[1])
+    variants.append(load_or_build(tmp_path, "train", model, images, to_input, fp32, **kw)[1])
     assert all(v["source"] == "computed" for v in variants)
     assert len({rec["file"], *(v["file"] for v in variants)}) == 5
     # a damaged file is recomputed (and replaced), not trusted
     Path(variants[-1]["file"]).write_bytes(b"not a safetensors file")
-    fixed, rec3 = load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)
+    fixed, rec3 = load_or_build(tmp_path, "train", model, images, to_input, fp32, **kw)
     assert rec3["source"] == "computed" and torch.isfinite(fixed.tokens).all()
     assert rec3["rebuilt"].startswith("unreadable")
-    assert load_or_build(tmp_path, "train", model, images, to_input, True, torch.float32, **kw)[1]["source"] == "disk"
+    assert load_or_build(tmp_path, "train", model, images, to_input, fp32, **kw)[1]["source"] == "disk"
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is unavailable")
@@ -573,6 +579,8 @@ def test_ddp_two_processes_match_one_process(tmp_path, synthetic):
     assert sum(r["type"] == "epoch" for r in records) == 1 and sum(r["type"] == "final" for r in records) == 1
     start = next(r for r in records if r["type"] == "start")
     assert start["world_size"] == 2 and start["global_batch"] == 8
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["command"].startswith("poster-fer train --recipe")
     one, two = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
     assert one["global_step"] == two["global_step"] == 6
     assert set(two["rng_per_rank"]) == {0, 1}

@@ -17,6 +17,12 @@ from poster_fer._lazy import lazy_exports
 # torch-free install can still say what to install.
 _EXPORTS: dict[str, str] = {
     "BatchAugment": "augment",
+    "Batching": "loaders",
+    "DataSettings": "recipe", "ModelSettings": "recipe", "LossSettings": "recipe", "OptimizerSettings": "recipe",
+    "ScheduleSettings": "recipe", "ScheduleShape": "recipe", "TrainSettings": "recipe",
+    "Recipe": "recipe", "RecipeRequest": "recipe", "read_recipe": "recipe",
+    "RunOutput": "runlog",
+    "InferencePass": "passes",
     "BatchAugmentConfig": "augment",
     "DEFAULTS": "recipe",
     "FitResult": "trainer",
@@ -56,7 +62,7 @@ if TYPE_CHECKING:
     from .checkpoint import capture_rng_state, find_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
     from .engine import EpochOptions, EpochResult, ModelEma, NonFiniteLossError, StepState, TrainParts, train_one_epoch
     from .landmark_cache import LandmarkCache
-    from .loaders import TrainingData, build_training_data, load_splits
+    from .loaders import Batching, TrainingData, build_training_data, load_splits
     from .losses import (
         LabelSmoothingCrossEntropy,
         OfficialV1Loss,
@@ -65,11 +71,31 @@ if TYPE_CHECKING:
         smoothed_cross_entropy,
     )
     from .optim import SAM, StepSchedule, build_optimizer, build_schedule
-    from .recipe import DEFAULTS, RecipeError, configs_dir, list_recipes, load_recipe
+    from .passes import InferencePass
+    from .recipe import (
+        DEFAULTS,
+        DataSettings,
+        LossSettings,
+        ModelSettings,
+        OptimizerSettings,
+        Recipe,
+        RecipeError,
+        RecipeRequest,
+        ScheduleSettings,
+        ScheduleShape,
+        TrainSettings,
+        configs_dir,
+        list_recipes,
+        load_recipe,
+        read_recipe,
+    )
+    from .runlog import RunOutput
     from .trainer import FitResult, fit
 
 __all__ = [
-    "DEFAULTS", "SAM", "BatchAugment", "BatchAugmentConfig", "EpochOptions", "EpochResult", "TrainParts",
+    "DEFAULTS", "Batching", "DataSettings", "InferencePass", "LossSettings", "ModelSettings", "OptimizerSettings",
+    "Recipe", "RecipeRequest", "RunOutput", "ScheduleSettings", "ScheduleShape", "TrainSettings", "read_recipe",
+    "SAM", "BatchAugment", "BatchAugmentConfig", "EpochOptions", "EpochResult", "TrainParts",
     "FitResult", "LabelSmoothingCrossEntropy", "LandmarkCache", "ModelEma", "NonFiniteLossError", "OfficialV1Loss",
     "RecipeError", "SoftTargetCrossEntropy", "StepSchedule", "StepState", "TrainingData",
     "build_loss", "build_optimizer", "build_schedule", "build_training_data", "capture_rng_state", "configs_dir",

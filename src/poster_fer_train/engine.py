@@ -108,105 +108,135 @@ def train_one_epoch(parts: TrainParts, loader: Any, state: StepState, *, epoch: 
     Loss sums, sample counts and the stop decision are all-reduced every step, so all ranks stop together and
     a NaN on any rank stops every rank.
     """
-    model, prepare, criterion, optimizer, schedule = (parts.model, parts.prepare, parts.criterion, parts.optimizer,
-                                                      parts.schedule)
-    device, env, amp_dtype, scaler, grad_clip, ema, log = (opts.device, opts.env, opts.amp_dtype, opts.scaler,
-                                                           opts.grad_clip, opts.ema, opts.log)
-    log_every, progress, max_steps = opts.log_every, opts.progress, opts.max_steps
-    model.train()
-    autocast = precision_autocast(device, amp_dtype)
-    sam = isinstance(optimizer, SAM)
-    if sam and scaler is not None and scaler.is_enabled():
-        raise ValueError("SAM with fp16 loss scaling is not supported; use amp: bf16 or no amp")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    total = max_steps if max_steps is not None else len(loader)
-    bar = tqdm(total=total, desc=f"epoch {epoch}", unit="it", disable=not (progress and env.is_main),
+    parts.model.train()
+    step = OptimizerStep(parts, opts)
+    total = opts.max_steps if opts.max_steps is not None else len(loader)
+    bar = tqdm(total=total, desc=f"epoch {epoch}", unit="it", disable=not (opts.progress and opts.env.is_main),
                leave=False, dynamic_ncols=True)
-    loss_sum = correct = seen = 0.0
-    window_loss = window_n = 0.0
-    window_t = t0 = time.perf_counter()
-    steps = 0
+    tally = EpochTally(total)
     stopped = None
-    first_step_s = 0.0
-    mid_step, mid_t = 0, t0
-
-    def forward(x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast():
-            logits = model(x, **kwargs)
-            loss = criterion(logits, y)
-        return loss, logits
-
     for batch in loader:
-        if max_steps is not None and steps >= max_steps:
+        if opts.max_steps is not None and tally.steps >= opts.max_steps:
             break
-        x, y, kwargs, _ = prepare(batch)
-        b = x.shape[0]
-        loss, logits = forward(x, y, kwargs)
+        x, y, kwargs, _ = parts.prepare(batch)
+        loss, logits = step.forward(x, y, kwargs)
         hits = float((logits.detach().argmax(-1) == hard_labels(y)).sum())
         late = deadline is not None and time.monotonic() > deadline
         # One reduction per step: the loss sum (NaN anywhere -> NaN everywhere), counts and the stop flag.
         red_loss, red_hits, red_n, red_late = all_reduce_sum(
-            [float(loss.detach()) * b, hits, b, float(late)], env, device)
+            [float(loss.detach()) * x.shape[0], hits, x.shape[0], float(late)], opts.env, opts.device)
         if not math.isfinite(red_loss):
             bar.close()
             raise NonFiniteLossError(f"non-finite training loss ({red_loss}) at epoch {epoch}, step "
                                      f"{state.global_step + 1}; the weights were not updated with it")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        elif sam:
-            loss.backward()
-            optimizer.first_step(zero_grad=True)
-            loss2, _ = forward(x, y, kwargs)  # gradient at the perturbed weights
-            loss2.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.second_step(zero_grad=True)
-        else:
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-        schedule.step()
-        if ema is not None:
-            ema.update(unwrap(model))
+        step.update(loss, x, y, kwargs)
         state.global_step += 1
-        steps += 1
-        loss_sum += red_loss
-        correct += red_hits
-        seen += red_n
-        window_loss += red_loss
-        window_n += red_n
         bar.update(1)
-        now = time.perf_counter()
-        if steps == 1:
-            first_step_s = now - t0  # includes torch.compile and allocator warm-up; planning discounts it
-        if steps == max(1, total // 2):
-            mid_step, mid_t = steps, now  # the second half's rate is the steady one (compile can outlast step 1)
-        if steps % max(1, log_every) == 0:
-            rate = window_n / max(now - window_t, 1e-9)
-            lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{window_loss / window_n:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-            if log is not None:
-                log({"type": "step", "epoch": epoch, "step": state.global_step, "loss": window_loss / window_n,
-                     "lr": lr, "img_s": rate, "time_s": now - t0})
-            window_loss = window_n = 0.0
-            window_t = now
+        tally.add(red_loss, red_hits, red_n)
+        if tally.steps % max(1, opts.log_every) == 0:
+            tally.report(bar, opts.log, epoch, state.global_step, parts.optimizer.param_groups[0]["lr"])
         if red_late:
             stopped = "time budget"
             break
     bar.close()
-    seconds = time.perf_counter() - t0
-    return EpochResult(
-        loss=loss_sum / seen if seen else float("nan"), accuracy=correct / seen if seen else float("nan"),
-        samples=int(seen), steps=steps, seconds=seconds, img_s=seen / seconds if seconds > 0 else 0.0,
-        lr=optimizer.param_groups[0]["lr"], stopped=stopped, first_step_s=first_step_s,
-        tail_steps=steps - mid_step if mid_step else 0, tail_s=(t0 + seconds - mid_t) if mid_step else 0.0)
+    return tally.result(parts.optimizer.param_groups[0]["lr"], stopped)
+
+
+class OptimizerStep:
+    """One optimiser step from a computed loss: backward (loss-scaled under fp16), SAM's second pass, clipping,
+    the step itself, the per-step schedule and the EMA update."""
+
+    def __init__(self, parts: TrainParts, opts: EpochOptions) -> None:
+        self.parts, self.opts = parts, opts
+        self.sam = isinstance(parts.optimizer, SAM)
+        self.scaled = opts.scaler is not None and opts.scaler.is_enabled()
+        if self.sam and self.scaled:
+            raise ValueError("SAM with fp16 loss scaling is not supported; use amp: bf16 or no amp")
+        self.params = [p for g in parts.optimizer.param_groups for p in g["params"]]
+        self.autocast = precision_autocast(opts.device, opts.amp_dtype)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logits = self.parts.model(x, **kwargs)
+            loss = self.parts.criterion(logits, y)
+        return loss, logits
+
+    def _clip(self) -> None:
+        if self.opts.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.opts.grad_clip)
+
+    def update(self, loss: torch.Tensor, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]) -> None:
+        optimizer, scaler = self.parts.optimizer, self.opts.scaler
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaled:
+            scaler.scale(loss).backward()  # type: ignore[union-attr]
+            if self.opts.grad_clip:
+                scaler.unscale_(optimizer)  # type: ignore[union-attr]
+            self._clip()
+            scaler.step(optimizer)  # type: ignore[union-attr]
+            scaler.update()  # type: ignore[union-attr]
+        elif self.sam:
+            loss.backward()
+            optimizer.first_step(zero_grad=True)  # type: ignore[attr-defined]
+            loss2, _ = self.forward(x, y, kwargs)  # gradient at the perturbed weights
+            loss2.backward()
+            self._clip()
+            optimizer.second_step(zero_grad=True)  # type: ignore[attr-defined]
+        else:
+            loss.backward()
+            self._clip()
+            optimizer.step()
+        self.parts.schedule.step()
+        if self.opts.ema is not None:
+            self.opts.ema.update(unwrap(self.parts.model))
+
+
+class EpochTally:
+    """An epoch's running sums: totals for the result, a window for the step logs, and the timings the time
+    budget plans with (the first step, which includes compilation; the steady second half)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.loss_sum = self.correct = self.seen = 0.0
+        self.window_loss = self.window_n = 0.0
+        self.window_t = self.t0 = time.perf_counter()
+        self.steps = 0
+        self.first_step_s = 0.0
+        self.mid_step, self.mid_t = 0, self.t0
+
+    def add(self, loss_sum: float, hits: float, n: float) -> None:
+        self.steps += 1
+        self.loss_sum += loss_sum
+        self.correct += hits
+        self.seen += n
+        self.window_loss += loss_sum
+        self.window_n += n
+        now = time.perf_counter()
+        if self.steps == 1:
+            self.first_step_s = now - self.t0  # includes torch.compile and allocator warm-up; planning discounts it
+        if self.steps == max(1, self.total // 2):
+            self.mid_step, self.mid_t = self.steps, now  # the second half's rate is the steady one
+
+    def report(self, bar: Any, log: Callable[[dict[str, Any]], None] | None, epoch: int, global_step: int,
+               lr: float) -> None:
+        """The window's loss and rate on the progress bar and in the step log; the window starts again."""
+        now = time.perf_counter()
+        rate = self.window_n / max(now - self.window_t, 1e-9)
+        bar.set_postfix(loss=f"{self.window_loss / self.window_n:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+        if log is not None:
+            log({"type": "step", "epoch": epoch, "step": global_step, "loss": self.window_loss / self.window_n,
+                 "lr": lr, "img_s": rate, "time_s": now - self.t0})
+        self.window_loss = self.window_n = 0.0
+        self.window_t = now
+
+    def result(self, lr: float, stopped: str | None) -> EpochResult:
+        seconds = time.perf_counter() - self.t0
+        seen, mid = self.seen, self.mid_step
+        return EpochResult(
+            loss=self.loss_sum / seen if seen else float("nan"), accuracy=self.correct / seen if seen else float("nan"),
+            samples=int(seen), steps=self.steps, seconds=seconds, img_s=seen / seconds if seconds > 0 else 0.0,
+            lr=lr, stopped=stopped, first_step_s=self.first_step_s,
+            tail_steps=self.steps - mid if mid else 0, tail_s=(self.t0 + seconds - self.mid_t) if mid else 0.0)
 
 
 class ModelEma:

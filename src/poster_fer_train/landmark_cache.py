@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from torch import nn
 from tqdm import tqdm
 
 from poster_fer.weights.io import atomic_write
+
+from .passes import InferencePass, legacy_pass
 
 
 class LandmarkCache:
@@ -64,15 +67,19 @@ class LandmarkCache:
     @classmethod
     @torch.no_grad()
     def build(cls, model: nn.Module, images: torch.Tensor, to_input: Callable[[torch.Tensor], torch.Tensor],
-              mirror: bool, batch_size: int = 256, dtype: torch.dtype = torch.float32,
-              autocast: Callable[[], object] | None = None, desc: str = "landmark cache",
-              progress: bool = True) -> LandmarkCache:
+              mirror: bool, dtype: torch.dtype = torch.float32, run: InferencePass | None = None,
+              **legacy: Any) -> LandmarkCache:
         """Run ``model.landmark_features`` over every image (and its mirror when ``mirror``).
 
         ``images`` is the preloaded uint8 tensor (N, C, H, W); ``to_input`` turns a slice into the normalised
-        model input on the model's device (the same function the training loop uses). ``autocast`` returns a
-        context manager for mixed precision.
+        model input on the model's device (the same function the training loop uses). ``run`` sets the batch
+        size, the mixed precision and the progress bar (the earlier keywords ``batch_size``, ``autocast``,
+        ``desc``, ``progress`` still work, with a DeprecationWarning).
         """
+        run = run or InferencePass(batch_size=256, desc="landmark cache")
+        if legacy:
+            run = legacy_pass(run, legacy, "LandmarkCache.build")
+        batch_size, autocast = run.batch_size, run.autocast
         if not hasattr(model, "landmark_features"):
             raise ValueError(f"{type(model).__name__} has no landmark stream to cache")
         n = images.shape[0]
@@ -80,7 +87,8 @@ class LandmarkCache:
         out = torch.empty((n, views, 49, 512), dtype=dtype)
         was_training = model.training
         model.eval()
-        bar = tqdm(total=n * views, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=n * views, desc=run.desc, unit="img", disable=not run.progress, leave=False,
+                   dynamic_ncols=True)
         try:
             for start in range(0, n, batch_size):
                 x = to_input(images[start:start + batch_size])
@@ -118,10 +126,20 @@ def cache_fingerprint(model: nn.Module, images: torch.Tensor, to_input: Callable
     return h.hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class TokenSpec:
+    """What a cache holds besides the images' tokens: mirrored views or not, and the storage dtype (both are part
+    of a cache file's name)."""
+
+    mirror: bool = True
+    dtype: torch.dtype = torch.float32
+
+
 def load_or_build(cache_dir: str | os.PathLike[str], split: str, model: nn.Module, images: torch.Tensor,
-                  to_input: Callable[[torch.Tensor], torch.Tensor], mirror: bool, dtype: torch.dtype,
-                  **build_kwargs: Any) -> tuple[LandmarkCache, dict[str, object]]:
-    """The cache for one split from ``cache_dir`` when a matching file exists, else built and stored there.
+                  to_input: Callable[[torch.Tensor], torch.Tensor], spec: TokenSpec,
+                  run: InferencePass | None = None) -> tuple[LandmarkCache, dict[str, object]]:
+    """The cache for one split from ``cache_dir`` when a matching file exists, else built (with ``run``) and
+    stored there.
 
     Returns the cache and a record (``file``, ``source``: ``disk`` or ``computed``; ``rebuilt``: why an existing
     file was not used). The file is written to a temporary name and renamed, so an interrupted run never leaves
@@ -130,6 +148,7 @@ def load_or_build(cache_dir: str | os.PathLike[str], split: str, model: nn.Modul
     from safetensors.torch import load_file, save_file
 
     folder = Path(cache_dir)
+    mirror, dtype = spec.mirror, spec.dtype
     key = cache_fingerprint(model, images, to_input, mirror, dtype)
     path = folder / f"landmark-{split}-{key}.safetensors"
     record: dict[str, object] = {"file": str(path), "source": "computed"}
@@ -142,7 +161,7 @@ def load_or_build(cache_dir: str | os.PathLike[str], split: str, model: nn.Modul
             if tokens.shape[0] == images.shape[0] and tokens.dtype == dtype:
                 return LandmarkCache(tokens), {"file": str(path), "source": "disk"}
             record["rebuilt"] = f"holds {tuple(tokens.shape)} {tokens.dtype}, not {images.shape[0]} images in {dtype}"
-    cache = LandmarkCache.build(model, images, to_input, mirror=mirror, dtype=dtype, **build_kwargs)
+    cache = LandmarkCache.build(model, images, to_input, mirror=mirror, dtype=dtype, run=run)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: save_file({"tokens": cache.tokens.contiguous()}, tmp,
                                              metadata={"split": split, "fingerprint": key}))

@@ -15,7 +15,7 @@ stratified hold-out of train; ``test`` is evaluated once at the end. Loaders yie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +27,11 @@ from poster_fer.constants import IMAGENET_MEAN, IMAGENET_STD
 from poster_fer.data import DatasetError, DatasetSubset, FERDataset, MissingSplitError, build_dataset, build_transform
 from poster_fer.data.factory import dataset_options
 from poster_fer.distributed import DistEnv, DistributedWeightedSampler, ShardSampler, balanced_weights
+from poster_fer.naming import warn_deprecated
 from poster_fer.weights.preprocessing import Preprocessing
 
 from .augment import BatchAugment, BatchAugmentConfig, Degrade, DegradeConfig
+from .recipe import DataSettings
 
 PIPELINES = ("transforms", "preload")
 
@@ -71,7 +73,7 @@ def applicable_options(kind: str, options: dict[str, Any]) -> tuple[dict[str, An
     return kept, sorted(set(options) - set(kept))
 
 
-def load_splits(cfg: dict[str, Any], seed: int = 0, say: Any = None) -> dict[str, FERDataset]:
+def load_splits(cfg: DataSettings | Mapping[str, Any], seed: int = 0, say: Any = None) -> dict[str, FERDataset]:
     """Datasets for train, val and (when the layout has one) test, without transforms.
 
     A dataset without a validation split gets one held out from train: ``data.val_fraction``, else
@@ -79,26 +81,25 @@ def load_splits(cfg: dict[str, Any], seed: int = 0, say: Any = None) -> dict[str
     dataset kind does not take are dropped with a line naming them.
     """
     say = say or (lambda _msg: None)
-    kind = cfg["kind"]
-    root = cfg["root"]
+    cfg = data_settings(cfg)
+    kind, root = cfg.kind, cfg.root
     if root is None:
         raise DatasetError(f"recipe names no data root for {kind!r}: pass --data PATH")
-    options, ignored = applicable_options(kind, dict(cfg.get("options") or {}))
-    train_options, ignored_train = applicable_options(kind, dict(cfg.get("train_options") or {}))
+    options, ignored = applicable_options(kind, dict(cfg.options or {}))
+    train_options, ignored_train = applicable_options(kind, dict(cfg.train_options or {}))
     for key in sorted(set(ignored) | set(ignored_train)):
         where = "data.options" if key in ignored else "data.train_options"
         say(f"[data] {where}.{key} does not apply to data.kind={kind!r}: ignored")
     if kind in USER_DATA_KINDS:
         options.setdefault("on_error", "skip")
     train_options = {**options, **train_options}
-    val_fraction = cfg.get("val_fraction")
-    holdout = {"val_fraction": float(val_fraction), "val_seed": int(cfg.get("val_seed", 0))} if val_fraction else {}
+    holdout = {"val_fraction": float(cfg.val_fraction), "val_seed": int(cfg.val_seed)} if cfg.val_fraction else {}
     out: dict[str, FERDataset] = {}
     out["train"] = build_dataset(kind, root, "train", **holdout, **train_options)
     try:
         out["val"] = build_dataset(kind, root, "val", **holdout, **options)
     except MissingSplitError:
-        holdout = {"val_fraction": DEFAULT_VAL_FRACTION, "val_seed": int(cfg.get("val_seed", 0))}
+        holdout = {"val_fraction": DEFAULT_VAL_FRACTION, "val_seed": int(cfg.val_seed)}
         say(f"[data] no validation split in {root}: holding out {DEFAULT_VAL_FRACTION:g} of train per class "
             f"(seed {holdout['val_seed']}; set data.val_fraction to change it)")
         out["train"] = build_dataset(kind, root, "train", **holdout, **train_options)
@@ -107,7 +108,7 @@ def load_splits(cfg: dict[str, Any], seed: int = 0, say: Any = None) -> dict[str
         out["test"] = build_dataset(kind, root, "test", **options)
     except MissingSplitError:
         say(f"[data] no test split in {root}: the run reports validation metrics only")
-    limits = cfg.get("max_samples")
+    limits = cfg.max_samples
     for split in list(out):
         out[split] = subsample(out[split], _split_limit(limits, split), seed, split)
     if not out["train"].classes == out["val"].classes:
@@ -164,13 +165,18 @@ def check_classes(train: FERDataset, root: Any, say: Any, user_data: bool) -> No
             f"learned (images per class: {listed})")
 
 
-def preload_images(ds: FERDataset, size: int, grayscale: bool, channel_order: str = "RGB") -> torch.Tensor:
+def preload_images(ds: FERDataset, prep: Preprocessing | int, grayscale: bool = False,
+                   channel_order: str = "RGB") -> torch.Tensor:
     """Every image as uint8 (N, C, size, size), C = 1 for grey data (expanded to 3 per batch), else 3.
 
-    The pixels are :meth:`Preprocessing.pixels` (grey, then the bilinear resize), the step every other path
-    takes too, so the saved model's preprocessing reproduces the training input exactly.
+    The pixels are ``prep``'s :meth:`Preprocessing.pixels` (grey, then the resize), the step every other path
+    takes too, so the saved model's preprocessing reproduces the training input exactly. (An int ``prep`` is
+    the earlier form: the input size, with ``grayscale`` and ``channel_order`` given apart.)
     """
-    prep = Preprocessing(input_size=int(size), mean=IMAGENET_MEAN, std=IMAGENET_STD, grayscale=grayscale)
+    if not isinstance(prep, Preprocessing):
+        prep = Preprocessing(input_size=int(prep), mean=IMAGENET_MEAN, std=IMAGENET_STD, grayscale=grayscale,
+                             channel_order=str(channel_order).upper())
+    size, grayscale, channel_order = prep.input_size, prep.grayscale, prep.channel_order
     n = len(ds)
     c = 1 if grayscale else 3
     out = np.empty((n, size, size, c), dtype=np.uint8)
@@ -292,6 +298,7 @@ class TrainingData:
     preparers: dict[str, BatchPreparer]
     train_sampler: Any
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # preload pipeline only
+    preprocessing: Preprocessing | None = None  # the run's input contract (what the saved model records)
 
     def counts(self) -> dict[str, int]:
         return {split: len(ds) for split, ds in self.datasets.items()}
@@ -304,61 +311,128 @@ class TrainingData:
             self.train_sampler.set_epoch(epoch)
 
 
-def build_training_data(cfg: dict[str, Any], *, input_size: int, env: DistEnv, device: torch.device,
-                        batch_size: int, eval_batch_size: int, seed: int, class_balanced: bool = False,
-                        channels_last: bool = False, datasets: dict[str, FERDataset] | None = None) -> TrainingData:
-    """Datasets, samplers and loaders per split; ``batch_size`` here is the per-rank batch."""
-    pipeline = cfg.get("pipeline", "transforms")
-    if pipeline not in PIPELINES:
-        raise ValueError(f"data.pipeline must be one of {PIPELINES}, not {pipeline!r}")
-    if pipeline != "preload" and DegradeConfig.from_dict(cfg.get("degrade")).p > 0:
+@dataclass(frozen=True)
+class Batching:
+    """How the loaders cut batches: the per-rank training and evaluation batch, the sampler's seed, class
+    balance and the memory format of the batches."""
+
+    batch_size: int
+    eval_batch_size: int
+    seed: int = 0
+    class_balanced: bool = False
+    channels_last: bool = False
+
+
+#: The keywords build_training_data took before :class:`Batching` and the preprocessing object.
+_LEGACY_BATCHING = ("batch_size", "eval_batch_size", "seed", "class_balanced", "channels_last")
+
+
+def data_settings(cfg: DataSettings | Mapping[str, Any]) -> DataSettings:
+    """The typed ``data`` section (a plain dict, whole or partial, is parsed: missing keys take the defaults)."""
+    return cfg if isinstance(cfg, DataSettings) else DataSettings.from_dict(cfg)
+
+
+def build_training_data(cfg: DataSettings | Mapping[str, Any], batching: Batching | None = None, *, env: DistEnv,
+                        device: torch.device, preprocessing: Preprocessing | None = None,
+                        datasets: dict[str, FERDataset] | None = None, **legacy: Any) -> TrainingData:
+    """Datasets, samplers and loaders per split, fed through ``preprocessing`` (the run's one input contract,
+    also what the saved model records). Batch sizes in ``batching`` are per rank.
+
+    The earlier keywords (``input_size``, ``batch_size``, ``eval_batch_size``, ``seed``, ``class_balanced``,
+    ``channels_last``) still work, with a DeprecationWarning."""
+    cfg = data_settings(cfg)
+    if legacy:
+        batching, preprocessing = _legacy_batching(cfg, batching, preprocessing, legacy)
+    if batching is None or preprocessing is None:
+        raise TypeError("build_training_data needs batching=Batching(...) and preprocessing=Preprocessing(...)")
+    if cfg.pipeline not in PIPELINES:
+        raise ValueError(f"data.pipeline must be one of {PIPELINES}, not {cfg.pipeline!r}")
+    if cfg.pipeline != "preload" and DegradeConfig.from_dict(cfg.degrade).p > 0:
         raise ValueError("data.degrade needs data.pipeline: preload (it works on the preloaded uint8 faces)")
-    datasets = datasets or load_splits(cfg, seed=int(cfg.get("subset_seed", 0)))
-    classes = datasets["train"].classes
-    mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
-    std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
-    order = str(cfg.get("channel_order", "RGB")).upper()
-    train = datasets["train"]
-    if class_balanced:
-        sampler: Any = DistributedWeightedSampler(balanced_weights(train.labels), env, seed=seed)
-    else:
-        sampler = DistributedSampler(train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed,
-                                     drop_last=False)
-    drop_last = len(sampler) > batch_size
+    datasets = datasets or load_splits(cfg, seed=int(cfg.subset_seed))
+    sampler = _train_sampler(datasets["train"], batching, env)
+    build = _preloaded if cfg.pipeline == "preload" else _transformed
+    loaders, preparers, images = build(cfg, datasets, sampler, batching, _Target(env, device, preprocessing))
+    return TrainingData(list(datasets["train"].classes), datasets, loaders, preparers, sampler, images,
+                        preprocessing)
+
+
+def _legacy_batching(cfg: DataSettings, batching: Batching | None, preprocessing: Preprocessing | None,
+                     legacy: dict[str, Any]) -> tuple[Batching, Preprocessing]:
+    unknown = sorted(set(legacy) - {"input_size", *_LEGACY_BATCHING})
+    if unknown:
+        raise TypeError(f"build_training_data() got unexpected keyword(s) {unknown}")
+    warn_deprecated("build_training_data(cfg, input_size=..., batch_size=..., ...) is deprecated: pass "
+                    "build_training_data(cfg, Batching(...), env=..., device=..., preprocessing=...)")
+    if batching is None:
+        batching = Batching(**{k: legacy[k] for k in _LEGACY_BATCHING if k in legacy})
+    if preprocessing is None and "input_size" in legacy:
+        preprocessing = cfg.preprocessing(int(legacy["input_size"]))
+    return batching, preprocessing  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where batches go and how they are normalised: the process group, the device and the preprocessing."""
+
+    env: DistEnv
+    device: torch.device
+    prep: Preprocessing
+
+    def preparer(self, preload: bool, batching: Batching, **extra: Any) -> BatchPreparer:
+        return BatchPreparer(self.device, tuple(self.prep.mean), tuple(self.prep.std), preload,
+                             batching.channels_last, **extra)
+
+
+def _train_sampler(train: FERDataset, batching: Batching, env: DistEnv) -> Any:
+    if batching.class_balanced:
+        return DistributedWeightedSampler(balanced_weights(train.labels), env, seed=batching.seed)
+    return DistributedSampler(train, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=batching.seed,
+                              drop_last=False)
+
+
+def _preloaded(cfg: DataSettings, datasets: dict[str, FERDataset], sampler: Any, batching: Batching,
+               to: _Target) -> tuple[dict[str, Any], dict[str, BatchPreparer], dict[str, torch.Tensor]]:
+    """The preload pipeline: every split decoded once to uint8 tensors, batches cut by index."""
+    drop_last = len(sampler) > batching.batch_size
+    augment = BatchAugment(BatchAugmentConfig.from_dict(cfg.augment))
+    degrade = Degrade(DegradeConfig.from_dict(cfg.degrade))
     loaders: dict[str, Any] = {}
     preparers: dict[str, BatchPreparer] = {}
     images: dict[str, torch.Tensor] = {}
-    if pipeline == "preload":
-        grayscale = bool(cfg.get("grayscale", False))
-        augment = BatchAugment(BatchAugmentConfig.from_dict(cfg.get("augment")))
-        degrade = Degrade(DegradeConfig.from_dict(cfg.get("degrade")))
-        for split, ds in datasets.items():
-            images[split] = preload_images(ds, input_size, grayscale, order)
-            tgt = targets_tensor(ds)
-            if split == "train":
-                loaders[split] = TensorBatches(images[split], tgt, sampler, batch_size, drop_last)
-            else:
-                loaders[split] = TensorBatches(images[split], tgt, ShardSampler(len(ds), env), eval_batch_size, False)
-            train_split = split == "train"
-            preparers[split] = BatchPreparer(device, mean, std, True, channels_last,
-                                             augment if train_split else None,
-                                             degrade if train_split and degrade.active else None)
-    else:
-        name = cfg.get("transform", "official_v1")
-        erasing = cfg.get("erasing")
-        if isinstance(erasing, list):
-            erasing = (float(erasing[0]), tuple(erasing[1]))
-        workers = int(cfg.get("num_workers", 4))
-        pin = device.type == "cuda"
-        for split, ds in datasets.items():
-            is_train = split == "train"
-            tf = build_transform(name, is_train, input_size, mean, std, order, erasing=erasing if is_train else None)
-            wrapped = IndexedDataset(ds, tf)
-            loaders[split] = DataLoader(
-                wrapped, batch_size=batch_size if is_train else eval_batch_size,
-                sampler=sampler if is_train else ShardSampler(len(ds), env), num_workers=workers,
-                pin_memory=pin, drop_last=drop_last if is_train else False,
-                generator=torch.Generator() if is_train else None,
-            )
-            preparers[split] = BatchPreparer(device, mean, std, False, channels_last)
-    return TrainingData(list(classes), datasets, loaders, preparers, sampler, images)
+    for split, ds in datasets.items():
+        images[split] = preload_images(ds, to.prep)
+        tgt = targets_tensor(ds)
+        if split == "train":
+            loaders[split] = TensorBatches(images[split], tgt, sampler, batching.batch_size, drop_last)
+            preparers[split] = to.preparer(True, batching, augment=augment,
+                                           degrade=degrade if degrade.active else None)
+        else:
+            loaders[split] = TensorBatches(images[split], tgt, ShardSampler(len(ds), to.env),
+                                           batching.eval_batch_size, False)
+            preparers[split] = to.preparer(True, batching)
+    return loaders, preparers, images
+
+
+def _transformed(cfg: DataSettings, datasets: dict[str, FERDataset], sampler: Any, batching: Batching,
+                 to: _Target) -> tuple[dict[str, Any], dict[str, BatchPreparer], dict[str, torch.Tensor]]:
+    """The transforms pipeline: per-sample torchvision transforms in DataLoader workers."""
+    drop_last = len(sampler) > batching.batch_size
+    erasing = cfg.erasing
+    if isinstance(erasing, list):
+        erasing = (float(erasing[0]), tuple(erasing[1]))
+    prep = to.prep
+    loaders: dict[str, Any] = {}
+    preparers: dict[str, BatchPreparer] = {}
+    for split, ds in datasets.items():
+        is_train = split == "train"
+        tf = build_transform(cfg.transform, is_train, prep.input_size, tuple(prep.mean), tuple(prep.std),
+                             prep.channel_order, erasing=erasing if is_train else None)
+        loaders[split] = DataLoader(
+            IndexedDataset(ds, tf), batch_size=batching.batch_size if is_train else batching.eval_batch_size,
+            sampler=sampler if is_train else ShardSampler(len(ds), to.env), num_workers=int(cfg.num_workers),
+            pin_memory=to.device.type == "cuda", drop_last=drop_last if is_train else False,
+            generator=torch.Generator() if is_train else None,
+        )
+        preparers[split] = to.preparer(False, batching)
+    return loaders, preparers, {}

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .recipe import LossSettings
+
 LOSS_NAMES = ("ce", "lsce", "official_v1", "soft_ce")
 
 
@@ -86,8 +88,10 @@ class SoftTargetCrossEntropy(nn.Module):
         return smoothed_cross_entropy(logits, target, 0.0)
 
 
-def build_loss(cfg: dict[str, Any] | str | None) -> nn.Module:
+def build_loss(cfg: dict[str, Any] | LossSettings | str | None) -> nn.Module:
     """A loss from a recipe's ``loss`` section: ``{name: lsce, smoothing: 0.1}``, ``official_v1``, ``ce``..."""
+    if isinstance(cfg, LossSettings):
+        cfg = cfg.to_dict()
     if cfg is None:
         cfg = {"name": "ce"}
     if isinstance(cfg, str):

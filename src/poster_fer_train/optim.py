@@ -12,11 +12,16 @@ exact learning rate from the step count stored in its checkpoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
+
+from poster_fer.naming import warn_deprecated
+
+from .recipe import OptimizerSettings, ScheduleSettings, ScheduleShape
 
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd")
 SCHEDULE_NAMES = ("constant", "exponential", "cosine", "onecycle")
@@ -130,11 +135,11 @@ def _param_groups(model: nn.Module, weight_decay: float, no_decay_1d: bool, lr: 
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any] | OptimizerSettings) -> torch.optim.Optimizer:
     """From a recipe's ``optimizer`` section: ``{name, lr, weight_decay, betas|momentum, nesterov,
     no_decay_1d, lr_mult: {prefix: factor}, fused, sam: {rho, adaptive} | null}``. Frozen parameters (the
     landmark network) are left out."""
-    cfg = dict(cfg)
+    cfg = dict(cfg.to_dict() if isinstance(cfg, OptimizerSettings) else cfg)
     name = str(cfg.pop("name", "adam")).lower()
     lr = float(cfg.pop("lr"))
     wd = float(cfg.pop("weight_decay", 0.0))
@@ -159,8 +164,11 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
         raise ValueError(f"optimizer {name!r}: unknown option(s) {sorted(cfg)}")
     if sam:
         sam = dict(sam) if isinstance(sam, dict) else {}
-        return SAM(groups, cls, rho=float(sam.get("rho", 0.05)), adaptive=bool(sam.get("adaptive", False)),
-                   **kwargs)
+        unknown = sorted(set(sam) - {"rho", "adaptive"})
+        if unknown:
+            raise ValueError(f"optimizer.sam: unknown option(s) {unknown} (rho, adaptive)")
+        given = {k: float(v) if k == "rho" else bool(v) for k, v in sam.items()}  # SAM's defaults fill the rest
+        return SAM(groups, cls, **given, **kwargs)
     return cls(groups, **kwargs)
 
 
@@ -223,22 +231,25 @@ class StepSchedule:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, kind: str, total_steps: int, steps_per_epoch: int,
-                 gamma: float = 0.98, warmup_epochs: float = 0.0, warmup_start: float = 0.01,
-                 min_lr_ratio: float = 0.0, pct_start: float = 0.25, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4) -> None:
+                 shape: ScheduleShape | None = None, **legacy: float) -> None:
+        if legacy:  # the shape's fields as keywords: the form before ScheduleShape
+            warn_deprecated(f"StepSchedule(..., {', '.join(f'{k}=' for k in legacy)}) is deprecated: pass "
+                            "shape=ScheduleShape(...) (poster_fer_train.recipe)")
+            shape = replace(shape or ScheduleShape(), **legacy)
+        shape = shape or ScheduleShape()
         if kind not in SCHEDULE_NAMES:
             raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULE_NAMES}")
         self.optimizer = optimizer
         self.kind = kind
         self.total_steps = max(1, int(total_steps))
         self.steps_per_epoch = max(1, int(steps_per_epoch))
-        self.gamma = float(gamma)
-        self.warmup_steps = int(round(float(warmup_epochs) * self.steps_per_epoch))
-        self.warmup_start = float(warmup_start)
-        self.min_lr_ratio = float(min_lr_ratio)
-        self.pct_start = float(pct_start)
-        self.div_factor = float(div_factor)
-        self.final_div_factor = float(final_div_factor)
+        self.gamma = float(shape.gamma)
+        self.warmup_steps = int(round(float(shape.warmup_epochs) * self.steps_per_epoch))
+        self.warmup_start = float(shape.warmup_start)
+        self.min_lr_ratio = float(shape.min_lr_ratio)
+        self.pct_start = float(shape.pct_start)
+        self.div_factor = float(shape.div_factor)
+        self.final_div_factor = float(shape.final_div_factor)
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.step_count = 0
@@ -283,14 +294,15 @@ class StepSchedule:
         self._apply()
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict[str, Any] | None, epochs: int,
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any] | ScheduleSettings | None, epochs: int,
                    steps_per_epoch: int) -> StepSchedule:
     """From a recipe's ``schedule`` section: ``{name: exponential, gamma: 0.98}``, ``{name: cosine,
     warmup_epochs: 1, min_lr_ratio: 0.01}``, ``{name: onecycle, pct_start: 0.25}``..."""
-    cfg = dict(cfg or {"name": "constant"})
+    cfg = dict(cfg.to_dict() if isinstance(cfg, ScheduleSettings) else cfg or {"name": "constant"})
     kind = str(cfg.pop("name", "constant")).lower()
     try:
-        return StepSchedule(optimizer, kind, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                            **cfg)
+        shape = ScheduleShape(**cfg)
     except TypeError as e:
         raise ValueError(f"schedule {kind!r}: {e}") from None
+    return StepSchedule(optimizer, kind, total_steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                        shape=shape)

@@ -11,66 +11,194 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from poster_fer.assets import expand_shared
-
-#: Every recipe key with its default. Sections whose values are free-form dicts are listed in FREE_FORM.
-DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "description": "",
-    "source": None,
-    "seed": 0,
-    "device": "auto",
-    "data": {
-        "kind": "folder",
-        "root": None,
-        "options": {},
-        "train_options": {},
-        "val_fraction": None,
-        "val_seed": 0,
-        "max_samples": None,
-        "subset_seed": 0,
-        "pipeline": "transforms",
-        "transform": "official_v1",
-        "erasing": None,
-        "augment": {},
-        "degrade": {},
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "channel_order": "RGB",
-        "grayscale": False,
-        "crop_geometry": None,
-        "resize_interpolation": "bilinear",
-        "num_workers": 4,
-    },
-    "model": {"name": "poster_v1", "init": None, "config": {}, "pretrained": {}},
-    "loss": {"name": "lsce", "smoothing": 0.1},
-    "optimizer": {"name": "adam", "lr": 4e-5, "weight_decay": 0.0},
-    "schedule": {"name": "constant"},
-    "train": None,  # filled from TrainSettings below: the one definition of the train keys and their defaults
-}
-
-SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "train")
-#: Sections whose keys are not checked against DEFAULTS (their consumers validate them).
-FREE_FORM = {"loss", "optimizer", "schedule", ("data", "options"), ("data", "train_options"), ("data", "augment"),
-             ("data", "degrade"), ("data", "max_samples"), ("model", "config"), ("model", "pretrained"),
-             ("train", "distill")}
+from poster_fer.constants import IMAGENET_MEAN, IMAGENET_STD
+from poster_fer.weights.preprocessing import Preprocessing
 
 
 class RecipeError(ValueError):
     """A recipe file or override that cannot be used (the message names the file or key)."""
 
 
-@dataclass
-class TrainSettings:
+def _refuse_unknown(section: str, given: Mapping[str, Any], known: Any) -> None:
+    """Refuse keys a section does not have, naming them and the known ones."""
+    known = tuple(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise RecipeError(f"unknown {section} key(s) {unknown}; known: {sorted(known)}")
+
+
+class _Section:
+    """Shared by the typed sections with fixed keys: parsed once from the recipe's dict, back to a plain dict."""
+
+    SECTION = ""
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None) -> Any:
+        """The typed section (missing keys take the defaults stated on the class; unknown keys are refused)."""
+        section = dict(section or {})
+        _refuse_unknown(cls.SECTION, section, (f.name for f in fields(cls)))  # type: ignore[arg-type]
+        return cls(**section)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict a saved run records (the same keys as the YAML section)."""
+        return copy.deepcopy({f.name: getattr(self, f.name) for f in fields(self)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class DataSettings(_Section):
+    """The recipe's ``data`` section: where the data is, how it is split, loaded, augmented and normalised."""
+
+    SECTION = "data"
+    kind: str = "folder"
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float | None = None
+    val_seed: int = 0
+    max_samples: Any = None  # None, a count, or {split: count}
+    subset_seed: int = 0
+    pipeline: str = "transforms"
+    transform: str = "official_v1"
+    erasing: Any = None
+    augment: dict[str, Any] = field(default_factory=dict)
+    degrade: dict[str, Any] = field(default_factory=dict)
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    channel_order: str = "RGB"
+    grayscale: bool = False
+    crop_geometry: Any = None
+    resize_interpolation: str = "bilinear"
+    num_workers: int = 4
+
+    def preprocessing(self, input_size: int) -> Preprocessing:
+        """The input contract these settings describe at ``input_size``: what the loaders feed the model and
+        what the saved model records, built from one place."""
+        return Preprocessing.from_dict({
+            "input_size": int(input_size), "mean": self.mean, "std": self.std, "channel_order": self.channel_order,
+            "grayscale": bool(self.grayscale), "resize_interpolation": self.resize_interpolation,
+            "crop_geometry": self.crop_geometry or None})
+
+    def with_preprocessing(self, prep: Preprocessing) -> DataSettings:
+        """These settings with the input contract of ``prep`` (a ``model.init``'s own preprocessing)."""
+        stored = prep.to_meta()
+        return replace(self, **{k: stored[k] for k in PREPROCESSING_KEYS})
+
+
+#: The data keys that describe the model's input contract (a ``model.init`` sets them from its weights).
+PREPROCESSING_KEYS = ("mean", "std", "channel_order", "grayscale", "resize_interpolation", "crop_geometry")
+
+
+@dataclass(frozen=True)
+class ModelSettings(_Section):
+    """The recipe's ``model`` section: a registered name with its config and pretrained backbone files, or
+    ``init`` (shipped weights or a saved model) to fine-tune."""
+
+    SECTION = "model"
+    name: str = "poster_v1"
+    init: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    pretrained: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScheduleShape:
+    """The learning-rate schedule's shape parameters (``schedule`` keys besides ``name``) with their defaults;
+    which kinds read which: see :class:`~poster_fer_train.optim.StepSchedule`."""
+
+    gamma: float = 0.98
+    warmup_epochs: float = 0.0
+    warmup_start: float = 0.01
+    min_lr_ratio: float = 0.0
+    pct_start: float = 0.25
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+
+
+_OPTIMIZER_COMMON = ("lr", "weight_decay", "no_decay_1d", "lr_mult", "fused", "sam")
+#: The option keys each named section accepts besides ``name`` (their defaults live with the code that builds
+#: them: the loss classes, ``build_optimizer``, :class:`ScheduleShape`).
+OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    "loss": {"ce": ("smoothing",), "lsce": ("smoothing",), "official_v1": ("smoothing", "lsce_weight", "ce_weight"),
+             "soft_ce": ()},
+    "optimizer": {"adam": (*_OPTIMIZER_COMMON, "betas", "eps"), "adamw": (*_OPTIMIZER_COMMON, "betas", "eps"),
+                  "sgd": (*_OPTIMIZER_COMMON, "momentum", "nesterov")},
+    "schedule": dict.fromkeys(("constant", "exponential", "cosine", "onecycle"),
+                              tuple(f.name for f in fields(ScheduleShape))),
+}
+
+
+class _NamedSection:
+    """Shared by ``loss``, ``optimizer`` and ``schedule``: a ``name`` and the options that name takes. A recipe
+    that names another kind replaces the whole section, so the options are exactly those given."""
+
+    SECTION = ""
+    DEFAULT: dict[str, Any] = {}
+    name: str
+    options: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None) -> Any:
+        """Typed and checked: an empty section is the default one; an unknown name or option is refused."""
+        section = dict(section or cls.DEFAULT)
+        name = str(section.pop("name", cls.DEFAULT["name"])).lower()
+        known = OPTIONS[cls.SECTION]
+        if name not in known:
+            raise RecipeError(f"unknown {cls.SECTION} name {name!r}; known: {sorted(known)}")
+        _refuse_unknown(cls.SECTION, section, known[name])
+        return cls(name=name, options=section)  # type: ignore[call-arg]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **copy.deepcopy(self.options)}
+
+
+@dataclass(frozen=True)
+class LossSettings(_NamedSection):
+    """The recipe's ``loss`` section (see :func:`~poster_fer_train.losses.build_loss`)."""
+
+    SECTION = "loss"
+    DEFAULT = {"name": "lsce", "smoothing": 0.1}
+    name: str = "lsce"
+    options: dict[str, Any] = field(default_factory=lambda: {"smoothing": 0.1})
+
+
+@dataclass(frozen=True)
+class OptimizerSettings(_NamedSection):
+    """The recipe's ``optimizer`` section (see :func:`~poster_fer_train.optim.build_optimizer`)."""
+
+    SECTION = "optimizer"
+    DEFAULT = {"name": "adam", "lr": 4e-5, "weight_decay": 0.0}
+    name: str = "adam"
+    options: dict[str, Any] = field(default_factory=lambda: {"lr": 4e-5, "weight_decay": 0.0})
+
+
+@dataclass(frozen=True)
+class ScheduleSettings(_NamedSection):
+    """The recipe's ``schedule`` section (see :func:`~poster_fer_train.optim.build_schedule`)."""
+
+    SECTION = "schedule"
+    DEFAULT = {"name": "constant"}
+    name: str = "constant"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def shape(self) -> ScheduleShape:
+        return ScheduleShape(**self.options)
+
+
+@dataclass(frozen=True)
+class TrainSettings(_Section):
     """The recipe's ``train`` section, typed: every key, its type and its default in one place (DEFAULTS["train"] is
     built from it), read by the trainer as attributes (``tr.epochs``) instead of ``dict.get`` calls that each
     carried their own default."""
+
+    SECTION = "train"
 
     epochs: int = 1
     batch_size: int = 100
@@ -104,16 +232,78 @@ class TrainSettings:
     deterministic: bool = False
 
     @classmethod
-    def from_recipe(cls, recipe: dict[str, Any]) -> TrainSettings:
-        """The typed view of ``recipe["train"]`` (keys it lacks take the defaults; unknown keys are refused)."""
-        section = dict(recipe.get("train") or {})
-        unknown = sorted(set(section) - {f.name for f in fields(cls)})
-        if unknown:
-            raise RecipeError(f"unknown train key(s) {unknown}")
-        return cls(**section)
+    def from_recipe(cls, recipe: Mapping[str, Any] | Recipe) -> TrainSettings:
+        """The typed view of ``recipe["train"]`` (a :class:`Recipe` already holds it)."""
+        if isinstance(recipe, Recipe):
+            return recipe.train
+        return cls.from_dict(recipe.get("train"))
 
 
-DEFAULTS["train"] = asdict(TrainSettings())
+SECTIONS = ("data", "model", "loss", "optimizer", "schedule", "train")
+#: The typed class of each section.
+SECTION_TYPES: dict[str, Any] = {"data": DataSettings, "model": ModelSettings, "loss": LossSettings,
+                                 "optimizer": OptimizerSettings, "schedule": ScheduleSettings,
+                                 "train": TrainSettings}
+#: Nested values whose keys are not checked here (their consumers validate them).
+FREE_FORM = {("data", "options"), ("data", "train_options"), ("data", "augment"), ("data", "degrade"),
+             ("data", "max_samples"), ("model", "config"), ("model", "pretrained"), ("train", "distill")}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole recipe, typed: each section parsed and checked once (:meth:`from_dict`), then passed on as
+    attributes. :meth:`to_dict` gives back the plain dict that checkpoints, ``results.json`` and saved models
+    record, in the same shape as the YAML."""
+
+    name: str | None = None
+    description: str = ""
+    source: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    @classmethod
+    def from_dict(cls, recipe: Mapping[str, Any]) -> Recipe:
+        """Parse a recipe dict (a loaded one, or a partial one: missing keys and sections take the defaults)."""
+        _refuse_unknown("top-level", recipe, (f.name for f in fields(cls)))
+        values = {k: v for k, v in recipe.items() if k not in SECTION_TYPES}
+        sections = {k: SECTION_TYPES[k].from_dict(recipe.get(k)) for k in SECTIONS}
+        return cls(**values, **sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict (the form saved runs record)."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SECTION_TYPES}
+        for section in SECTIONS:
+            out[section] = getattr(self, section).to_dict()
+        return out
+
+    def with_data(self, data: DataSettings) -> Recipe:
+        return replace(self, data=data)
+
+    def with_train(self, **changes: Any) -> Recipe:
+        return replace(self, train=replace(self.train, **changes))
+
+
+#: Every recipe key with its default, as a dict (built from the typed sections: the defaults are stated there).
+DEFAULTS: dict[str, Any] = Recipe().to_dict()
+
+
+@dataclass(frozen=True)
+class RecipeRequest:
+    """A recipe as a command asks for it: a name, file or dict, with ``key=value`` overrides and ``--data``."""
+
+    recipe: str | Mapping[str, Any]
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+
+    def load(self) -> Recipe:
+        return read_recipe(self.recipe if isinstance(self.recipe, str) else dict(self.recipe), dict(self.overrides),
+                           self.data_root)
 
 
 def configs_dir() -> Path:
@@ -182,19 +372,6 @@ def _names_differ(parent: dict[str, Any], child: dict[str, Any]) -> bool:
                and child[s]["name"] != parent[s].get("name") for s in ("loss", "optimizer", "schedule"))
 
 
-def _check_keys(recipe: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(recipe) - set(DEFAULTS))
-    if unknown:
-        raise RecipeError(f"{where}: unknown top-level key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    for section in SECTIONS:
-        if section in FREE_FORM or not isinstance(recipe.get(section), dict):
-            continue
-        extra = sorted(set(recipe[section]) - set(DEFAULTS[section]))
-        if extra:
-            raise RecipeError(f"{where}: unknown key(s) {[f'{section}.{k}' for k in extra]}; "
-                              f"known: {sorted(DEFAULTS[section])}")
-
-
 def set_key(recipe: dict[str, Any], key: str, value: Any) -> None:
     """Set ``key`` (dotted, or a bare key found in exactly one section) to ``value`` in place."""
     parts = key.split(".")
@@ -216,27 +393,36 @@ def set_key(recipe: dict[str, Any], key: str, value: Any) -> None:
 
 def load_recipe(name_or_file: str | dict[str, Any], overrides: dict[str, Any] | None = None,
                 data_root: str | None = None) -> dict[str, Any]:
-    """The full recipe: DEFAULTS <- file (with its bases) <- ``overrides`` <- ``data_root``; paths expanded."""
-    if isinstance(name_or_file, dict):
-        raw, where, source = copy.deepcopy(name_or_file), "recipe dict", None
+    """The full recipe as a plain dict: DEFAULTS <- file (with its bases) <- ``overrides`` <- ``data_root``; paths
+    expanded, every key checked (:func:`read_recipe` gives it typed)."""
+    return read_recipe(name_or_file, overrides, data_root).to_dict()
+
+
+def read_recipe(name_or_file: str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+                data_root: str | None = None) -> Recipe:
+    """The full recipe, typed and checked once: DEFAULTS <- file (with its bases) <- ``overrides`` <-
+    ``data_root``; paths expanded. An unknown key is refused with the file (or ``recipe dict``) and the key."""
+    if isinstance(name_or_file, Mapping):
+        raw, where, source = copy.deepcopy(dict(name_or_file)), "recipe dict", None
     else:
         path = _recipe_path(name_or_file)
         raw, where, source = _read_yaml(path), str(path), str(path)
-    _check_keys(raw, where)
-    recipe = deep_merge(DEFAULTS, raw, replace=("loss", "optimizer", "schedule"))
-    if recipe.get("name") is None:
-        recipe["name"] = Path(source).stem if source else "custom"
-    for key, value in (overrides or {}).items():
-        set_key(recipe, key, value)
-    if data_root is not None:
-        recipe["data"]["root"] = data_root
-        recipe["data"]["kind"] = kind_for_root(recipe["data"]["kind"], data_root)
-    _check_keys({k: v for k, v in recipe.items()}, f"{where} (after overrides)")
-    recipe["data"]["root"] = expand_path(recipe["data"]["root"])
-    recipe["model"]["pretrained"] = {k: expand_path(v) for k, v in (recipe["model"].get("pretrained") or {}).items()
-                                     if v}
-    recipe["source"] = source
-    return recipe
+    merged = deep_merge(DEFAULTS, raw, replace=("loss", "optimizer", "schedule"))
+    if merged.get("name") is None:
+        merged["name"] = Path(source).stem if source else "custom"
+    try:
+        for key, value in (overrides or {}).items():
+            set_key(merged, key, value)
+        if data_root is not None:
+            merged["data"]["root"] = data_root
+            merged["data"]["kind"] = kind_for_root(merged["data"]["kind"], data_root)
+        recipe = Recipe.from_dict(merged)
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    model = replace(recipe.model, pretrained={k: expand_path(v) for k, v in (recipe.model.pretrained or {}).items()
+                                                     if v})
+    return replace(recipe, data=replace(recipe.data, root=expand_path(recipe.data.root)), model=model,
+                   source=source)
 
 
 #: Data kinds that read a folder of class folders, and the one that reads a CSV of ``path,label`` rows.

@@ -8,6 +8,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,16 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """How a run reports itself: the command line it records (``None``: not from a command), where it prints
+    its lines, and where a copy of ``results.json`` goes (``None``: nowhere else)."""
+
+    command: str | None = None
+    echo: Callable[..., Any] = print
+    results_out: str | os.PathLike[str] | None = None
 
 
 def finite(x: float) -> float | None:

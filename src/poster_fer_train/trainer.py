@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch import nn
 from poster_fer.devices import resolve_device
 from poster_fer.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
 from poster_fer.evaluation.loop import predict_split
+from poster_fer.naming import warn_deprecated
 from poster_fer.precision import autocast as precision_autocast
 from poster_fer.precision import resolve_precision
 from poster_fer.provenance import git_revision
@@ -49,16 +50,16 @@ from .build import (
     compile_not_worth,
     ema_args,
     init_preprocessing,
-    preprocessing_meta,
+    run_preprocessing,
 )
 from .checkpoint import LAST, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .engine import EpochOptions, ModelEma, NonFiniteLossError, TrainParts, train_one_epoch
+from .engine import EpochOptions, EpochResult, ModelEma, NonFiniteLossError, TrainParts, train_one_epoch
 from .finish import RunContext, finish_run, save_best
-from .loaders import TrainingData, build_training_data, load_splits
+from .loaders import Batching, TrainingData, build_training_data, load_splits
 from .losses import build_loss
 from .optim import Freezer, build_optimizer, build_schedule
-from .recipe import TrainSettings, load_recipe
-from .runlog import RESULTS_FILE, RunLog, finite, split_metrics
+from .recipe import Recipe, TrainSettings, read_recipe
+from .runlog import RESULTS_FILE, RunLog, RunOutput, finite, split_metrics
 from .state import TrainState
 
 # ------------------------------------------------------------------------------------------ environment ----
@@ -96,8 +97,13 @@ def _earlier_sessions(ckpt: dict[str, Any] | None) -> list[dict[str, Any]]:
                      f"epochs 1-{int(ckpt.get('epoch', 0))} are unknown"}]
 
 
-def default_run_dir(recipe: dict[str, Any]) -> Path:
-    return Path("runs") / f"{recipe['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(recipe: Recipe | dict[str, Any]) -> Path:
+    name = recipe.name if isinstance(recipe, Recipe) else recipe["name"]
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+#: fit's keywords before :class:`RunOutput` grouped them.
+_LEGACY_OUTPUT = ("command", "echo", "results_out")
 
 
 def fit(
@@ -107,92 +113,195 @@ def fit(
     resume: str | os.PathLike[str] | bool | None = None,
     overrides: dict[str, Any] | None = None,
     data_root: str | None = None,
-    command: str | None = None,
-    results_out: str | os.PathLike[str] | None = None,
-    echo: Any = print,
+    output: RunOutput | None = None,
+    **legacy: Any,
 ) -> FitResult:
     """Train from a recipe (name, file or dict) into ``out_dir``; returns the results record.
 
     ``resume``: True (use ``out_dir/last.pt``) or a checkpoint / run-directory path. A resumed run uses the
-    recipe stored in the checkpoint (``overrides`` still apply on top, e.g. more epochs).
+    recipe stored in the checkpoint (``overrides`` still apply on top, e.g. more epochs). ``output``: the
+    command line to record, where lines are printed and where results.json is copied (the earlier keywords
+    ``command``, ``echo`` and ``results_out`` still work, with a DeprecationWarning).
     """
+    output = _run_output(output, legacy)
     wall0 = time.monotonic()
-    ckpt: dict[str, Any] | None = None
-    if resume:
-        src = Path(out_dir) if resume is True else Path(resume)
-        if resume is True and out_dir is None:
-            raise ValueError("resume=True needs the run directory (out_dir)")
-        ckpt = load_checkpoint(src)
-        recipe = load_recipe(ckpt["recipe"], overrides)
-        if not {"stop_after_epoch", "train.stop_after_epoch"} & set(overrides or {}):
-            recipe["train"]["stop_after_epoch"] = None  # a pause applies to the session that asked for it
-        if out_dir is None:
-            out_dir = src if src.is_dir() else src.parent
-    else:
-        recipe = load_recipe(recipe, overrides, data_root)
-    tr = TrainSettings.from_recipe(recipe)
+    typed, ckpt, out_dir = open_recipe(recipe, out_dir, resume, overrides, data_root)
+    tr = typed.train
     threads_before = torch.get_num_threads()
     if tr.threads:
         torch.set_num_threads(int(tr.threads))
     if tr.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(recipe.get("device"))
+    device = resolve_device(typed.device)
     env = init_distributed(device)
-    main = env.is_main
-    say = echo if main else (lambda *a, **k: None)
-    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe)
-    run_dir = Path(broadcast_object(str(run_dir), env))
-    if main:
+    run_dir = Path(broadcast_object(str(Path(out_dir) if out_dir is not None else default_run_dir(typed)), env))
+    if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    log = RunLog(run_dir if main else None, bool(tr.tensorboard))
+    log = RunLog(run_dir if env.is_main else None, bool(tr.tensorboard))
+    say = output.echo if env.is_main else (lambda *a, **k: None)
     try:
-        return _fit(recipe, run_dir, ckpt, env, device, log, say, wall0, command, results_out)
+        return _fit(Session(recipe=typed, run_dir=run_dir, ckpt=ckpt, env=env, device=device, log=log, say=say,
+                            wall0=wall0, output=output))
     finally:
         log.close()
         cleanup_distributed()
         torch.set_num_threads(threads_before)  # in-process callers (tests, notebooks) get their setting back
 
 
-def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env: DistEnv, device: torch.device,
-         log: RunLog, say: Any, wall0: float, command: str | None, results_out: Any) -> FitResult:
-    tr = TrainSettings.from_recipe(recipe)
-    seed = int(recipe.get("seed", 0))
-    main = env.is_main
-    progress = bool(tr.progress)
-    amp_dtype = resolve_precision(tr.amp, device, "train.amp")
+def _run_output(output: RunOutput | None, legacy: dict[str, Any]) -> RunOutput:
+    if not legacy:
+        return output or RunOutput()
+    unknown = sorted(set(legacy) - set(_LEGACY_OUTPUT))
+    if unknown:
+        raise TypeError(f"fit() got unexpected keyword argument(s) {unknown}")
+    warn_deprecated(f"fit(..., {', '.join(f'{k}=' for k in legacy)}) is deprecated: pass "
+                    "output=RunOutput(command=..., echo=..., results_out=...)")
+    return replace(output or RunOutput(), **legacy)
+
+
+def open_recipe(recipe: dict[str, Any] | str, out_dir: str | os.PathLike[str] | None,
+                resume: str | os.PathLike[str] | bool | None, overrides: dict[str, Any] | None,
+                data_root: str | None) -> tuple[Recipe, dict[str, Any] | None, str | os.PathLike[str] | None]:
+    """The run's typed recipe, the checkpoint it resumes (or None) and its folder. A resumed run takes the
+    recipe its checkpoint stored (``overrides`` on top) and, unless an override asks again, no pause."""
+    if not resume:
+        return read_recipe(recipe, overrides, data_root), None, out_dir
+    if resume is True and out_dir is None:
+        raise ValueError("resume=True needs the run directory (out_dir)")
+    src = Path(out_dir) if resume is True else Path(resume)  # type: ignore[arg-type]
+    ckpt = load_checkpoint(src)
+    typed = read_recipe(ckpt["recipe"], overrides)
+    if not {"stop_after_epoch", "train.stop_after_epoch"} & set(overrides or {}):
+        typed = typed.with_train(stop_after_epoch=None)  # a pause applies to the session that asked for it
+    return typed, ckpt, out_dir if out_dir is not None else (src if src.is_dir() else src.parent)
+
+
+@dataclass(kw_only=True)
+class Session:
+    """What :func:`fit` opened for the run: the typed recipe, the folder, the checkpoint it resumes, the
+    process group and device, the log and where lines go."""
+
+    recipe: Recipe
+    run_dir: Path
+    ckpt: dict[str, Any] | None
+    env: DistEnv
+    device: torch.device
+    log: RunLog
+    say: Any
+    wall0: float
+    output: RunOutput
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """The run's sizes and clock: precision, global and per-rank batches, the time budget, its sessions."""
+
+    amp_dtype: torch.dtype | None
+    global_batch: int
+    batch: int
+    eval_batch: int
+    budget: TimeBudget
+    sessions: list[dict[str, Any]]
+
+
+@dataclass(kw_only=True)
+class Loop:
+    """What the epochs run with: the state that is checkpointed, the step's parts and options, the freezing
+    schedule, the budget and the epoch plan."""
+
+    run: RunContext
+    ts: TrainState
+    parts: TrainParts
+    opts: EpochOptions
+    freezer: Freezer
+    budget: TimeBudget
+    steps_per_epoch: int
+    start_epoch: int
+    plan_at: int  # the first epoch that trains everything (frozen epochs are faster than the rest)
+    planning: bool  # the epoch count is set from the budget after epoch plan_at
+    eval_model: nn.Module
+
+
+def _fit(s: Session) -> FitResult:
+    plan = plan_run(s)
+    run, model = build_run(s, plan)
+    loop = build_loop(s, plan, run, model)
+    stopped, paused = run_epochs(loop)
+    if paused:
+        return FitResult(s.run_dir, {}, loop.ts.history)
+    loop.freezer.set_epoch(loop.freezer.epochs + 1)  # the returned model is whole again, whatever the schedule did
+    if stopped:
+        s.say(f"[train] {stopped}")
+        s.log({"type": "stopped", "reason": stopped})
+    barrier(s.env)
+    results = finish_run(run, loop.ts, model, s.recipe.train.select_metric, stopped, plan.budget.elapsed())
+    if s.env.is_main and s.output.results_out:
+        out = Path(s.output.results_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(s.run_dir / RESULTS_FILE, out)
+        s.say(f"[train] results copied to {out}")
+    return FitResult(s.run_dir, results, loop.ts.history)
+
+
+def plan_run(s: Session) -> Plan:
+    """Precision, batch sizes (the recipe's is the global batch), the budget and the record of this session
+    (a resumed run's record names the command that started it, and each resume with the code it ran)."""
+    tr, env = s.recipe.train, s.env
+    amp_dtype = resolve_precision(tr.amp, s.device, "train.amp")
     global_batch = int(tr.batch_size)
     if global_batch % env.world_size:
         raise ValueError(f"train.batch_size {global_batch} (the global batch) is not divisible by the world size "
                          f"{env.world_size}")
     batch = global_batch // env.world_size
-    eval_batch = int(tr.eval_batch_size or batch)
-    budget = TimeBudget.from_recipe(tr, float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0, wall0)
-    elapsed = budget.elapsed
-    pre: list[str] = []
+    budget = TimeBudget.from_recipe(tr, float(s.ckpt.get("elapsed_s", 0.0)) if s.ckpt else 0.0, s.wall0)
     git_revision()  # pinned now: the code this process imported
-    # Every process that trained this run: a resumed run's record names the command that started it (its recipe
-    # and seed), and each resume with the code it ran, not only the last `--resume`.
-    sessions = [*_earlier_sessions(ckpt),
-                {"command": command, "git_revision": git_revision(),
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_epoch": int(ckpt["epoch"]) if ckpt else 0}]
-    say(f"[train] recipe {recipe['name']} -> {run_dir} (device {device}, world {env.world_size}, "
-        f"global batch {global_batch}, amp {amp_dtype or 'off'}, threads {torch.get_num_threads()})")
+    sessions = [*_earlier_sessions(s.ckpt),
+                {"command": s.output.command, "git_revision": git_revision(),
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 "from_epoch": int(s.ckpt["epoch"]) if s.ckpt else 0}]
+    s.say(f"[train] recipe {s.recipe.name} -> {s.run_dir} (device {s.device}, world {env.world_size}, "
+          f"global batch {global_batch}, amp {amp_dtype or 'off'}, threads {torch.get_num_threads()})")
+    return Plan(amp_dtype=amp_dtype, global_batch=global_batch, batch=batch,
+                eval_batch=int(tr.eval_batch_size or batch), budget=budget, sessions=sessions)
+
+
+def build_run(s: Session, plan: Plan) -> tuple[RunContext, nn.Module]:
+    """Data and model from the recipe, with one preprocessing for both (the initial weights' own with
+    ``model.init``), the optional landmark caches and teacher targets; returns the run's context and model."""
+    recipe, say, tr = s.recipe, s.say, s.recipe.train
     t = time.monotonic()
     check_inputs_exist(recipe)
-    init_preprocessing(recipe, say)
-    datasets = load_splits(recipe["data"], seed=int(recipe["data"].get("subset_seed", 0)), say=say)
-    seed_all(seed)  # identical model initialisation on every rank
+    init_prep = init_preprocessing(recipe.model, say)
+    if init_prep is not None:  # the recorded recipe says what the data was fed as
+        recipe = recipe.with_data(recipe.data.with_preprocessing(init_prep))
+    datasets = load_splits(recipe.data, seed=int(recipe.data.subset_seed), say=say)
+    seed_all(int(recipe.seed))  # identical model initialisation on every rank
+    pre: list[str] = []
     model = build_model(recipe, len(datasets["train"].classes), pre, classes=list(datasets["train"].classes))
-    data: TrainingData = build_training_data(
-        recipe["data"], input_size=int(model.cfg.input_size), env=env, device=device, batch_size=batch,
-        eval_batch_size=eval_batch, seed=seed, class_balanced=bool(tr.class_balanced),
-        channels_last=bool(tr.channels_last), datasets=datasets)
+    prep = run_preprocessing(recipe, init_prep, model)
+    batching = Batching(plan.batch, plan.eval_batch, int(recipe.seed), bool(tr.class_balanced),
+                        bool(tr.channels_last))
+    data = build_training_data(recipe.data, batching, env=s.env, device=s.device, preprocessing=prep,
+                               datasets=datasets)
     counts = data.counts()
-    say(f"[data] {recipe['data']['kind']} {counts} ({time.monotonic() - t:.1f}s)")
+    say(f"[data] {recipe.data.kind} {counts} ({time.monotonic() - t:.1f}s)")
     for split, ds in data.datasets.items():
         say(f"[data] {split}: {ds.report.summary()}")
     for line in pre:
         say(f"[model] {line}")
+    place_model(model, tr, s.device, say)
+    progress = bool(tr.progress)
+    run = RunContext(recipe=recipe, run_dir=s.run_dir, data=data, env=s.env, device=s.device,
+                     amp_dtype=plan.amp_dtype, criterion=build_loss(recipe.loss), counts=counts,
+                     sessions=plan.sessions,
+                     cache_info=build_caches(tr, model, data, s.device, plan.amp_dtype, say, progress),
+                     distill_info=build_teacher(tr, data, s.device, plan.amp_dtype, say, progress), pre=pre,
+                     preprocessing=prep, say=say, log=s.log, progress=progress)
+    return run, model
+
+
+def place_model(model: nn.Module, tr: TrainSettings, device: torch.device, say: Any) -> None:
+    """The model on its device, with the run's attention kernel and memory format; a line with its size."""
     if tr.fused_attention:
         from poster_fer.models import set_fused_attention
 
@@ -204,121 +313,132 @@ def _fit(recipe: dict[str, Any], run_dir: Path, ckpt: dict[str, Any] | None, env
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"[model] {model.model_name}: {n_params:,} parameters ({n_train:,} trainable)")
 
-    cache_info = build_caches(tr, model, data, device, amp_dtype, say, progress)
-    distill_info = build_teacher(tr, data, device, amp_dtype, say, progress)
 
-    criterion = build_loss(recipe["loss"])
-    optimizer = build_optimizer(model, recipe["optimizer"])
+def build_loop(s: Session, plan: Plan, run: RunContext, model: nn.Module) -> Loop:
+    """Optimiser, freezing schedule, learning-rate schedule, loss scaling and EMA; the state a resume restores;
+    the module the steps run (DDP, compiled); the epoch plan, said before the first epoch."""
+    recipe, tr, env = s.recipe, s.recipe.train, s.env
+    optimizer = build_optimizer(model, recipe.optimizer)
     freezer = Freezer(model, optimizer, int(tr.freeze_epochs or 0), list(tr.freeze_except or ["head"]))
     if freezer.epochs and env.distributed:
         raise ValueError("train.freeze_epochs is not supported with DDP (its gradient buckets are fixed when it "
                          "wraps the model); train on one process or use optimizer.lr_mult instead")
-    steps_per_epoch = len(data.loaders["train"])
+    steps_per_epoch = len(run.data.loaders["train"])
     if tr.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, int(tr.max_steps_per_epoch))
     epochs = int(tr.epochs)
-    schedule = build_schedule(optimizer, recipe["schedule"], epochs, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    schedule = build_schedule(optimizer, recipe.schedule, epochs, steps_per_epoch)
+    scaler = torch.amp.GradScaler(s.device.type, enabled=plan.amp_dtype == torch.float16)
     ema = ModelEma(model, **ema_args(tr.ema)) if tr.ema else None
-
     ts = TrainState(model, optimizer, schedule, scaler, ema, planned_epochs=epochs)
-    if ckpt is not None:
-        resume_state(ts, ckpt, env, tr, steps_per_epoch, say, log)
+    if s.ckpt is not None:
+        resume_state(ts, s.ckpt, env, tr, steps_per_epoch, s.say, s.log)
     start_epoch = ts.epoch + 1
-    train_model = training_module(model, env, device, tr, steps_per_epoch * epochs, say, log)
-    eval_model = ema.module if ema is not None else model
-    select = str(tr.select_metric)
-    run = RunContext(recipe=recipe, run_dir=run_dir, data=data, env=env, device=device, amp_dtype=amp_dtype,
-                     criterion=criterion, counts=counts, sessions=sessions, cache_info=cache_info,
-                     distill_info=distill_info, pre=pre, preprocessing=preprocessing_meta(recipe, model), say=say,
-                     log=log, progress=progress)
-    stopped: str | None = None
-    log({"type": "start", "recipe": recipe["name"], "counts": counts, "world_size": env.world_size,
-         "global_batch": global_batch, "steps_per_epoch": steps_per_epoch, "landmark_cache": cache_info})
-
-    parts = TrainParts(train_model, data.preparers["train"], criterion, optimizer, schedule)
-    epoch_opts = EpochOptions(device=device, env=env, amp_dtype=amp_dtype, scaler=scaler,
-                              grad_clip=tr.grad_clip, ema=ema, log=log, log_every=int(tr.log_every),
-                              progress=progress, max_steps=tr.max_steps_per_epoch)
-    plan_at = freezer.epochs + 1  # the first epoch that trains everything: frozen epochs are faster than the rest
-    planning = bool(tr.epochs_from_budget and budget.limited and start_epoch <= plan_at)
+    train_model = training_module(model, env, s.device, tr, steps_per_epoch * epochs, s.say, s.log)
+    s.log({"type": "start", "recipe": recipe.name, "counts": run.counts, "world_size": env.world_size,
+           "global_batch": plan.global_batch, "steps_per_epoch": steps_per_epoch, "landmark_cache": run.cache_info})
+    parts = TrainParts(train_model, run.data.preparers["train"], run.criterion, optimizer, schedule)
+    opts = EpochOptions(device=s.device, env=env, amp_dtype=plan.amp_dtype, scaler=scaler, grad_clip=tr.grad_clip,
+                        ema=ema, log=s.log, log_every=int(tr.log_every), progress=run.progress,
+                        max_steps=tr.max_steps_per_epoch)
+    plan_at = freezer.epochs + 1
+    planning = bool(tr.epochs_from_budget and plan.budget.limited and start_epoch <= plan_at)
     if start_epoch == 1:
-        say(plan_message(epochs, budget.seconds, bool(tr.epochs_from_budget), plan_at))
-    epoch = start_epoch
+        s.say(plan_message(epochs, plan.budget.seconds, bool(tr.epochs_from_budget), plan_at))
+    return Loop(run=run, ts=ts, parts=parts, opts=opts, freezer=freezer, budget=plan.budget,
+                steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, plan_at=plan_at, planning=planning,
+                eval_model=ema.module if ema is not None else model)
+
+
+def run_epochs(loop: Loop) -> tuple[str | None, bool]:
+    """Train, validate and checkpoint epoch after epoch until the plan, the budget or a pause ends it; returns
+    why training stopped early (None: it did not) and whether it paused (``train.stop_after_epoch``)."""
+    run, ts, tr = loop.run, loop.ts, loop.run.recipe.train
+    epoch = loop.start_epoch
     while epoch <= ts.planned_epochs:
-        stopped = budget.stop_before(epoch)
+        stopped = loop.budget.stop_before(epoch)
         if stopped:
-            break
+            return stopped, False
         t_epoch = time.monotonic()
-        loader = begin_epoch(data, freezer, seed, env, epoch, start_epoch, say)
-        deadline = budget.deadline()
-        try:
-            stats = train_one_epoch(parts, loader, ts.step, epoch=epoch, opts=epoch_opts, deadline=deadline)
-        except NonFiniteLossError as e:
-            last = run_dir / LAST
-            where = (f"; the last good checkpoint is {last} (epoch {epoch - 1})" if last.is_file()
-                     else "; no checkpoint was written yet")
-            log({"type": "error", "epoch": epoch, "step": ts.step.global_step, "error": str(e)})
-            raise NonFiniteLossError(str(e) + where) from None
-        val = predict_split(eval_model, data.loaders["val"], data.preparers["val"], device=device, env=env,
-                            criterion=criterion, autocast=precision_autocast(device, amp_dtype), progress=progress,
-                            desc=f"val {epoch}", tta_flip=bool(tr.tta_flip))
-        vm = split_metrics(val, data.classes)
-        score = float(vm.get(select) or 0.0)
-        improved = score > ts.best
-        if improved:
-            ts.best, ts.best_epoch = score, epoch
-        row = epoch_row(epoch, stats, val, vm, time.monotonic() - t_epoch, elapsed())
-        ts.history.append(row)
-        budget.end_epoch(time.monotonic() - t_epoch, val.seconds, counts["val"], counts.get("test", 0))
-        if main:
-            if improved:
-                save_best(run, eval_model, epoch, vm)
-            if planning and epoch == plan_at:
-                ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], epochs, done=epoch)
-        ts.planned_epochs = int(broadcast_object(ts.planned_epochs, env))
-        replanned = ts.planned_epochs != schedule.total_steps // steps_per_epoch
-        if replanned:
-            schedule.total_steps = ts.planned_epochs * steps_per_epoch
-        rng_states = _gather_rng(env)
-        ts.epoch = epoch
-        if main:
-            save_checkpoint(run_dir / LAST, {
-                **ts.state_dict(), "recipe": recipe, "sampler": {"epoch": epoch, "seed": seed},
-                "rng_per_rank": rng_states, "elapsed_s": elapsed(), "world_size": env.world_size,
-                "sessions": sessions,
-            })
-        log({"type": "epoch", **row, "improved": improved, "step": ts.step.global_step})
-        of = f"{ts.planned_epochs}" if not planning or epoch >= plan_at else f"<={epochs}"
-        say(epoch_line(row, of, elapsed(), improved))
-        if planning and epoch == plan_at:
-            minutes = (budget.seconds or 0.0) / 60
-            say(f"[plan] {ts.planned_epochs} epochs fit the {minutes:g}-minute budget on this machine (epoch {epoch} "
-                f"took {row['epoch_s']:.0f}s); the schedule now ends at epoch {ts.planned_epochs}")
-            log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": minutes, "after_epoch": epoch})
-        barrier(env)
+        stats = train_epoch(loop, epoch)
+        end_epoch(loop, epoch, stats, t_epoch)
         if stats.stopped:
-            stopped = f"time budget: stopped inside epoch {epoch} after {stats.steps} steps"
-            break
+            return f"time budget: stopped inside epoch {epoch} after {stats.steps} steps", False
         if tr.stop_after_epoch and epoch >= int(tr.stop_after_epoch) and epoch < ts.planned_epochs:
-            say(f"[train] paused after epoch {epoch} (train.stop_after_epoch); continue with --resume {run_dir}")
-            log({"type": "paused", "epoch": epoch})
-            return FitResult(run_dir, {}, ts.history)
+            run.say(f"[train] paused after epoch {epoch} (train.stop_after_epoch); continue with --resume "
+                    f"{run.run_dir}")
+            run.log({"type": "paused", "epoch": epoch})
+            return None, True
         epoch += 1
+    return None, False
 
-    freezer.set_epoch(freezer.epochs + 1)  # the returned model is whole again, whatever the schedule did
-    if stopped:
-        say(f"[train] {stopped}")
-        log({"type": "stopped", "reason": stopped})
-    barrier(env)
-    results = finish_run(run, ts, model, select, stopped, elapsed())
-    if main and results_out:
-        out = Path(results_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / RESULTS_FILE, out)
-        say(f"[train] results copied to {out}")
-    return FitResult(run_dir, results, ts.history)
 
+def train_epoch(loop: Loop, epoch: int) -> EpochResult:
+    """One epoch's training steps; a non-finite loss stops the run naming the last good checkpoint."""
+    run, ts = loop.run, loop.ts
+    loader = begin_epoch(run.data, loop.freezer, int(run.recipe.seed), run.env, epoch, loop.start_epoch, run.say)
+    try:
+        return train_one_epoch(loop.parts, loader, ts.step, epoch=epoch, opts=loop.opts,
+                               deadline=loop.budget.deadline())
+    except NonFiniteLossError as e:
+        last = run.run_dir / LAST
+        where = (f"; the last good checkpoint is {last} (epoch {epoch - 1})" if last.is_file()
+                 else "; no checkpoint was written yet")
+        run.log({"type": "error", "epoch": epoch, "step": ts.step.global_step, "error": str(e)})
+        raise NonFiniteLossError(str(e) + where) from None
+
+
+def end_epoch(loop: Loop, epoch: int, stats: EpochResult, t_epoch: float) -> None:
+    """Validate, keep the best model, set the epoch plan (once, from the budget), write ``last.pt``, log and say
+    the epoch's line."""
+    run, ts, budget = loop.run, loop.ts, loop.budget
+    row, vm, improved, val_s = validate_epoch(loop, epoch, stats, t_epoch)
+    budget.end_epoch(time.monotonic() - t_epoch, val_s, run.counts["val"], run.counts.get("test", 0))
+    planned_now = loop.planning and epoch == loop.plan_at
+    if run.env.is_main:
+        if improved:
+            save_best(run, loop.eval_model, epoch, vm)
+        if planned_now:
+            ts.planned_epochs = budget.plan_epochs(stats, row["epoch_s"], int(run.recipe.train.epochs), done=epoch)
+    ts.planned_epochs = int(broadcast_object(ts.planned_epochs, run.env))
+    schedule = loop.parts.schedule
+    if ts.planned_epochs != schedule.total_steps // loop.steps_per_epoch:
+        schedule.total_steps = ts.planned_epochs * loop.steps_per_epoch
+    rng_states = gather_rng(run.env)
+    ts.epoch = epoch
+    if run.env.is_main:
+        save_checkpoint(run.run_dir / LAST, {
+            **ts.state_dict(), "recipe": run.recipe.to_dict(),
+            "sampler": {"epoch": epoch, "seed": int(run.recipe.seed)}, "rng_per_rank": rng_states,
+            "elapsed_s": budget.elapsed(), "world_size": run.env.world_size, "sessions": run.sessions,
+        })
+    run.log({"type": "epoch", **row, "improved": improved, "step": ts.step.global_step})
+    of = f"{ts.planned_epochs}" if not loop.planning or epoch >= loop.plan_at else f"<={run.recipe.train.epochs}"
+    run.say(epoch_line(row, of, budget.elapsed(), improved))
+    if planned_now:
+        minutes = (budget.seconds or 0.0) / 60
+        run.say(f"[plan] {ts.planned_epochs} epochs fit the {minutes:g}-minute budget on this machine (epoch "
+                f"{epoch} took {row['epoch_s']:.0f}s); the schedule now ends at epoch {ts.planned_epochs}")
+        run.log({"type": "plan", "epochs": ts.planned_epochs, "budget_min": minutes, "after_epoch": epoch})
+    barrier(run.env)
+
+
+def validate_epoch(loop: Loop, epoch: int, stats: EpochResult, t_epoch: float
+                   ) -> tuple[dict[str, Any], dict[str, Any], bool, float]:
+    """The epoch's validation: its history row, metrics, whether it is the best so far (recorded in the
+    state) and the validation pass's seconds."""
+    run, ts = loop.run, loop.ts
+    val = predict_split(loop.eval_model, run.data.loaders["val"], run.data.preparers["val"], device=run.device,
+                        env=run.env, criterion=run.criterion, autocast=precision_autocast(run.device, run.amp_dtype),
+                        progress=run.progress, desc=f"val {epoch}", tta_flip=bool(run.recipe.train.tta_flip))
+    vm = split_metrics(val, run.data.classes)
+    score = float(vm.get(run.recipe.train.select_metric) or 0.0)
+    improved = score > ts.best
+    if improved:
+        ts.best, ts.best_epoch = score, epoch
+    row = epoch_row(epoch, stats, val, vm, time.monotonic() - t_epoch, loop.budget.elapsed())
+    ts.history.append(row)
+    return row, vm, improved, val.seconds
 
 
 def resume_state(ts: TrainState, ckpt: dict[str, Any], env: DistEnv, tr: TrainSettings, steps_per_epoch: int,
@@ -410,7 +530,8 @@ def plan_message(epochs: int, budget_s: float | None, from_budget: bool, plan_at
     return (f"[plan] {epochs} epochs; training stops early, between epochs, if the next would end past the "
             f"{minutes} budget; {fixed}")
 
-def _gather_rng(env: DistEnv) -> dict[int, Any]:
+
+def gather_rng(env: DistEnv) -> dict[int, Any]:
     mine = capture_rng_state()
     if not env.distributed:
         return {0: mine}

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from poster_fer_train.commands import require_training_extra
 
     require_training_extra("ablate")
+    from poster_fer_train import RecipeRequest, RunOutput
     from poster_fer_train.ablation import parse_variants, pct, run_ablation
 
     try:
@@ -43,10 +44,10 @@ def run(args: argparse.Namespace) -> int:
     from poster_fer_train.recipe import RecipeError
 
     try:
-        record = run_ablation(args.recipe, args.variants, args.out, data=args.data,
-                              overrides=parse_overrides(args.overrides),
-                              command=command_line(args, "ablate", positional=("overrides",)),
-                              log=lambda m: print(f"ablate: {m}", file=sys.stderr))
+        request = RecipeRequest(args.recipe, parse_overrides(args.overrides), args.data)
+        output = RunOutput(command=command_line(args, "ablate", positional=("overrides",)),
+                           echo=lambda m: print(f"ablate: {m}", file=sys.stderr))
+        record = run_ablation(request, args.variants, args.out, output=output)
     except (RecipeError, ValueError) as e:  # bad recipe, variant or model family: one line, exit 2
         raise UserError(str(e)) from None
     for r in record["rows"]:

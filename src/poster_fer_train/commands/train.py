@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from poster_fer_train.commands import require_training_extra
 
     require_training_extra("train")
-    from poster_fer_train import NonFiniteLossError, RecipeError, fit, list_recipes, load_recipe
+    from poster_fer_train import NonFiniteLossError, RecipeError, RunOutput, fit, list_recipes, load_recipe
 
     if args.list:
         for name in list_recipes():
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--resume without a path needs --out RUN_DIR")
         command = "poster-fer " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if _is_cli() else
                                                                   ["train", *_argv(args)]))
-        fit(args.recipe, args.out, resume=resume, overrides=overrides, data_root=args.data, command=command,
-            results_out=args.results_out)
+        fit(args.recipe, args.out, resume=resume, overrides=overrides, data_root=args.data,
+            output=RunOutput(command=command, results_out=args.results_out))
     except RecipeError as e:
         raise UserError(str(e)) from None
     except NonFiniteLossError as e:
@@ -86,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_cli() -> bool:
-    """True when this process is `poster-fer ...` or `python -m poster_fer[.cli] ...` (not, say, `python -m pytest`,
-    whose argv would otherwise be recorded as the training command)."""
+    """True when this process is `poster-fer ...` or `python -m poster_fer_apps.cli ...` (or the deprecated
+    `poster_fer.cli`; not, say, `python -m pytest`, whose argv would otherwise be recorded as the training
+    command)."""
     if not sys.argv:
         return False
     prog = Path(sys.argv[0])
-    return prog.name == "poster-fer" or (prog.name in ("cli.py", "__main__.py") and prog.parent.name == "poster_fer")
+    return prog.name == "poster-fer" or (prog.name in ("cli.py", "__main__.py")
+                                         and prog.parent.name in ("poster_fer_apps", "poster_fer"))
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
