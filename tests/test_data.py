@@ -153,6 +153,30 @@ def test_fer2013_gz_and_csv_parse_identically_and_cache(tmp_path: Path) -> None:
     assert not a.pixels.flags.writeable
 
 
+def test_cached_file_parser_parses_once_and_again_after_a_change(tmp_path: Path) -> None:
+    """Issue 36: FER2013's pixels and FER+'s votes share one cached-parse loader: one parse per file version."""
+    import os
+
+    from poster_fer.data.base import cached_file_parser
+    from poster_fer.errors import DatasetError
+
+    calls = []
+
+    def parse(path: Path) -> str:
+        calls.append(path)
+        return path.read_text()
+
+    load = cached_file_parser(parse, "no such file")
+    f = tmp_path / "x.txt"
+    f.write_text("one")
+    assert load(f) == "one" and load(str(f)) == "one" and len(calls) == 1
+    f.write_text("two!")
+    os.utime(f, ns=(1, 2))  # a new size and mtime: a new version of the file
+    assert load(f) == "two!" and len(calls) == 2
+    with pytest.raises(DatasetError, match="no such file"):
+        load(tmp_path / "missing.txt")
+
+
 def test_fer2013_bad_rows_raise_with_line_or_skip(tmp_path: Path) -> None:
     def pixels(i: int) -> str:
         if i == 1:

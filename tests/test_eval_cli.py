@@ -250,3 +250,102 @@ def test_evaluate_dataset_takes_typed_options_and_refuses_an_unknown_setting():
     with pytest.raises(TypeError, match="batchsize"):
         evaluate_dataset(None, None, None, EvalOptions(batch_size=8), batchsize=4)
     assert EvalOptions().batch_size == 64 and EvalOptions(tta="flip").tta == "flip"
+
+
+def test_run_evaluation_reads_eval_options_and_keeps_the_old_call_forms(fixture):
+    """Issue 36: run_evaluation takes an EvalOptions; its fields as keywords still override it (as
+    evaluate_dataset takes them), the old positional settings still work with a warning, a typo is refused."""
+    from poster_fer import create_transform
+    from poster_fer.evaluation import EvalOptions
+
+    root, _, model = fixture
+    ds = build_dataset("fer2013", root, "test")
+    tf = create_transform({"input_size": SIZE, "grayscale": True})
+    opts = EvalOptions(batch_size=3, tta="flip", collect_features=True, progress=False, temperature=2.0)
+    new = run_evaluation(model, ds, options=opts, transform=tf)
+    by_keyword = run_evaluation(model, ds, batch_size=3, tta="flip", collect_features=True, progress=False,
+                                temperature=2.0, transform=tf)
+    with pytest.warns(DeprecationWarning, match="options=EvalOptions"):
+        by_position = run_evaluation(model, ds, 3, "flip", "cpu", True, transform=tf, progress=False,
+                                     temperature=2.0)
+    for key in ("y_pred", "probs", "probs_uncalibrated", "logits", "features"):
+        np.testing.assert_array_equal(new[key], by_keyword[key])
+        np.testing.assert_array_equal(new[key], by_position[key])
+    assert new["temperature"] == 2.0 and new["features"].shape == (len(ds), model.num_features)
+    plain = run_evaluation(model, ds, options=EvalOptions(progress=False), transform=tf)
+    assert plain["temperature"] == 1.0 and plain["features"] is None  # None means T = 1 here, not the card's
+    with pytest.raises(TypeError, match="max_sample"):
+        run_evaluation(model, ds, transform=tf, max_sample=3)
+    with pytest.raises(TypeError, match="multiple values"):
+        run_evaluation(model, ds, 3, transform=tf, batch_size=3)
+
+
+def test_predict_split_options_and_the_old_keywords(fixture):
+    """Issue 36: predict_split's run settings are one PredictOptions; the keywords before it warn and agree."""
+    from poster_fer import create_transform
+    from poster_fer.evaluation import PredictOptions, predict_split
+    from poster_fer.evaluation.samples import EvalImages
+
+    root, _, model = fixture
+    ds = build_dataset("fer2013", root, "test")
+    idx = np.arange(len(ds))
+    images = EvalImages(ds, idx, np.asarray(ds.labels), create_transform({"input_size": SIZE, "grayscale": True}))
+    loader = torch.utils.data.DataLoader(images, batch_size=3)
+
+    def prepare(batch):
+        return batch["image"], batch["target"], {}, None
+
+    criterion = torch.nn.CrossEntropyLoss()
+    new = predict_split(model, loader, prepare, device=torch.device("cpu"),
+                        options=PredictOptions(criterion=criterion, tta_flip=True, progress=False))
+    with pytest.warns(DeprecationWarning, match="options=PredictOptions"):
+        old = predict_split(model, loader, prepare, device=torch.device("cpu"), criterion=criterion, tta_flip=True,
+                            progress=False)
+    assert new.indices.tolist() == idx.tolist() and new.y_true.tolist() == TEST_LABELS
+    assert np.isfinite(new.loss) and new.loss == old.loss and new.flip_logits is not None
+    np.testing.assert_array_equal(new.probs, old.probs)
+    with pytest.raises(TypeError, match="tta"):
+        predict_split(model, loader, prepare, device=torch.device("cpu"), tta=True)
+
+
+def test_fit_dataset_temperature_takes_eval_options(fixture, monkeypatch):
+    """Issue 36: fit_dataset_temperature reads the same EvalOptions; keywords override it, and a setting it does
+    not use is refused rather than silently ignored."""
+    from poster_fer.evaluation import EvalOptions, evaluate, fit_dataset_temperature
+
+    seen = []  # the tiny model predicts no better than chance, so record what the fit is given instead
+
+    def fake_fit(logits, y_true):
+        seen.append((logits.copy(), y_true.copy()))
+        return float(len(seen))
+
+    monkeypatch.setattr(evaluate, "fit_temperature", fake_fit)
+    root, _, model = fixture
+    ds = build_dataset("fer2013", root, "test")
+    pre = {"input_size": SIZE, "grayscale": True}
+    by_options = fit_dataset_temperature(model, ds, EvalOptions(preprocessing=pre, batch_size=4, progress=False,
+                                                                max_samples=5))
+    by_keyword = fit_dataset_temperature(model, ds, EvalOptions(batch_size=64), preprocessing=pre, batch_size=4,
+                                         progress=False, max_samples=5)
+    assert by_options == (1.0, 5) and by_keyword == (2.0, 5)
+    np.testing.assert_array_equal(seen[0][0], seen[1][0])
+    np.testing.assert_array_equal(seen[0][1], seen[1][1])
+    assert seen[0][0].shape == (5, 7)
+    with pytest.raises(TypeError, match="tta"):
+        fit_dataset_temperature(model, ds, tta="flip")
+
+
+def test_write_tsne_options_and_the_old_keywords(tmp_path):
+    """Issue 36: write_tsne's settings are one TsneOptions; keywords or positions (the form before) warn."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from poster_fer.evaluation import TsneOptions, write_tsne
+
+    rng = np.random.default_rng(0)
+    feats, labels = rng.normal(size=(12, 5)), np.arange(12) % 3
+    new = write_tsne(feats, labels, ["a", "b", "c"], tmp_path / "a.png", options=TsneOptions(max_points=8,
+                                                                                             max_iter=250))
+    with pytest.warns(DeprecationWarning, match="options=TsneOptions"):
+        old = write_tsne(feats, labels, ["a", "b", "c"], tmp_path / "b.png", 0, 8, max_iter=250)
+    assert new.shape == (8, 2) and (tmp_path / "a.png").is_file()
+    np.testing.assert_array_equal(new, old)

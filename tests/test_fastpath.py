@@ -11,6 +11,7 @@ from torch import nn
 
 from poster_fer import create_model
 from poster_fer.fastpath import (
+    FastPaths,
     InferenceModel,
     PointwiseConv1d,
     Subsample,
@@ -162,7 +163,7 @@ def test_each_exact_path_matches_eager(family, v1_small, v2_tiny, batch):
     with torch.no_grad():
         ref = model(x)
         for kw in paths:
-            fast = optimize_for_inference(model, **kw)
+            fast = optimize_for_inference(model, options=FastPaths(**kw))
             assert fast.exact
             err = rel_err(fast(x), ref)
             assert err <= 1e-4, (kw, err)
@@ -216,20 +217,38 @@ def test_bf16_cast_path_stores_bf16_and_returns_float32(v1_small):
     x = torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = v1_small(x)
-        fast = optimize_for_inference(v1_small, precision="bf16", cast=True)
+        fast = optimize_for_inference(v1_small, precision="bf16", options=FastPaths(cast=True))
         out = fast(x)
     assert "cast_bf16" in fast.paths and not fast.exact
     assert all(p.dtype == torch.bfloat16 for p in fast.model.parameters())
     assert out.dtype == torch.float32 and rel_err(out, ref) <= 0.05
     with pytest.raises(ValueError, match="cast=True"):
-        optimize_for_inference(v1_small, cast=True)
+        optimize_for_inference(v1_small, options=FastPaths(cast=True))
 
 
 def test_cuda_graphs_without_cuda_warns_and_runs_eager(v1_small):
-    fast = optimize_for_inference(v1_small, cuda_graphs=True)
+    fast = optimize_for_inference(v1_small, options=FastPaths(cuda_graphs=True))
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad(), pytest.warns(UserWarning, match="cuda_graphs only applies to CUDA"):
         out = fast(x)
     assert "cuda_graphs" not in fast.paths
     with torch.no_grad():
         assert rel_err(out, v1_small(x)) <= 1e-4
+
+
+def test_old_keyword_and_positional_forms_still_work_and_warn(v1_tiny, batch):
+    """Issue 36: the paths moved into FastPaths; the keywords (and positions) before it still work, warned."""
+    x = batch[:1]
+    new = optimize_for_inference(v1_tiny, options=FastPaths(fold_bn=False, channels_last=False))
+    with pytest.warns(DeprecationWarning, match="options=FastPaths"):
+        by_keyword = optimize_for_inference(v1_tiny, fold_bn=False, channels_last=False)
+    with pytest.warns(DeprecationWarning, match="channels_last=, fold_bn="):
+        by_position = optimize_for_inference(v1_tiny, "fp32", False, False, False)
+    assert new.paths == by_keyword.paths == by_position.paths
+    assert not any(p.startswith("fold_bn") or p == "channels_last" for p in new.paths)
+    with torch.no_grad():
+        torch.testing.assert_close(by_keyword(x), new(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="fold_batchnorm"):
+        optimize_for_inference(v1_tiny, fold_batchnorm=False)
+    with pytest.raises(TypeError, match="multiple values"):
+        optimize_for_inference(v1_tiny, "fp32", False, True, channels_last=True)

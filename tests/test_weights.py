@@ -149,6 +149,15 @@ def test_official_channel_order_metadata(tmp_path):
     assert default_channel_order("poster_v1") == "BGR" and default_channel_order("poster_v2") == "RGB"
 
 
+def test_load_official_weights_keyword_is_model_and_warns(tmp_path):
+    """Issue 36: ``weights=NAME`` said what ``model=NAME`` says; it still works (same checks), with a warning."""
+    path = tmp_path / "v1.pth"
+    torch.save({"model_state_dict": _official_sd(create_model("poster_v1_tiny", classes=_CLASS_NAMES[7]))}, path)
+    with pytest.warns(DeprecationWarning, match="pass model=NAME"):
+        with pytest.raises(CheckpointError, match="are for 'poster_v1', not 'poster_v1_tiny'"):
+            load_official(path, model="poster_v1_tiny", weights="poster_v1.rafdb_official")
+
+
 def test_pretrained_mobilefacenet_shared_file():
     path = need_shared("weights", "mobilefacenet_68pt.pth.tar")
     model = create_model("poster_v1_tiny", classes=_CLASS_NAMES[7])

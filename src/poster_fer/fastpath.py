@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -51,9 +52,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .models import set_fused_attention
+from .naming import warn_deprecated
 from .precision import autocast, resolve_precision
 
-__all__ = ["InferenceModel", "PointwiseConv1d", "Subsample", "fold_batchnorm",
+__all__ = ["FastPaths", "InferenceModel", "PointwiseConv1d", "Subsample", "fold_batchnorm",
            "optimize_for_inference", "resize_once", "simplify_trivial_layers", "to_channels_last"]
 
 #: Precisions the fast paths accept (dtypes come from :func:`poster_fer.precision.resolve_precision`).
@@ -312,27 +314,12 @@ class InferenceModel(nn.Module):
             return self._dispatch(x)
 
 
-def optimize_for_inference(
-    model: nn.Module,
-    precision: str = "fp32",
-    compile: bool = False,
-    channels_last: bool | None = None,
-    fold_bn: bool = True,
-    fused_attention: bool = True,
-    resize: bool = True,
-    simplify: bool = True,
-    inplace: bool = False,
-    compile_options: dict[str, Any] | None = None,
-    cast: bool = False,
-    cuda_graphs: bool = False,
-) -> InferenceModel:
-    """Apply the fast paths to a trained model and return an :class:`InferenceModel` (eval mode).
+@dataclass(frozen=True)
+class FastPaths:
+    """Which of :func:`optimize_for_inference`'s paths to take besides ``precision`` and ``compile``.
 
-    Args:
-        model: a poster-fer model (v1 or v2 family).
-        precision: ``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` (autocast, reduced precision).
-        compile: wrap the forward in ``torch.compile``; a compile failure warns and keeps eager.
-        channels_last: NHWC convolutions; default on (it pays off with oneDNN and cuDNN alike).
+    Attributes:
+        channels_last: NHWC convolutions; default (None) on (it pays off with oneDNN and cuDNN alike).
         fold_bn: fold conv->BN pairs (exact in eval mode).
         fused_attention: scaled_dot_product_attention.
         resize: resize the input once for both backbones.
@@ -342,46 +329,105 @@ def optimize_for_inference(
         cast: with ``precision`` bf16/fp16, convert weights and activations to that dtype instead of autocasting.
         cuda_graphs: capture and replay the forward pass per input shape (CUDA inputs only).
     """
+
+    channels_last: bool | None = None
+    fold_bn: bool = True
+    fused_attention: bool = True
+    resize: bool = True
+    simplify: bool = True
+    inplace: bool = False
+    compile_options: dict[str, Any] | None = None
+    cast: bool = False
+    cuda_graphs: bool = False
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    precision: str = "fp32",
+    compile: bool = False,
+    *args: Any,
+    options: FastPaths | None = None,
+    **legacy: Any,
+) -> InferenceModel:
+    """Apply the fast paths to a trained model and return an :class:`InferenceModel` (eval mode).
+
+    Args:
+        model: a poster-fer model (v1 or v2 family).
+        precision: ``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` (autocast, reduced precision).
+        compile: wrap the forward in ``torch.compile``; a compile failure warns and keeps eager.
+        options: the other paths (:class:`FastPaths`). Its fields as keywords or by position (the form before
+            it) still work, with a DeprecationWarning.
+    """
+    opts = _fast_paths(options, args, legacy)
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
-    if not inplace:
+    if not opts.inplace:
         model = copy.deepcopy(model)
     model.eval()
-    applied: list[str] = []
-    if fused_attention:
-        set_fused_attention(model, True)
-        applied.append("fused_attention")
-    if simplify:
-        _, n = simplify_trivial_layers(model)
-        if n:
-            applied.append(f"simplify({n})")
-    if fold_bn:
-        with torch.no_grad():
-            _, n = fold_batchnorm(model)
-        if n:
-            applied.append(f"fold_bn({n})")
-    channels_last = True if channels_last is None else channels_last
-    if channels_last:
-        to_channels_last(model)
-        applied.append("channels_last")
-    if resize:
-        applied.append("resize_once")
-    if cast:
+    applied = _exact_paths(model, opts)
+    if opts.cast:
         if precision == "fp32":
             raise ValueError("cast=True needs precision 'bf16' or 'fp16'")
         model.to(resolve_precision(precision, "cpu"))
         applied.append(f"cast_{precision}")
     elif precision != "fp32":
         applied.append(f"autocast_{precision}")
-    if cuda_graphs:
+    if opts.cuda_graphs:
         applied.append("cuda_graphs")
-    wrapped = InferenceModel(model, precision=precision, channels_last=channels_last, resize=resize,
-                             paths=tuple(applied), cast=cast, cuda_graphs=cuda_graphs).eval()
+    channels_last = True if opts.channels_last is None else opts.channels_last
+    wrapped = InferenceModel(model, precision=precision, channels_last=channels_last, resize=opts.resize,
+                             paths=tuple(applied), cast=opts.cast, cuda_graphs=opts.cuda_graphs).eval()
     if compile:
         try:
-            wrapped.compiled = torch.compile(wrapped._run, **(compile_options or {}))
+            wrapped.compiled = torch.compile(wrapped._run, **(opts.compile_options or {}))
             wrapped.paths = wrapped.paths + ("compile",)
         except Exception as err:  # noqa: BLE001  (any backend failure: keep the eager path)
             warnings.warn(f"torch.compile unavailable ({err}); running eager", stacklevel=2)
     return wrapped
 
+
+def _exact_paths(model: nn.Module, opts: FastPaths) -> list[str]:
+    """Apply the exact rewrites ``opts`` asks for to ``model`` in place; returns what was applied, in order."""
+    applied: list[str] = []
+    if opts.fused_attention:
+        set_fused_attention(model, True)
+        applied.append("fused_attention")
+    if opts.simplify:
+        _, n = simplify_trivial_layers(model)
+        if n:
+            applied.append(f"simplify({n})")
+    if opts.fold_bn:
+        with torch.no_grad():
+            _, n = fold_batchnorm(model)
+        if n:
+            applied.append(f"fold_bn({n})")
+    if opts.channels_last is None or opts.channels_last:
+        to_channels_last(model)
+        applied.append("channels_last")
+    if opts.resize:
+        applied.append("resize_once")
+    return applied
+
+
+#: optimize_for_inference's settings after ``compile`` in their old positional order, before :class:`FastPaths`.
+_POSITIONAL = ("channels_last", "fold_bn", "fused_attention", "resize", "simplify", "inplace", "compile_options",
+               "cast", "cuda_graphs")
+
+
+def _fast_paths(options: FastPaths | None, args: tuple[Any, ...], legacy: dict[str, Any]) -> FastPaths:
+    """``options`` with the old keywords (and positional settings) over it, with a DeprecationWarning naming
+    :class:`FastPaths`; an unknown keyword is a TypeError, as it was."""
+    if len(args) > len(_POSITIONAL):
+        raise TypeError(f"optimize_for_inference() takes at most {len(_POSITIONAL) + 3} positional arguments")
+    by_position = dict(zip(_POSITIONAL, args, strict=False))
+    twice = sorted(set(by_position) & set(legacy))
+    unknown = sorted(set(legacy) - set(_POSITIONAL))
+    if twice or unknown:
+        raise TypeError(f"optimize_for_inference() got multiple values for {twice}" if twice else
+                        f"optimize_for_inference() got unexpected keyword argument(s) {unknown}")
+    settings = {**by_position, **legacy}
+    if not settings:
+        return options or FastPaths()
+    warn_deprecated(f"optimize_for_inference(..., {', '.join(f'{k}=' for k in settings)}) is deprecated: pass "
+                    "options=FastPaths(...) (poster_fer.fastpath)")
+    return replace(options or FastPaths(), **settings)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from .errors import DatasetError, IssueLog, LoadReport, MissingSplitError
 
 Transform = Callable[[Image.Image], Any]
 Verify = Literal["decode", "header", "exists"]
+T = TypeVar("T")
 
 #: File suffixes treated as images by the folder layout.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -212,21 +215,60 @@ class ImageFileDataset(FERDataset):
         return image
 
 
+#: One parsed list-file row: (image path, label, the list file naming it, its line or None, face box or None).
+Row = tuple[Path, int, Path, int | None, tuple[int, int, int, int] | None]
+
+
+@dataclass
+class ParsedRows:
+    """What reading a layout's list file gave: its rows, how many it read, and the problems met on the way."""
+
+    rows: list[Row]
+    rows_read: int
+    issues: IssueLog
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Which dataset split a report describes: the dataset's name, the split, the file or folder, the classes."""
+
+    name: str
+    split: str
+    source: Path
+    classes: list[str]
+
+
 def finish_files(
-    name: str,
-    split: str,
-    source: Path,
-    classes: list[str],
-    rows: list[tuple[Path, int, Path, int | None, tuple[int, int, int, int] | None]],
-    rows_read: int,
-    issues: IssueLog,
-    verify: str,
+    where: SplitSource, parsed: ParsedRows, verify: str
 ) -> tuple[list[Path], list[int], list[Any], LoadReport]:
     """Check the images named by parsed rows ``(image, label, list_file, line, box)``; keep the good ones."""
+    rows, issues = parsed.rows, parsed.issues
     keep = check_images([r[0] for r in rows], verify, issues, [(r[2], r[3]) for r in rows])
     kept = [r for r, ok in zip(rows, keep, strict=True) if ok]
     paths = [r[0] for r in kept]
     labels = [r[1] for r in kept]
     boxes = [r[4] for r in kept]
-    report = issues.build_report(name, split, source, classes, labels, rows_read)
+    report = issues.build_report(where.name, where.split, where.source, where.classes, labels, parsed.rows_read)
     return paths, labels, boxes, report
+
+
+def cached_file_parser(parse: Callable[[Path], T], missing: str) -> Callable[[str | os.PathLike[str]], T]:
+    """A loader that parses a file once per process, cached on its resolved path, size and modification time.
+
+    Why: the FER2013 pixel file and the FER+ vote file are each read by several datasets (train/val/test, FER2013
+    and FER+ side by side); one parse serves them all, and an edited file is parsed afresh. ``missing`` is the
+    error message when the file does not exist.
+    """
+
+    @functools.lru_cache(maxsize=4)
+    def cached(path: str, mtime_ns: int, size: int) -> T:
+        return parse(Path(path))
+
+    def load(path: str | os.PathLike[str]) -> T:
+        p = Path(path).expanduser().resolve()
+        if not p.is_file():
+            raise DatasetError(missing, p)
+        st = p.stat()
+        return cached(str(p), st.st_mtime_ns, st.st_size)
+
+    return load

@@ -8,7 +8,6 @@ or FER2013 and FER+ side by side, costs one parse.
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 import zlib
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..constants import FER2013_CLASSES
-from .base import FERDataset, Transform, check_class_names, normalize_split
+from .base import FERDataset, Transform, cached_file_parser, check_class_names, normalize_split
 from .errors import DatasetError, IssueLog
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -80,9 +79,8 @@ def _read_lines(path: Path, chunk_size: int = 1 << 22) -> Iterator[bytes]:
             yield tail
 
 
-def _parse_fer2013(path: Path) -> Fer2013Table:
-    """Parse all rows, recording (not raising) per-row problems so each dataset applies its own on_error."""
-    lines = _read_lines(path)
+def _header_columns(lines: Iterator[bytes], path: Path) -> tuple[list[int], int]:
+    """Read the header (the first non-blank line): the emotion, pixels and Usage column indices, and the width."""
     header = b""
     for header in lines:
         if header.strip():
@@ -94,95 +92,117 @@ def _parse_fer2013(path: Path) -> Fer2013Table:
         cols = [names.index("emotion"), names.index("pixels"), names.index("usage")]
     except ValueError:
         raise DatasetError(f"expected header emotion,pixels,Usage, found {header[:80]!r}", path, 1) from None
-    ncols = len(names)
-    fast = cols == [0, 1, 2] and ncols == 3
-    pixels: list[np.ndarray] = []
-    emotions: list[int] = []
-    usage: list[int] = []
-    line_nos: list[int] = []
-    problems: dict[int, tuple[str, str]] = {}
-    blank = np.zeros(_NPIX, dtype=np.uint8)
+    return cols, len(names)
+
+
+def _row_fields(line: bytes, cols: list[int], ncols: int) -> tuple[bytes, bytes, bytes] | None:
+    """The (emotion, pixels, Usage) fields of a data line, or None when it has the wrong number of fields.
+
+    The usual ``emotion,pixels,Usage`` order is cut at its first and last comma rather than split, since the
+    pixel field is by far the longest."""
+    if cols == [0, 1, 2] and ncols == 3:
+        i, j = line.find(b","), line.rfind(b",")
+        return None if i < 0 or i == j else (line[:i], line[i + 1 : j], line[j + 1 :])
+    split = line.split(b",")
+    return (split[cols[0]], split[cols[1]], split[cols[2]]) if len(split) == ncols else None
+
+
+def _row_problem(emo_s: bytes, pix_s: bytes, use_s: bytes, vals: np.ndarray) -> tuple[str, str] | None:
+    """Why a row's fields are unusable as ``(reason, message)``, or None when the row is good."""
+    emo = _int_or(emo_s, -1)
+    if not 0 <= emo < len(FER2013_CLASSES):
+        return "bad label", f"emotion {emo_s.decode('utf-8', 'replace')!r} is not in 0..6"
+    if _USAGE_CODE.get(use_s, -1) < 0:
+        return "bad usage", f"Usage {use_s.decode('utf-8', 'replace')!r} is not one of {USAGES}"
+    if vals.size != _NPIX:
+        found = len(pix_s.split())
+        if found == _NPIX:
+            return "bad pixels", "pixels holds a value that is not an integer"
+        return "wrong pixel count", f"expected {_NPIX} pixel values (48x48), found {found}"
+    if (vals >> 8).any():
+        return "bad pixels", "pixel value outside 0..255"
+    return None
+
+
+def _int_or(text: bytes, default: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+class _TableRows:
+    """The parsed rows so far, in file order; a broken row keeps its place with blank pixels and -1 labels."""
+
+    def __init__(self) -> None:
+        self.pixels: list[np.ndarray] = []
+        self.emotions: list[int] = []
+        self.usage: list[int] = []
+        self.lines: list[int] = []
+        self.problems: dict[int, tuple[str, str]] = {}
+        self.blank = np.zeros(_NPIX, dtype=np.uint8)
+
+    def add(self, lineno: int, parts: tuple[bytes, bytes, bytes] | None, ncols: int) -> None:
+        """Append one data line's row, recording its problem (if any) instead of raising."""
+        row = len(self.emotions)
+        self.lines.append(lineno)
+        if parts is None:
+            self.problems[row] = ("malformed row", f"expected {ncols} comma-separated fields")
+            self.pixels.append(self.blank)
+            self.emotions.append(-1)
+            self.usage.append(-1)
+            return
+        emo_s, pix_s, use_s = (p.strip().strip(b'"') for p in parts)
+        self.usage.append(_USAGE_CODE.get(use_s, -1))
+        vals = np.fromstring(pix_s, dtype=np.int16, sep=" ")
+        problem = _row_problem(emo_s, pix_s, use_s, vals)
+        if problem is not None:
+            self.problems[row] = problem
+            self.emotions.append(-1)
+            self.pixels.append(self.blank)
+        else:
+            self.emotions.append(int(emo_s))
+            self.pixels.append(vals.astype(np.uint8))
+
+    def table(self, path: Path) -> Fer2013Table:
+        """The rows as a read-only :class:`Fer2013Table`."""
+        n = len(self.emotions)
+        table = Fer2013Table(
+            path=path,
+            pixels=np.stack(self.pixels).reshape(n, _SIDE, _SIDE) if n else np.zeros((0, _SIDE, _SIDE), np.uint8),
+            emotions=np.asarray(self.emotions, dtype=np.int8),
+            usage=np.asarray(self.usage, dtype=np.int8),
+            lines=np.asarray(self.lines, dtype=np.int32),
+            problems=self.problems,
+        )
+        for arr in (table.pixels, table.emotions, table.usage, table.lines):
+            arr.setflags(write=False)
+        return table
+
+
+def _parse_fer2013(path: Path) -> Fer2013Table:
+    """Parse all rows, recording (not raising) per-row problems so each dataset applies its own on_error."""
+    lines = _read_lines(path)
+    cols, ncols = _header_columns(lines, path)
+    rows = _TableRows()
     lineno = 1
     with warnings.catch_warnings():
-        # np.fromstring warns when text stops parsing early; the length check below reports it instead.
+        # np.fromstring warns when text stops parsing early; the length check in _row_problem reports it instead.
         warnings.simplefilter("ignore", DeprecationWarning)
         for raw in lines:
             lineno += 1
             line = raw.rstrip(b"\r")
-            if not line.strip():
-                continue
-            row = len(emotions)
-            line_nos.append(lineno)
-            if fast:
-                i, j = line.find(b","), line.rfind(b",")
-                parts = None if i < 0 or i == j else (line[:i], line[i + 1 : j], line[j + 1 :])
-            else:
-                split = line.split(b",")
-                parts = (split[cols[0]], split[cols[1]], split[cols[2]]) if len(split) == ncols else None
-            if parts is None:
-                problems[row] = ("malformed row", f"expected {ncols} comma-separated fields")
-                pixels.append(blank)
-                emotions.append(-1)
-                usage.append(-1)
-                continue
-            emo_s, pix_s, use_s = (p.strip().strip(b'"') for p in parts)
-            code = _USAGE_CODE.get(use_s, -1)
-            usage.append(code)
-            try:
-                emo = int(emo_s)
-            except ValueError:
-                emo = -1
-            vals = np.fromstring(pix_s, dtype=np.int16, sep=" ")
-            if not 0 <= emo < len(FER2013_CLASSES):
-                problems[row] = ("bad label", f"emotion {emo_s.decode('utf-8', 'replace')!r} is not in 0..6")
-            elif code < 0:
-                problems[row] = (
-                    "bad usage",
-                    f"Usage {use_s.decode('utf-8', 'replace')!r} is not one of {USAGES}",
-                )
-            elif vals.size != _NPIX:
-                found = len(pix_s.split())
-                if found == _NPIX:
-                    problems[row] = ("bad pixels", "pixels holds a value that is not an integer")
-                else:
-                    problems[row] = (
-                        "wrong pixel count",
-                        f"expected {_NPIX} pixel values (48x48), found {found}",
-                    )
-            elif (vals >> 8).any():
-                problems[row] = ("bad pixels", "pixel value outside 0..255")
-            if row in problems:
-                emotions.append(-1)
-                pixels.append(blank)
-            else:
-                emotions.append(emo)
-                pixels.append(vals.astype(np.uint8))
-    n = len(emotions)
-    table = Fer2013Table(
-        path=path,
-        pixels=np.stack(pixels).reshape(n, _SIDE, _SIDE) if n else np.zeros((0, _SIDE, _SIDE), np.uint8),
-        emotions=np.asarray(emotions, dtype=np.int8),
-        usage=np.asarray(usage, dtype=np.int8),
-        lines=np.asarray(line_nos, dtype=np.int32),
-        problems=problems,
-    )
-    for arr in (table.pixels, table.emotions, table.usage, table.lines):
-        arr.setflags(write=False)
-    return table
+            if line.strip():
+                rows.add(lineno, _row_fields(line, cols, ncols), ncols)
+    return rows.table(path)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_fer2013(path: str, mtime_ns: int, size: int) -> Fer2013Table:
-    return _parse_fer2013(Path(path))
+_load_table = cached_file_parser(_parse_fer2013, "FER2013 csv not found")
 
 
 def load_fer2013_table(path: str | os.PathLike[str]) -> Fer2013Table:
     """Parse a fer2013.csv / .csv.gz once per process (cached on path, size and mtime)."""
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise DatasetError("FER2013 csv not found", p)
-    st = p.stat()
-    return _cached_fer2013(str(p), st.st_mtime_ns, st.st_size)
+    return _load_table(path)
 
 
 def split_rows(table: Fer2013Table, split: str, issues: IssueLog) -> np.ndarray:

@@ -7,7 +7,6 @@ pixels, their cached parse and the split rows with :mod:`poster_fer.data.fer2013
 from __future__ import annotations
 
 import csv
-import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..constants import FERPLUS_CLASSES
-from .base import FERDataset, Transform, check_class_names, normalize_split
+from .base import FERDataset, Transform, cached_file_parser, check_class_names, normalize_split
 from .errors import DatasetError, IssueLog
 from .fer2013 import SPLIT_USAGE, USAGES, gray_to_rgb, load_fer2013_table, split_rows
 
@@ -80,18 +79,12 @@ def _parse_ferplus(path: Path) -> FerPlusVotes:
     return FerPlusVotes(path, usage, names, arr, lines, problems)
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_ferplus(path: str, mtime_ns: int, size: int) -> FerPlusVotes:
-    return _parse_ferplus(Path(path))
+_load_votes = cached_file_parser(_parse_ferplus, "FER+ label file fer2013new.csv not found")
 
 
 def load_ferplus_votes(path: str | os.PathLike[str]) -> FerPlusVotes:
     """Parse fer2013new.csv once per process (cached on path, size and mtime)."""
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise DatasetError("FER+ label file fer2013new.csv not found", p)
-    st = p.stat()
-    return _cached_ferplus(str(p), st.st_mtime_ns, st.st_size)
+    return _load_votes(path)
 
 
 def ferplus_majority(votes: np.ndarray) -> np.ndarray:
@@ -239,40 +232,8 @@ class FerPlusDataset(FERDataset):
                 self.plus.path,
             )
         candidates = split_rows(self.table, self.split, issues)
-        majority = ferplus_majority(self.plus.votes) if label_mode == "majority" else None
-        codes = SPLIT_USAGE[self.split]
-        for row, (reason, message) in sorted(self.plus.problems.items()):
-            if self.table.usage[row] < 0 or self.table.usage[row] in codes:
-                issues.error(reason, message, self.plus.path, self.plus.lines[row])
-        rows: list[int] = []
-        targets: list = []
-        for row in candidates.tolist():
-            if row in self.plus.problems:
-                continue
-            if self.plus.usage[row] != USAGES[self.table.usage[row]]:
-                issues.error(
-                    "usage mismatch",
-                    f"Usage {self.plus.usage[row]!r} disagrees with {USAGES[self.table.usage[row]]!r} "
-                    f"on line {int(self.table.lines[row])} of {self.table.path}",
-                    self.plus.path,
-                    self.plus.lines[row],
-                )
-                continue
-            if not self.plus.names[row]:
-                issues.drop("no image name (dropped by FER+)")
-                continue
-            if majority is not None:  # vectorised fast path, same rule as ferplus_target
-                m = int(majority[row])
-                target, why = (
-                    (m, "") if 0 <= m < 8 else (None, _MAJORITY_DROP.get(m, "unknown (no majority)"))
-                )
-            else:
-                target, why = ferplus_target(self.plus.votes[row], label_mode)
-            if target is None:
-                issues.drop(why)
-                continue
-            rows.append(row)
-            targets.append(target)
+        self._report_vote_problems(issues)
+        rows, targets = self._pick_rows(candidates, issues)
         self.rows = np.asarray(rows, dtype=np.int64)
         if label_mode == "majority":
             final: list[int] | np.ndarray = [int(t) for t in targets]
@@ -282,6 +243,50 @@ class FerPlusDataset(FERDataset):
             labels = final.argmax(axis=1).tolist()
         report = issues.build_report(self.name, self.split, self.plus.path, classes, labels, len(self.table))
         super().__init__(classes, final, report, transform)
+
+    def _report_vote_problems(self, issues: IssueLog) -> None:
+        """Broken vote rows of this split (or of a row whose split is unknown) go through ``issues``."""
+        codes = SPLIT_USAGE[self.split]
+        for row, (reason, message) in sorted(self.plus.problems.items()):
+            if self.table.usage[row] < 0 or self.table.usage[row] in codes:
+                issues.error(reason, message, self.plus.path, self.plus.lines[row])
+
+    def _pick_rows(self, candidates: np.ndarray, issues: IssueLog) -> tuple[list[int], list]:
+        """The split's rows FER+ keeps and their targets; the others are counted as errors or drops."""
+        majority = ferplus_majority(self.plus.votes) if self.label_mode == "majority" else None
+        rows: list[int] = []
+        targets: list = []
+        for row in candidates.tolist():
+            if row in self.plus.problems or not self._usage_agrees(row, issues):
+                continue
+            if not self.plus.names[row]:
+                issues.drop("no image name (dropped by FER+)")
+                continue
+            if majority is not None:  # vectorised fast path, same rule as ferplus_target
+                m = int(majority[row])
+                target, why = (m, "") if 0 <= m < 8 else (None, _MAJORITY_DROP.get(m, "unknown (no majority)"))
+            else:
+                target, why = ferplus_target(self.plus.votes[row], self.label_mode)
+            if target is None:
+                issues.drop(why)
+                continue
+            rows.append(row)
+            targets.append(target)
+        return rows, targets
+
+    def _usage_agrees(self, row: int, issues: IssueLog) -> bool:
+        """Whether the two files give the row the same Usage; a disagreement is an error."""
+        usage = USAGES[self.table.usage[row]]
+        if self.plus.usage[row] == usage:
+            return True
+        issues.error(
+            "usage mismatch",
+            f"Usage {self.plus.usage[row]!r} disagrees with {usage!r} "
+            f"on line {int(self.table.lines[row])} of {self.table.path}",
+            self.plus.path,
+            self.plus.lines[row],
+        )
+        return False
 
     @property
     def image_names(self) -> list[str]:

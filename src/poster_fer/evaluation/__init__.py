@@ -16,7 +16,7 @@ from .calibration import (
 from .class_match import ClassMismatchError, match_classes
 from .evaluate import EvalOptions, evaluate_dataset, fit_dataset_temperature, run_evaluation
 from .explain import explain_figure, relevance_maps
-from .loop import EvalOutput, predict_split
+from .loop import EvalOutput, PredictOptions, predict_split
 from .metrics import (
     accuracy,
     compute_metrics,
@@ -29,12 +29,21 @@ from .metrics import (
     row_normalised,
     top_k_accuracy,
 )
-from .plots import plot_confusion, plot_curves, plot_reliability, tsne_subsample_indices, write_tsne
+from .plots import (
+    TsneOptions,
+    plot_confusion,
+    plot_curves,
+    plot_reliability,
+    tsne_subsample_indices,
+    write_tsne,
+)
 from .report import load_metrics, render_markdown, write_eval_outputs
 
 __all__ = [
     "ClassMismatchError",
     "EvalOutput",
+    "PredictOptions",
+    "TsneOptions",
     "accuracy",
     "apply_temperature",
     "calibrate_model",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,8 +36,9 @@ from ..provenance import git_revision
 from ..weights.preprocessing import Preprocessing, create_transform
 from .calibration import calibration_metrics, fit_temperature
 from .class_match import ClassMismatchError, match_classes
-from .loop import predict_split
+from .loop import EvalOutput, PredictOptions, predict_split
 from .metrics import compute_metrics
+from .options import legacy_options, positional_settings
 from .report import write_eval_outputs
 from .samples import EvalImages, sample_ids, subsample_indices
 
@@ -44,66 +46,60 @@ __all__ = ["TTA_MODES", "EvalOptions", "evaluate_dataset", "fit_dataset_temperat
 
 TTA_MODES = (None, "flip")
 
+#: run_evaluation's settings that could be given by position before :class:`EvalOptions`, in their old order.
+_RUN_POSITIONAL = ("batch_size", "tta", "device", "collect_features")
+#: The :class:`EvalOptions` fields run_evaluation reads.
+_RUN_FIELDS = frozenset({*_RUN_POSITIONAL, "num_workers", "progress", "desc", "temperature", "logit_bias", "precision"})
+
+
 @torch.no_grad()
 def run_evaluation(
     model: nn.Module,
     dataset: Any,
-    batch_size: int = 64,
-    tta: str | None = None,
-    device: str | torch.device | None = "cpu",
-    collect_features: bool = False,
-    *,
+    *args: Any,
+    options: EvalOptions | None = None,
     transform: Callable | None = None,
     indices: Sequence[int] | np.ndarray | None = None,
-    num_workers: int = 0,
-    progress: bool = True,
-    desc: str = "eval",
-    temperature: float = 1.0,
-    logit_bias: Sequence[float] | None = None,
-    precision: str | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Predict every sample of ``dataset`` (in order) through :func:`~poster_fer.evaluation.loop.predict_split`
     and return the raw material of the metrics.
 
-    ``transform`` replaces the dataset's own (it is applied to ``dataset.get_image(i)``); without it the
-    dataset's transform must already produce model input. ``tta="flip"`` averages the softmax of each image
-    and its mirror. ``indices`` restricts the run to those samples. ``temperature`` divides the logits before
-    every softmax (calibrated confidences; the argmax is unchanged without TTA); ``logit_bias`` (per-class
-    offsets, the model's class-prior correction) is added before that, as every inference path does
-    (:func:`~poster_fer.weights.io.calibrate_logits`). ``precision`` is an autocast name (``bf16``...; default
-    full precision). Returns ``y_true`` (hard labels, argmax of soft targets), ``y_pred``, ``probs`` (N, C
+    ``options`` (an :class:`EvalOptions`; its fields may also be given as keywords, which override it, as
+    :func:`evaluate_dataset` takes them) says how: ``batch_size``, ``tta``, ``device``, ``collect_features``,
+    ``num_workers``, ``progress``, ``desc``, ``temperature``, ``logit_bias`` and ``precision`` are read; the
+    other fields are :func:`evaluate_dataset`'s. The first four may still be given by position, with a
+    DeprecationWarning. ``transform`` replaces the dataset's own (it is applied to ``dataset.get_image(i)``);
+    without it the dataset's transform must already produce model input. ``tta="flip"`` averages the softmax
+    of each image and its mirror. ``indices`` restricts the run to those samples. ``temperature`` (None means 1)
+    divides the logits before every softmax (calibrated confidences; the argmax is unchanged without TTA);
+    ``logit_bias`` (per-class offsets, the model's class-prior correction) is added before that, as every
+    inference path does (:func:`~poster_fer.weights.io.calibrate_logits`); here None means no bias, where
+    :func:`evaluate_dataset` reads the card's. ``precision`` is an autocast name (``bf16``...; default full
+    precision). Returns ``y_true`` (hard labels, argmax of soft targets), ``y_pred``, ``probs`` (N, C
     float32, as deployed), ``probs_uncalibrated`` (the same at T = 1 without the bias), ``logits`` (N, C
     float32, raw, of the unflipped image: what a temperature is fitted on), ``features`` ((N, D) from
     ``model.forward_features`` of the unflipped image, or ``None``), ``paths`` (sample ids), ``indices`` and
     ``temperature``. The model is put in eval mode and left there.
     """
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, not {tta!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    temperature = validate_temperature(temperature)
-    dev = resolve_device(device)
+    opts = _run_options(options, args, settings)
+    temperature = validate_temperature(1.0 if opts.temperature is None else opts.temperature)
+    dev = resolve_device(opts.device)
     idx = np.arange(len(dataset)) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
         raise ValueError("nothing to evaluate: the dataset (or the chosen subset) is empty")
     labels = np.asarray(dataset.labels, dtype=np.int64)[idx]
     ids = sample_ids(dataset)
     loader = torch.utils.data.DataLoader(
-        EvalImages(dataset, idx, labels, transform), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=dev.type == "cuda",
+        EvalImages(dataset, idx, labels, transform), batch_size=opts.batch_size, shuffle=False,
+        num_workers=opts.num_workers, pin_memory=dev.type == "cuda",
     )
-
-    def prepare(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], None]:
-        return batch["image"].to(dev, non_blocking=True), batch["target"], {}, None
-
     model.eval().to(dev)
-    out = predict_split(model, loader, prepare, device=dev, autocast=precision_autocast(
-        dev, resolve_precision(precision, dev, "precision")), return_features=collect_features,
-        tta_flip=tta == "flip", progress=progress, desc=desc)
-    views = [out.logits] if out.flip_logits is None else [out.logits, out.flip_logits]
-    calibrated = temperature != 1.0 or logit_bias is not None
-    prob = (sum(softmax(calibrate_logits(v, temperature, logit_bias)) for v in views) / len(views)
-            if calibrated else out.probs)
+    loop = PredictOptions(autocast=precision_autocast(dev, resolve_precision(opts.precision, dev, "precision")),
+                          return_features=opts.collect_features, tta_flip=opts.tta == "flip",
+                          progress=opts.progress, desc=opts.desc)
+    out = predict_split(model, loader, functools.partial(_to_device, dev), device=dev, options=loop)
+    prob = _deployed_probs(out, temperature, opts.logit_bias)
     return {
         "y_true": labels,
         "y_pred": prob.argmax(axis=1).astype(np.int64),
@@ -115,6 +111,37 @@ def run_evaluation(
         "paths": [ids[i] for i in idx.tolist()],
         "indices": idx,
     }
+
+
+def _to_device(dev: torch.device, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], None]:
+    """The loop's ``prepare`` step for :class:`EvalImages` batches: the images on ``dev``, the targets as they are."""
+    return batch["image"].to(dev, non_blocking=True), batch["target"], {}, None
+
+
+def _run_options(options: EvalOptions | None, args: Sequence[Any], settings: dict[str, Any]) -> EvalOptions:
+    """run_evaluation's options: ``options`` with the keywords (and the old positional settings) over it."""
+    unknown = sorted(set(settings) - _RUN_FIELDS)
+    if unknown:
+        raise TypeError(f"run_evaluation() got unexpected keyword argument(s) {unknown}")
+    opts = options or EvalOptions()
+    if args:  # the form before EvalOptions: batch_size, tta, device, collect_features by position
+        legacy = positional_settings(args, _RUN_POSITIONAL, settings, "run_evaluation")
+        opts = legacy_options(opts, EvalOptions, legacy, "run_evaluation")
+    opts = dataclasses.replace(opts, **settings)
+    if opts.tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, not {opts.tta!r}")
+    if opts.batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {opts.batch_size}")
+    return opts
+
+
+def _deployed_probs(out: EvalOutput, temperature: float, logit_bias: Sequence[float] | None) -> np.ndarray:
+    """The probabilities as deployed: the loop's own at T = 1 without a bias, else each view's calibrated
+    softmax, averaged over the views (the image and, with flip TTA, its mirror)."""
+    if temperature == 1.0 and logit_bias is None:
+        return out.probs
+    views = [out.logits] if out.flip_logits is None else [out.logits, out.flip_logits]
+    return sum(softmax(calibrate_logits(v, temperature, logit_bias)) for v in views) / len(views)
 
 
 def _checkpoint_record(model: nn.Module, checkpoint: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -151,32 +178,33 @@ def _resolve_classes_and_preprocessing(
     return names, mapping, preprocessing
 
 
+#: The :class:`EvalOptions` fields fit_dataset_temperature reads.
+_FIT_FIELDS = frozenset({"classes", "preprocessing", "classes_by_position", "batch_size", "device", "max_samples",
+                         "num_workers", "progress"})
+
+
 def fit_dataset_temperature(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    classes: Sequence[str] | None = None,
-    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
-    classes_by_position: bool = False,
-    batch_size: int = 64,
-    device: str | torch.device | None = "cpu",
-    max_samples: int | None = None,
-    num_workers: int = 0,
-    progress: bool = True,
+    model: nn.Module, dataset: Any, options: EvalOptions | None = None, **settings: Any
 ) -> tuple[float, int]:
     """Fit the calibration temperature on a (validation) split; returns ``(T, samples used)``.
 
-    Same preprocessing and class matching as :func:`evaluate_dataset`, on the logits of the unflipped images
-    plus the model's stored ``logit_bias`` (the temperature scales what is deployed). The model's metadata is
-    left alone: store the result with
-    :func:`poster_fer.weights.io.set_temperature` if it should travel with the checkpoint.
+    ``options`` (an :class:`EvalOptions`; its fields may also be given as keywords, which override it, as
+    :func:`evaluate_dataset` takes them): ``classes``, ``preprocessing``, ``classes_by_position``, ``batch_size``,
+    ``device``, ``max_samples``, ``num_workers`` and ``progress`` are read. Same preprocessing and class
+    matching as :func:`evaluate_dataset`, on the logits of the unflipped images plus the model's stored
+    ``logit_bias`` (the temperature scales what is deployed). The model's metadata is left alone: store the
+    result with :func:`poster_fer.weights.io.set_temperature` if it should travel with the checkpoint.
     """
-
-    _, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, classes, preprocessing,
-                                                          classes_by_position)
-    idx = subsample_indices(len(dataset), max_samples)
-    out = run_evaluation(model, dataset, batch_size=batch_size, device=device, transform=create_transform(prep),
-                         indices=idx, num_workers=num_workers, progress=progress, desc="fit temperature")
+    unknown = sorted(set(settings) - _FIT_FIELDS)
+    if unknown:
+        raise TypeError(f"fit_dataset_temperature() got unexpected keyword argument(s) {unknown}")
+    opts = dataclasses.replace(options or EvalOptions(), **settings)
+    _, mapping, prep = _resolve_classes_and_preprocessing(model, dataset, opts.classes, opts.preprocessing,
+                                                          opts.classes_by_position)
+    idx = subsample_indices(len(dataset), opts.max_samples)
+    run = EvalOptions(batch_size=opts.batch_size, device=opts.device, num_workers=opts.num_workers,
+                      progress=opts.progress, desc="fit temperature")
+    out = run_evaluation(model, dataset, options=run, transform=create_transform(prep), indices=idx)
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
 
     bias = card_of(model).logit_bias
@@ -192,6 +220,12 @@ class EvalOptions:
     ``classes`` and ``preprocessing`` default to the model's card; ``classes_by_position`` maps dataset labels
     by index instead of by name; ``temperature`` overrides the card's; ``provenance`` is merged into the record;
     ``checkpoint`` is the file the record names; ``tsne`` adds a t-SNE picture of the features.
+    ``logit_bias`` overrides the card's, ``precision`` is an autocast name (``bf16``...; default full precision),
+    ``collect_features`` keeps the features and ``desc`` names the progress bar.
+
+    :func:`run_evaluation` and :func:`fit_dataset_temperature` read the fields they need from the same object;
+    for :func:`run_evaluation`, ``temperature`` and ``logit_bias`` left None mean none (T = 1, no bias) rather
+    than the card's.
     """
 
     classes: Sequence[str] | None = None
@@ -209,6 +243,10 @@ class EvalOptions:
     make_plots: bool = True
     progress: bool = True
     temperature: float | None = None
+    collect_features: bool = False
+    desc: str = "eval"
+    logit_bias: Sequence[float] | None = None
+    precision: str | None = None
 
 
 def evaluate_dataset(model: nn.Module, dataset: Any, out_dir: str | os.PathLike[str] | None = None,
@@ -241,10 +279,11 @@ def evaluate_dataset(model: nn.Module, dataset: Any, out_dir: str | os.PathLike[
             calibrated_probs=out["probs"], temperature=out["temperature"],
             n_bins=metrics["calibration"]["n_bins"], title=record["name"])
     if opts.tsne:
-        from .plots import write_tsne
+        from .plots import TsneOptions, write_tsne
 
         paths["tsne"] = Path(out_dir) / "tsne.png"
-        write_tsne(out["features"], scored.y_true, scored.names, paths["tsne"], max_points=opts.tsne_max_points)
+        write_tsne(out["features"], scored.y_true, scored.names, paths["tsne"],
+                   options=TsneOptions(max_points=opts.tsne_max_points))
     return {**metrics, "files": {k: str(v) for k, v in paths.items()}}
 
 
@@ -275,10 +314,9 @@ def _score(model: nn.Module, dataset: Any, opts: EvalOptions) -> _Scored:
         temperature = 1.0 if card.temperature is None else float(card.temperature)
     idx = subsample_indices(len(dataset), opts.max_samples)
     start = time.perf_counter()
-    out = run_evaluation(model, dataset, batch_size=opts.batch_size, tta=opts.tta, device=opts.device,
-                         collect_features=opts.tsne, transform=create_transform(prep), indices=idx,
-                         num_workers=opts.num_workers, progress=opts.progress, temperature=temperature,
-                         logit_bias=card.logit_bias)
+    run = dataclasses.replace(opts, temperature=temperature, collect_features=opts.tsne or opts.collect_features,
+                              logit_bias=card.logit_bias if opts.logit_bias is None else opts.logit_bias)
+    out = run_evaluation(model, dataset, options=run, transform=create_transform(prep), indices=idx)
     seconds = time.perf_counter() - start
     y_true = out["y_true"] if mapping is None else mapping[out["y_true"]]
     metrics = compute_metrics(y_true, out["y_pred"], names, probs=out["probs"])

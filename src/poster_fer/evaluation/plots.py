@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .metrics import row_normalised
+from .options import legacy_options, positional_settings
 
-__all__ = ["plot_confusion", "plot_curves", "plot_reliability", "tsne_subsample_indices", "write_tsne"]
+__all__ = ["TsneOptions", "plot_confusion", "plot_curves", "plot_reliability", "tsne_subsample_indices", "write_tsne"]
 
 _ANALYSIS_HINT = "install the analysis extra: pip install 'poster-fer[analysis]'"
 
@@ -126,30 +128,72 @@ def tsne_subsample_indices(num_points: int, max_points: int, seed: int = 0) -> n
     return np.sort(rng.choice(num_points, size=max_points, replace=False))
 
 
+@dataclass(frozen=True)
+class TsneOptions:
+    """How :func:`write_tsne` embeds: the subsampling seed and size, t-SNE's perplexity and iterations, and the
+    OpenMP thread cap during the fit (``None`` leaves the threading alone)."""
+
+    seed: int = 0
+    max_points: int = 5000
+    perplexity: float = 30.0
+    max_iter: int = 1000
+    num_threads: int | None = 1
+
+
+#: write_tsne's settings in their old positional order (after ``out_path``), before :class:`TsneOptions`.
+_TSNE_POSITIONAL = ("seed", "max_points", "perplexity", "max_iter", "num_threads")
+
+
 def write_tsne(
     features: ArrayLike,
     labels: ArrayLike,
     class_names: Sequence[str],
     out_path: str | Path,
-    seed: int = 0,
-    max_points: int = 5000,
-    perplexity: float = 30.0,
-    max_iter: int = 1000,
-    num_threads: int | None = 1,
+    *args: Any,
+    options: TsneOptions | None = None,
+    **legacy: Any,
 ) -> np.ndarray:
     """Embed penultimate features with t-SNE (as in the paper's Fig. 5) and save a scatter coloured by class.
 
-    More than ``max_points`` points are subsampled reproducibly from ``seed``, since t-SNE cost grows
-    quickly with N. Perplexity is capped below the sample count, which scikit-learn requires.
+    ``options`` (a :class:`TsneOptions`; its fields as keywords or by position, the form before it, still work
+    with a DeprecationWarning). More than ``max_points`` points are subsampled reproducibly from ``seed``, since
+    t-SNE cost grows quickly with N. Perplexity is capped below the sample count, which scikit-learn requires.
     ``num_threads`` caps OpenMP threads during the fit: torch and scikit-learn each ship their own libgomp,
     and once torch has run, the two pools' spinning workers starve each other (t-SNE ran 5-20x slower on a
     2-core machine), so the default is 1; ``None`` leaves the threading alone. Returns the (n, 2) embedding
     of the plotted points.
     """
+    legacy.update(positional_settings(args, _TSNE_POSITIONAL, legacy, "write_tsne"))
+    opts = legacy_options(options, TsneOptions, legacy, "write_tsne")
     try:
         from sklearn.manifold import TSNE
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(f"t-SNE needs scikit-learn; {_ANALYSIS_HINT}") from exc
+    feats, labs, names = _tsne_inputs(features, labels, class_names)
+    idx = tsne_subsample_indices(feats.shape[0], opts.max_points, opts.seed)
+    feats, labs = feats[idx], labs[idx]
+    n = feats.shape[0]
+    kwargs: dict[str, Any] = {
+        "n_components": 2,
+        "perplexity": float(min(opts.perplexity, max(1.0, (n - 1) / 3.0))),
+        "init": "pca",
+        "learning_rate": "auto",
+        "random_state": opts.seed,
+    }
+    # scikit-learn renamed n_iter to max_iter in 1.5 and removed n_iter in 1.7.
+    iter_key = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
+    kwargs[iter_key] = max(250, int(opts.max_iter))
+    with _openmp_limit(opts.num_threads):
+        embedding = TSNE(**kwargs).fit_transform(feats)
+    _scatter(embedding, labs, names, out_path)
+    return embedding
+
+
+def _tsne_inputs(
+    features: ArrayLike, labels: ArrayLike, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Features as float64 (N, D), labels as int64 (N,) within the classes, and the class names; at least 4
+    points, since t-SNE needs them."""
     feats = np.asarray(features, dtype=np.float64)
     labs = np.asarray(labels).astype(np.int64)
     names = [str(n) for n in class_names]
@@ -161,22 +205,11 @@ def write_tsne(
         raise ValueError(f"t-SNE needs at least 4 points, got {feats.shape[0]}")
     if labs.size and (labs.min() < 0 or labs.max() >= len(names)):
         raise ValueError(f"labels must lie in [0, {len(names)})")
-    idx = tsne_subsample_indices(feats.shape[0], max_points, seed)
-    feats, labs = feats[idx], labs[idx]
-    n = feats.shape[0]
-    kwargs: dict[str, Any] = {
-        "n_components": 2,
-        "perplexity": float(min(perplexity, max(1.0, (n - 1) / 3.0))),
-        "init": "pca",
-        "learning_rate": "auto",
-        "random_state": seed,
-    }
-    # scikit-learn renamed n_iter to max_iter in 1.5 and removed n_iter in 1.7.
-    iter_key = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
-    kwargs[iter_key] = max(250, int(max_iter))
-    with _openmp_limit(num_threads):
-        embedding = TSNE(**kwargs).fit_transform(feats)
+    return feats, labs, names
 
+
+def _scatter(embedding: np.ndarray, labs: np.ndarray, names: list[str], out_path: str | Path) -> None:
+    """Save the embedding as a scatter, one colour per class."""
     fig = new_figure(7.0, 6.0)
     ax = fig.subplots()
     colours = _class_colours(len(names))
@@ -186,10 +219,9 @@ def write_tsne(
             ax.scatter(embedding[mask, 0], embedding[mask, 1], s=6, color=colours[k], label=name, alpha=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"t-SNE of features ({n} points)")
+    ax.set_title(f"t-SNE of features ({embedding.shape[0]} points)")
     ax.legend(markerscale=3, fontsize=8, loc="best", frameon=True)
     save_figure(fig, out_path)
-    return embedding
 
 
 def _series(

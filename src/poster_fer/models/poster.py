@@ -145,19 +145,21 @@ class CrossFusionBlock(nn.Module):
     image gives landmarks context); both branches then get an MLP; ``conv`` mixes the tokens.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, num_tokens: int, drop_path: float,
-                 token_conv: bool, query_projection: bool, eps: float = 1e-6) -> None:
+    def __init__(self, cfg: PosterConfig, dim: int, num_tokens: int, drop_path: float) -> None:
+        """``dim`` is the pyramid level's width and ``drop_path`` this block's rate; heads, MLP ratio, the token
+        conv and the query projection come from ``cfg``."""
         super().__init__()
+        eps, heads, hidden = 1e-6, cfg.heads, int(dim * cfg.mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn_img = CrossAttention(dim, heads, query_projection=query_projection)
+        self.attn_img = CrossAttention(dim, heads, query_projection=cfg.query_projection)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp1 = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp1 = Mlp(dim, hidden)
         self.norm3 = nn.LayerNorm(dim, eps=eps)
-        self.attn_lm = CrossAttention(dim, heads, query_projection=query_projection)
+        self.attn_lm = CrossAttention(dim, heads, query_projection=cfg.query_projection)
         self.norm4 = nn.LayerNorm(dim, eps=eps)
-        self.mlp2 = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp2 = Mlp(dim, hidden)
         self.drop_path = DropPath(drop_path)
-        self.conv = nn.Conv1d(num_tokens, num_tokens, 1) if token_conv else None
+        self.conv = nn.Conv1d(num_tokens, num_tokens, 1) if cfg.token_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1] // 2
@@ -216,8 +218,7 @@ class PyramidFusion(nn.Module):
 
         def block(dim: int, rate: float) -> nn.Module:
             if cfg.fusion == "cross":
-                return CrossFusionBlock(dim, cfg.heads, cfg.mlp_ratio, num_tokens, rate, cfg.token_conv,
-                                        cfg.query_projection)
+                return CrossFusionBlock(cfg, dim, num_tokens, rate)
             return ViTBlock(dim, cfg.heads, cfg.mlp_ratio, rate)
 
         self.blocks = nn.ModuleList(

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,8 +21,12 @@ from torch import nn
 from ..constants import AFFECTNET8_CLASSES as AFFECTNET_CLASSES  # noqa: F401  (re-exported)
 from ..constants import RAFDB_CLASSES  # noqa: F401  (re-exported)
 from ..models import create_model
+from ..naming import warn_deprecated
 from .preprocessing import Preprocessing
 from .safe_load import CheckpointError, safe_torch_load
+
+if TYPE_CHECKING:
+    from ..card import ModelCard
 
 
 @dataclass
@@ -153,7 +157,6 @@ def load_official(
     strict: bool = True,
     classes: list[str] | None = None,
     channel_order: str | None = None,
-    weights: str | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Load an official POSTER / POSTER++ checkpoint into a poster-fer model (eval mode).
@@ -161,31 +164,22 @@ def load_official(
     Accepts v1 ``{'iter','model_state_dict',...}``, V2 ``{'epoch','state_dict','recorder',...}`` and raw
     state_dicts, with or without ``module.`` prefixes, without executing pickled code. ``model`` is the
     architecture, or a weights record's name (``poster_v1.rafdb_official``, see
-    ``poster_fer.list_models("*official*", pretrained=True)``), which is also what ``weights`` takes.
+    ``poster_fer.list_models("*official*", pretrained=True)``); ``weights=NAME``, which said the same, still works
+    (deprecated). Other keywords are the architecture's (``create_model``).
 
     Class names are never guessed from the head's size: they come from ``classes``, else from the record
-    (``weights``, or the one official record of that architecture and head size; two candidates, e.g.
+    (the named one, or the one official record of that architecture and head size; two candidates, e.g.
     POSTER++ RAF-DB and AffectNet-7, are refused with both names). The model gets ``meta`` (classes,
     preprocessing, provenance) for :func:`poster_fer.save_model` and ``pretrained_cfg`` (the record).
     """
     from ..card import ModelCard
-    from .records import find_official, get_weights
 
-    if "." in model:
-        weights, model = model, model.split(".", 1)[0]
+    weights, model = _weights_and_architecture(model, overrides.pop("weights", None))
     path = Path(path)
-    state_dict, info = unwrap_container(safe_torch_load(path), str(path))
-    state_dict = strip_prefix(state_dict)
-    found = _head_classes(state_dict)
-    record = None
-    if weights is not None:
-        record = get_weights(weights)
-        if record.architecture != model:
-            raise CheckpointError(f"{path}: weights {record.name!r} are for {record.architecture!r}, not {model!r}")
-    if num_classes is None:
-        num_classes = found or (len(classes) if classes else record.num_classes if record else 7)
-    if found is not None and found != num_classes:
-        raise CheckpointError(f"{path}: head has {found} classes but num_classes={num_classes} was asked")
+    raw, info = unwrap_container(safe_torch_load(path), str(path))
+    state_dict = strip_prefix(raw)
+    record = _named_record(path, model, weights)
+    num_classes = _head_size(path, state_dict, num_classes, classes, record)
     net = create_model(model, num_classes=num_classes, **overrides)
     try:
         converted, report = convert_official_state_dict(state_dict, net, strict=strict)
@@ -194,12 +188,7 @@ def load_official(
     net.load_state_dict(converted, strict=False)
     net.eval()
     if record is None and not classes:
-        candidates = find_official(model, num_classes)
-        if len(candidates) != 1:
-            named = ", ".join(r.name for r in candidates) or f"none for {model} with {num_classes} classes"
-            raise CheckpointError(f"{path}: which dataset's class order? official records: {named}; pass "
-                                  "weights=NAME (--model NAME) or classes=[...] in the head's order")
-        record = candidates[0]
+        record = _only_record(path, model, num_classes)
     names = list(classes) if classes else list(record.classes) if record else []
     if len(names) != num_classes:
         raise CheckpointError(f"{len(names)} class names given for a {num_classes}-class checkpoint")
@@ -217,6 +206,54 @@ def load_official(
         net.card = card  # classes given for a head no record covers: no published card (pretrained_cfg None)
     net.conversion_report = report
     return net
+
+
+def _weights_and_architecture(model: str, weights: str | None) -> tuple[str | None, str]:
+    """(weights name or None, architecture) from ``model`` (an architecture or a weights name) and the
+    deprecated ``weights`` keyword."""
+    if weights is not None:
+        warn_deprecated("load_official(..., weights=NAME) is deprecated: pass model=NAME (an official weights "
+                        "name is a model name)")
+    if "." in model:
+        return model, model.split(".", 1)[0]
+    return weights, model
+
+
+def _named_record(path: Path, model: str, weights: str | None) -> ModelCard | None:
+    """The weights record named (None when none is), refused when it is for another architecture."""
+    if weights is None:
+        return None
+    from .records import get_weights
+
+    record = get_weights(weights)
+    if record.architecture != model:
+        raise CheckpointError(f"{path}: weights {record.name!r} are for {record.architecture!r}, not {model!r}")
+    return record
+
+
+def _head_size(path: Path, state_dict: dict[str, torch.Tensor], num_classes: int | None,
+               classes: list[str] | None, record: ModelCard | None) -> int:
+    """The class count: asked, else the checkpoint head's, the class names', the record's, or 7; a checkpoint
+    whose head disagrees with the asked count is refused."""
+    found = _head_classes(state_dict)
+    if num_classes is None:
+        num_classes = found or (len(classes) if classes else record.num_classes if record else 7)
+    if found is not None and found != num_classes:
+        raise CheckpointError(f"{path}: head has {found} classes but num_classes={num_classes} was asked")
+    return num_classes
+
+
+def _only_record(path: Path, model: str, num_classes: int) -> ModelCard:
+    """The one official record of this architecture and head size, which says the class order; none or two
+    (e.g. POSTER++ RAF-DB and AffectNet-7) is an error naming them."""
+    from .records import find_official
+
+    candidates = find_official(model, num_classes)
+    if len(candidates) != 1:
+        named = ", ".join(r.name for r in candidates) or f"none for {model} with {num_classes} classes"
+        raise CheckpointError(f"{path}: which dataset's class order? official records: {named}; pass "
+                              "model=NAME (--model NAME) or classes=[...] in the head's order")
+    return candidates[0]
 
 
 # --- pretrained backbone files ------------------------------------------------------------------------
