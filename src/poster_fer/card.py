@@ -32,7 +32,8 @@ from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["CALIBRATION_KEYS", "FORMAT", "ModelCard", "card_of", "freeze", "pretrained_root", "thaw"]
+__all__ = ["CALIBRATION_KEYS", "FORMAT", "OPERATING_POINT_KEY", "ModelCard", "card_of", "file_sha256", "freeze",
+           "pretrained_root", "thaw"]
 
 FORMAT = "poster-fer/1"
 #: meta.json keys that make up the calibration (the default operating point and the others).
@@ -44,6 +45,16 @@ _META_FIELDS = ("format", "model", "family", "config", "classes", "preprocessing
                 "provenance", "description", "num_params", "gflops", *CALIBRATION_KEYS)
 # index-only fields of records.json (what a published file needs, not what the model is)
 _INDEX_FIELDS = ("file", "sha256", "onnx", "aliases", "default")
+# meta.json keys a model cannot be rebuilt without
+_REQUIRED_STR = ("format", "model", "family")
+# meta.json keys whose value, when present, must be a JSON object
+_OBJECT_FIELDS = ("preprocessing", "metrics", "provenance")
+#: The meta.json key (kept in a card's ``extra``) naming the operating point its calibration was switched to
+#: (:func:`poster_fer.probabilities.with_operating_point`); absent: the default.
+OPERATING_POINT_KEY = "operating_point"
+# sha256 of the shipped files :meth:`ModelCard.verify` checked, by (path, size, mtime, inode): loading the file it
+# just verified takes the digest from here instead of reading the file a second time
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
 
 
 def pretrained_root() -> Path:
@@ -127,6 +138,12 @@ class ModelCard:
         return None if self.name is None else self.name.partition(".")[2]
 
     @property
+    def display_name(self) -> str | None:
+        """What a report calls the model: its published name, else a name its file recorded in another form (a
+        retired name, kept as read), else its architecture (meta.json's ``weights``, else its ``model``)."""
+        return self.name or self.extra.get("weights") or self.architecture
+
+    @property
     def num_classes(self) -> int:
         """Outputs of the head: the class names, else the config's count (a head without names)."""
         return len(self.classes) or int(self.config.get("num_classes") or 0)
@@ -151,6 +168,12 @@ class ModelCard:
     def operating_points(self) -> dict[str, Any]:
         """The other calibrations the weights offer, by name (``--operating-point NAME``)."""
         return thaw(self.calibration.get("operating_points") or {})
+
+    @property
+    def operating_point(self) -> str:
+        """The operating point the calibration is: ``"default"`` unless
+        :func:`poster_fer.probabilities.with_operating_point` chose another."""
+        return str(self.extra.get(OPERATING_POINT_KEY) or "default")
 
     def provenance_record(self) -> dict[str, Any]:
         """Where the model came from, as stored: the training record with recipe, command, origin and parent."""
@@ -186,6 +209,7 @@ class ModelCard:
             if expected and digest != expected:
                 raise CheckpointError(f"{path}: sha256 {digest} differs from the record of {self.name!r} "
                                       f"({expected}); the installation is damaged, reinstall poster-fer")
+            _VERIFIED[_file_key(path)] = digest
         return folder
 
     # -- the one rule for a new head ------------------------------------------------------------------------
@@ -205,7 +229,7 @@ class ModelCard:
             self, classes=names, config=config, calibration={}, metrics={}, name=None, description="",
             recipe=None, command=None, origin=f"fine-tuned from {parent}" if parent else "", parent=parent,
             provenance={}, num_params=None, gflops=None, file=None, sha256=None, onnx={}, aliases=(), default=False,
-            extra={k: v for k, v in self.extra.items() if k not in ("operating_point", "weights")})
+            extra={k: v for k, v in self.extra.items() if k not in (OPERATING_POINT_KEY, "weights")})
 
     # -- meta.json ------------------------------------------------------------------------------------------
 
@@ -249,6 +273,22 @@ class ModelCard:
         # kept keys of later versions (and a retired name, in ``extra``) never override what the card types
         return thaw({**self.extra, **{k: v for k, v in typed.items() if v is not None}})
 
+    @classmethod
+    def parse_meta(cls, meta: Any, source: str | Path, expected_format: str | None = None,
+                   rebuild: bool = True) -> ModelCard:
+        """The card of a record read from a file (meta.json, a safetensors header, an ONNX file's metadata), its
+        JSON shape checked first: one :class:`CheckpointError` naming ``source`` and the field, never a
+        ``TypeError`` from deep inside. ``rebuild=False`` (an ONNX file: the graph is the model) does not ask for
+        the fields that rebuild a model (format, model, family, config). What the values mean (preprocessing,
+        calibration, counts) is checked on the card by :func:`poster_fer.weights.checks.check_metadata`."""
+        _check_shape(meta, source, expected_format, rebuild)
+        if not isinstance(meta.get("config"), Mapping):  # only when not rebuilding: the graph is the model
+            meta = {k: v for k, v in meta.items() if k != "config"}
+        try:
+            return cls.from_meta(meta)
+        except (TypeError, ValueError) as err:
+            raise _bad(source, "weights", str(err)) from None
+
     # -- records.json -----------------------------------------------------------------------------------------
 
     @classmethod
@@ -284,6 +324,52 @@ def card_of(model: Any) -> ModelCard:
     """A model's card; an empty one for a module that has none (a wrapper, a plain ``nn.Module``)."""
     card = getattr(model, "card", None)
     return card if isinstance(card, ModelCard) else ModelCard()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file. A shipped file that :meth:`ModelCard.verify` checked in this process and that is
+    unchanged since (same size, modification time and inode) is not read again: loading the weights just
+    verified hashes them once, not twice."""
+    from .checksums import sha256_of
+
+    digest = _VERIFIED.get(_file_key(path))
+    return digest if digest is not None else sha256_of(path)
+
+
+def _file_key(path: str | Path) -> tuple[str, int, int, int]:
+    st = Path(path).stat()
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _bad(source: Any, field: str, problem: str) -> CheckpointError:
+    return CheckpointError(f"{source}: metadata field {field!r}: {problem}")
+
+
+def _check_shape(meta: Any, source: Any, expected_format: str | None, rebuild: bool) -> None:
+    """The JSON types of a stored record (see :meth:`ModelCard.parse_meta`)."""
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{source}: the metadata is a JSON {type(meta).__name__}, not an object "
+                              "(a poster-fer meta.json holds one record: model, family, config, classes, ...)")
+    if rebuild:
+        for key in _REQUIRED_STR:
+            if not isinstance(meta.get(key), str) or not meta[key]:
+                raise _bad(source, key, f"missing or not a string ({meta.get(key)!r})")
+        if expected_format is not None and meta["format"] != expected_format:
+            raise _bad(source, "format", f"{meta['format']!r} is not {expected_format!r}")
+        if not isinstance(meta.get("config"), Mapping):
+            raise _bad(source, "config", f"must be an object of the model's settings, got "
+                       f"{type(meta.get('config')).__name__}")
+    classes = meta.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+            raise _bad(source, "classes", "must be a non-empty list of class names (strings)")
+        if len(set(classes)) != len(classes):
+            raise _bad(source, "classes", f"names repeat: {classes}")
+    for key in _OBJECT_FIELDS:
+        if meta.get(key) is not None and not isinstance(meta[key], Mapping):
+            raise _bad(source, key, f"must be an object, got {type(meta[key]).__name__}")
+    if meta.get("weights") is not None and not isinstance(meta["weights"], str):
+        raise _bad(source, "weights", f"must be a weights name (a string), got {type(meta['weights']).__name__}")
 
 
 def _rebuild(values: dict[str, Any]) -> ModelCard:

@@ -4,10 +4,10 @@
 (B,C)), embeds poster-fer's metadata record (classes, preprocessing, provenance) in the file's
 ``metadata_props``, and then runs the file in ONNX Runtime against the PyTorch model: a relative error above
 ``tolerance`` deletes the file and raises :class:`ExportError`, so an export that exists is one that was
-verified. :class:`OnnxRuntimeModel` is what deployment needs: numpy in, logits out, ``.meta`` from the file,
-no PyTorch import.
+verified. :class:`OnnxRuntimeModel` is what deployment needs: numpy in, logits out, ``.card`` (and the record
+as stored, ``.meta``) from the file, no PyTorch import.
 
-The graph outputs the model's raw logits; the calibration temperature (``meta["temperature"]``, 1.0 when the
+The graph outputs the model's raw logits; the calibration temperature (the card's ``temperature``, 1.0 when the
 model stores none) travels as metadata, in the record and as its own ``temperature`` entry, and
 :class:`~poster_fer.inference.OnnxBackend` divides by it before the softmax exactly as the PyTorch backend
 does. Keeping it out of the graph means the export check compares like with like (the PyTorch forward pass
@@ -17,15 +17,19 @@ metadata entry, not the graph. Other consumers compute ``softmax(logits / temper
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .card import ModelCard, thaw
 
 __all__ = ["DEFAULT_OPSET", "META_KEY", "ExportError", "OnnxRuntimeModel", "export_onnx"]
 
@@ -85,27 +89,46 @@ def export_onnx(
     """
     import torch
 
-    from .fastpath import optimize_for_inference
+    from .fastpath import FastPaths, optimize_for_inference
+    from .weights.preprocessing import Preprocessing
 
     if storage not in ("float32", "float16"):
         raise ValueError(f"storage must be 'float32' or 'float16', not {storage!r}")
-    path = Path(path)
-    t0 = time.perf_counter()
-    meta = _metadata(model, metadata)
-    size = int(meta["preprocessing"]["input_size"])
+    path, t0 = Path(path), time.perf_counter()
+    record = _metadata(model, metadata)  # the stored form, embedded as written
+    card = ModelCard.from_meta(record)  # what it says, read once
+    size = Preprocessing.from_dict(card.preprocessing).input_size
     model = model.eval()
-    device = next(model.parameters()).device
-    cpu_model = model if device.type == "cpu" else _cpu_copy(model)
-    graph = (optimize_for_inference(cpu_model, fused_attention=False, channels_last=False) if optimize
-             else cpu_model)
+    cpu_model = model if next(model.parameters()).device.type == "cpu" else _cpu_copy(model)
+    graph = (optimize_for_inference(cpu_model, options=FastPaths(fused_attention=False, channels_last=False))
+             if optimize else cpu_model)
     example = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def write(tmp: str) -> None:
+        _trace_to_onnx(graph, example, tmp, opset)
+        _attach_metadata(tmp, record, card, half_storage=storage == "float16")
+
+    checks = _write_checked(path, write, lambda tmp: _verify(cpu_model, tmp, size, (batch_size, *check_batch_sizes),
+                                                              sample), tolerance)
+    return {
+        "path": str(path), "opset": opset, "bytes": path.stat().st_size, "optimized": optimize,
+        "input": [INPUT_NAME, ["batch", 3, size, size]], "output": [OUTPUT_NAME, ["batch", len(card.classes)]],
+        "checks": checks, "max_rel_error": max(c["rel_error"] for c in checks), "tolerance": tolerance,
+        "seconds": round(time.perf_counter() - t0, 2), "model": card.architecture, "storage": storage,
+    }
+
+
+def _write_checked(path: Path, write: Callable[[str], None], check: Callable[[str], list[dict[str, Any]]],
+                   tolerance: float) -> list[dict[str, Any]]:
+    """``write`` the file to a temporary beside ``path``, ``check`` it, and move it into place only when every
+    check's relative error is within ``tolerance``: an export that exists is one that was verified, and a failed
+    one leaves nothing behind. Returns the checks."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        _trace_to_onnx(graph, example, tmp, opset)
-        _attach_metadata(tmp, meta, half_storage=storage == "float16")
-        checks = _verify(cpu_model, tmp, size, (batch_size, *check_batch_sizes), sample)
+        write(tmp)
+        checks = check(tmp)
         worst = max(c["rel_error"] for c in checks)
         if not worst <= tolerance:  # also catches NaN
             raise ExportError(f"{path}: ONNX Runtime output differs from PyTorch (relative error {worst:.3g} > "
@@ -114,12 +137,7 @@ def export_onnx(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return {
-        "path": str(path), "opset": opset, "bytes": path.stat().st_size, "optimized": optimize,
-        "input": [INPUT_NAME, ["batch", 3, size, size]], "output": [OUTPUT_NAME, ["batch", len(meta["classes"])]],
-        "checks": checks, "max_rel_error": worst, "tolerance": tolerance,
-        "seconds": round(time.perf_counter() - t0, 2), "model": meta.get("model"), "storage": storage,
-    }
+    return checks
 
 
 def _cpu_copy(model: Any) -> Any:
@@ -173,7 +191,9 @@ def _store_float16(proto: Any) -> int:
     return len(casts)
 
 
-def _attach_metadata(dest: str, meta: dict[str, Any], half_storage: bool = False) -> None:
+def _attach_metadata(dest: str, record: dict[str, Any], card: ModelCard, half_storage: bool = False) -> None:
+    """The stored record (``record``, as meta.json would hold it) and, for consumers without poster-fer, the
+    parts they need as entries of their own (read from its ``card``), in the file's ``metadata_props``."""
     import onnx
 
     from .probabilities import get_temperature
@@ -182,12 +202,12 @@ def _attach_metadata(dest: str, meta: dict[str, Any], half_storage: bool = False
     if half_storage:
         _store_float16(proto)
     entries = {
-        META_KEY: json.dumps(meta, sort_keys=True),
-        "classes": json.dumps(meta["classes"]),
-        "preprocessing": json.dumps(meta["preprocessing"], sort_keys=True),
-        "model": str(meta.get("model")),
+        META_KEY: json.dumps(record, sort_keys=True),
+        "classes": json.dumps(list(card.classes)),
+        "preprocessing": json.dumps(thaw(card.preprocessing), sort_keys=True),
+        "model": str(card.architecture),
         # Written even at 1.0 so a consumer without poster-fer sees that the logits want no scaling.
-        "temperature": repr(get_temperature(meta)),
+        "temperature": repr(get_temperature(card)),
     }
     del proto.metadata_props[:]
     for key, value in entries.items():
@@ -220,18 +240,16 @@ def _verify(model: Any, onnx_path: str, size: int, batch_sizes: tuple[int, ...],
 
 
 def _meta_from_session(session: Any) -> dict[str, Any]:
+    """The record a file embeds (else the separate entries an older export wrote), as stored."""
     props = session.get_modelmeta().custom_metadata_map or {}
     if META_KEY in props:
         return json.loads(props[META_KEY])
-    meta: dict[str, Any] = {}
-    for key in ("classes", "preprocessing", "temperature"):
-        if key in props:
-            meta[key] = json.loads(props[key])
-    return meta
+    return {key: json.loads(props[key]) for key in ("classes", "preprocessing", "temperature") if key in props}
 
 
 class OnnxRuntimeModel:
-    """An exported poster-fer model in ONNX Runtime: ``model(batch) -> logits``; ``model.meta``.
+    """An exported poster-fer model in ONNX Runtime: ``model(batch) -> logits``; ``model.card`` (the file's
+    :class:`~poster_fer.card.ModelCard`) and ``model.meta`` (the record as the file stores it).
 
     The logits are raw: calibrated probabilities are ``softmax(logits / model.temperature)`` (what
     :class:`~poster_fer.inference.OnnxBackend` computes).
@@ -267,20 +285,26 @@ class OnnxRuntimeModel:
         self.input_name = inp.name
         self.input_shape = list(inp.shape)
 
+    @functools.cached_property
+    def card(self) -> ModelCard:
+        """The file's card, read from its record once (:class:`~poster_fer.inference.OnnxBackend` checks the
+        record first: :func:`poster_fer.weights.checks.parse_metadata`)."""
+        return ModelCard.from_meta(self.meta)
+
     @property
     def classes(self) -> list[str]:
-        return list(self.meta.get("classes") or [])
+        return list(self.card.classes)
 
     @property
     def temperature(self) -> float:
         """The calibration temperature the file records (1.0 when none)."""
         from .probabilities import get_temperature
 
-        return get_temperature(self.meta)
+        return get_temperature(self.card)
 
     @property
     def input_size(self) -> int | None:
-        size = (self.meta.get("preprocessing") or {}).get("input_size")
+        size = self.card.preprocessing.get("input_size")
         return int(size) if size is not None else None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

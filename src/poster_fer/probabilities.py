@@ -1,42 +1,61 @@
 """Calibrated probabilities: the one place that turns logits and a weight set's calibration into probabilities.
 
-A weight set records two calibration values chosen on validation data (``meta["logit_bias"]``, per class, and
-``meta["temperature"]``); every path that reports probabilities (the plain model's
-:meth:`~poster_fer.models.base.FERModel.predict_proba`, the Recognizer's torch and ONNX backends, evaluation)
-computes ``softmax((logits + logit_bias) / temperature)`` through these functions, so they cannot drift apart.
-The module needs numpy only: the ONNX runtime path uses it without torch.
+A weight set records two calibration values chosen on validation data (its card's ``logit_bias``, per class,
+and ``temperature``; :attr:`poster_fer.card.ModelCard.calibration`); every path that reports probabilities (the
+plain model's :meth:`~poster_fer.models.base.FERModel.predict_proba`, the Recognizer's torch and ONNX backends,
+evaluation) computes ``softmax((logits + logit_bias) / temperature)`` through these functions, so they cannot
+drift apart. The module needs numpy only: the ONNX runtime path uses it without torch.
 
-A weight set may also record other *operating points* (``meta["operating_points"]``: name -> its own
+A weight set may also record other *operating points* (the calibration's ``operating_points``: name -> its own
 ``logit_bias`` and ``temperature``, chosen on validation by a stated rule). The top-level values are the point
 named ``"default"``; :func:`with_operating_point` swaps another in before any backend reads the calibration.
 Why: the shipped FER+ models lean to neutral, and how much of that lean to remove is a trade of accuracy against
 per-class recall that depends on the application, so the trade is offered as data, measured, not as a hidden
 constant.
+
+Each function takes a :class:`~poster_fer.card.ModelCard`, anything that has one (a model, a backend, a
+Recognizer), or a metadata dict as earlier releases passed it (parsed into a card once, on entry).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_POINT", "calibrate_logits", "calibrated_probabilities", "get_logit_bias", "get_temperature",
-           "operating_points", "set_temperature", "softmax", "validate_temperature", "with_operating_point"]
+from .card import OPERATING_POINT_KEY, ModelCard, thaw
+
+__all__ = ["DEFAULT_POINT", "POINT_FIELDS", "calibrate_logits", "calibrated_probabilities", "calibration_card",
+           "get_logit_bias", "get_temperature", "operating_points", "set_temperature", "softmax",
+           "validate_temperature", "with_operating_point"]
 
 DEFAULT_POINT = "default"
 POINTS_KEY = "operating_points"
-_POINT_FIELDS = ("logit_bias", "temperature")
+#: What an operating point sets: the calibration values every inference path applies.
+POINT_FIELDS = ("logit_bias", "temperature")
+
+
+def calibration_card(source: Any) -> ModelCard:
+    """The card whose calibration ``source`` means: a card itself; the card of a model, backend or Recognizer
+    (its ``card``); else a metadata dict (or the ``meta`` dict of an object that has no card), parsed once."""
+    if isinstance(source, ModelCard):
+        return source
+    card = getattr(source, "card", None)
+    if isinstance(card, ModelCard):
+        return card
+    record = source if isinstance(source, Mapping) else (getattr(source, "meta", None) or {})
+    return ModelCard.from_meta(record)
 
 
 def get_temperature(meta: Any) -> float:
-    """The calibration temperature a metadata record (or a model with ``.meta``) stores; 1.0 when it has none.
+    """The calibration temperature a card (or a model, or a metadata dict) stores; 1.0 when it has none.
 
     Every inference path divides logits by this before the softmax, so one stored number calibrates them all.
     """
-    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
-    value = record.get("temperature")
+    value = calibration_card(meta).temperature
     return 1.0 if value is None else validate_temperature(value)
 
 
@@ -57,25 +76,28 @@ def set_temperature(target: Any, temperature: float) -> dict[str, Any]:
 
 
 def get_logit_bias(meta: Any) -> list[float] | None:
-    """The per-class logit offsets a record stores (``meta["logit_bias"]``), or None.
+    """The per-class logit offsets a card (or a model, or a metadata dict) stores (``logit_bias``), or None.
 
     Why: a model trained on FER+ inherits its class frequencies (neutral and happiness are 60% of the faces) and
     leans towards them on balanced or posed data. Adding ``-tau * log(prior)`` to the logits (logit adjustment)
     removes that lean; ``tau`` is chosen on validation data. Every inference path computes
     ``softmax((logits + logit_bias) / temperature)``.
     """
-    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
-    value = record.get("logit_bias")
+    card = calibration_card(meta)
+    return _bias_values(card.calibration.get("logit_bias"), card.classes)
+
+
+def _bias_values(value: Any, classes: Sequence[str]) -> list[float] | None:
+    """A stored ``logit_bias`` as floats (None when absent), refusing what is not one finite number per class."""
     if value is None:
         return None
     try:
         bias = [float(v) for v in value]
     except (TypeError, ValueError):
-        raise ValueError(f"logit_bias must be a list of numbers, got {value!r}") from None
+        raise ValueError(f"logit_bias must be a list of numbers, got {thaw(value)!r}") from None
     if not all(math.isfinite(v) for v in bias):
-        raise ValueError(f"logit_bias must be finite, got {value!r}")
-    classes = record.get("classes")
-    if classes is not None and len(classes) != len(bias):
+        raise ValueError(f"logit_bias must be finite, got {thaw(value)!r}")
+    if classes and len(classes) != len(bias):
         raise ValueError(f"logit_bias has {len(bias)} values for {len(classes)} classes")
     return bias
 
@@ -111,52 +133,58 @@ def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
 
 
 def calibrated_probabilities(logits: np.ndarray, meta: Any) -> np.ndarray:
-    """``softmax((logits + logit_bias) / temperature)`` with the calibration a record (or a model's ``meta``)
-    stores; raw softmax when it stores none."""
-    bias = get_logit_bias(meta)
-    return softmax(calibrate_logits(logits, get_temperature(meta), bias))
+    """``softmax((logits + logit_bias) / temperature)`` with the calibration a card (or a model, or a metadata
+    dict) stores; raw softmax when it stores none."""
+    card = calibration_card(meta)
+    return softmax(calibrate_logits(logits, get_temperature(card), get_logit_bias(card)))
 
 
 def operating_points(meta: Any) -> dict[str, dict[str, Any]]:
-    """Every operating point a record offers, ``"default"`` (its top-level calibration) first; each entry is
-    checked (a known name, a ``logit_bias`` of one number per class, a positive temperature)."""
-    record = meta if isinstance(meta, dict) else (getattr(meta, "meta", None) or {})
-    points: dict[str, dict[str, Any]] = {DEFAULT_POINT: {k: record.get(k) for k in _POINT_FIELDS}}
-    extra = record.get(POINTS_KEY)
+    """Every operating point a card (or a model, or a metadata dict) offers, ``"default"`` (its top-level
+    calibration) first; each entry is checked (a known name, a ``logit_bias`` of one number per class, a positive
+    temperature)."""
+    card = calibration_card(meta)
+    points: dict[str, dict[str, Any]] = {DEFAULT_POINT: {k: thaw(card.calibration.get(k)) for k in POINT_FIELDS}}
+    extra = card.calibration.get(POINTS_KEY)
     if extra is None:
         return points
-    if not isinstance(extra, dict):
-        raise ValueError(f"{POINTS_KEY} must be an object of name -> calibration, got {type(extra).__name__}")
+    if not isinstance(extra, Mapping):
+        raise ValueError(f"{POINTS_KEY} must be an object of name -> calibration, got {_json_type(extra)}")
     for name, point in extra.items():
         if name == DEFAULT_POINT or not isinstance(name, str) or not name:
             raise ValueError(f"{POINTS_KEY}: {name!r} is not a usable name (a non-empty string other than "
                              f"{DEFAULT_POINT!r}, which is the top-level calibration)")
-        if not isinstance(point, dict):
-            raise ValueError(f"{POINTS_KEY}.{name} must be an object, got {type(point).__name__}")
-        scoped = {"classes": record.get("classes"), **{k: point.get(k) for k in _POINT_FIELDS}}
+        if not isinstance(point, Mapping):
+            raise ValueError(f"{POINTS_KEY}.{name} must be an object, got {_json_type(point)}")
         try:
-            get_logit_bias(scoped)
-            get_temperature(scoped)
+            _bias_values(point.get("logit_bias"), card.classes)
+            if point.get("temperature") is not None:
+                validate_temperature(point.get("temperature"))
         except ValueError as err:
             raise ValueError(f"{POINTS_KEY}.{name}: {err}") from None
-        points[name] = dict(point)
+        points[name] = thaw(point)
     return points
 
 
-def with_operating_point(meta: dict[str, Any], name: str | None) -> dict[str, Any]:
-    """A copy of ``meta`` whose calibration (``logit_bias``, ``temperature``) is operating point ``name``'s, and
-    which records the choice in ``meta["operating_point"]``; ``None`` or ``"default"`` return ``meta`` as it is.
-    Raises ValueError naming the points the record has when ``name`` is not one of them."""
+def _json_type(value: Any) -> str:
+    """The name of a stored value's type as the file has it (a card holds a JSON list as a tuple)."""
+    return "list" if isinstance(value, tuple) else type(value).__name__
+
+
+def with_operating_point(meta: Any, name: str | None) -> Any:
+    """``meta`` with operating point ``name``'s calibration (``logit_bias``, ``temperature``), the choice
+    recorded (``operating_point``, :attr:`~poster_fer.card.ModelCard.operating_point`): a card gives a card, a
+    metadata dict a changed copy of the dict. ``None`` or ``"default"`` return ``meta`` as it is. Raises
+    ValueError naming the points the record has when ``name`` is not one of them."""
     if name is None or name == DEFAULT_POINT:
         return meta
-    points = operating_points(meta)
+    card = calibration_card(meta)
+    points = operating_points(card)
     if name not in points:
         raise ValueError(f"no operating point {name!r} in this model's calibration; it has: {', '.join(points)}")
-    out = dict(meta)
-    for key in _POINT_FIELDS:
-        if points[name].get(key) is None:
-            out.pop(key, None)
-        else:
-            out[key] = points[name][key]
-    out["operating_point"] = name
-    return out
+    chosen = {k: points[name][k] for k in POINT_FIELDS if points[name].get(k) is not None}
+    if isinstance(meta, ModelCard):
+        calibration = {**{k: v for k, v in card.calibration.items() if k not in POINT_FIELDS}, **chosen}
+        return dataclasses.replace(card, calibration=calibration, extra={**card.extra, OPERATING_POINT_KEY: name})
+    out = {k: v for k, v in meta.items() if k not in POINT_FIELDS}
+    return {**out, **chosen, OPERATING_POINT_KEY: name}

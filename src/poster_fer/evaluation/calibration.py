@@ -3,9 +3,9 @@
 Networks trained with cross-entropy are usually over-confident: a face predicted "happy" at 0.95 is right
 less often than 95% of the time. Dividing the logits by one scalar ``T > 0`` fitted on held-out data fixes
 most of that without changing any prediction (the argmax of ``z / T`` is the argmax of ``z``), so it is
-safe to apply everywhere a probability is shown. The fitted value lives in the model's metadata
-(``meta["temperature"]``, see :func:`poster_fer.weights.io.set_temperature`) and every inference path
-divides by it before the softmax.
+safe to apply everywhere a probability is shown. The fitted value lives in the model's card (its
+``temperature``, saved in meta.json; see :func:`poster_fer.probabilities.set_temperature`) and every inference
+path divides by it before the softmax.
 
 Inputs may be numpy arrays, nested lists or torch tensors (any device; they are copied to float64 numpy),
 so the functions serve the evaluation loop and the trainer alike. Targets are integer class indices.

@@ -1,14 +1,15 @@
 """Model backends behind :class:`~poster_fer.inference.Recognizer`: one call, numpy batch in, logits out.
 
-Keeping the model behind ``__call__(float32 (B, 3, S, S)) -> logits (B, C)`` plus a ``meta`` record lets the
-same face pipeline drive a PyTorch model (CPU or CUDA) or an exported ONNX file in ONNX Runtime, so the two
-cannot drift apart in preprocessing.
+Keeping the model behind ``__call__(float32 (B, 3, S, S)) -> logits (B, C)`` plus its ``card``
+(:class:`~poster_fer.card.ModelCard`: classes, preprocessing, calibration) lets the same face pipeline drive a
+PyTorch model (CPU or CUDA) or an exported ONNX file in ONNX Runtime, so the two cannot drift apart in
+preprocessing.
 
-The logits a backend returns are already ``(logits + logit_bias) / temperature`` with the values its metadata
-records (``meta["logit_bias"]``, per-class offsets that undo the training set's class prior, none when
-absent; ``meta["temperature"]``, 1 when absent), so whatever applies the softmax gets the deployed, calibrated
-confidences from either backend, and the two cannot drift apart. ONNX files hold the raw-logit graph and carry
-both values as metadata.
+The logits a backend returns are already ``(logits + logit_bias) / temperature`` with the values its card
+records (``logit_bias``, per-class offsets that undo the training set's class prior, none when absent;
+``temperature``, 1 when absent), so whatever applies the softmax gets the deployed, calibrated confidences from
+either backend, and the two cannot drift apart. ONNX files hold the raw-logit graph and carry both values as
+metadata.
 
 Which backend: ``"auto"`` (the default) is PyTorch when it is installed and ONNX Runtime otherwise, so
 ``pip install poster-fer`` without extras labels faces with the ONNX file each shipped model carries beside its
@@ -20,62 +21,78 @@ fine-tuning and autocast need; the ONNX path gives the same crops, labels and ca
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .._lazy import module_available
+from ..card import ModelCard
 from ..constants import BACKENDS, ONNX_FILE
 from ..errors import CheckpointError, InferenceError
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, with_operating_point
-from ..weights.checks import check_metadata
+from ..weights.checks import parse_metadata
 
 if TYPE_CHECKING:
     from ..hub import OfficialOptions
 
-__all__ = ["BACKENDS", "Backend", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend", "onnx_file",
-           "resolve_backend", "resolve_device", "torch_available"]
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "InferenceError", "OnnxBackend", "TorchBackend", "backend_card",
+           "load_backend", "onnx_file", "resolve_backend", "resolve_device", "torch_available"]
 
 
 log = logging.getLogger(__name__)
 
 
-
 class Backend(Protocol):
-    """What the recognizer needs from a model."""
+    """What the recognizer needs from a model: a ``card`` (:class:`~poster_fer.card.ModelCard`; a backend
+    written before cards may give ``meta``, the metadata dict, instead, see :func:`backend_card`), the device, and
+    calibrated logits."""
 
-    meta: dict[str, Any]
     device: str
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def _logit_bias(meta: dict[str, Any], where: Any) -> np.ndarray | None:
-    """The metadata's per-class logit offsets (None when absent), refusing a malformed record."""
-    try:
-        bias = get_logit_bias(meta)
-    except ValueError as err:
-        raise InferenceError(f"{where}: bad logit_bias in the metadata ({err})") from None
-    return None if bias is None else np.asarray(bias, dtype=np.float32)
+def backend_card(backend: Any) -> ModelCard:
+    """A backend's card: its ``card``, or, for a backend written before cards, its ``meta`` dict read once."""
+    card = getattr(backend, "card", None)
+    if isinstance(card, ModelCard):
+        return card
+    return ModelCard.from_meta(getattr(backend, "meta", None) or {})
 
 
-def _operating_point(meta: dict[str, Any], name: str | None, where: Any) -> dict[str, Any]:
-    """``meta`` with operating point ``name``'s calibration (None: the record's default), as an InferenceError."""
-    try:
-        return with_operating_point(meta, name)
-    except ValueError as err:
-        raise InferenceError(f"{where}: {err}") from None
+class _Calibrated:
+    """What both backends hold: the card (its calibration the chosen operating point's), the temperature and
+    logit bias read from it once, and ``meta``, the card as the old metadata dict (prefer ``card``)."""
 
+    card: ModelCard
+    temperature: float
+    logit_bias: np.ndarray | None
 
-def _temperature(meta: dict[str, Any], where: Any) -> float:
-    """The metadata's calibration temperature (1.0 when absent), refusing a value that cannot scale logits."""
-    try:
-        return get_temperature(meta)
-    except ValueError as err:
-        raise InferenceError(f"{where}: bad calibration temperature in the metadata ({err})") from None
+    def _calibrate(self, card: ModelCard, operating_point: str | None, where: Any) -> None:
+        """Take ``card`` with operating point ``operating_point``'s calibration; every problem an InferenceError."""
+        try:
+            self.card = with_operating_point(card, operating_point)
+        except ValueError as err:
+            raise InferenceError(f"{where}: {err}") from None
+        try:
+            self.temperature = get_temperature(self.card)
+        except ValueError as err:
+            raise InferenceError(f"{where}: bad calibration temperature in the metadata ({err})") from None
+        try:
+            bias = get_logit_bias(self.card)
+        except ValueError as err:
+            raise InferenceError(f"{where}: bad logit_bias in the metadata ({err})") from None
+        self.logit_bias = None if bias is None else np.asarray(bias, dtype=np.float32)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The card as the metadata dict of earlier releases (a copy; prefer ``card``)."""
+        return self.card.to_meta()
 
 
 def torch_available() -> bool:
@@ -101,7 +118,7 @@ def resolve_device(device: str | None) -> str:
         raise InferenceError(str(err)) from None
 
 
-class TorchBackend:
+class TorchBackend(_Calibrated):
     """A poster-fer PyTorch model in eval mode under ``inference_mode``.
 
     ``autocast`` ("bf16" or "fp16") runs the forward pass under :func:`torch.autocast` on the model's device;
@@ -122,17 +139,7 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         if fused_attention:
             set_fused_attention(self.model, True)
-        card = getattr(model, "card", None)
-        self.meta: dict[str, Any] = card.to_meta() if card is not None else dict(getattr(model, "meta", None) or {})
-        self.meta.setdefault("model", getattr(model, "model_name", None))
-        if "preprocessing" not in self.meta:
-            self.meta["preprocessing"] = {"input_size": int(model.cfg.input_size)}
-        if not self.meta.get("classes"):
-            raise InferenceError(f"{self.meta.get('model') or 'the model'} records no class names: build it with "
-                                 "create_model(..., classes=[...]) or load it with load_model(path, classes=[...])")
-        self.meta = _operating_point(self.meta, operating_point, getattr(model, "model_name", "model"))
-        self.temperature = _temperature(self.meta, getattr(model, "model_name", "model"))
-        self.logit_bias = _logit_bias(self.meta, getattr(model, "model_name", "model"))
+        self._calibrate(_torch_card(model), operating_point, getattr(model, "model_name", "model"))
         try:
             self.autocast = None if autocast is None else resolve_precision(autocast, self.device, "autocast")
         except ValueError as err:
@@ -141,10 +148,11 @@ class TorchBackend:
         # outputs equal to ~1e-6, checked in tests) on a copy: ``self.model`` stays the model as given.
         self.net = self.model
         if fast:
-            from ..fastpath import optimize_for_inference
+            from ..fastpath import FastPaths, optimize_for_inference
 
             try:
-                self.net = optimize_for_inference(self.model, precision="fp32", fused_attention=fused_attention)
+                self.net = optimize_for_inference(self.model, precision="fp32",
+                                                  options=FastPaths(fused_attention=fused_attention))
             except (TypeError, ValueError, AttributeError, RuntimeError) as err:
                 log.warning("inference fast paths unavailable for this model (%s); running it as is", err)
 
@@ -159,7 +167,21 @@ class TorchBackend:
         return calibrate_logits(logits.float().cpu().numpy(), self.temperature, self.logit_bias)
 
 
-class OnnxBackend:
+def _torch_card(model: Any) -> ModelCard:
+    """A model's card as a backend needs it: its architecture and input size filled in when missing, and
+    refused without class names (they are never guessed)."""
+    card = backend_card(model)  # a model before cards gives its ``meta`` dict
+    if card.architecture is None and getattr(model, "model_name", None):
+        card = dataclasses.replace(card, architecture=model.model_name)
+    if not card.preprocessing:
+        card = dataclasses.replace(card, preprocessing={"input_size": int(model.cfg.input_size)})
+    if not card.classes:
+        raise InferenceError(f"{card.architecture or 'the model'} records no class names: build it with "
+                             "create_model(..., classes=[...]) or load it with load_model(path, classes=[...])")
+    return card
+
+
+class OnnxBackend(_Calibrated):
     """An exported ``.onnx`` file run by ONNX Runtime through :class:`poster_fer.export.OnnxRuntimeModel`.
 
     The file's graph returns raw logits; they are divided here by the temperature its metadata records, as
@@ -187,15 +209,14 @@ class OnnxBackend:
             text = str(err).splitlines()[0][:300]
             raise InferenceError(text if str(self.path) in text else f"{self.path}: not a usable ONNX model ({text})") \
                 from None
-        self.meta = dict(getattr(self.session, "meta", None) or {})
-        if "classes" not in self.meta or "preprocessing" not in self.meta:
+        record = getattr(self.session, "meta", None) or {}
+        if "classes" not in record or "preprocessing" not in record:
             raise InferenceError(f"{self.path}: the ONNX file carries no poster-fer metadata (classes, "
                                  "preprocessing); export it with `poster-fer export`")
-        check_metadata(self.meta, self.path, rebuild=False)
-        _check_graph(self.session, self.meta, self.path)
-        self.meta = _operating_point(self.meta, operating_point, self.path)
-        self.temperature = _temperature(self.meta, self.path)
-        self.logit_bias = _logit_bias(self.meta, self.path)
+        card = parse_metadata(record, self.path, rebuild=False)  # the file's record, read once
+        self.session.card = card  # the runtime's own view of the file (input size, classes) is this one
+        _check_graph(self.session, card, self.path)
+        self._calibrate(card, operating_point, self.path)
         self.device = "cpu"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -203,12 +224,12 @@ class OnnxBackend:
         return calibrate_logits(logits, self.temperature, self.logit_bias)
 
 
-def _check_graph(session: Any, meta: dict[str, Any], where: Path) -> None:
+def _check_graph(session: Any, card: ModelCard, where: Path) -> None:
     """Refuse an ONNX file whose graph does not do what its embedded description says (the input size the
     preprocessing makes, one logit per class): one run on a blank batch, at open, instead of a crash at the first
     face."""
-    size = int((meta.get("preprocessing") or {}).get("input_size") or 0)
-    classes = len(meta.get("classes") or [])
+    size = int(card.preprocessing.get("input_size") or 0)
+    classes = len(card.classes)
     try:
         out = np.asarray(session(np.zeros((1, 3, size, size), np.float32)))
     except Exception as err:  # ONNX Runtime raises its own types when the shapes do not fit
@@ -250,36 +271,55 @@ def onnx_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load_backend(
-    path: str | os.PathLike[str],
-    backend: str | None = "auto",
-    device: str = "auto",
-    *,
-    official: OfficialOptions | None = None,
-    autocast: str | None = None,
-    operating_point: str | None = None,
-    threads: int | None = None,
-    **legacy: Any,
-) -> Backend:
+@dataclass(frozen=True)
+class BackendOptions:
+    """How :func:`load_backend` opens a checkpoint besides its path, backend and device: ``official`` reads one
+    of the authors' ``.pth`` files (:class:`poster_fer.hub.OfficialOptions`), ``autocast`` the PyTorch precision
+    ("bf16", "fp16"), ``operating_point`` one of the calibrations the weights record (None: the default),
+    ``threads`` ONNX Runtime's intra-op threads (None: one per core)."""
+
+    official: OfficialOptions | None = None
+    autocast: str | None = None
+    operating_point: str | None = None
+    threads: int | None = None
+
+    @classmethod
+    def take(cls, options: BackendOptions | None, keywords: dict[str, Any], where: str) -> BackendOptions:
+        """``options`` with the ones given as separate keywords (``official=``, ``autocast=``,
+        ``operating_point=``, ``threads=``, the documented call form) popped from ``keywords`` and set; the
+        official checkpoint's options passed the old way (``model=``, ``classes=``, ...) warn and are merged."""
+        from ..hub import OfficialOptions
+
+        given = {f.name: keywords.pop(f.name) for f in dataclasses.fields(cls) if f.name in keywords}
+        opts = dataclasses.replace(options or cls(), **given)
+        official = OfficialOptions.from_legacy(opts.official, keywords, where)
+        return opts if official is opts.official else dataclasses.replace(opts, official=official)
+
+
+def load_backend(path: str | os.PathLike[str], backend: str | None = "auto", device: str = "auto", *,
+                 options: BackendOptions | None = None, **keywords: Any) -> Backend:
     """Open a checkpoint for inference.
 
     ``backend="torch"``: a poster-fer model directory or ``.safetensors`` file, or an official
     ``.pth``/``.pth.tar`` checkpoint read with ``official`` (:class:`poster_fer.hub.OfficialOptions`), both
     through :func:`poster_fer.hub.open_checkpoint`. ``backend="onnxruntime"`` (or a ``.onnx`` path): an exported
     model with its embedded metadata, or a model directory's ``model.onnx``. ``"auto"`` (default): torch when
-    PyTorch is installed, else onnxruntime. ``operating_point``: one of the calibrations the weights record
-    (``poster-fer info NAME``); None: its default. ``threads``: ONNX Runtime's intra-op threads (None: one per
-    core); one for each of many workers (Ray actors). ``model=``, ``num_classes=``, ``classes=`` and
-    ``channel_order=`` still work, with a DeprecationWarning.
-    """
-    from ..hub import OfficialOptions, is_official_checkpoint, open_checkpoint
+    PyTorch is installed, else onnxruntime.
 
-    official = OfficialOptions.from_legacy(official, legacy, "load_backend")
-    if legacy:
-        raise TypeError(f"load_backend() got unexpected keyword arguments {sorted(legacy)}")
+    Keywords (each a field of :class:`BackendOptions`, which ``options=`` passes at once): ``official``,
+    ``autocast``, ``operating_point``: one of the calibrations the weights record (``poster-fer info NAME``);
+    None: its default. ``threads``: ONNX Runtime's intra-op threads (None: one per core); one for each of many
+    workers (Ray actors). ``model=``, ``num_classes=``, ``classes=`` and ``channel_order=`` still work, with a
+    DeprecationWarning.
+    """
+    from ..hub import is_official_checkpoint, open_checkpoint
+
+    opts = BackendOptions.take(options, keywords, "load_backend")
+    if keywords:
+        raise TypeError(f"load_backend() got unexpected keyword arguments {sorted(keywords)}")
     p = Path(path)
     try:
-        is_official = is_official_checkpoint(p, official.model if official else None)
+        is_official = is_official_checkpoint(p, opts.official.model if opts.official else None)
     except ValueError as err:
         raise InferenceError(str(err)) from None
     kind = "onnxruntime" if p.suffix.lower() == ".onnx" else resolve_backend(backend)
@@ -288,15 +328,15 @@ def load_backend(
     if kind == "onnxruntime":
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such checkpoint")
-        return OnnxBackend(onnx_file(p), device=device, operating_point=operating_point, threads=threads)
+        return OnnxBackend(onnx_file(p), device=device, operating_point=opts.operating_point, threads=opts.threads)
     _need_torch(f"{p} (backend 'torch')")
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
     dev = resolve_device(device)
     try:
-        net = open_checkpoint(p, official, device=dev)
+        net = open_checkpoint(p, opts.official, device=dev)
     except CheckpointError:
         raise  # the file's own problem, said as such
     except ValueError as err:  # an option that does not fit the file
         raise InferenceError(str(err)) from None
-    return TorchBackend(net, device=dev, autocast=autocast, operating_point=operating_point)
+    return TorchBackend(net, device=dev, autocast=opts.autocast, operating_point=opts.operating_point)

@@ -14,7 +14,7 @@ import os
 import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,10 +35,7 @@ from ..hub import resolve_weights
 from ..options import check_count, check_detect_size, check_limit, check_probability
 from ..probabilities import softmax
 from ..weights.preprocessing import Preprocessing
-from .backends import Backend, InferenceError, TorchBackend, load_backend
-
-if TYPE_CHECKING:
-    from ..hub import OfficialOptions
+from .backends import Backend, BackendOptions, InferenceError, TorchBackend, backend_card, load_backend
 
 __all__ = ["DEFAULT_DETECT_SIZE", "MIN_DETECT_SIZE", "PAD_FRACTION", "FaceResult", "ImageLike", "ImagePrediction",
            "Recognizer"]
@@ -202,7 +199,7 @@ class Recognizer:
     into batches of ``batch_size`` before each forward pass.
 
     Args:
-        backend: a :class:`~poster_fer.inference.backends.Backend` (model + metadata), a weights name
+        backend: a :class:`~poster_fer.inference.backends.Backend` (model + card), a weights name
             (``poster_v1_mfn64_image.ferplus``, see ``poster_fer.list_models(pretrained=True)``), a checkpoint
             path (opened with the torch backend, ONNX files with onnxruntime), or None for the default model
             shipped in the package (:data:`poster_fer.hub.DEFAULT_MODEL`).
@@ -244,26 +241,16 @@ class Recognizer:
         detect_size = check_detect_size(detect_size)
         max_pixels = check_limit("max_pixels", max_pixels)
         score_threshold = check_probability("score_threshold", score_threshold)
-        if backend is None or isinstance(backend, (str, os.PathLike)):
-            backend = load_backend(resolve_weights(backend), device=device, operating_point=operating_point)
-        elif operating_point is not None:
-            raise InferenceError("operating_point applies when the Recognizer opens the weights (a path or name); "
-                                 "pass it to load_backend / the backend you built instead")
-        self.backend = backend
-        self.meta: dict[str, Any] = backend.meta
-        self.classes: list[str] = [str(c) for c in self.meta.get("classes") or []]
+        self.backend = _open_backend(backend, device, operating_point)
+        self.card = backend_card(self.backend)  # classes, preprocessing and calibration, read once
+        self.classes: list[str] = list(self.card.classes)
         if not self.classes:
             raise InferenceError("the checkpoint metadata names no classes")
-        self.preprocessing = Preprocessing.from_meta(self.meta)
+        self.preprocessing = Preprocessing.from_dict(self.card.preprocessing)
         if self.preprocessing.geometry_assumed:
             log.info("checkpoint records no crop_geometry; using %r (the official checkpoints' RAF-DB crops)",
                      self.preprocessing.geometry.name)
-        if isinstance(detector, str):
-            if detector.lower() == "haar":
-                log.warning("using the Haar-cascade face detector: it misses turned and small faces and its "
-                            "landmarks are estimated, so crops are coarser than with YuNet")
-            detector = build_detector(detector, model_path=detector_model, score_threshold=score_threshold)
-        self.detector = detector
+        self.detector = _build_detector(detector, detector_model, score_threshold)
         self.batch_size = int(batch_size)
         self.max_faces = max_faces
         self.detect_size = detect_size
@@ -271,21 +258,16 @@ class Recognizer:
         self.pad_small = bool(pad_small)
         self.whole_image_fallback = bool(whole_image_fallback)
 
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The model's card as the metadata dict of earlier releases (a copy); prefer :attr:`card`."""
+        return self.card.to_meta()
+
     # -- construction --------------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike[str] | None = None,
-        device: str = "auto",
-        *,
-        backend: str = "auto",
-        official: OfficialOptions | None = None,
-        autocast: str | None = None,
-        operating_point: str | None = None,
-        threads: int | None = None,
-        **kwargs: Any,
-    ) -> Recognizer:
+    def from_checkpoint(cls, path: str | os.PathLike[str] | None = None, device: str = "auto", *,
+                        backend: str = "auto", options: BackendOptions | None = None, **kwargs: Any) -> Recognizer:
         """Open a checkpoint (None: the shipped default model; a shipped model's name, see
         :func:`poster_fer.hub.list_pretrained`): a poster-fer directory / ``.safetensors``, an
         official ``.pth`` (read with ``official``, a :class:`poster_fer.hub.OfficialOptions`: its architecture,
@@ -293,22 +275,21 @@ class Recognizer:
         ``backend``: "auto" (PyTorch when installed, else ONNX Runtime on the folder's ``model.onnx``), "torch"
         or "onnxruntime".
 
-        Other keyword arguments are the constructor's (``detector``, ``detector_model``: the YuNet file,
-        default the one bundled in the package, ``"zoo"`` the OpenCV Zoo file in the per-user cache;
-        ``batch_size``, ``max_faces``, ``detect_size``, ``max_pixels``, ``score_threshold``, ...).
-        ``model=``, ``num_classes=``, ``classes=`` and ``channel_order=`` still work, with a DeprecationWarning.
+        How it is opened: ``official``, ``autocast``, ``operating_point`` and ``threads``, keywords as for
+        :func:`~poster_fer.inference.load_backend` (or all at once as ``options``, a
+        :class:`~poster_fer.inference.backends.BackendOptions`). Other keyword arguments are the constructor's
+        (``detector``, ``detector_model``: the YuNet file, default the one bundled in the package, ``"zoo"`` the
+        OpenCV Zoo file in the per-user cache; ``batch_size``, ``max_faces``, ``detect_size``, ``max_pixels``,
+        ``score_threshold``, ...). ``model=``, ``num_classes=``, ``classes=`` and ``channel_order=`` still work,
+        with a DeprecationWarning.
         """
-        from ..hub import OfficialOptions
-
-        official = OfficialOptions.from_legacy(official, kwargs, "Recognizer.from_checkpoint")
+        opts = BackendOptions.take(options, kwargs, "Recognizer.from_checkpoint")
         path = resolve_weights(path)  # None: the default model; a shipped model's name: its folder
-        be = load_backend(path, backend=backend, device=device, official=official, autocast=autocast,
-                          operating_point=operating_point, threads=threads)
-        return cls(be, **kwargs)
+        return cls(load_backend(path, backend=backend, device=device, options=opts), **kwargs)
 
     @classmethod
     def from_model(cls, model: Any, device: str = "auto", autocast: str | None = None, **kwargs: Any) -> Recognizer:
-        """Wrap an in-memory poster-fer model (its ``meta`` supplies classes and preprocessing)."""
+        """Wrap an in-memory poster-fer model (its card supplies classes, preprocessing and calibration)."""
         return cls(TorchBackend(model, device=device, autocast=autocast), **kwargs)
 
     @property
@@ -474,6 +455,29 @@ class Recognizer:
 
     def __repr__(self) -> str:
         det = getattr(self.detector, "name", None)
-        name = self.meta.get("weights") or self.meta.get("model")  # keep the weights' tag (.ferplus)
+        name = self.card.display_name  # keep the weights' tag (.ferplus)
         return (f"Recognizer(model={name!r}, classes={len(self.classes)}, device={self.device!r}, "
                 f"detector={det!r}, geometry={self.preprocessing.geometry.name!r}, batch_size={self.batch_size})")
+
+
+def _open_backend(backend: Backend | str | os.PathLike[str] | None, device: str,
+                  operating_point: str | None) -> Backend:
+    """The Recognizer's ``backend`` argument as a backend: a weights name or path opened (None: the default
+    model), a backend object taken as it is (an operating point is then the backend's to choose)."""
+    if backend is None or isinstance(backend, (str, os.PathLike)):
+        return load_backend(resolve_weights(backend), device=device, operating_point=operating_point)
+    if operating_point is not None:
+        raise InferenceError("operating_point applies when the Recognizer opens the weights (a path or name); "
+                             "pass it to load_backend / the backend you built instead")
+    return backend
+
+
+def _build_detector(detector: FaceDetector | str | None, model: str | os.PathLike[str] | None,
+                    score_threshold: float) -> FaceDetector | None:
+    """The Recognizer's ``detector`` argument as a detector (a name built, with a word about Haar's limits)."""
+    if not isinstance(detector, str):
+        return detector
+    if detector.lower() == "haar":
+        log.warning("using the Haar-cascade face detector: it misses turned and small faces and its "
+                    "landmarks are estimated, so crops are coarser than with YuNet")
+    return build_detector(detector, model_path=model, score_threshold=score_threshold)

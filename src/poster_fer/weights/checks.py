@@ -6,7 +6,9 @@ Why one module: ``meta.json`` is the one part of a checkpoint a person edits by 
 and a list where a record belongs ends in an ``AttributeError`` deep inside. Here every field is read once and
 every problem is one :class:`CheckpointError` naming the file and the field.
 
-Order: :func:`check_metadata` (types, names, counts, preprocessing, calibration; no torch needed), then the
+Order: :func:`check_metadata` / :func:`parse_metadata` (the record's JSON shape, read into a
+:class:`~poster_fer.card.ModelCard` by :meth:`~poster_fer.card.ModelCard.parse_meta`; then on the card: counts,
+preprocessing, calibration; no torch needed), then the
 config is built (its dataclass refuses values outside sane ranges), then :func:`check_weights_fit` builds the
 model on PyTorch's ``meta`` device (shapes only, no memory) and compares every tensor shape with the
 safetensors header, so a checkpoint whose config and weights disagree is refused before a real model exists.
@@ -19,11 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..card import ModelCard
 from ..errors import CheckpointError
 
-__all__ = ["check_metadata", "check_weights_fit", "header_shapes"]
-
-_REQUIRED_STR = ("format", "model", "family")
+__all__ = ["check_metadata", "check_weights_fit", "header_shapes", "parse_metadata"]
 
 
 def _fail(source: Any, field: str, problem: str) -> CheckpointError:
@@ -34,40 +35,40 @@ def check_metadata(meta: Any, source: str | Path, expected_format: str | None = 
                    rebuild: bool = True) -> dict[str, Any]:
     """Return ``meta`` if it describes a usable checkpoint; else raise :class:`CheckpointError` naming ``source``
     and the first bad field. ``expected_format`` (e.g. ``"poster-fer/1"``) is checked when given; ``rebuild=False``
-    (an ONNX file: the graph is the model) skips the fields that rebuild a model (format, model, family, config)."""
+    (an ONNX file: the graph is the model) skips the fields that rebuild a model (format, model, family, config).
+    :func:`parse_metadata` is the same check returning the card."""
+    parse_metadata(meta, source, expected_format, rebuild)
+    return dict(meta)
+
+
+def parse_metadata(meta: Any, source: str | Path, expected_format: str | None = None,
+                   rebuild: bool = True) -> ModelCard:
+    """A stored record (meta.json, a safetensors header, an ONNX file's metadata) as its card, checked: the JSON
+    shape by :meth:`ModelCard.parse_meta`, then what the card says (the head's size, the preprocessing, the
+    calibration and its operating points), each problem one :class:`CheckpointError` naming ``source`` and the
+    field. The one place a record from disk becomes a card."""
+    card = ModelCard.parse_meta(meta, source, expected_format, rebuild)
+    _check_head(card, source)
+    _check_preprocessing(card, source)
+    _check_calibration(card, source)
+    return card
+
+
+def _check_head(card: ModelCard, source: Any) -> None:
+    """As many class names as the config's head has outputs (when both are recorded)."""
+    n = card.config.get("num_classes")
+    if card.classes and isinstance(n, int) and not isinstance(n, bool) and n != len(card.classes):
+        raise _fail(source, "classes", f"{len(card.classes)} names but config.num_classes is {n} (the head's size)")
+
+
+def _check_preprocessing(card: ModelCard, source: Any) -> None:
+    """A preprocessing record that parses, at the model's input size, with a crop of a sane size."""
     from ..faces.align import MAX_CROP_SIDE
-    from ..probabilities import POINTS_KEY, get_logit_bias, operating_points, validate_temperature
     from .preprocessing import Preprocessing
 
-    if not isinstance(meta, Mapping):
-        raise CheckpointError(f"{source}: the metadata is a JSON {type(meta).__name__}, not an object "
-                              "(a poster-fer meta.json holds one record: model, family, config, classes, ...)")
-    meta = dict(meta)
-    config = meta.get("config")
-    if rebuild:
-        for key in _REQUIRED_STR:
-            if not isinstance(meta.get(key), str) or not meta[key]:
-                raise _fail(source, key, f"missing or not a string ({meta.get(key)!r})")
-        if expected_format is not None and meta["format"] != expected_format:
-            raise _fail(source, "format", f"{meta['format']!r} is not {expected_format!r}")
-        if not isinstance(config, Mapping):
-            raise _fail(source, "config", f"must be an object of the model's settings, got {type(config).__name__}")
-    config = config if isinstance(config, Mapping) else {}
-    classes = meta.get("classes")
-    if classes is not None:
-        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
-            raise _fail(source, "classes", "must be a non-empty list of class names (strings)")
-        if len(set(classes)) != len(classes):
-            raise _fail(source, "classes", f"names repeat: {classes}")
-        n = config.get("num_classes")
-        if isinstance(n, int) and not isinstance(n, bool) and n != len(classes):
-            raise _fail(source, "classes", f"{len(classes)} names but config.num_classes is {n} (the head's size)")
-    prep_raw = meta.get("preprocessing")
-    if prep_raw is not None and not isinstance(prep_raw, Mapping):
-        raise _fail(source, "preprocessing", f"must be an object, got {type(prep_raw).__name__}")
-    size = config.get("input_size")
+    size = card.config.get("input_size")
     try:
-        prep = Preprocessing.from_dict(prep_raw or {}, size if isinstance(size, int) else None)
+        prep = Preprocessing.from_dict(card.preprocessing, size if isinstance(size, int) else None)
     except (TypeError, ValueError, OverflowError, KeyError) as err:  # OverflowError: int(inf) (found by fuzzing)
         raise _fail(source, "preprocessing", str(err)) from None
     if isinstance(size, int) and prep.input_size != size:
@@ -75,23 +76,25 @@ def check_metadata(meta: Any, source: str | Path, expected_format: str | None = 
                     f"takes {size} px inputs")
     if prep.geometry.width > MAX_CROP_SIDE or prep.geometry.height > MAX_CROP_SIDE:  # also checked by CropGeometry
         raise _fail(source, "preprocessing.crop_geometry", "too large")
-    if meta.get("temperature") is not None:
+
+
+def _check_calibration(card: ModelCard, source: Any) -> None:
+    """A temperature that can scale logits, one finite logit offset per class, usable operating points."""
+    from ..probabilities import POINTS_KEY, get_logit_bias, operating_points, validate_temperature
+
+    if card.temperature is not None:
         try:
-            validate_temperature(meta["temperature"])
+            validate_temperature(card.temperature)
         except ValueError as err:
             raise _fail(source, "temperature", str(err)) from None
     try:
-        get_logit_bias(meta)
+        get_logit_bias(card)
     except ValueError as err:
         raise _fail(source, "logit_bias", str(err)) from None
     try:
-        operating_points(meta)
+        operating_points(card)
     except ValueError as err:
         raise _fail(source, POINTS_KEY, str(err).removeprefix(f"{POINTS_KEY}: ")) from None
-    for key in ("metrics", "provenance"):
-        if meta.get(key) is not None and not isinstance(meta[key], Mapping):
-            raise _fail(source, key, f"must be an object, got {type(meta[key]).__name__}")
-    return meta
 
 
 def header_shapes(weights: str | Path) -> dict[str, tuple[int, ...]]:

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..card import ModelCard, file_sha256, thaw
+from ..card import card_of as model_card
 from ..models import build_from_config, config_to_dict
 from ..models.registry import build_config, family_class
 from ..probabilities import validate_temperature
-from .checks import check_metadata, check_weights_fit, header_shapes
+from .checks import check_metadata, check_weights_fit, header_shapes, parse_metadata
 from .preprocessing import Preprocessing
 from .safe_load import CheckpointError
 
@@ -38,32 +40,26 @@ _HEADER_KEY = "poster_fer_meta"
 
 def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
     """The record stored beside the weights: the model's card as meta.json, updated with ``metadata``."""
-    card = getattr(model, "card", None)
-    meta: dict[str, Any] = card.to_meta() if card is not None else {}
-    meta.update({k: v for k, v in metadata.items() if v is not None})
+    record = model_card(model).to_meta()
+    record.update({k: v for k, v in metadata.items() if v is not None})
+    card = ModelCard.from_meta(record)  # what the record says, read once; the checks below read the card
     num_classes = int(model.cfg.num_classes)
-    if not meta.get("classes"):
+    if not card.classes:
         # Never guessed from the head's size: an 8-class model may be FER+ or AffectNet, in different orders.
         raise ValueError(f"the {num_classes}-class model records no class names: pass classes=[...] (in output "
                          "order) or save a model trained on a dataset")
-    classes = [str(c) for c in meta["classes"]]
-    if len(classes) != num_classes:
-        raise ValueError(f"{len(classes)} class names for a {num_classes}-class model")
+    if len(card.classes) != num_classes:
+        raise ValueError(f"{len(card.classes)} class names for a {num_classes}-class model")
     # one typed record, written in its stored form; missing fields take the defaults (ImageNet stats, RGB)
-    prep = Preprocessing.from_dict(meta.get("preprocessing") or {}, int(model.cfg.input_size)).to_meta()
-    if meta.get("temperature") is not None:
-        meta["temperature"] = validate_temperature(meta["temperature"])
-    meta.update({
-        "format": FORMAT,
-        "model": getattr(model, "model_name", None),
-        "family": getattr(model, "family", None),
-        "config": config_to_dict(model.cfg),
-        "classes": classes,
-        "preprocessing": prep,
-    })
-    if not meta["model"] or not meta["family"]:
+    prep = Preprocessing.from_dict(card.preprocessing, int(model.cfg.input_size)).to_meta()
+    if card.temperature is not None:
+        record["temperature"] = validate_temperature(card.temperature)
+    name, family = getattr(model, "model_name", None), getattr(model, "family", None)
+    record.update({"format": FORMAT, "model": name, "family": family, "config": config_to_dict(model.cfg),
+                   "classes": list(card.classes), "preprocessing": prep})
+    if not name or not family:
         raise ValueError("model has no registered name/family: build it with poster_fer.create_model")
-    return json.loads(json.dumps(meta))  # fail early on anything not JSON-serialisable
+    return json.loads(json.dumps(record))  # fail early on anything not JSON-serialisable
 
 
 def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
@@ -153,8 +149,22 @@ def weights_file(path: str | Path) -> Path:
 
 def read_metadata(path: str | Path, check: bool = True) -> dict[str, Any]:
     """The metadata record of a saved model (directory or ``.safetensors`` file), checked by
-    :func:`poster_fer.weights.checks.check_metadata` unless ``check`` is false (the raw record, for repair)."""
-    weights = _weights_path(Path(path))
+    :func:`poster_fer.weights.checks.check_metadata` unless ``check`` is false (the raw record, for repair).
+    :func:`read_card` gives it as the model's card."""
+    record, where = _read_record(_weights_path(Path(path)))
+    return check_metadata(record, where, FORMAT) if check else record
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """The card of a saved model (directory or ``.safetensors`` file) without loading its tensors: the stored
+    record read once and checked (:func:`poster_fer.weights.checks.parse_metadata`). What commands that
+    describe a checkpoint (info, eval, serve) read instead of the metadata dict."""
+    record, where = _read_record(_weights_path(Path(path)))
+    return parse_metadata(record, where, FORMAT)
+
+
+def _read_record(weights: Path) -> tuple[Any, Path]:
+    """The JSON record of a weights file (meta.json beside it, else its header) and the file it came from."""
     side = weights.parent / META_FILE
     where = side if side.is_file() else weights
     try:
@@ -166,12 +176,11 @@ def read_metadata(path: str | Path, check: bool = True) -> dict[str, Any]:
             if text is None:
                 raise CheckpointError(f"{weights}: no poster-fer metadata (neither {META_FILE} nor an embedded "
                                       "record); official .pth checkpoints load with poster_fer.load_official")
-        meta = json.loads(text)
+        return json.loads(text), where
     except (SafetensorError, OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{where}: unreadable poster-fer metadata ({e})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{where}: the metadata is not valid JSON ({e})") from None
-    return check_metadata(meta, where, FORMAT) if check else meta
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True,
@@ -185,23 +194,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
     field, before a model is allocated. ``strict=False`` tolerates missing and unexpected tensors, never a shape
     that differs."""
     weights = _weights_path(Path(path))
-    meta = read_metadata(path)
-    if classes is not None:
-        if meta.get("classes") and [str(c) for c in meta["classes"]] != [str(c) for c in classes]:
-            raise CheckpointError(f"{weights}: classes={list(classes)} disagree with the recorded {meta['classes']}")
-        meta["classes"] = [str(c) for c in classes]
-    if not meta.get("classes"):
-        raise CheckpointError(f"{weights}: the checkpoint records no class names; pass classes=[...] in output order")
+    card = _named_classes(read_card(weights), classes, weights)
     try:
-        model_cls = family_class(meta["family"])
-        cfg = build_config(meta["family"], dict(meta["config"]))
+        model_cls = family_class(card.family)
+        cfg = build_config(card.family, thaw(card.config))
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise CheckpointError(f"{weights}: metadata field 'config': does not describe a buildable model "
                               f"({e.args[0] if e.args else e})") from None
-    if len(meta["classes"]) != int(cfg.num_classes):
-        raise CheckpointError(f"{weights}: {len(meta['classes'])} class names for a {cfg.num_classes}-class model")
+    if len(card.classes) != int(cfg.num_classes):
+        raise CheckpointError(f"{weights}: {len(card.classes)} class names for a {cfg.num_classes}-class model")
     check_weights_fit(model_cls, cfg, header_shapes(weights), weights, strict=strict)
-    model = build_from_config(meta["model"], meta["family"], meta["config"])
+    model = build_from_config(card.architecture, card.family, thaw(card.config))
     try:
         with safe_open(str(weights), framework="pt", device=str(device)) as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -209,24 +212,37 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
     model.load_state_dict(state, strict=False)  # shapes and names were checked above
     model.to(device).eval()
-    model.pretrained_cfg = card_of(meta, weights)
+    model.pretrained_cfg = card_of(card, weights)
     return model
 
 
-def card_of(meta: dict[str, Any], weights: Path) -> Any:
+def _named_classes(card: ModelCard, classes: Sequence[str] | None, weights: Path) -> ModelCard:
+    """``card`` with the class names a caller gave (they must agree with recorded ones); refused with none."""
+    if classes is not None:
+        given = tuple(str(c) for c in classes)
+        if card.classes and card.classes != given:
+            raise CheckpointError(f"{weights}: classes={list(classes)} disagree with the recorded "
+                                  f"{list(card.classes)}")
+        card = dataclasses.replace(card, classes=given)
+    if not card.classes:
+        raise CheckpointError(f"{weights}: the checkpoint records no class names; pass classes=[...] in output order")
+    return card
+
+
+def card_of(meta: ModelCard | Mapping[str, Any], weights: Path) -> ModelCard:
     """The card of a loaded checkpoint: the shipped card its metadata names when the file is that model (the same
     description and sha256), else the card its own metadata describes. A copy whose tensors or description
     differ names no published weights (a retrained, re-headed or hand-edited copy does not inherit the
     original's name: it becomes the parent); a download record's name (an official checkpoint converted
-    here) stays with the file's own card."""
-    from ..card import ModelCard
-    from ..checksums import sha256_of
+    here) stays with the file's own card. ``meta`` is the file's card (or its metadata dict, read into one).
+    The file is hashed only when its description is the shipped one, and not again when
+    :meth:`ModelCard.verify` has just hashed it (:func:`poster_fer.card.file_sha256`)."""
     from .records import load_records
 
-    card = ModelCard.from_meta(meta)
+    card = meta if isinstance(meta, ModelCard) else ModelCard.from_meta(meta)
     named = load_records().get(card.name) if card.name else None
     if named is None or not named.shipped:
         return card  # a file of its own (an official checkpoint converted here keeps its own card and name)
-    if named.to_meta() == card.to_meta() and named.sha256 == sha256_of(weights):
+    if named.to_meta() == card.to_meta() and named.sha256 == file_sha256(weights):
         return named  # the shipped file itself, its description untouched
     return dataclasses.replace(card, name=None, parent=card.parent or card.name)

@@ -1,9 +1,9 @@
 """The preprocessing record: the one typed description of what a checkpoint's input must look like.
 
 Like timm's ``PretrainedCfg``, one record is written by everything that makes a checkpoint (training, the
-official-checkpoint converter, :func:`poster_fer.weights.save_model`) as ``meta["preprocessing"]``
-(:meth:`Preprocessing.to_meta`), and read by everything that feeds one (evaluation's transform, inference), so
-the contract is spelled out in this file only.
+official-checkpoint converter, :func:`poster_fer.weights.save_model`) as the card's ``preprocessing``
+(:meth:`Preprocessing.to_meta`, meta.json's ``preprocessing`` object), and read by everything that feeds one
+(evaluation's transform, inference), so the contract is spelled out in this file only.
 
 Why it matters: a POSTER checkpoint only ever saw its training set's crops: a particular face framing (how much
 forehead, where the eyes sit), colour or grey, the channel order of the loader that read the files, a resize to
@@ -38,7 +38,7 @@ from ..faces import CropGeometry, align_face, get_geometry
 __all__ = ["DEFAULT_GEOMETRY", "STORED_KEYS", "ImageTransform", "Preprocessing", "create_transform",
            "resolve_preprocessing"]
 
-#: The keys of the stored form, ``meta["preprocessing"]``.
+#: The keys of the stored form (meta.json's ``preprocessing`` object, a card's ``preprocessing``).
 STORED_KEYS = ("input_size", "mean", "std", "channel_order", "grayscale", "resize_interpolation", "crop_geometry")
 
 #: Crop geometry assumed when a checkpoint records none: the official checkpoints were trained on RAF-DB's
@@ -84,9 +84,13 @@ class Preprocessing:
                    channel_order=str(channel_order).upper(), geometry_assumed=True)
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any], input_size: int | None = None) -> Preprocessing:
-        """Read ``meta["preprocessing"]`` (our checkpoint record); ``input_size`` is the fallback size."""
-        return cls.from_dict(meta.get("preprocessing") or {}, input_size)
+    def from_meta(cls, meta: Any, input_size: int | None = None) -> Preprocessing:
+        """The preprocessing of a :class:`~poster_fer.card.ModelCard` (or of a metadata dict as earlier releases
+        passed it, read into a card first); ``input_size`` is the fallback size."""
+        from ..card import ModelCard
+
+        card = meta if isinstance(meta, ModelCard) else ModelCard.from_meta(meta)
+        return cls.from_dict(card.preprocessing, input_size)
 
     @classmethod
     def from_dict(cls, prep: Mapping[str, Any], input_size: int | None = None) -> Preprocessing:
@@ -110,7 +114,7 @@ class Preprocessing:
         )
 
     def to_meta(self) -> dict[str, Any]:
-        """The stored form, ``meta["preprocessing"]`` of a saved model (``crop_geometry`` is None when it was
+        """The stored form, a saved model's ``preprocessing`` (``crop_geometry`` is None when it was
         assumed, so a reader can still tell that the checkpoint never named one)."""
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
                 "channel_order": self.channel_order, "grayscale": self.grayscale,
