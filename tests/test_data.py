@@ -201,6 +201,21 @@ def test_fer2013_bad_rows_raise_with_line_or_skip(tmp_path: Path) -> None:
     assert len(Fer2013Dataset(path, "val")) == 1  # the broken rows belong to other splits
 
 
+def test_fer2013_a_pixel_that_is_not_an_integer_is_a_bad_row_not_a_crash(tmp_path: Path) -> None:
+    """numpy >= 2.4's fromstring raises on '1.5' or 'x' (it used to stop early): the row is still named."""
+    for bad in ("1.5", "x"):
+        def pixels(i: int, bad: str = bad) -> str:
+            return " ".join([bad] + ["7"] * 2303) if i == 1 else " ".join(["7"] * 2304)
+
+        lines = _fer_lines(pixel_text=pixels)
+        path = _write_fer(tmp_path / bad, lines)
+        with pytest.raises(DatasetError, match=r"fer2013\.csv:3: pixels holds a value that is not an integer"):
+            Fer2013Dataset(path, "train")
+        with pytest.warns(UserWarning, match="skipped 1 broken row"):
+            train = Fer2013Dataset(path, "train", on_error="skip")
+        assert train.report.skipped == {"bad pixels": 1}
+
+
 def test_fer2013_bad_header_and_truncated_gzip(tmp_path: Path) -> None:
     path = _write_fer(tmp_path / "a", ["emotion,pixels", "0,1 2 3"])
     with pytest.raises(DatasetError, match=r":1: expected header"):

@@ -15,7 +15,7 @@ from torch import nn
 
 from poster_fer.card import thaw
 from poster_fer.distributed import DistEnv, barrier
-from poster_fer.evaluation.loop import predict_split, unwrap
+from poster_fer.evaluation.loop import PredictOptions, predict_split, unwrap
 from poster_fer.jsonable import to_jsonable
 from poster_fer.precision import autocast as precision_autocast
 from poster_fer.provenance import git_revision
@@ -109,10 +109,10 @@ def evaluate_best(run: RunContext, best: nn.Module, best_epoch: int | None) -> d
     for split in ("val", "test"):
         if split not in run.data.loaders:
             continue
+        options = PredictOptions(criterion=run.criterion, autocast=precision_autocast(run.device, run.amp_dtype),
+                                 progress=run.progress, desc=split, tta_flip=bool(run.recipe.train.tta_flip))
         out = predict_split(best, run.data.loaders[split], run.data.preparers[split], device=run.device,
-                            env=run.env, criterion=run.criterion,
-                            autocast=precision_autocast(run.device, run.amp_dtype), progress=run.progress,
-                            desc=split, tta_flip=bool(run.recipe.train.tta_flip))
+                            env=run.env, options=options)
         metrics[split] = split_metrics(out, run.data.classes)
         metrics[split]["epoch"] = best_epoch
     return metrics

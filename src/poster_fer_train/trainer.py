@@ -34,7 +34,7 @@ from torch import nn
 
 from poster_fer.devices import resolve_device
 from poster_fer.distributed import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed
-from poster_fer.evaluation.loop import predict_split
+from poster_fer.evaluation.loop import PredictOptions, predict_split
 from poster_fer.naming import warn_deprecated
 from poster_fer.precision import autocast as precision_autocast
 from poster_fer.precision import resolve_precision
@@ -428,9 +428,10 @@ def validate_epoch(loop: Loop, epoch: int, stats: EpochResult, t_epoch: float
     """The epoch's validation: its history row, metrics, whether it is the best so far (recorded in the
     state) and the validation pass's seconds."""
     run, ts = loop.run, loop.ts
+    options = PredictOptions(criterion=run.criterion, autocast=precision_autocast(run.device, run.amp_dtype),
+                             progress=run.progress, desc=f"val {epoch}", tta_flip=bool(run.recipe.train.tta_flip))
     val = predict_split(loop.eval_model, run.data.loaders["val"], run.data.preparers["val"], device=run.device,
-                        env=run.env, criterion=run.criterion, autocast=precision_autocast(run.device, run.amp_dtype),
-                        progress=run.progress, desc=f"val {epoch}", tta_flip=bool(run.recipe.train.tta_flip))
+                        env=run.env, options=options)
     vm = split_metrics(val, run.data.classes)
     score = float(vm.get(run.recipe.train.select_metric) or 0.0)
     improved = score > ts.best

@@ -154,7 +154,10 @@ class _TableRows:
             return
         emo_s, pix_s, use_s = (p.strip().strip(b'"') for p in parts)
         self.usage.append(_USAGE_CODE.get(use_s, -1))
-        vals = np.fromstring(pix_s, dtype=np.int16, sep=" ")
+        try:
+            vals = np.fromstring(pix_s, dtype=np.int16, sep=" ")
+        except ValueError:  # numpy >= 2.4 raises on a value that is not an integer; _row_problem names the row
+            vals = np.zeros(0, np.int16)
         problem = _row_problem(emo_s, pix_s, use_s, vals)
         if problem is not None:
             self.problems[row] = problem
