@@ -160,7 +160,7 @@ def build_reference(model: Any, official_state: dict[str, Any] | None = None) ->
 
 def _build_variant(name: str, model: Any, device: str, reference: Any | None, threads: int,
                    workdir: Path) -> Variant:
-    from poster_fer.fastpath import optimize_for_inference
+    from poster_fer.fastpath import FastPaths, optimize_for_inference
 
     if name == "reference":
         if reference is None:
@@ -175,7 +175,7 @@ def _build_variant(name: str, model: Any, device: str, reference: Any | None, th
         only = {"sdpa": "fused_attention", "fold_bn": "fold_bn", "channels_last": "channels_last"}[name]
         kw = {"fused_attention": False, "fold_bn": False, "channels_last": False, "resize": False,
               "simplify": name == "fold_bn", only: True}
-        m = optimize_for_inference(model.to(device), **kw)
+        m = optimize_for_inference(model.to(device), options=FastPaths(**kw))
         return Variant(name, m, True, f"eager plus {only} only", m.paths)
     if name == "onnxruntime":
         if torch.device(device).type != "cpu":
@@ -199,8 +199,8 @@ def _build_variant(name: str, model: Any, device: str, reference: Any | None, th
         raise Unavailable("CUDA graphs need a CUDA device")
     precision = "bf16" if name.startswith("bf16") else "fp32"
     cast = name in ("bf16_cast", "bf16_graphs")
-    m = optimize_for_inference(model.to(device), precision=precision, compile=name in COMPILED, cast=cast,
-                               cuda_graphs=name in CUDA_ONLY)
+    m = optimize_for_inference(model.to(device), precision=precision, compile=name in COMPILED,
+                               options=FastPaths(cast=cast, cuda_graphs=name in CUDA_ONLY))
     desc = "all exact fast paths"
     if precision == "bf16":
         desc += ", bf16 weights and activations" if cast else " under bf16 autocast"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from poster_fer.evaluation.metrics import compute_metrics
-from poster_fer.evaluation.plots import plot_curves, tsne_subsample_indices, write_tsne
+from poster_fer.evaluation.plots import TsneOptions, plot_curves, tsne_subsample_indices, write_tsne
 from poster_fer.evaluation.report import load_metrics, render_markdown, write_eval_outputs
 
 NAMES = ["Anger", "Happy", "Sad"]
@@ -156,7 +156,7 @@ def test_tsne_three_clusters(tmp_path: Path) -> None:
     labels = np.repeat(np.arange(3), 20)
     feats = centres[labels] + rng.normal(size=(60, 16))
     out = tmp_path / "tsne.png"
-    emb = write_tsne(feats, labels, NAMES, out, seed=0, max_iter=250)
+    emb = write_tsne(feats, labels, NAMES, out, options=TsneOptions(seed=0, max_iter=250))
     assert emb.shape == (60, 2) and np.all(np.isfinite(emb))
     _assert_png(out)
     # Clusters stay separated: each point's nearest neighbour in the embedding shares its label.
@@ -171,14 +171,8 @@ def test_tsne_subsampling_is_deterministic(tmp_path: Path) -> None:
     assert len(np.unique(a)) == 40 and np.all(np.diff(a) > 0)
     assert np.array_equal(tsne_subsample_indices(30, 40), np.arange(30))
     rng = np.random.default_rng(1)
-    emb = write_tsne(
-        rng.normal(size=(100, 8)),
-        rng.integers(0, 3, 100),
-        NAMES,
-        tmp_path / "t.png",
-        max_points=40,
-        max_iter=250,
-    )
+    emb = write_tsne(rng.normal(size=(100, 8)), rng.integers(0, 3, 100), NAMES, tmp_path / "t.png",
+                     options=TsneOptions(max_points=40, max_iter=250))
     assert emb.shape == (40, 2)
     with pytest.raises(ValueError, match="labels must lie"):
         write_tsne(rng.normal(size=(10, 4)), np.full(10, 5), NAMES, tmp_path / "bad.png")

@@ -23,7 +23,7 @@ from poster_fer.weights.io import (
     WEIGHTS_FILE,
     atomic_write,
     load_model,
-    read_metadata,
+    read_card,
     rewrite_metadata,
     save_model,
 )
@@ -138,16 +138,16 @@ def ship_onnx(name: str, sample: Any = None, tolerance: float = 1e-4) -> dict[st
     folder = record.path()
     model = load_model(folder)
     out = folder / ONNX_FILE
-    meta = model.card.to_meta()
+    card = model.card
     report = export_onnx(model, out, optimize=True, storage="float16", sample=sample,
-                         metadata={"provenance": {**(meta.get("provenance") or {}), "exported_from": name}})
+                         metadata={"provenance": {**card.provenance_record(), "exported_from": name}})
     worst = 0.0
     if sample is not None:
         import torch
 
         with torch.inference_mode():
-            ref = calibrated_probabilities(model(torch.from_numpy(np.ascontiguousarray(sample))).numpy(), meta)
-        got = calibrated_probabilities(OnnxRuntimeModel(out)(sample), meta)
+            ref = calibrated_probabilities(model(torch.from_numpy(np.ascontiguousarray(sample))).numpy(), card)
+        got = calibrated_probabilities(OnnxRuntimeModel(out)(sample), card)
         worst = float(np.abs(got - ref).max())
         if not worst <= tolerance or not np.array_equal(got.argmax(1), ref.argmax(1)):
             out.unlink()
@@ -167,8 +167,9 @@ def add_operating_point(name: str, point: str, entry: Mapping[str, Any]) -> dict
     the metadata too) offers the point as well."""
     record = load_records()[name]
     folder = record.path()
-    meta = read_metadata(folder, check=False)
-    meta[POINTS_KEY] = {**(meta.get(POINTS_KEY) or {}), point: dict(entry)}
+    card = read_card(folder)
+    calibration = {**card.calibration, POINTS_KEY: {**card.operating_points, point: dict(entry)}}
+    meta = dataclasses.replace(card, calibration=calibration).to_meta()
     weights = rewrite_metadata(folder, meta) / WEIGHTS_FILE
     write_record(name, {**record.index_entry(), "sha256": sha256_of(weights)})
     return meta

@@ -213,4 +213,4 @@ class FERModel(nn.Module):
             logits = self(x).float().cpu().numpy()
         finally:
             self.train(was_training)
-        return calibrated_probabilities(logits, self.card.to_meta())
+        return calibrated_probabilities(logits, self.card)
