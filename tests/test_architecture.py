@@ -213,3 +213,17 @@ def test_no_module_imports_another_modules_private_names():
                 offenders += [f"{path.relative_to(SRC.parent)}: {node.module or '.'} {a.name}" for a in node.names
                               if a.name.startswith("_") and not a.name.startswith("__")]
     assert not offenders, offenders
+
+
+def test_only_the_card_reads_a_metadata_dict():
+    """Issue 36: a model has one typed description; code outside the card's parser (card.py) reads the card, not a
+    metadata dict (``meta.get(...)`` / ``meta[...]``), so the two cannot drift apart again."""
+    import re
+
+    pattern = re.compile(r"\bmeta\.get\(|\bmeta\[")
+    offenders = [f"{path.relative_to(SRC.parent)}:{n}" for path in sorted(SRC.parent.rglob("*.py"))
+                 if path != SRC / "card.py"
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not offenders, "metadata-dict reads outside card.py (read model.card / rec.card instead):\n" + \
+        "\n".join(offenders)
+    assert pattern.search((SRC / "card.py").read_text())  # the parser is where the check looks (not vacuous)
