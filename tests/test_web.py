@@ -36,7 +36,13 @@ from poster_fer.web import RUNTIME_DIR, STATIC_DIR, WebExportError, export_web, 
 REPO = Path(__file__).resolve().parents[1]
 FETCH_SCRIPT = REPO / "scripts" / "fetch_onnxruntime_web.py"
 BOX_TOL = 1.0  # pixels
-PROB_TOL = 1e-3
+PROB_TOL = 1e-5  # the browser's probabilities for the faces Python found (same landmarks; measured 5.4e-7)
+# End to end, each side runs its own detector: YuNet's landmarks differ in the last float32 bits (OpenCV DNN in
+# Python, ONNX Runtime's WASM kernels in the browser), and cv2.warpAffine samples at 1/32-pixel steps, so a
+# landmark 1e-5 px away can move a few crop pixels by a grey level. The Python pipeline itself changes by up to
+# 0.021 under +-6e-5 px landmark noise (51 FER+ and portrait faces, 20 draws each; docs/browser.md), so the
+# end-to-end bound is set above that, and the exact-stage check above carries the 1e-3 promise.
+END_TO_END_TOL = 0.05
 
 
 def group_photo(rgb: np.ndarray, n: int = 4) -> np.ndarray:
@@ -213,19 +219,53 @@ def _js_predict(driver, urls: list[str]) -> list[dict]:
 
 
 def _assert_same_faces(py_faces, js: dict, where: str) -> None:
+    """Same faces (boxes and landmarks within 1 px) with end-to-end probabilities within END_TO_END_TOL and the
+    same label wherever Python's top two are further apart than that."""
     n_js, n_py = len(js["faces"]), len(py_faces)
     assert n_js == n_py, f"{where}: {n_js} faces in the browser, {n_py} in Python"
-    unused = list(js["faces"])
+    unused = list(range(n_js))
     for f in py_faces:
         centre = np.add(f.box[:2], np.divide(f.box[2:], 2))
-        j = min(unused, key=lambda g: np.hypot(*(np.add(g["box"][:2], np.divide(g["box"][2:], 2)) - centre)))
-        unused.remove(j)
+        k = min(unused, key=lambda g: np.hypot(*(np.add(js["faces"][g]["box"][:2],
+                                                        np.divide(js["faces"][g]["box"][2:], 2)) - centre)))
+        unused.remove(k)
+        j = js["faces"][k]
         assert np.abs(np.subtract(j["box"], f.box)).max() <= BOX_TOL, (where, j["box"], f.box)
         if f.landmarks is not None:
             assert np.abs(np.subtract(j["landmarks"], f.landmarks)).max() <= BOX_TOL, where
         diff = max(abs(j["probabilities"][c] - p) for c, p in f.probabilities.items())
-        assert diff <= PROB_TOL, (where, diff)
-        assert j["label"] == f.label, where
+        assert diff <= END_TO_END_TOL, (where, diff)
+        top2 = sorted(f.probabilities.values())[-2:]
+        assert j["label"] == f.label or top2[1] - top2[0] <= END_TO_END_TOL, where
+
+
+def _js_classify(driver, url: str, py_faces) -> list[dict]:
+    """The browser's probabilities for the faces Python found: its own decoding, alignment, preprocessing,
+    model and calibration on Python's landmarks (or the whole image where Python took it whole)."""
+    faces = [None if f.landmarks is None else np.asarray(f.landmarks, np.float64).tolist() for f in py_faces]
+    out = driver.execute_async_script("""
+        const [url, faces, done] = arguments;
+        (async () => {
+            const P = await import('./poster_fer.js');
+            const { pipeline } = await window.posterFer.ready;
+            const img = await window.posterFer.decode(await (await fetch(url)).blob());
+            const crops = faces.map((lm) => P.prepareCrop(
+                lm ? P.alignFace(img, lm, pipeline.prep.crop_geometry) : img, pipeline.prep));
+            const probs = await P.classify(crops, pipeline.prep, pipeline.card, pipeline.calibration,
+                                           (b, n) => pipeline.runModel(b, n));
+            return probs.map((p) => Object.fromEntries(pipeline.classes.map((c, j) => [c, p[j]])));
+        })().then(done, (e) => done({error: String(e)}));""", url, faces)
+    assert not isinstance(out, dict), out
+    return out
+
+
+def _assert_same_classification(driver, url: str, py_faces, where: str) -> float:
+    """Given the same faces, the browser's probabilities are Python's within PROB_TOL; the largest difference."""
+    worst = 0.0
+    for f, js in zip(py_faces, _js_classify(driver, url, py_faces), strict=True):
+        worst = max(worst, max(abs(js[c] - p) for c, p in f.probabilities.items()))
+    assert worst <= PROB_TOL, (where, worst)
+    return worst
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +280,7 @@ def test_browser_matches_python_on_the_portrait_and_a_16_face_photo(page, site, 
     for name, res in zip(names, js, strict=True):
         py = reference.predict(site["dir"] / "cases" / name)
         _assert_same_faces(py, res, name)
+        _assert_same_classification(page, f"cases/{name}", py, name)
     assert [len(r["faces"]) for r in js] == [1, 16, 1]
     assert js[2]["faces"][0]["detection"] == "whole_image" and js[2]["faces"][0]["box"] == [0, 0, 70, 60]
 
@@ -257,6 +298,7 @@ def test_browser_matches_python_on_50_ferplus_test_crops(page, site, reference):
     for name, res in zip(names, js, strict=True):
         py = reference.predict(site["dir"] / "cases" / name)
         _assert_same_faces(py, res, name)  # YuNet finds the face in all 50 (upscaled 48 -> 320 px, cv2's linear)
+        _assert_same_classification(page, f"cases/{name}", py, name)
 
 
 def _b64(a: np.ndarray) -> str:
