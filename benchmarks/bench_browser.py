@@ -8,6 +8,15 @@ warm pipeline (decode + detect + align + classify) is timed on the portrait and 
 pipeline (ONNX Runtime, one thread and all threads) is timed on the same images for comparison.
 
     python benchmarks/bench_browser.py [--repeats 10] [--out PATH]
+
+``--served`` measures ``poster-fer serve``'s page instead (the default model on ONNX Runtime, on 127.0.0.1): its
+in-browser mode with one thread (``?threads=1``) and two (``?threads=2``; the server sends COOP/COEP), against its
+server mode (the same page posting to /v1/predict; the server runs on this machine too). Each mode gets a fresh browser
+profile and an empty HTTP cache: the cold load is navigation start -> the portrait's first result through the
+page's own ``predict``, then the warm ``predict`` is timed on the portrait and the 16-face photo, then the page is
+loaded again (a second visit: the files are revalidated, not fetched again). Written to ``speed/browser/served/``.
+
+    python benchmarks/bench_browser.py --served [--repeats 10] [--out PATH]
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.server
+import io
 import json
 import statistics
 import subprocess
@@ -31,6 +41,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "speed" / "browser" / "cpu-poster_v1_mfn64_image.ferplus.json"
+SERVED_OUT = OUT.parent / "served" / OUT.name
 IMAGES = ("portrait.jpg", "group16.png")
 
 
@@ -159,10 +170,106 @@ def folder_bytes(folder: Path) -> dict[str, Any]:
     return {"files": len(files), "bytes": raw, "gzip_bytes": gz}
 
 
+SERVED_COLD = """const [b64, done] = arguments;
+(async () => { const blob = new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], { type: 'image/jpeg' });
+  const r = await predict(blob);
+  const first = performance.now() / 1000;
+  const entries = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
+  return { first_result_seconds: first, where: r.where, faces: r.faces.length,
+           model_load_seconds: here.loadMs == null ? null : here.loadMs / 1000,
+           threads: here.ready ? here.ready.threads : null, isolated: self.crossOriginIsolated,
+           bytes_transferred: entries.reduce((s, e) => s + e.transferSize, 0), upload_bytes: r.where === 'server'
+             ? blob.size : 0, files: entries.map((e) => e.name.split('/').pop()) };
+})().then(done, (e) => done({ error: String(e) }));"""
+
+SERVED_WARM = """const [images, repeats, done] = arguments;
+(async () => { const out = {};
+  for (const [name, b64] of Object.entries(images)) {
+    const blob = new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))]);
+    const runs = [];
+    for (let i = 0; i < repeats + 2; i++) {
+      const t0 = performance.now();
+      const r = await predict(blob);
+      runs.push({ total: (performance.now() - t0) / 1000, faces: r.faces.length, where: r.where,
+                  detect_align: r.timings_ms.detect / 1000, classify: r.timings_ms.forward / 1000 });
+    }
+    out[name] = runs.slice(2);
+  }
+  return out;
+})().then(done, (e) => done({ error: String(e) }));"""
+
+
+def start_serve() -> tuple[subprocess.Popen, str]:
+    """``poster-fer serve`` with the default model on ONNX Runtime, on a free loopback port."""
+    import re
+
+    proc = subprocess.Popen([sys.executable, "-m", "poster_fer_apps.cli", "serve", "--port", "0", "--backend",
+                             "onnxruntime"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        found = re.search(r"http://[\d.:]+", line)
+        if found:
+            return proc, found.group(0)
+    raise RuntimeError("poster-fer serve did not start")
+
+
+def measure_served_mode(url: str, where: str, query: str, images: dict[str, str], profile: Path,
+                        repeats: int) -> dict[str, Any]:
+    """One mode of the served page: cold load with an empty cache, then the warm pipeline."""
+    driver = new_browser(profile)
+    try:
+        driver.get(url + "/")
+        driver.execute_script("localStorage.setItem('poster-fer-where', arguments[0])", where)
+        driver.execute_cdp_cmd("Network.clearBrowserCache", {})
+        driver.get(url + "/" + query)
+        cold = driver.execute_async_script(SERVED_COLD, images["portrait.jpg"])
+        if "error" in cold:
+            raise RuntimeError(cold["error"])
+        warm = driver.execute_async_script(SERVED_WARM, images, repeats)
+        if "error" in warm:
+            raise RuntimeError(warm["error"])
+        driver.get(url + "/" + query)  # a second visit: the files are revalidated (304), not downloaded again
+        again = driver.execute_async_script(SERVED_COLD, images["portrait.jpg"])
+    finally:
+        driver.quit()
+    assert cold["where"] == where and all(r["where"] == where for runs in warm.values() for r in runs), (cold, where)
+    for key in ("first_result_seconds", "model_load_seconds"):
+        cold[key] = cold[key] if cold[key] is None else round(cold[key], 3)
+    second = {"first_result_seconds": round(again["first_result_seconds"], 3),
+              "bytes_transferred": again["bytes_transferred"]}
+    return {"cold_load": cold, "warm": {k: summarise(v) for k, v in warm.items()}, "second_visit": second}
+
+
+def run_served(args: argparse.Namespace, record: dict[str, Any]) -> dict[str, Any]:
+    """The served page in its three modes (see the module's docstring)."""
+    import base64
+
+    from _harness import log
+
+    from poster_fer.faces import load_image
+    from poster_fer.samples import sample_path
+
+    buf = io.BytesIO()
+    Image.fromarray(group_photo(load_image(sample_path()))).save(buf, format="PNG")
+    images = {"portrait.jpg": base64.b64encode(sample_path().read_bytes()).decode(),
+              "group16.png": base64.b64encode(buf.getvalue()).decode()}
+    record["benchmark"] = "poster-fer serve's page: in-browser mode (onnxruntime-web WASM) vs server mode"
+    proc, url = start_serve()
+    try:
+        with tempfile.TemporaryDirectory(prefix="poster-fer-served-") as tmp:
+            for mode, where, query in (("browser_single_thread", "browser", "?threads=1"),
+                                       ("browser_threads", "browser", "?threads=2"), ("server", "server", "")):
+                log(f"served page, {mode}")
+                record[mode] = measure_served_mode(url, where, query, images, Path(tmp) / mode, args.repeats)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    record["server_process"] = "poster-fer serve --backend onnxruntime (ONNX Runtime's default threads), same machine"
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from _harness import command_line, log, machine_info, now
-    from results_index import envelope
 
     from poster_fer.faces import load_image
     from poster_fer.provenance import git_state, load_average
@@ -171,12 +278,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--served", action="store_true", help="measure poster-fer serve's page (both modes)")
     args = p.parse_args(argv)
+    args.out = args.out or (SERVED_OUT if args.served else OUT)
     record: dict[str, Any] = {"benchmark": "in-browser pipeline (onnxruntime-web WASM, headless Chromium)",
                               "command": command_line(__file__, sys.argv[1:] if argv is None else argv),
                               "date": now(), "git": git_state(), "machine": machine_info("cpu"),
                               "load_average_before": load_average(), "runtime": runtime_record()["version"]}
+    if args.served:
+        return write(run_served(args, record), args.out)
     with tempfile.TemporaryDirectory(prefix="poster-fer-web-") as tmp:
         folder = export_web(Path(tmp) / "site")
         (folder / "cases").mkdir()
@@ -193,8 +304,16 @@ def main(argv: list[str] | None = None) -> int:
             servers[1].shutdown()
         log("python reference")
         record["python_onnxruntime"] = measure_python(folder, args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    out = args.out.resolve()
+    return write(record, args.out)
+
+
+def write(record: dict[str, Any], path: Path) -> int:
+    """The record as JSON, with the results envelope when it goes under benchmarks/results."""
+    from _harness import log
+    from results_index import envelope
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = path.resolve()
     if out.is_relative_to((REPO / "benchmarks" / "results").resolve()):
         record = {"envelope": envelope(out, record), **record}
     out.write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -160,6 +160,8 @@ class YuNetDetector:
         top_k: int = 5000,
     ) -> None:
         self.model_path = Path(model_path)
+        # kept readable (OpenCV does not give them back): the browser twin of this detector is set from them
+        self.score_threshold, self.nms_threshold, self.top_k = float(score_threshold), float(nms_threshold), top_k
         if not self.model_path.is_file():
             raise DetectorModelError(f"YuNet model file not found: {self.model_path}")
         try:

@@ -9,6 +9,7 @@ forward pass for every request in the batch -> JSON. Every refusal is an
 :class:`~poster_fer_apps.serve.errors.ApiError` rendered as ``{"error": {"kind", "message"}}``.
 """
 
+from __future__ import annotations
 
 import asyncio
 import logging
@@ -27,6 +28,7 @@ from poster_fer import __version__
 from poster_fer.faces import FaceDetector
 from poster_fer.inference import Recognizer
 
+from .browser import add_browser_routes
 from .errors import ApiError
 from .middleware import api_key_check, install_error_handlers, install_middleware
 from .schemas import ERRORS, PredictOut, predict_openapi
@@ -38,9 +40,12 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-_PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-             "img-src 'self' blob: data:; media-src 'self' blob: mediastream:; connect-src 'self'; "
-             "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+# 'wasm-unsafe-eval': compiling WebAssembly (the in-browser mode's ONNX Runtime); worker-src: its threads are
+# workers started from its own script on this origin. Still nothing from another origin.
+_PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'wasm-unsafe-eval'; "
+             "style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
+             "connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; "
+             "form-action 'none'")
 
 #: How long an over-cap client waits for its 429 (see the predict handler).
 _REFUSAL_DELAY_S = 1.0
@@ -83,6 +88,7 @@ def create_app(recognizer: Recognizer, settings: ServeSettings | None = None,
     install_error_handlers(app, service.metrics)
     install_middleware(app, settings, service.metrics)
     _add_public_routes(app, service, settings)
+    add_browser_routes(app, recognizer, settings)
     app.include_router(_v1_router(service, settings, recognizer))
     return app
 
@@ -112,6 +118,7 @@ def _add_public_routes(app: FastAPI, service: Service, settings: ServeSettings) 
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+#: The in-browser mode's files: where the page fetches them, and their media types.
 def _v1_router(service: Service, settings: ServeSettings, recognizer: Recognizer) -> APIRouter:
     """The versioned API (behind the key when one is set): the model's description and prediction."""
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(settings))] if settings.api_key else [])

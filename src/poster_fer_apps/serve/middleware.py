@@ -19,12 +19,21 @@ from .errors import ApiError
 from .metrics import Metrics
 from .settings import ServeSettings
 
-__all__ = ["ROUTES", "Observe", "api_key_check", "error_response", "install_error_handlers", "install_middleware"]
+__all__ = ["ISOLATION_HEADERS", "ROUTES", "Observe", "api_key_check", "error_response", "install_error_handlers",
+           "install_middleware", "route_name"]
 
 log = logging.getLogger(__name__)
 
-#: The routes the metrics count by name (anything else is "other").
-ROUTES = ("/", "/healthz", "/metrics", "/v1/predict", "/v1/model", "/docs", "/openapi.json")
+#: The routes the metrics count by name (anything else is "other"; the runtime files count as "/web/ort").
+ROUTES = ("/", "/healthz", "/metrics", "/v1/predict", "/v1/model", "/docs", "/openapi.json", "/web/poster_fer.js",
+          "/web/model.json", "/web/model.onnx", "/web/detector.onnx")
+#: Counted under one name each: every file below these folders.
+_ROUTE_FOLDERS = ("/docs-static", "/web/ort")
+#: The page and the in-browser mode's files are sent cross-origin isolated (COOP + COEP), so the browser lets
+#: ONNX Runtime Web use threads (SharedArrayBuffer); CORP says they are for this origin only.
+ISOLATION_HEADERS = ((b"cross-origin-opener-policy", b"same-origin"),
+                     (b"cross-origin-embedder-policy", b"require-corp"),
+                     (b"cross-origin-resource-policy", b"same-origin"))
 # The two ways to send the API key (declared so /docs offers an "Authorize" button).
 _BEARER = HTTPBearer(auto_error=False, description="the server's API key as a bearer token")
 _KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key")
@@ -42,7 +51,8 @@ class Observe:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        route = path if path in ROUTES else ("/docs-static" if path.startswith("/docs-static/") else "other")
+        route = route_name(path)
+        isolated = path == "/" or path.startswith("/web/")
         status = 500
 
         async def observed(message: Message) -> None:
@@ -51,7 +61,9 @@ class Observe:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
-                for key, value in ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")):
+                extra = ISOLATION_HEADERS if isolated else ()
+                for key, value in ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                                   *extra):
                     if key not in names:
                         headers.append((key, value))
                 message = {**message, "headers": headers}
@@ -61,6 +73,13 @@ class Observe:
             await self.app(scope, receive, observed)
         finally:
             self.metrics.request(route, scope.get("method", ""), status)
+
+
+def route_name(path: str) -> str:
+    """The name a request's path is counted under in /metrics."""
+    if path in ROUTES:
+        return path
+    return next((folder for folder in _ROUTE_FOLDERS if path.startswith(folder + "/")), "other")
 
 
 def error_response(err: ApiError) -> JSONResponse:
