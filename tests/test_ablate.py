@@ -89,7 +89,8 @@ def test_interrupted_variant_resumes_and_changed_recipe_is_refused(tmp_path):
     assert not stored_train.get("landmark_cache_dir")
     seen = []
     run_ablation({**recipe, "train": {"landmark_cache": True}}, "baseline,image_only", tmp_path / "abl2",
-                 train_fn=lambda r, *a: seen.append(r["train"]) or _fake_results(r, 0.5), log=lambda m: None)
+                 train_fn=lambda r, *a: seen.append(r["train"]) or _fake_results(r, 0.5),
+                 output=RunOutput(echo=lambda m: None))
     assert [t["landmark_cache"] for t in seen] == [False, True]  # image_only first (row b), then baseline
     assert seen[1]["landmark_cache_dir"] == str(tmp_path / "abl2" / "landmark_cache")
     assert [r["variant"] for r in record["rows"]] == ["landmark_only", "baseline"]

@@ -122,7 +122,7 @@ def test_degrade_config_refuses_what_it_cannot_do():
 
 
 def test_degrade_recipe_resolves_and_needs_the_preload_pipeline():
-    from poster_fer_train.loaders import build_training_data
+    from poster_fer_train.loaders import Batching, build_training_data, data_settings
     from poster_fer_train.recipe import load_recipe
 
     recipe = load_recipe("ferplus_mfn64_degrade")
@@ -130,8 +130,9 @@ def test_degrade_recipe_resolves_and_needs_the_preload_pipeline():
     assert DegradeConfig.from_dict(recipe["data"]["degrade"]).p == 0.6
     assert recipe["train"]["epochs"] == 6 and recipe["train"]["epochs_from_budget"] is False
     with pytest.raises(ValueError, match="preload"):
-        build_training_data({"pipeline": "transforms", "degrade": {"p": 0.5}}, input_size=48, env=None,
-                            device=torch.device("cpu"), batch_size=4, eval_batch_size=4, seed=0, datasets={})
+        cfg = data_settings({"pipeline": "transforms", "degrade": {"p": 0.5}})
+        build_training_data(cfg, Batching(batch_size=4, eval_batch_size=4), env=None, device=torch.device("cpu"),
+                            preprocessing=cfg.preprocessing(48), datasets={})
 
 
 def test_robustness_benchmark_has_the_low_resolution_and_video_rows():

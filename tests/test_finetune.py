@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -218,7 +219,11 @@ def test_unreadable_images_and_link_loops_are_skipped_and_counted(tmp_path, caps
     (data / "happy" / "a.jpg").symlink_to(data / "happy" / "b.jpg")
     (data / "happy" / "b.jpg").symlink_to(data / "happy" / "a.jpg")
     settings = ["--epochs", "1", "train.max_steps_per_epoch=1", "train.progress=false", "train.threads=1"]
-    assert main(["train", "--recipe", "finetune", "--data", str(data), "--out", str(tmp_path / "a"), *settings]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--recipe", "finetune", "--data", str(data), "--out", str(tmp_path / "a"),
+                     *settings]) == 0
+    assert not [w for w in caught if "skipped" in str(w.message)]  # said once, in the [data] line, not twice
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if "skipped" in x)
     assert line.startswith("[data] train, val: skipped 3 images (")

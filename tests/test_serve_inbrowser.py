@@ -108,7 +108,8 @@ def test_browser_mode_is_unavailable_without_an_onnx_file_and_says_why():
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = start_server("--backend", "onnxruntime")
+    # a 3-megapixel limit, so the "too big" case needs no 50-megapixel file (the photos here are at most 1 MP)
+    proc, url = start_server("--backend", "onnxruntime", "--max-pixels", "3000000")
     yield url
     code, err = stop_server(proc, signal.SIGTERM)
     assert code == 0, err
@@ -285,6 +286,25 @@ def test_bad_input_in_browser_mode_gives_the_servers_message(server, browser, tm
     _wait(browser, lambda d: d.find_element(By.ID, "status").text.startswith("anim.gif:"))
     assert browser.find_element(By.ID, "status").text.startswith("anim.gif: GIF pictures are not supported here")
     assert _predicts(server) == before
+
+
+@pytest.mark.slow
+def test_a_photo_over_the_pixel_limit_reads_the_same_in_both_modes(server, browser, tmp_path):
+    """Browser mode refuses what the server would (its limits from /v1/model), with the server's sentence."""
+    from selenium.webdriver.common.by import By
+
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (2500, 1500), (90, 120, 150)).save(huge)  # 3.75 MP, a few kB
+    shown = {}
+    for where in ("server", "browser"):
+        _open(browser, server, where)
+        before = _predicts(server)
+        browser.find_element(By.ID, "file").send_keys(str(huge))
+        _wait(browser, lambda d: d.find_element(By.ID, "status").text.startswith("huge.png:"))
+        shown[where] = browser.find_element(By.ID, "status").text
+        assert _predicts(server) == before + (where == "server")
+    assert shown["browser"] == shown["server"], shown
+    assert shown["browser"].startswith("huge.png: This picture is too big for the server (at most 3 megapixels)")
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ stratified hold-out of train; ``test`` is evaluated once at the end. Loaders yie
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,17 +96,17 @@ def load_splits(cfg: DataSettings | Mapping[str, Any], seed: int = 0, say: Any =
     train_options = {**options, **train_options}
     holdout = {"val_fraction": float(cfg.val_fraction), "val_seed": int(cfg.val_seed)} if cfg.val_fraction else {}
     out: dict[str, FERDataset] = {}
-    out["train"] = build_dataset(kind, root, "train", **holdout, **train_options)
+    out["train"] = _build_quietly(kind, root, "train", **holdout, **train_options)
     try:
-        out["val"] = build_dataset(kind, root, "val", **holdout, **options)
+        out["val"] = _build_quietly(kind, root, "val", **holdout, **options)
     except MissingSplitError:
         holdout = {"val_fraction": DEFAULT_VAL_FRACTION, "val_seed": int(cfg.val_seed)}
         say(f"[data] no validation split in {root}: holding out {DEFAULT_VAL_FRACTION:g} of train per class "
             f"(seed {holdout['val_seed']}; set data.val_fraction to change it)")
-        out["train"] = build_dataset(kind, root, "train", **holdout, **train_options)
-        out["val"] = build_dataset(kind, root, "val", **holdout, **options)
+        out["train"] = _build_quietly(kind, root, "train", **holdout, **train_options)
+        out["val"] = _build_quietly(kind, root, "val", **holdout, **options)
     try:
-        out["test"] = build_dataset(kind, root, "test", **options)
+        out["test"] = _build_quietly(kind, root, "test", **options)
     except MissingSplitError:
         say(f"[data] no test split in {root}: the run reports validation metrics only")
     limits = cfg.max_samples
@@ -119,6 +120,14 @@ def load_splits(cfg: DataSettings | Mapping[str, Any], seed: int = 0, say: Any =
             raise DatasetError(f"{kind} {split} split is empty ({ds.report.summary()})", root)
     check_classes(out["train"], root, say, user_data=kind in USER_DATA_KINDS)
     return out
+
+
+def _build_quietly(*args: Any, **kwargs: Any) -> FERDataset:
+    """``build_dataset`` without the dataset's own "skipped N broken rows" warning: :func:`report_skipped` says
+    it once for all splits (a held-out validation split reads the same files), so a run reports it once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*\]: skipped \d+ broken rows", category=UserWarning)
+        return build_dataset(*args, **kwargs)
 
 
 def report_skipped(splits: dict[str, FERDataset], say: Any) -> None:
