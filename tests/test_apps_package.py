@@ -27,6 +27,10 @@ def test_the_old_server_imports_warn_and_give_the_same_objects():
     assert caught[0].filename == __file__  # attributed to this line, not to the alias module
     assert ServeSettings is new.ServeSettings and create_app is new.create_app
     assert listen is new_runner.listen and run is new_runner.run
+    from poster_fer.serve.app import create_app as old_create_app
+    from poster_fer.serve.settings import API_KEY_ENV
+
+    assert old_create_app is new.create_app and API_KEY_ENV == new.API_KEY_ENV
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         import poster_fer.serve as old
 
@@ -42,10 +46,15 @@ def test_the_old_cli_module_warns_and_runs_the_same_main():
         from poster_fer.cli import UserError, main
     assert main is cli.main and UserError is cli.UserError
     assert any("poster_fer_apps.cli" in str(w.message) for w in caught)
-    done = subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-m", "poster_fer.cli", "info",
-                           "--list"], capture_output=True, text=True, timeout=120)
+    # under Python's default warning filters (as torchrun runs it): the note still reaches the person
+    done = subprocess.run([sys.executable, "-m", "poster_fer.cli", "info", "--list"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "poster_v1_mfn64_image.ferplus" in done.stdout and "poster_fer_apps.cli" in done.stderr
+    assert "poster_v1_mfn64_image.ferplus" in done.stdout and "moved to poster_fer_apps.cli" in done.stderr
+    import poster_fer.cli as old_cli
+
+    assert old_cli.COMMANDS["predict"] == "poster_fer_apps.commands.predict"
+    assert old_cli.COMMANDS["train"] == "poster_fer_train.commands.train"
 
 
 def test_python_m_of_the_new_cli_runs_a_command():
@@ -82,6 +91,10 @@ def test_the_entry_point_reader_parses_the_standard_format(tmp_path, monkeypatch
     info = tmp_path / "plugin-1.0.dist-info"
     info.mkdir()
     (info / "entry_points.txt").write_text("[console_scripts]\nx = y:z\n\n[poster_fer.commands]\n# a comment\n"
-                                           "hello = plugin.hello\nbye = plugin.cli:bye [extra]\n\n[other]\nq = r\n")
+                                           "predict = plugin.predict\nbye = plugin.cli:bye [extra]\n\n[other]\n"
+                                           "q = r\n")
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
-    assert command_entry_points() == [("hello", "plugin.hello"), ("bye", "plugin.cli:bye")]
+    assert command_entry_points() == [("predict", "plugin.predict"), ("bye", "plugin.cli:bye")]
+    # none of the project's own commands on sys.path this way: the metadata API is asked instead
+    (info / "entry_points.txt").write_text("[poster_fer.commands]\nbye = plugin.cli:bye\n")
+    assert ("bye", "plugin.cli:bye") in command_entry_points()

@@ -262,13 +262,21 @@ def test_plan_items_cuts_long_videos_into_segments_on_kept_frames(tmp_path):
     assert [(it["segment"], it["start"], it["stop"]) for it in whole if it["kind"] == "video"] == [(0, 0, None)]
 
 
-def test_run_ray_takes_one_plan():
+def test_run_ray_takes_one_plan_and_the_older_form_warns():
     from poster_fer.bulk.ray_engine import RayOptions, RayPlan, run_ray
     from poster_fer.inference.job import JobOptions
 
     plan = RayPlan({"backend": "torch"}, JobOptions(every=2), CLASSES, {}, RayOptions(actors=2), resume=True)
     assert plan.on_gpu and not RayPlan({"backend": "onnxruntime"}, JobOptions(), CLASSES, {}).on_gpu
-    with pytest.raises(TypeError, match="must be a RayPlan"):  # the pre-plan positional form is gone (internal)
-        run_ray([], Path("unused"), {"backend": "onnxruntime"})
+    with pytest.raises(TypeError, match="the plan holds"):  # a plan and the old arguments: refused, not mixed
+        run_ray([], Path("unused"), plan, {"every": 1})
+    old = ({"backend": "onnxruntime"}, {"detect": True, "every": 1, "max_frames": None, "ema": 0.5}, CLASSES, {},
+           RayOptions())
+    with pytest.raises(TypeError, match="unexpected"):
+        run_ray([], Path("unused"), *old, bogus=1)
+    with pytest.raises(TypeError, match="multiple values"):
+        run_ray([], Path("unused"), *old, True, resume=True)
+    with pytest.warns(DeprecationWarning, match="RayPlan"), pytest.raises(ValueError, match="every"):
+        run_ray([], Path("unused"), old[0], {**old[1], "every": 0}, *old[2:])  # the old job dict checked as before
     with pytest.raises(ValueError, match="every"):  # the job's options are checked when the plan is made
         RayPlan({"backend": "onnxruntime"}, JobOptions(every=0), CLASSES, {})

@@ -68,7 +68,7 @@ def command_entry_points(group: str = COMMAND_GROUP) -> list[tuple[str, str]]:
         for entry in sorted(entries, key=lambda e: e.name):
             if entry.name.endswith((".dist-info", ".egg-info")) and entry.is_dir():
                 points += _group_in(os.path.join(entry.path, "entry_points.txt"), group)
-    if not points:
+    if not any(name in HELP_ORDER for name, _ in points):  # not even our own: ask the metadata API
         from importlib.metadata import entry_points
 
         points = [(point.name, point.value) for point in entry_points(group=group)]

@@ -89,7 +89,7 @@ def run_metadata(rec: Any, weights: str | os.PathLike[str] | None, operating_poi
         if not path.is_file():
             path = path.parent / ONNX_FILE
     card = _model_card(rec)
-    return {"weights": card.name or card.architecture, "weights_file": str(path),
+    return {"weights": card.display_name, "weights_file": str(path),
             "weights_sha256": sha256_of(path) if path.is_file() else None,
             "operating_point": operating_point or "default", "classes": list(rec.classes),
             "poster_fer_version": _version(version, PackageNotFoundError), "engine": engine,

@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from ..inference.job import JobOptions
 from ..inference.sources import Source
+from ..naming import warn_deprecated
 from .parquet import PartStore, check_same_weights, row_keys
 from .table import records_to_table, schema
 
@@ -76,6 +77,29 @@ class RayPlan:
     def on_gpu(self) -> bool:
         """Whether the classify actors want GPUs: PyTorch can use them, ONNX Runtime here runs on CPUs."""
         return self.recognizer.get("backend") == "torch"
+
+
+#: run_ray's arguments after ``recognizer_kwargs`` before :class:`RayPlan`, in their positional order.
+_LEGACY_ARGS = ("job", "classes", "metadata", "opts", "resume", "progress")
+
+
+def _legacy_plan(recognizer: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> RayPlan:
+    """The :class:`RayPlan` of the call form before it, with a DeprecationWarning at the caller's line."""
+    if len(args) > len(_LEGACY_ARGS):
+        raise TypeError(f"run_ray() takes at most {len(_LEGACY_ARGS) + 3} positional arguments")
+    values = dict(zip(_LEGACY_ARGS, args, strict=False))
+    twice, unknown = sorted(set(values) & set(kwargs)), sorted(set(kwargs) - set(_LEGACY_ARGS))
+    if twice or unknown:
+        raise TypeError(f"run_ray() got {'multiple values for' if twice else 'unexpected'} argument(s) "
+                        f"{twice or unknown}")
+    warn_deprecated("run_ray(sources, output, recognizer_kwargs, job, classes, metadata, opts, ...) is deprecated: "
+                    "pass run_ray(sources, output, RayPlan(...))")
+    values.update(kwargs)
+    job = values["job"]
+    if not isinstance(job, JobOptions):
+        job = JobOptions(**job, progress=values.get("progress"))
+    return RayPlan(dict(recognizer), job, list(values["classes"]), dict(values["metadata"]),
+                   values.get("opts") or RayOptions(), bool(values.get("resume", False)))
 
 
 @dataclass
@@ -293,13 +317,15 @@ def pool_sizes(opts: RayOptions, use_gpu: bool, cpus: int, gpus: int) -> tuple[i
     return actors, classify_cpus, detect, min(1.0, left / detect), gpu_each
 
 
-def run_ray(sources: list[Source], output: Path, plan: RayPlan,
-            on_input: Callable[[int], None] | None = None) -> RayResult:
+def run_ray(sources: list[Source], output: Path, plan: RayPlan | dict[str, Any], *legacy: Any,
+            on_input: Callable[[int], None] | None = None, **legacy_kw: Any) -> RayResult:
     """Label ``sources`` on Ray into Parquet parts under ``output`` as ``plan`` says; see the module docstring.
-    ``on_input(n)`` is called after each input is written."""
+    ``on_input(n)`` is called after each input is written. The form before :class:`RayPlan`
+    (``recognizer_kwargs, job, classes, metadata, opts, resume=, progress=``) still works and warns."""
     if not isinstance(plan, RayPlan):
-        raise TypeError(f"run_ray(sources, output, plan, on_input=None): plan must be a RayPlan, not "
-                        f"{type(plan).__name__}")
+        plan = _legacy_plan(plan, legacy, legacy_kw)
+    elif legacy or legacy_kw:
+        raise TypeError("run_ray(sources, output, plan, on_input=None): the plan holds everything else")
     started = time.monotonic()
     result = RayResult()
     opts = plan.options

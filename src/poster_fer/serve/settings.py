@@ -1,0 +1,7 @@
+"""Deprecated alias of :mod:`poster_fer_apps.serve.settings` (kept one release; importing ``poster_fer.serve`` first
+already warned)."""
+
+from __future__ import annotations
+
+from poster_fer_apps.serve.settings import *  # noqa: F403
+from poster_fer_apps.serve.settings import __all__  # noqa: F401
