@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._lazy import module_available
-from ..card import ModelCard
 from ..errors import EXTRAS
 
 if TYPE_CHECKING:
@@ -88,19 +87,14 @@ def run_metadata(rec: Any, weights: str | os.PathLike[str] | None, operating_poi
         path = Path(onnx) if onnx is not None else path / "model.safetensors"
         if not path.is_file():
             path = path.parent / ONNX_FILE
-    card = _model_card(rec)
+    from ..inference.backends import backend_card
+
+    card = backend_card(rec)  # its card (a recognizer written before cards: its metadata read once)
     return {"weights": card.display_name, "weights_file": str(path),
             "weights_sha256": sha256_of(path) if path.is_file() else None,
             "operating_point": operating_point or "default", "classes": list(rec.classes),
             "poster_fer_version": _version(version, PackageNotFoundError), "engine": engine,
             "command": command if command is not None else " ".join(["poster-fer", *sys.argv[1:]])}
-
-
-def _model_card(rec: Any) -> ModelCard:
-    """The recognizer's model card: its own where it carries one, else the card of its metadata record (the one
-    typed reading of it), so what the output records comes from named fields."""
-    card = getattr(rec, "card", None)
-    return card if isinstance(card, ModelCard) else ModelCard.from_meta(rec.meta)
 
 
 def _version(version: Any, missing: type[Exception]) -> str | None:
