@@ -338,6 +338,8 @@ def test_page_and_assets_are_cross_origin_isolated(server, browser):
             assert r.status_code == 200, path
             assert r.headers["cross-origin-opener-policy"] == "same-origin", path
             assert r.headers["cross-origin-embedder-policy"] == "require-corp", path
+            if path != "/":  # the pipeline's files and its workers: this origin's code and data only
+                assert r.headers["content-security-policy"].startswith("default-src 'none'; script-src 'self'"), path
         csp = c.get("/").headers["content-security-policy"]
         assert c.get("/web/ort/ort-wasm-simd-threaded.wasm").headers["content-type"] == "application/wasm"
     assert "'wasm-unsafe-eval'" in csp and "worker-src 'self' blob:" in csp

@@ -19,8 +19,8 @@ from .errors import ApiError
 from .metrics import Metrics
 from .settings import ServeSettings
 
-__all__ = ["ISOLATION_HEADERS", "ROUTES", "Observe", "api_key_check", "error_response", "install_error_handlers",
-           "install_middleware", "route_name"]
+__all__ = ["ASSET_CSP", "ISOLATION_HEADERS", "ROUTES", "Observe", "api_key_check", "error_response",
+           "install_error_handlers", "install_middleware", "route_name"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ _ROUTE_FOLDERS = ("/docs-static", "/web/ort")
 ISOLATION_HEADERS = ((b"cross-origin-opener-policy", b"same-origin"),
                      (b"cross-origin-embedder-policy", b"require-corp"),
                      (b"cross-origin-resource-policy", b"same-origin"))
+#: The in-browser mode's own files (scripts, and the workers ONNX Runtime Web starts from them) may load code and
+#: data from this origin only, and compile WebAssembly; the page at / has its own policy (app.py).
+ASSET_CSP = (b"content-security-policy",
+             b"default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; worker-src 'self' blob:")
 # The two ways to send the API key (declared so /docs offers an "Authorize" button).
 _BEARER = HTTPBearer(auto_error=False, description="the server's API key as a bearer token")
 _KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key")
@@ -61,7 +65,7 @@ class Observe:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
-                extra = ISOLATION_HEADERS if isolated else ()
+                extra = (*ISOLATION_HEADERS, *((ASSET_CSP,) if path.startswith("/web/") else ())) if isolated else ()
                 for key, value in ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
                                    *extra):
                     if key not in names:
