@@ -308,6 +308,26 @@ def test_a_photo_over_the_pixel_limit_reads_the_same_in_both_modes(server, brows
 
 
 @pytest.mark.slow
+def test_a_video_the_browser_cannot_decode_reads_the_same_in_both_modes(server, browser, tmp_path):
+    """Video is decoded by the browser in both modes: a broken file gets one sentence, nothing is sent."""
+    from selenium.webdriver.common.by import By
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)  # an MP4 header, then noise
+    shown = {}
+    for where in ("server", "browser"):
+        _open(browser, server, where)
+        before = _predicts(server)
+        browser.find_element(By.ID, "videofile").send_keys(str(broken))
+        _wait(browser, lambda d: d.find_element(By.ID, "status").text.startswith("broken.mp4:"))
+        shown[where] = browser.find_element(By.ID, "status").text
+        assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+        assert _predicts(server) == before
+    assert shown["browser"] == shown["server"], shown
+    assert "This browser cannot play this video" in shown["browser"]
+
+
+@pytest.mark.slow
 def test_without_webassembly_the_page_says_so_and_labels_on_the_server(server, browser):
     expected = httpx.post(f"{server}/v1/predict", content=sample_path().read_bytes(), timeout=30).json()
     script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
