@@ -320,10 +320,17 @@ class ModelCard:
         return (_rebuild, ({f.name: thaw(getattr(self, f.name)) for f in dataclasses.fields(self)},))
 
 
-def card_of(model: Any) -> ModelCard:
-    """A model's card; an empty one for a module that has none (a wrapper, a plain ``nn.Module``)."""
-    card = getattr(model, "card", None)
-    return card if isinstance(card, ModelCard) else ModelCard()
+def card_of(source: Any) -> ModelCard:
+    """The card ``source`` means: a card itself; the card of a model, backend or Recognizer (its ``card``); a
+    metadata dict, or the ``meta`` dict of an object written before cards, parsed once; else an empty card (a
+    plain ``nn.Module``). The one reader of "whatever describes this model" (calibration, backends, evaluation)."""
+    if isinstance(source, ModelCard):
+        return source
+    card = getattr(source, "card", None)
+    if isinstance(card, ModelCard):
+        return card
+    record = source if isinstance(source, Mapping) else getattr(source, "meta", None)
+    return ModelCard.from_meta(record) if isinstance(record, Mapping) else ModelCard()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .card import OPERATING_POINT_KEY, ModelCard, thaw
+from .card import OPERATING_POINT_KEY, ModelCard, card_of, thaw
 
-__all__ = ["DEFAULT_POINT", "POINT_FIELDS", "calibrate_logits", "calibrated_probabilities", "calibration_card",
+__all__ = ["DEFAULT_POINT", "POINT_FIELDS", "calibrate_logits", "calibrated_probabilities",
            "get_logit_bias", "get_temperature", "operating_points", "set_temperature", "softmax",
            "validate_temperature", "with_operating_point"]
 
@@ -38,24 +38,12 @@ POINTS_KEY = "operating_points"
 POINT_FIELDS = ("logit_bias", "temperature")
 
 
-def calibration_card(source: Any) -> ModelCard:
-    """The card whose calibration ``source`` means: a card itself; the card of a model, backend or Recognizer
-    (its ``card``); else a metadata dict (or the ``meta`` dict of an object that has no card), parsed once."""
-    if isinstance(source, ModelCard):
-        return source
-    card = getattr(source, "card", None)
-    if isinstance(card, ModelCard):
-        return card
-    record = source if isinstance(source, Mapping) else (getattr(source, "meta", None) or {})
-    return ModelCard.from_meta(record)
-
-
 def get_temperature(meta: Any) -> float:
     """The calibration temperature a card (or a model, or a metadata dict) stores; 1.0 when it has none.
 
     Every inference path divides logits by this before the softmax, so one stored number calibrates them all.
     """
-    value = calibration_card(meta).temperature
+    value = card_of(meta).temperature
     return 1.0 if value is None else validate_temperature(value)
 
 
@@ -83,7 +71,7 @@ def get_logit_bias(meta: Any) -> list[float] | None:
     removes that lean; ``tau`` is chosen on validation data. Every inference path computes
     ``softmax((logits + logit_bias) / temperature)``.
     """
-    card = calibration_card(meta)
+    card = card_of(meta)
     return _bias_values(card.calibration.get("logit_bias"), card.classes)
 
 
@@ -135,7 +123,7 @@ def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
 def calibrated_probabilities(logits: np.ndarray, meta: Any) -> np.ndarray:
     """``softmax((logits + logit_bias) / temperature)`` with the calibration a card (or a model, or a metadata
     dict) stores; raw softmax when it stores none."""
-    card = calibration_card(meta)
+    card = card_of(meta)
     return softmax(calibrate_logits(logits, get_temperature(card), get_logit_bias(card)))
 
 
@@ -143,7 +131,7 @@ def operating_points(meta: Any) -> dict[str, dict[str, Any]]:
     """Every operating point a card (or a model, or a metadata dict) offers, ``"default"`` (its top-level
     calibration) first; each entry is checked (a known name, a ``logit_bias`` of one number per class, a positive
     temperature)."""
-    card = calibration_card(meta)
+    card = card_of(meta)
     points: dict[str, dict[str, Any]] = {DEFAULT_POINT: {k: thaw(card.calibration.get(k)) for k in POINT_FIELDS}}
     extra = card.calibration.get(POINTS_KEY)
     if extra is None:
@@ -178,7 +166,7 @@ def with_operating_point(meta: Any, name: str | None) -> Any:
     ValueError naming the points the record has when ``name`` is not one of them."""
     if name is None or name == DEFAULT_POINT:
         return meta
-    card = calibration_card(meta)
+    card = card_of(meta)
     points = operating_points(card)
     if name not in points:
         raise ValueError(f"no operating point {name!r} in this model's calibration; it has: {', '.join(points)}")

@@ -87,9 +87,9 @@ def run_metadata(rec: Any, weights: str | os.PathLike[str] | None, operating_poi
         path = Path(onnx) if onnx is not None else path / "model.safetensors"
         if not path.is_file():
             path = path.parent / ONNX_FILE
-    from ..inference.backends import backend_card
+    from ..card import card_of
 
-    card = backend_card(rec)  # its card (a recognizer written before cards: its metadata read once)
+    card = card_of(rec)  # its card (a recognizer written before cards: its metadata read once)
     return {"weights": card.display_name, "weights_file": str(path),
             "weights_sha256": sha256_of(path) if path.is_file() else None,
             "operating_point": operating_point or "default", "classes": list(rec.classes),

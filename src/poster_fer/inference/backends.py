@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .._lazy import module_available
-from ..card import ModelCard
+from ..card import ModelCard, card_of
 from ..constants import BACKENDS, ONNX_FILE
 from ..errors import CheckpointError, InferenceError
 from ..probabilities import calibrate_logits, get_logit_bias, get_temperature, with_operating_point
@@ -40,8 +40,8 @@ from ..weights.checks import parse_metadata
 if TYPE_CHECKING:
     from ..hub import OfficialOptions
 
-__all__ = ["BACKENDS", "Backend", "BackendOptions", "InferenceError", "OnnxBackend", "TorchBackend", "backend_card",
-           "load_backend", "onnx_file", "resolve_backend", "resolve_device", "torch_available"]
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "InferenceError", "OnnxBackend", "TorchBackend", "load_backend",
+           "onnx_file", "resolve_backend", "resolve_device", "torch_available"]
 
 
 log = logging.getLogger(__name__)
@@ -49,20 +49,12 @@ log = logging.getLogger(__name__)
 
 class Backend(Protocol):
     """What the recognizer needs from a model: a ``card`` (:class:`~poster_fer.card.ModelCard`; a backend
-    written before cards may give ``meta``, the metadata dict, instead, see :func:`backend_card`), the device, and
-    calibrated logits."""
+    written before cards may give ``meta``, the metadata dict, instead, read by :func:`poster_fer.card.card_of`),
+    the device, and calibrated logits."""
 
     device: str
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def backend_card(backend: Any) -> ModelCard:
-    """A backend's card: its ``card``, or, for a backend written before cards, its ``meta`` dict read once."""
-    card = getattr(backend, "card", None)
-    if isinstance(card, ModelCard):
-        return card
-    return ModelCard.from_meta(getattr(backend, "meta", None) or {})
 
 
 class _Calibrated:
@@ -170,7 +162,7 @@ class TorchBackend(_Calibrated):
 def _torch_card(model: Any) -> ModelCard:
     """A model's card as a backend needs it: its architecture and input size filled in when missing, and
     refused without class names (they are never guessed)."""
-    card = backend_card(model)  # a model before cards gives its ``meta`` dict
+    card = card_of(model)  # a model before cards gives its ``meta`` dict
     if card.architecture is None and getattr(model, "model_name", None):
         card = dataclasses.replace(card, architecture=model.model_name)
     if not card.preprocessing:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..card import card_of
 from ..faces import (
     DEFAULT_MAX_PIXELS,
     Face,
@@ -35,7 +36,7 @@ from ..hub import resolve_weights
 from ..options import check_count, check_detect_size, check_limit, check_probability
 from ..probabilities import softmax
 from ..weights.preprocessing import Preprocessing
-from .backends import Backend, BackendOptions, InferenceError, TorchBackend, backend_card, load_backend
+from .backends import Backend, BackendOptions, InferenceError, TorchBackend, load_backend
 
 __all__ = ["DEFAULT_DETECT_SIZE", "MIN_DETECT_SIZE", "PAD_FRACTION", "FaceResult", "ImageLike", "ImagePrediction",
            "Recognizer"]
@@ -242,7 +243,7 @@ class Recognizer:
         max_pixels = check_limit("max_pixels", max_pixels)
         score_threshold = check_probability("score_threshold", score_threshold)
         self.backend = _open_backend(backend, device, operating_point)
-        self.card = backend_card(self.backend)  # classes, preprocessing and calibration, read once
+        self.card = card_of(self.backend)  # classes, preprocessing and calibration, read once
         self.classes: list[str] = list(self.card.classes)
         if not self.classes:
             raise InferenceError("the checkpoint metadata names no classes")
