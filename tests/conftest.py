@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -79,3 +80,29 @@ def browser_paths() -> tuple[str, str]:
             pytest.fail(f"browser tests need {missing}")
         pytest.skip(f"browser tests need {missing}")
     return chromium, driver
+
+
+def headless_chromium(profile: Path, *extra_args: str, logging: bool = False, page_load_timeout: float = 60,
+                      script_timeout: float | None = None) -> Any:
+    """A headless Chromium WebDriver for the browser tests, offline (no Selenium Manager lookups, no background
+    networking) with its own profile folder; ``extra_args`` add switches (a fake camera, autoplay), ``logging``
+    records the network (Chrome's performance log). The caller quits it. Skips (or fails on CI) without a browser."""
+    chromium, chromedriver = browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={profile}", *extra_args):
+        opts.add_argument(arg)
+    if logging:
+        opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for browsers or drivers online
+        driver = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
+    driver.set_page_load_timeout(page_load_timeout)
+    if script_timeout is not None:
+        driver.set_script_timeout(script_timeout)
+    return driver

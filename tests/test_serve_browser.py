@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import _require, browser_paths
+from conftest import _require, headless_chromium
 from poster_fer import create_model, save_model
 from poster_fer.faces import get_geometry
 from poster_fer.inference.records import RECORD_KEYS, csv_columns
@@ -69,25 +69,11 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium, chromedriver = browser_paths()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     tmp = tmp_path_factory.mktemp("chromium")
     camera = tmp / "portrait.y4m"
     write_y4m(camera, np.asarray(Image.open(sample_path()).convert("RGB")))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={tmp / 'profile'}",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-video-capture={camera}"):
-        opts.add_argument(arg)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for browsers or drivers online
-        driver = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
-    driver.set_page_load_timeout(30)
+    driver = headless_chromium(tmp / "profile", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                               f"--use-file-for-fake-video-capture={camera}", page_load_timeout=30)
     yield driver
     driver.quit()
 

@@ -9,7 +9,6 @@ except where ``POSTER_FER_REQUIRE_SHARED=1`` (CI), where they fail. The route te
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import re
@@ -21,12 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import browser_paths
+from conftest import headless_chromium
 from poster_fer import Recognizer
 from poster_fer.faces import load_image
 from poster_fer.samples import sample_path
 from poster_fer_apps.serve import ServeSettings, create_app
-from test_serve import FakeBackend, start_server, stop_server
+from test_serve import FakeBackend, serve, start_server, stop_server
 from test_serve_browser import _write_mp4, write_y4m
 from test_web import group_photo
 
@@ -39,16 +38,6 @@ WAIT_S = 90.0  # the longest any one step may take (a cold load compiles 15 MB o
 
 
 # -- the routes, in process (no browser) ----------------------------------------------------------------------
-
-def _serve(app, fn):
-    async def go():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-                return await fn(client)
-
-    return asyncio.run(go())
-
 
 @pytest.fixture(scope="module")
 def onnx_rec():
@@ -69,7 +58,7 @@ def test_model_files_follow_the_api_key_and_the_runtime_is_public(onnx_rec):
         again = await c.get("/web/ort/ort-wasm-simd-threaded.wasm", headers={"If-None-Match": wasm.headers["etag"]})
         return out, keyed, model, (wasm, again)
 
-    codes, keyed, model, (wasm, again) = _serve(app, go)
+    codes, keyed, model, (wasm, again) = serve(app, go)
     # a second visit revalidates the 15 MB runtime instead of downloading it again
     assert wasm.status_code == 200 and len(wasm.content) > 10_000_000 and wasm.headers["cache-control"] == "no-cache"
     assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == wasm.headers["etag"]
@@ -88,7 +77,7 @@ def test_the_browser_detects_with_the_servers_threshold():
     """``serve --threshold 0.8``: the page's detector in browser mode uses 0.8 too (YuNetDetector states it)."""
     rec = Recognizer.from_checkpoint(backend="onnxruntime", score_threshold=0.8, operating_point="balanced")
 
-    card = _serve(create_app(rec), lambda c: c.get("/web/model.json")).json()
+    card = serve(create_app(rec), lambda c: c.get("/web/model.json")).json()
     assert card["detector"]["score_threshold"] == pytest.approx(0.8)
     assert card["operating_point"] == "balanced"
 
@@ -99,7 +88,7 @@ def test_browser_mode_is_unavailable_without_an_onnx_file_and_says_why():
     async def go(c):
         return await c.get("/web/model.json"), await c.get("/web/model.onnx"), await c.get("/web/poster_fer.js")
 
-    card, model, script = _serve(app, go)
+    card, model, script = serve(app, go)
     assert card.status_code == 404 and card.json()["error"]["kind"] == "browser_unavailable"
     assert "has no ONNX file" in card.json()["error"]["message"]
     assert model.status_code == 404 and script.status_code == 200
@@ -118,26 +107,11 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium, chromedriver = browser_paths()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     tmp = tmp_path_factory.mktemp("chromium")
     camera = tmp / "portrait.y4m"
     write_y4m(camera, load_image(sample_path()))
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={tmp / 'profile'}",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-video-capture={camera}"):
-        opts.add_argument(arg)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for browsers or drivers online
-        driver = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
+    driver = headless_chromium(tmp / "profile", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                               f"--use-file-for-fake-video-capture={camera}", script_timeout=60)
     yield driver
     driver.quit()
 
@@ -298,42 +272,40 @@ def test_bad_input_in_browser_mode_gives_the_servers_message(server, browser, tm
     assert _predicts(server) == before
 
 
+def _refusal_in_both_modes(driver, url: str, input_id: str, path, uploads_in_server_mode: int) -> dict[str, str]:
+    """The error line the page shows for ``path`` (given to the file input ``input_id``) in server and in
+    browser mode, after checking it is shown as an error and how many /v1/predict requests each mode made (none
+    in browser mode). The two lines are the same sentence."""
+    from selenium.webdriver.common.by import By
+
+    shown = {}
+    for where, uploads in (("server", uploads_in_server_mode), ("browser", 0)):
+        _open(driver, url, where)
+        before = _predicts(url)
+        driver.find_element(By.ID, input_id).send_keys(str(path))
+        _wait(driver, lambda d: d.find_element(By.ID, "status").text.startswith(f"{path.name}:"))
+        shown[where] = driver.find_element(By.ID, "status").text
+        assert "error" in driver.find_element(By.ID, "status").get_attribute("class"), shown
+        assert _predicts_settle(url, before + uploads) == before + uploads
+    assert shown["browser"] == shown["server"], shown
+    return shown
+
+
 @pytest.mark.slow
 def test_a_photo_over_the_pixel_limit_reads_the_same_in_both_modes(server, browser, tmp_path):
     """Browser mode refuses what the server would (its limits from /v1/model), with the server's sentence."""
-    from selenium.webdriver.common.by import By
-
     huge = tmp_path / "huge.png"
     Image.new("RGB", (2500, 1500), (90, 120, 150)).save(huge)  # 3.75 MP, a few kB
-    shown = {}
-    for where in ("server", "browser"):
-        _open(browser, server, where)
-        before = _predicts(server)
-        browser.find_element(By.ID, "file").send_keys(str(huge))
-        _wait(browser, lambda d: d.find_element(By.ID, "status").text.startswith("huge.png:"))
-        shown[where] = browser.find_element(By.ID, "status").text
-        assert _predicts_settle(server, before + (where == "server")) == before + (where == "server")
-    assert shown["browser"] == shown["server"], shown
+    shown = _refusal_in_both_modes(browser, server, "file", huge, uploads_in_server_mode=1)
     assert shown["browser"].startswith("huge.png: This picture is too big for the server (at most 3 megapixels)")
 
 
 @pytest.mark.slow
 def test_a_video_the_browser_cannot_decode_reads_the_same_in_both_modes(server, browser, tmp_path):
     """Video is decoded by the browser in both modes: a broken file gets one sentence, nothing is sent."""
-    from selenium.webdriver.common.by import By
-
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)  # an MP4 header, then noise
-    shown = {}
-    for where in ("server", "browser"):
-        _open(browser, server, where)
-        before = _predicts(server)
-        browser.find_element(By.ID, "videofile").send_keys(str(broken))
-        _wait(browser, lambda d: d.find_element(By.ID, "status").text.startswith("broken.mp4:"))
-        shown[where] = browser.find_element(By.ID, "status").text
-        assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
-        assert _predicts(server) == before
-    assert shown["browser"] == shown["server"], shown
+    shown = _refusal_in_both_modes(browser, server, "videofile", broken, uploads_in_server_mode=0)
     assert "This browser cannot play this video" in shown["browser"]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import browser_paths, need_shared
+from conftest import headless_chromium, need_shared
 from poster_fer import Recognizer
 from poster_fer.faces import align_face, get_geometry, load_image
 from poster_fer.samples import sample_path
@@ -176,23 +176,7 @@ def site(exported, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    chromium, chromedriver = browser_paths()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    tmp = tmp_path_factory.mktemp("chromium")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900", f"--user-data-dir={tmp / 'profile'}"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for browsers or drivers online
-        driver = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(300)
+    driver = headless_chromium(tmp_path_factory.mktemp("chromium") / "profile", logging=True, script_timeout=300)
     yield driver
     driver.quit()
 
