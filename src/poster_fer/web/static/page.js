@@ -2,7 +2,7 @@
 // Everything it loads sits beside it (the runtime in ./ort/, model.onnx, the detector, model.json).
 // window.posterFer exposes the same calls to tests and benchmarks.
 import * as ort from './ort/ort.wasm.min.mjs';
-import { createPipeline, rgbFromRGBA } from './poster_fer.js';
+import { DECODE_OPTIONS, bitmapToRGB, createPipeline } from './poster_fer.js';
 
 const MAX_PIXELS = 50_000_000; // poster_fer.constants.DEFAULT_MAX_PIXELS
 const $ = (id) => document.getElementById(id);
@@ -32,22 +32,17 @@ const ready = (async () => {
 async function decode(blob, name = 'the file') {
   let bitmap;
   try {
-    bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    bitmap = await createImageBitmap(blob, DECODE_OPTIONS);
   } catch (err) {
     throw new InputError(`${name} is not an image this browser can read (${blob.type || 'unknown type'}); ` +
                          'choose a JPEG, PNG, WebP, GIF or BMP photo');
   }
   const { width, height } = bitmap;
   if (width * height > MAX_PIXELS) {
+    bitmap.close();
     throw new InputError(`${name} is ${width}×${height} pixels, over the ${MAX_PIXELS / 1e6} megapixel limit`);
   }
-  const canvas = new OffscreenCanvas(width, height);
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.fillStyle = '#fff';
-  ctx.fillRect(0, 0, width, height);
-  ctx.drawImage(bitmap, 0, 0);
-  bitmap.close();
-  return rgbFromRGBA(ctx.getImageData(0, 0, width, height).data, width, height);
+  return bitmapToRGB(bitmap);
 }
 
 async function predictBlob(blob, name, opts = {}) {

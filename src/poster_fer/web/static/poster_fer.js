@@ -40,6 +40,22 @@ export function rgbFromRGBA(rgba, width, height) {
   return out;
 }
 
+/** createImageBitmap's options that decode a file as Python does (faces/io.py load_image): EXIF orientation
+ * applied, no colour-profile conversion, alpha kept for compositing. Both pages decode with these. */
+export const DECODE_OPTIONS = Object.freeze({ colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+
+/** RGB of a decoded ImageBitmap, transparency composited on white (as Python's loader does); closes the bitmap. */
+export function bitmapToRGB(bitmap) {
+  const { width, height } = bitmap;
+  const canvas = new OffscreenCanvas(width, height);
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.fillStyle = '#fff';
+  ctx.fillRect(0, 0, width, height);
+  ctx.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return rgbFromRGBA(ctx.getImageData(0, 0, width, height).data, width, height);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // cv2.resize
 
