@@ -9,6 +9,7 @@ choose it over ``poster-fer serve``.
 
 from __future__ import annotations
 
-from .export import RUNTIME_DIR, STATIC_DIR, WebExportError, export_web, runtime_record, web_card
+from .export import RUNTIME_DIR, STATIC_DIR, WebExportError, export_web, runtime_files, runtime_record, web_card
 
-__all__ = ["RUNTIME_DIR", "STATIC_DIR", "WebExportError", "export_web", "runtime_record", "web_card"]
+__all__ = ["RUNTIME_DIR", "STATIC_DIR", "WebExportError", "export_web", "runtime_files", "runtime_record",
+           "web_card"]

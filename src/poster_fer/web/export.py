@@ -22,7 +22,7 @@ from ..probabilities import DEFAULT_POINT, operating_points
 from ..weights.preprocessing import Preprocessing
 
 __all__ = ["DETECTOR_FILE", "MODEL_FILE", "RUNTIME_DIR", "STATIC_DIR", "WebExportError", "export_web",
-           "runtime_record", "web_card"]
+           "runtime_files", "runtime_record", "web_card"]
 
 HERE = Path(__file__).resolve().parent
 #: The page and its pipeline, copied as they are.
@@ -48,19 +48,21 @@ def runtime_record() -> dict[str, Any]:
     return json.loads((RUNTIME_DIR / "runtime.json").read_text())
 
 
-def _check_runtime(record: dict[str, Any]) -> list[Path]:
-    """The runtime files, each checked against its recorded sha256; a clear error when one is missing or differs."""
-    paths = []
-    for name, entry in record["files"].items():
+def runtime_files(verify: bool = True) -> dict[str, Path]:
+    """The pinned onnxruntime-web files by name; a clear WebExportError when one is missing or, with ``verify``,
+    differs from its sha256 in runtime.json. The server lists them without hashing (15 MB at every start-up);
+    an export checks every byte it copies."""
+    files = {}
+    for name, entry in runtime_record()["files"].items():
         path = RUNTIME_DIR / name
         if not path.is_file():
             raise WebExportError(f"{path} is missing: this installation lacks the onnxruntime-web files; in a source "
                                  "checkout run `python scripts/fetch_onnxruntime_web.py`")
-        if sha256_of(path) != entry["sha256"]:
+        if verify and sha256_of(path) != entry["sha256"]:
             raise WebExportError(f"{path}: sha256 differs from runtime.json (a damaged or replaced file); run "
                                  "`python scripts/fetch_onnxruntime_web.py` or reinstall poster-fer")
-        paths.append(path)
-    return paths
+        files[name] = path
+    return files
 
 
 def _open_weights(weights: str | os.PathLike[str] | None, operating_point: str | None) -> tuple[Path, ModelCard]:
@@ -122,11 +124,11 @@ def export_web(directory: str | os.PathLike[str], weights: str | os.PathLike[str
     model_path, model_card = _open_weights(weights, operating_point)
     card = web_card(model_card, operating_point)
     record = runtime_record()
-    runtime_files = _check_runtime(record)
+    runtime = runtime_files()
     card["runtime"] = {"package": record["package"], "version": record["version"], "folder": "ort"}
     out.mkdir(parents=True, exist_ok=True)
     (out / "ort").mkdir(exist_ok=True)
-    for path in (*runtime_files, RUNTIME_DIR / "LICENSE", RUNTIME_DIR / "runtime.json"):
+    for path in (*runtime.values(), RUNTIME_DIR / "LICENSE", RUNTIME_DIR / "runtime.json"):
         shutil.copyfile(path, out / "ort" / path.name)
     for path in sorted(STATIC_DIR.iterdir()):
         if path.is_file():

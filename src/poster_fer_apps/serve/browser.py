@@ -61,24 +61,15 @@ def _served_onnx(recognizer: Recognizer) -> Path | None:
     return None
 
 
-def _runtime_files() -> dict[str, Any]:
-    """The pinned onnxruntime-web files in the installed poster_fer.web package, by name (empty: missing)."""
-    from poster_fer.web import runtime_record
-
-    folder = resources.files("poster_fer.web").joinpath("runtime")
-    files = {name: folder.joinpath(name) for name in runtime_record()["files"]}
-    return files if all(f.is_file() for f in files.values()) else {}
-
-
 def browser_assets(recognizer: Recognizer, settings: ServeSettings) -> BrowserAssets:
     """Whether the page can run this server's model in the browser, and with which files and settings: the same
     ONNX file, the same YuNet file, the same calibration and detector settings as ``/v1/predict`` uses."""
-    from poster_fer.web import WebExportError, runtime_record, web_card
+    from poster_fer.web import WebExportError, runtime_files, runtime_record, web_card
 
-    runtime = _runtime_files()
-    if not runtime:
-        return BrowserAssets(reason="this installation lacks the onnxruntime-web files (in a source checkout run "
-                                    "`python scripts/fetch_onnxruntime_web.py`)")
+    try:
+        runtime = runtime_files(verify=False)  # listed, not hashed: the server starts without reading 15 MB
+    except WebExportError as err:
+        return BrowserAssets(reason=str(err))
     model = _served_onnx(recognizer)
     if model is None:
         return BrowserAssets(runtime=runtime, reason="the served model has no ONNX file (the browser runs ONNX "
