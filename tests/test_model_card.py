@@ -217,13 +217,13 @@ def test_review_findings_stay_fixed(tmp_path):
     import pickle
 
     from poster_fer.probabilities import set_temperature
-    from poster_fer.weights.io import card_of
+    from poster_fer.weights.io import published_card
 
     meta = {"format": "poster-fer/1", "model": "poster_v1", "family": "poster_v1", "config": {"num_classes": 7},
             "classes": list(poster_fer.get_weights("poster_v1.rafdb_official").classes),
             "preprocessing": {"input_size": 224, "channel_order": "RGB"}, "temperature": 1.7,
             "weights": "poster_v1.rafdb_official", "provenance": {"source": "official", "file": "rafdb.pth"}}
-    card = card_of(meta, tmp_path / "unused.safetensors")
+    card = published_card(meta, tmp_path / "unused.safetensors")
     assert card.preprocessing["channel_order"] == "RGB" and card.temperature == 1.7
     assert card.name == "poster_v1.rafdb_official" and card.provenance["file"] == "rafdb.pth"
 

@@ -23,8 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..card import ModelCard, file_sha256, thaw
-from ..card import card_of as model_card
+from ..card import ModelCard, card_of, file_sha256, thaw
 from ..models import build_from_config, config_to_dict
 from ..models.registry import build_config, family_class
 from ..probabilities import validate_temperature
@@ -40,7 +39,7 @@ _HEADER_KEY = "poster_fer_meta"
 
 def build_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
     """The record stored beside the weights: the model's card as meta.json, updated with ``metadata``."""
-    record = model_card(model).to_meta()
+    record = card_of(model).to_meta()
     record.update({k: v for k, v in metadata.items() if v is not None})
     card = ModelCard.from_meta(record)  # what the record says, read once; the checks below read the card
     num_classes = int(model.cfg.num_classes)
@@ -186,7 +185,7 @@ def _read_record(weights: Path) -> tuple[Any, Path]:
 def load_model(path: str | Path, device: str | torch.device = "cpu", strict: bool = True,
                classes: Sequence[str] | None = None) -> nn.Module:
     """Rebuild and load a model saved by :func:`save_model` (eval mode; ``model.card``, which is also
-    ``model.pretrained_cfg``, from :func:`card_of`). ``classes`` names the outputs of a checkpoint that records
+    ``model.pretrained_cfg``, from :func:`published_card`). ``classes`` names the outputs of a checkpoint that records
     none (it is refused otherwise: class names are never guessed) and must agree with one that does.
 
     The metadata is checked first, then the config against the file's tensor shapes on PyTorch's meta device
@@ -212,7 +211,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", strict: boo
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
     model.load_state_dict(state, strict=False)  # shapes and names were checked above
     model.to(device).eval()
-    model.pretrained_cfg = card_of(card, weights)
+    model.pretrained_cfg = published_card(card, weights)
     return model
 
 
@@ -229,7 +228,7 @@ def _named_classes(card: ModelCard, classes: Sequence[str] | None, weights: Path
     return card
 
 
-def card_of(meta: ModelCard | Mapping[str, Any], weights: Path) -> ModelCard:
+def published_card(meta: ModelCard | Mapping[str, Any], weights: Path) -> ModelCard:
     """The card of a loaded checkpoint: the shipped card its metadata names when the file is that model (the same
     description and sha256), else the card its own metadata describes. A copy whose tensors or description
     differ names no published weights (a retrained, re-headed or hand-edited copy does not inherit the
